@@ -1,0 +1,10 @@
+//! Compiles `proto/` with a pure-Rust protobuf compiler (no `protoc` needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["spool.proto"], ["proto"])?;
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(fds)?;
+    Ok(())
+}

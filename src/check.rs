@@ -1,0 +1,210 @@
+//! `slot2lake check`: a preflight that says, for every prerequisite, whether `run`
+//! will work and what to do if not. It changes nothing in the database.
+
+use serde::Serialize;
+
+use crate::config::{CatalogKind, Config};
+use crate::pipeline::identity_remedy;
+use crate::sink::Lake;
+use crate::source::{self, introspect};
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Will be done by slot2lake (e.g. "will be created").
+    Todo,
+    /// Works, but worth knowing.
+    Warn,
+    /// `run` would fail.
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Outcome.
+    pub level: Level,
+    /// What was checked.
+    pub what: String,
+    /// What was found, and what to do.
+    pub detail: String,
+}
+
+/// Runs every check; never fails itself (a failed check is a finding).
+pub async fn run(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut add = |level, what: &str, detail: String| {
+        out.push(Finding {
+            level,
+            what: what.to_string(),
+            detail,
+        })
+    };
+    add(Level::Ok, "config", "valid".into());
+
+    match Lake::open(&config.output) {
+        Ok(lake) => {
+            let key = lake.internal_key(&config.source.slot, "check-probe");
+            let probe = async {
+                lake.put(&key, bytes::Bytes::from_static(b"probe")).await?;
+                lake.delete(&key).await
+            };
+            match probe.await {
+                Ok(()) => add(Level::Ok, "output", format!("{} is writable", lake.url())),
+                Err(e) => add(Level::Fail, "output", format!("{e}: make the output writable for this user")),
+            }
+        }
+        Err(e) => add(Level::Fail, "output", e.to_string()),
+    }
+
+    match config.catalog.kind {
+        CatalogKind::None | CatalogKind::Local => add(Level::Ok, "catalog", format!("{:?}", config.catalog.kind).to_lowercase()),
+        other => add(
+            Level::Fail,
+            "catalog",
+            format!("catalog.kind = {other:?} is not available in this build; use \"local\" or \"none\""),
+        ),
+    }
+
+    let client = match source::connect(&config.source.url).await {
+        Ok(c) => {
+            add(Level::Ok, "connection", source::target(&config.source.url));
+            c
+        }
+        Err(e) => {
+            add(Level::Fail, "connection", e.to_string());
+            return out;
+        }
+    };
+    match introspect::server_info(&client).await {
+        Ok(info) => {
+            match info.require_logical() {
+                Ok(()) => add(
+                    Level::Ok,
+                    "server",
+                    format!(
+                        "PostgreSQL {}, wal_level = logical, role {:?} may replicate",
+                        info.version_num / 10000,
+                        info.user
+                    ),
+                ),
+                Err(e) => add(Level::Fail, "server", e.to_string()),
+            }
+            if info.max_replication_slots < 1 || info.max_wal_senders < 1 {
+                add(
+                    Level::Fail,
+                    "server",
+                    "max_replication_slots and max_wal_senders must be at least 1; raise them and restart PostgreSQL".into(),
+                );
+            }
+            match introspect::publication_missing(&client, &config.source.publication, &config.tables).await {
+                Ok(None) if info.can_create_publication => add(
+                    Level::Todo,
+                    "publication",
+                    format!("{:?} will be created for the configured tables", config.source.publication),
+                ),
+                Ok(None) => add(
+                    Level::Fail,
+                    "publication",
+                    format!(
+                        "{:?} does not exist and role {:?} may not create it: create it as the table owner (CREATE PUBLICATION {} FOR TABLE ...) or GRANT CREATE ON DATABASE to the role",
+                        config.source.publication,
+                        info.user,
+                        config.source.publication
+                    ),
+                ),
+                Ok(Some(missing)) if missing.is_empty() => add(Level::Ok, "publication", format!("{:?} covers every table", config.source.publication)),
+                Ok(Some(missing)) => add(
+                    Level::Todo,
+                    "publication",
+                    format!(
+                        "{} will be added to {:?}",
+                        missing.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
+                        config.source.publication
+                    ),
+                ),
+                Err(e) => add(Level::Fail, "publication", e.to_string()),
+            }
+        }
+        Err(e) => add(Level::Fail, "server", e.to_string()),
+    }
+
+    for t in &config.tables {
+        let what = format!("table {}", t.name);
+        match introspect::table_info(&client, t).await {
+            Ok(info) if !info.has_identity() => add(Level::Fail, &what, identity_remedy(&t.name)),
+            Ok(info) => {
+                let detail = format!(
+                    "{} columns, replica identity {}, about {} rows",
+                    info.schema.columns.len(),
+                    match info.replica_identity {
+                        'f' => "FULL",
+                        'i' => "USING INDEX",
+                        _ => "primary key",
+                    },
+                    info.estimated_rows.max(0)
+                );
+                add(Level::Ok, &what, detail);
+                if let Some(idx) = info.schema.partition_column {
+                    let col = &info.schema.columns[idx];
+                    if !col.is_key && info.replica_identity != 'f' {
+                        add(
+                            Level::Warn,
+                            &what,
+                            format!(
+                                "DELETEs carry only the key, not {:?}, so they land in the year=__HIVE_DEFAULT_PARTITION__ partition; run ALTER TABLE {} REPLICA IDENTITY FULL; to file them under their date",
+                                col.name, t.name
+                            ),
+                        );
+                    }
+                }
+                let other: Vec<&str> = info
+                    .schema
+                    .columns
+                    .iter()
+                    .filter(|c| !c.kind.decodes_binary())
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if !other.is_empty() {
+                    add(
+                        Level::Warn,
+                        &what,
+                        format!("column(s) {} have types stored as their text form", other.join(", ")),
+                    );
+                }
+            }
+            Err(e) => add(Level::Fail, &what, e.to_string()),
+        }
+    }
+
+    match introspect::slot_info(&client, &config.source.slot).await {
+        Ok(None) => add(Level::Todo, "slot", format!("{:?} will be created (pgoutput)", config.source.slot)),
+        Ok(Some(s)) => match (s.active_pid, s.plugin.as_deref(), s.wal_status.as_deref()) {
+            (Some(pid), _, _) => add(
+                Level::Fail,
+                "slot",
+                format!("{:?} is in use by pid {pid}: one slot2lake per slot", config.source.slot),
+            ),
+            (_, plugin, _) if plugin != Some("pgoutput") => add(
+                Level::Fail,
+                "slot",
+                format!("{:?} uses plugin {plugin:?}, not pgoutput", config.source.slot),
+            ),
+            (_, _, Some("lost")) => add(Level::Fail, "slot", format!("{:?} has lost WAL it needed", config.source.slot)),
+            _ => add(
+                Level::Ok,
+                "slot",
+                format!(
+                    "{:?} exists, confirmed to {}",
+                    config.source.slot,
+                    s.confirmed_flush.map(|l| l.to_string()).unwrap_or_default()
+                ),
+            ),
+        },
+        Err(e) => add(Level::Fail, "slot", e.to_string()),
+    }
+    out
+}

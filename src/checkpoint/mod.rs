@@ -1,0 +1,240 @@
+//! Checkpoints in the lake: per-table watermarks, the flush intent and the snapshot
+//! state, all small JSON objects next to the data they describe.
+//!
+//! Watermarks are the lake's own record of progress: a flush writes them after its
+//! Parquet files and before acknowledging the slot, and a watermark's LSN never moves
+//! backward. The flush intent fixes a flush's name-giving inputs (time and cut) before
+//! any file is written, so a retried flush writes the same names.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+use crate::sink::{Lake, LakeError};
+
+/// Watermark file name under `etl-metadata/<table>/`.
+pub const WATERMARK_FILE: &str = "watermark.json";
+/// The seed's watermark file, kept for its users.
+pub const LAST_PROCESSED_FILE: &str = "last_processed_timestamp.txt";
+/// Format of `last_processed_timestamp.txt` (UTC).
+pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// A checkpoint that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The store failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// A checkpoint file is not valid JSON of the expected shape.
+    #[error("{key} is not a valid slot2lake checkpoint ({source}); fix or remove it")]
+    Corrupt {
+        /// The object.
+        key: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A watermark would move backward: the lake and this run disagree.
+    #[error("refusing to move the watermark of {table} back from {current} to {new}; another slot2lake may be writing this lake")]
+    Backward {
+        /// Table folder.
+        table: String,
+        /// Stored LSN.
+        current: Lsn,
+        /// Proposed LSN.
+        new: Lsn,
+    },
+}
+
+/// What a watermark's last update was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatermarkKind {
+    /// A snapshot backfill.
+    Snapshot,
+    /// A flush of streamed changes.
+    Changes,
+}
+
+/// `etl-metadata/<table>/watermark.json`: how far the lake holds this table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// Format version.
+    pub version: u32,
+    /// `schema.table`
+    pub table: String,
+    /// Every change committed before this LSN is in the lake (the flush's cut, or the
+    /// snapshot's consistent point).
+    pub lsn: Lsn,
+    /// Commit time (UTC) of the last transaction covered, `YYYY-MM-DD HH:MM:SS`, as in
+    /// `last_processed_timestamp.txt`.
+    pub timestamp: String,
+    /// The same instant with microseconds.
+    pub commit_time: DateTime<Utc>,
+    /// When the flush ran (the files' `etl_processed_at`).
+    pub flushed_at: DateTime<Utc>,
+    /// Snapshot or changes.
+    pub kind: WatermarkKind,
+    /// Rows that flush wrote for this table.
+    pub rows: u64,
+    /// Files that flush wrote for this table.
+    pub files: u64,
+    /// The slot the changes came from.
+    pub slot: String,
+}
+
+/// `_slot2lake/<slot>/flush.json`: a flush in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushIntent {
+    /// Format version.
+    pub version: u32,
+    /// Transactions that end at or before this LSN are in the flush.
+    pub cut: Lsn,
+    /// Flush time: file names, `etl_processed_at`, processing-date partitions.
+    pub processed_at: DateTime<Utc>,
+    /// Per table folder: changes committed at or after this LSN are in the flush.
+    pub from: BTreeMap<String, Lsn>,
+}
+
+/// The first-run snapshot's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotPhase {
+    /// The slot exists and tables are being copied; a crash here restarts the first run.
+    Copying,
+    /// Every table is in staging; a crash here resumes moving files into place.
+    Staged,
+}
+
+/// `_slot2lake/<slot>/snapshot.json`: the first-run snapshot in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// Format version.
+    pub version: u32,
+    /// Where it is.
+    pub phase: SnapshotPhase,
+    /// The slot's consistent point.
+    pub consistent_point: Lsn,
+    /// Run time (file names, `etl_processed_at`).
+    pub processed_at: DateTime<Utc>,
+    /// Snapshot time (the rows' `commit_ts`).
+    pub snapshot_time: Option<DateTime<Utc>>,
+    /// Staging prefix.
+    pub staging: String,
+    /// Staged key → final key.
+    pub files: Vec<(String, String)>,
+    /// Rows per table folder.
+    pub rows: BTreeMap<String, u64>,
+}
+
+/// Reads and writes checkpoints of one slot in one lake.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    lake: Lake,
+    slot: String,
+}
+
+impl Checkpoints {
+    /// Checkpoints for `slot` in `lake`.
+    pub fn new(lake: Lake, slot: &str) -> Self {
+        Self {
+            lake,
+            slot: slot.to_string(),
+        }
+    }
+
+    /// The slot name.
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    async fn read<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, CheckpointError> {
+        match self.lake.get(key).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| CheckpointError::Corrupt {
+                    key: key.to_string(),
+                    source,
+                }),
+        }
+    }
+
+    async fn write<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CheckpointError> {
+        let mut json = serde_json::to_vec_pretty(value).map_err(|source| CheckpointError::Corrupt {
+            key: key.to_string(),
+            source,
+        })?;
+        json.push(b'\n');
+        self.lake.put(key, Bytes::from(json)).await?;
+        Ok(())
+    }
+
+    /// A table's watermark, `None` before its first snapshot or flush.
+    pub async fn watermark(&self, table: &str) -> Result<Option<Watermark>, CheckpointError> {
+        self.read(&self.lake.metadata_key(table, WATERMARK_FILE)).await
+    }
+
+    /// Writes `watermark.json`, then `last_processed_timestamp.txt`; never moves backward.
+    pub async fn write_watermark(&self, folder: &str, wm: &Watermark) -> Result<(), CheckpointError> {
+        if let Some(current) = self.watermark(folder).await? {
+            if current.lsn > wm.lsn {
+                return Err(CheckpointError::Backward {
+                    table: folder.to_string(),
+                    current: current.lsn,
+                    new: wm.lsn,
+                });
+            }
+        }
+        self.write(&self.lake.metadata_key(folder, WATERMARK_FILE), wm).await?;
+        self.lake
+            .put(
+                &self.lake.metadata_key(folder, LAST_PROCESSED_FILE),
+                Bytes::from(wm.timestamp.clone()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn internal(&self, name: &str) -> String {
+        self.lake.internal_key(&self.slot, name)
+    }
+
+    /// The flush in progress, if a previous run stopped during one.
+    pub async fn flush_intent(&self) -> Result<Option<FlushIntent>, CheckpointError> {
+        self.read(&self.internal("flush.json")).await
+    }
+
+    /// Records a flush before it writes any file.
+    pub async fn write_flush_intent(&self, intent: &FlushIntent) -> Result<(), CheckpointError> {
+        self.write(&self.internal("flush.json"), intent).await
+    }
+
+    /// Forgets the flush intent once the flush is committed.
+    pub async fn clear_flush_intent(&self) -> Result<(), CheckpointError> {
+        Ok(self.lake.delete(&self.internal("flush.json")).await?)
+    }
+
+    /// The first-run snapshot in progress, if any.
+    pub async fn snapshot_state(&self) -> Result<Option<SnapshotState>, CheckpointError> {
+        self.read(&self.internal("snapshot.json")).await
+    }
+
+    /// Records the first-run snapshot's progress.
+    pub async fn write_snapshot_state(&self, state: &SnapshotState) -> Result<(), CheckpointError> {
+        self.write(&self.internal("snapshot.json"), state).await
+    }
+
+    /// Forgets the snapshot state once every table has its watermark.
+    pub async fn clear_snapshot_state(&self) -> Result<(), CheckpointError> {
+        Ok(self.lake.delete(&self.internal("snapshot.json")).await?)
+    }
+}
+
+/// Formats a time the way `last_processed_timestamp.txt` holds it.
+pub fn seed_timestamp(t: DateTime<Utc>) -> String {
+    t.format(TIMESTAMP_FORMAT).to_string()
+}

@@ -1,0 +1,187 @@
+//! The command line: parsing, dispatch, exit codes (0 ok, 2 usage or config, 1 failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, EXAMPLE};
+use crate::pipeline::Pipeline;
+
+/// Stream PostgreSQL changes from a logical replication slot into a Hive-partitioned Parquet lake.
+#[derive(Debug, Parser)]
+#[command(name = "slot2lake", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More detailed logs (RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Config file.
+    #[arg(short, long, default_value = DEFAULT_CONFIG_PATH, env = "SLOT2LAKE_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume the slot: first run backfills from a snapshot, then streams changes.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Catch up to the WAL position current at start, flush, commit, exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Ask the running consumer to flush now; returns when the flush is committed.
+    Flush {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Re-snapshot one table.
+    Backfill {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The table, as named in [[tables]].
+        #[arg(long)]
+        table: String,
+    },
+    /// Slot lag, WAL retained, watermarks, spooled changes.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Preflight: server settings, privileges, publication, replica identity, output.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print an annotated example config.
+    Example,
+}
+
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for runtime failures.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Entry point of the `slot2lake` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some());
+            eprintln!("error: {}", render(&e));
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
+        }
+    }
+}
+
+/// An error and its causes on one line, without repeating a cause the message already contains.
+fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&arg.config)?)
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, once } => {
+            let config = load(&config)?;
+            if !once {
+                anyhow::bail!("the always-on consumer is not in this build yet; use `slot2lake run --once` (e.g. from cron at 01:00 UTC)");
+            }
+            let mut pipeline = Pipeline::open(config).await?;
+            let report = pipeline.run_once().await.context("run --once")?;
+            let snap: u64 = report.snapshot_rows.values().sum();
+            let rows: u64 = report.flushed_rows.values().sum();
+            println!(
+                "run --once: {snap} snapshot rows, {} changes received, {rows} rows flushed, {} files; slot acknowledged to {}; lake {}",
+                report.changes_received,
+                report.files.len(),
+                report.acked.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                report.lake
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flush { config } => {
+            load(&config)?;
+            anyhow::bail!("no consumer is running to flush (the always-on `run` is not in this build yet); use `slot2lake run --once`")
+        }
+        Command::Backfill { config, table } => {
+            load(&config)?;
+            anyhow::bail!("backfill --table {table} is not in this build yet; a first `run --once` snapshots every table")
+        }
+        Command::Status { config, json } => {
+            let config = load(&config)?;
+            let status = crate::status::gather(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let config = load(&config)?;
+            let findings = crate::check::run(&config).await;
+            let mut failed = false;
+            for f in &findings {
+                let tag = match f.level {
+                    crate::check::Level::Ok => "ok  ",
+                    crate::check::Level::Todo => "todo",
+                    crate::check::Level::Warn => "warn",
+                    crate::check::Level::Fail => {
+                        failed = true;
+                        "FAIL"
+                    }
+                };
+                println!("{tag}  {:<22} {}", f.what, f.detail);
+            }
+            Ok(if failed { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS })
+        }
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
+            print!("{EXAMPLE}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

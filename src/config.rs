@@ -1,0 +1,703 @@
+//! Configuration: TOML with `${VAR}` expansion, defaults in named consts, one `validate()`.
+//!
+//! Every error names the key it is about (`tables[1].partition_by`) and what is wrong
+//! with it, so a user can fix the file without reading the source.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default config file, looked up in the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "slot2lake.toml";
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "slot2lake";
+/// Default publication name.
+pub const DEFAULT_PUBLICATION: &str = "slot2lake";
+/// Default folder for watermarks, as in the seed's layout.
+pub const DEFAULT_METADATA_PREFIX: &str = "etl-metadata";
+/// The daily flush: 01:00 UTC, the seed's rhythm.
+pub const DEFAULT_SCHEDULE: &str = "0 1 * * *";
+/// Largest Parquet file a flush writes (bytes of column data before compression).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 256 * 1024 * 1024;
+/// Rows per Parquet row group, at most.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = 1_000_000;
+/// Memory for row groups being built, over all open files.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+/// Files a flush keeps open at once (one per table partition being written).
+pub const DEFAULT_MAX_OPEN_FILES: usize = 32;
+/// How often the slot is acknowledged while changes arrive.
+pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_secs(60);
+/// A spool segment is sealed once it holds this many bytes.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// The partition scheme keyed on flush time, as in the seed's `customers` table.
+pub const PROCESSING_DATE: &str = "processing_date";
+
+/// A config problem: which key, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("cannot read config file {path}: {source}. Create one (`slot2lake config example > slot2lake.toml`) or pass --config")]
+    Read {
+        /// The file that was tried.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: String,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A key whose value breaks a rule.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `tables[0].partition_by`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The PostgreSQL database, slot and publication.
+    pub source: SourceConfig,
+    /// Where the lake is written.
+    pub output: OutputConfig,
+    /// The durable change spool.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// When and how changes are flushed to Parquet.
+    #[serde(default)]
+    pub flush: FlushConfig,
+    /// The catalog told about new data after each flush.
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// The tables to replicate.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// `[source]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user:password@host:port/db`; the password never reaches logs.
+    pub url: SecretUrl,
+    /// Replication slot, created when missing.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication, created for `[[tables]]` when missing.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// What to do about a first snapshot.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// pgoutput binary mode: `auto` uses it when every published column has a binary decoder.
+    #[serde(default)]
+    pub binary: BinaryMode,
+}
+
+/// `[source] snapshot`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Backfill each table from a snapshot that lines up with the slot on the first run.
+    #[default]
+    Initial,
+    /// Never backfill; stream changes only.
+    Never,
+}
+
+/// `[source] binary`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryMode {
+    /// Binary when every published column type has a binary decoder, else text.
+    #[default]
+    Auto,
+    /// Always ask pgoutput for binary values.
+    On,
+    /// Always ask pgoutput for text values.
+    Off,
+}
+
+/// `[output]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// `file:///var/lib/lake`, a plain path, or `s3://bucket/prefix`.
+    pub url: String,
+    /// Folder for watermarks, relative to the output.
+    #[serde(default = "default_metadata_prefix")]
+    pub metadata_prefix: String,
+    /// Parquet compression codec.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Largest file written per table partition (e.g. "256MB").
+    #[serde(default = "default_max_file_size")]
+    pub max_file_size: ByteSize,
+    /// Rows per row group, at most.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+}
+
+/// Parquet compression codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Snappy: Athena's default, fast.
+    #[default]
+    Snappy,
+    /// Zstandard (level 3): smaller files.
+    Zstd,
+    /// No compression.
+    None,
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Local directory for spool segments; default `<lake>/_slot2lake/<slot>/spool` for a `file://` lake.
+    pub dir: Option<PathBuf>,
+    /// Acknowledge the slot at least this often while changes arrive (e.g. "60s").
+    #[serde(default = "default_ack_interval", with = "humantime_serde")]
+    pub ack_interval: Duration,
+    /// Seal a segment once it holds this much.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            ack_interval: DEFAULT_ACK_INTERVAL,
+            segment_size: ByteSize(DEFAULT_SEGMENT_SIZE),
+        }
+    }
+}
+
+/// `[flush]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushConfig {
+    /// Cron expression, UTC.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// Memory for row groups being built, over all open files.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+    /// Files kept open at once while flushing.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        Self {
+            schedule: default_schedule(),
+            memory_limit: default_memory_limit(),
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+        }
+    }
+}
+
+/// `[catalog]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Which catalog to update after a flush.
+    #[serde(default)]
+    pub kind: CatalogKind,
+    /// Glue database.
+    pub database: Option<String>,
+    /// Glue crawler.
+    pub crawler: Option<String>,
+}
+
+/// `[catalog] kind`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatalogKind {
+    /// No catalog.
+    None,
+    /// The lake itself is the catalog (`slot2lake catalog ...`).
+    #[default]
+    Local,
+    /// Start an AWS Glue crawler.
+    Glue,
+    /// Update Glue tables and partitions directly.
+    GlueDirect,
+}
+
+/// `[[tables]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table` (or `table`, meaning `public.table`).
+    pub name: String,
+    /// `processing_date`, or a date/timestamp column of the table.
+    #[serde(default = "default_partition_by")]
+    pub partition_by: String,
+    /// SQL condition limiting the first snapshot, e.g. `order_date >= current_date - 30`.
+    pub snapshot_where: Option<String>,
+}
+
+impl TableConfig {
+    /// The table's schema and name, `public` when no schema is given.
+    pub fn qualified(&self) -> (&str, &str) {
+        match self.name.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("public", self.name.as_str()),
+        }
+    }
+
+    /// The folder under the output, and the name used in file names and watermarks.
+    pub fn folder(&self) -> &str {
+        self.qualified().1
+    }
+
+    /// The partition column, when partitioned by a column rather than flush time.
+    pub fn partition_column(&self) -> Option<&str> {
+        (self.partition_by != PROCESSING_DATE).then_some(self.partition_by.as_str())
+    }
+}
+
+fn default_slot() -> String {
+    DEFAULT_SLOT.into()
+}
+fn default_publication() -> String {
+    DEFAULT_PUBLICATION.into()
+}
+fn default_metadata_prefix() -> String {
+    DEFAULT_METADATA_PREFIX.into()
+}
+fn default_schedule() -> String {
+    DEFAULT_SCHEDULE.into()
+}
+fn default_max_file_size() -> ByteSize {
+    ByteSize(DEFAULT_MAX_FILE_SIZE)
+}
+fn default_row_group_rows() -> usize {
+    DEFAULT_ROW_GROUP_ROWS
+}
+fn default_memory_limit() -> ByteSize {
+    ByteSize(DEFAULT_MEMORY_LIMIT)
+}
+fn default_max_open_files() -> usize {
+    DEFAULT_MAX_OPEN_FILES
+}
+fn default_ack_interval() -> Duration {
+    DEFAULT_ACK_INTERVAL
+}
+fn default_segment_size() -> ByteSize {
+    ByteSize(DEFAULT_SEGMENT_SIZE)
+}
+fn default_partition_by() -> String {
+    PROCESSING_DATE.into()
+}
+
+/// A size written as `"256MB"`, `"1GiB"` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s
+                .parse::<bytesize::ByteSize>()
+                .map(|b| ByteSize(b.as_u64()))
+                .map_err(|e| serde::de::Error::custom(format!("invalid size {s:?}: {e}"))),
+        }
+    }
+}
+
+/// A connection URL whose password is never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of a URL or key=value connection string with `***`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.has_host() => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = k.eq_ignore_ascii_case("password");
+                    (k.into_owned(), if secret { "***".into() } else { v.into_owned() })
+                })
+                .collect();
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        _ => raw
+            .split_whitespace()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+impl Config {
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `env` resolves `${VAR}` references.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: origin.to_string(),
+            message,
+        };
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| parse_err(e.message().to_string() + &location(text, e.span())))?;
+        expand_env(&mut value, "", env)?;
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule that serde cannot express; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.source;
+        if s.url.expose().trim().is_empty() {
+            return Err(invalid("source.url", "must not be empty"));
+        }
+        if !(s.url.expose().starts_with("postgres://") || s.url.expose().starts_with("postgresql://")) {
+            return Err(invalid(
+                "source.url",
+                format!("must start with postgres:// (got {})", s.url.redacted()),
+            ));
+        }
+        check_identifier("source.slot", &s.slot, true)?;
+        check_identifier("source.publication", &s.publication, false)?;
+
+        let o = &self.output;
+        if o.url.trim().is_empty() {
+            return Err(invalid("output.url", "must not be empty"));
+        }
+        if let Some((scheme, _)) = o.url.split_once("://") {
+            if scheme != "file" && scheme != "s3" {
+                return Err(invalid(
+                    "output.url",
+                    format!("unsupported scheme {scheme}://; use file:///path or s3://bucket/prefix"),
+                ));
+            }
+        }
+        if o.metadata_prefix.trim_matches('/').is_empty() || o.metadata_prefix.starts_with('_') {
+            return Err(invalid(
+                "output.metadata_prefix",
+                "must be a non-empty folder name not starting with '_' (names starting with '_' are slot2lake's own)",
+            ));
+        }
+        if o.max_file_size.0 < 1024 * 1024 {
+            return Err(invalid("output.max_file_size", "must be at least 1MB"));
+        }
+        if o.row_group_rows == 0 {
+            return Err(invalid("output.row_group_rows", "must be at least 1"));
+        }
+        if self.flush.max_open_files == 0 {
+            return Err(invalid("flush.max_open_files", "must be at least 1"));
+        }
+        if self.flush.memory_limit.0 < 1024 * 1024 {
+            return Err(invalid("flush.memory_limit", "must be at least 1MB"));
+        }
+        if self.spool.ack_interval.is_zero() {
+            return Err(invalid("spool.ack_interval", "must be greater than 0s"));
+        }
+        if self.spool.dir.is_none() && o.url.starts_with("s3://") {
+            return Err(invalid(
+                "spool.dir",
+                "must be set when output.url is s3://: a local directory that survives restarts",
+            ));
+        }
+        match self.catalog.kind {
+            CatalogKind::Glue if self.catalog.crawler.is_none() => {
+                return Err(invalid("catalog.crawler", "is required when catalog.kind = \"glue\""));
+            }
+            CatalogKind::Glue | CatalogKind::GlueDirect if self.catalog.database.is_none() => {
+                return Err(invalid("catalog.database", "is required for a Glue catalog"));
+            }
+            _ => {}
+        }
+
+        if self.tables.is_empty() {
+            return Err(invalid(
+                "tables",
+                "no [[tables]] configured; add at least one, e.g. [[tables]] name = \"public.customers\"",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut folders = HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let key = format!("tables[{i}]");
+            let (schema, name) = t.qualified();
+            check_identifier(&format!("{key}.name"), schema, false)?;
+            check_identifier(&format!("{key}.name"), name, false)?;
+            if name.starts_with('_') || name.starts_with('.') {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "table folders starting with '_' or '.' are skipped by Hive, Glue and Athena",
+                ));
+            }
+            if name == o.metadata_prefix.trim_matches('/') {
+                return Err(invalid(format!("{key}.name"), "collides with output.metadata_prefix"));
+            }
+            if !names.insert((schema.to_string(), name.to_string())) {
+                return Err(invalid(format!("{key}.name"), format!("{} is listed twice", t.name)));
+            }
+            if !folders.insert(name.to_string()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("another table is also named {name}; each table needs its own folder"),
+                ));
+            }
+            if let Some(col) = t.partition_column() {
+                check_identifier(&format!("{key}.partition_by"), col, false)?;
+            }
+            if let Some(w) = &t.snapshot_where {
+                if w.trim().is_empty() {
+                    return Err(invalid(format!("{key}.snapshot_where"), "must not be empty"));
+                }
+                if w.contains(';') {
+                    return Err(invalid(format!("{key}.snapshot_where"), "must be one SQL condition, without ';'"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[[tables]]` entry for `schema.table`.
+    pub fn table(&self, schema: &str, name: &str) -> Option<&TableConfig> {
+        self.tables.iter().find(|t| t.qualified() == (schema, name))
+    }
+}
+
+/// Postgres identifiers we create or quote: plain names keep SQL and object paths simple.
+fn check_identifier(key: &str, value: &str, slot: bool) -> Result<(), ConfigError> {
+    let ok_char = |c: char| {
+        if slot {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+        } else {
+            c.is_alphanumeric() || c == '_' || c == '$'
+        }
+    };
+    if value.is_empty() || value.len() > 63 || !value.chars().all(ok_char) {
+        let rule = if slot {
+            "lowercase letters, digits and '_' (PostgreSQL's rule for slot names), at most 63"
+        } else {
+            "letters, digits, '_' and '$', at most 63"
+        };
+        return Err(invalid(key, format!("{value:?} is not a valid name: use {rule}")));
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}` in every string value; the error names the key and the variable.
+fn expand_env(
+    value: &mut toml::Value,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => {
+            if s.contains("${") {
+                *s = expand_str(s, key, env)?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                expand_env(v, &format!("{key}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                expand_env(v, &sub, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| invalid(key, "unterminated ${ in value; write ${NAME}"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(key, format!("${{{name}}} is not a valid variable name")));
+        }
+        let v = env(name).ok_or_else(|| {
+            invalid(key, format!("environment variable {name} is not set (referenced as ${{{name}}})"))
+        })?;
+        out.push_str(&v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// An annotated example config, printed by `slot2lake config example`.
+pub const EXAMPLE: &str = include_str!("../slot2lake.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PGPASSWORD" => Some("s3cr3t".into()),
+            _ => None,
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[source]
+url = "postgres://u:${PGPASSWORD}@127.0.0.1:5432/db"
+[output]
+url = "file:///tmp/lake"
+[[tables]]
+name = "public.customers"
+"#;
+
+    #[test]
+    fn expands_env_and_applies_defaults() {
+        let c = Config::parse(MINIMAL, "t.toml", &env).expect("valid");
+        assert_eq!(c.source.url.expose(), "postgres://u:s3cr3t@127.0.0.1:5432/db");
+        assert_eq!(c.source.slot, DEFAULT_SLOT);
+        assert_eq!(c.flush.schedule, DEFAULT_SCHEDULE);
+        assert_eq!(c.tables[0].partition_by, PROCESSING_DATE);
+        assert!(!format!("{:?}", c.source.url).contains("s3cr3t"));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let all = |_: &str| Some("x".to_string());
+        Config::parse(EXAMPLE, "example", &all).expect("example parses");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("[output]", "[output]\nurll = \"x\"");
+        let err = Config::parse(&text, "t.toml", &env).expect_err("unknown key").to_string();
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn missing_variable_is_named_with_key() {
+        let text = MINIMAL.replace("${PGPASSWORD}", "${NOPE}");
+        let err = Config::parse(&text, "t.toml", &env).expect_err("unset var").to_string();
+        assert!(err.contains("source.url") && err.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let text = MINIMAL.replace("name = \"public.customers\"", "name = \"public.customers\"\npartition_by = \"bad col\"");
+        let err = Config::parse(&text, "t.toml", &env).expect_err("bad column").to_string();
+        assert!(err.starts_with("tables[0].partition_by"), "{err}");
+        let text = MINIMAL.replace("[output]", "[flush]\nmax_open_files = 0\n[output]");
+        let err = Config::parse(&text, "t.toml", &env).expect_err("zero").to_string();
+        assert!(err.starts_with("flush.max_open_files"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=pw&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("host=h password=pw"), "host=h password=***");
+    }
+}

@@ -1,0 +1,10 @@
+//! Decoding: PostgreSQL wire values → Arrow, and the schema of each table's files.
+
+pub mod batch;
+pub mod relation;
+pub mod schema;
+pub mod value;
+
+pub use batch::{ChangeType, DecodeError, RowBatch, RowMeta, Warnings};
+pub use schema::{ColumnKind, ColumnSpec, TableSchema};
+pub use value::Datum;

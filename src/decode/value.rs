@@ -1,0 +1,655 @@
+//! PostgreSQL values (binary or text wire format) → Arrow builders.
+//!
+//! Binary values come from `COPY ... (FORMAT binary)` and from pgoutput in binary mode;
+//! text values from pgoutput in text mode. Each kind has one decoder per format and
+//! both append into the same builder, so the two paths cannot disagree on types.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
+    Int16Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::ArrayRef;
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+
+use super::schema::ColumnKind;
+
+/// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
+const PG_EPOCH_DAYS: i32 = 10_957;
+/// Microseconds from 1970-01-01 to 2000-01-01.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// One value as it arrives on the wire.
+#[derive(Debug, Clone, Copy)]
+pub enum Datum<'a> {
+    /// SQL NULL.
+    Null,
+    /// Text output format.
+    Text(&'a [u8]),
+    /// Binary send format.
+    Binary(&'a [u8]),
+    /// A TOASTed value the UPDATE did not change (pgoutput sends no value).
+    Unchanged,
+}
+
+impl Datum<'_> {
+    /// Bytes on the wire, for size accounting.
+    pub fn len(&self) -> usize {
+        match self {
+            Datum::Text(b) | Datum::Binary(b) => b.len(),
+            Datum::Null | Datum::Unchanged => 0,
+        }
+    }
+
+    /// True for NULL and unchanged values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A value that cannot be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValueError {
+    /// Bytes that do not match the type's wire format: a bug or a type mismatch; stop.
+    #[error("malformed {format} value: {detail}")]
+    Malformed {
+        /// "binary" or "text"
+        format: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A valid PostgreSQL value the Parquet type cannot hold (e.g. `infinity`); stored as NULL.
+    #[error("{0} cannot be stored in this column's Parquet type; stored as NULL")]
+    Unrepresentable(&'static str),
+}
+
+fn bad_bin(detail: impl Into<String>) -> ValueError {
+    ValueError::Malformed {
+        format: "binary",
+        detail: detail.into(),
+    }
+}
+
+fn bad_text(detail: impl Into<String>) -> ValueError {
+    ValueError::Malformed {
+        format: "text",
+        detail: detail.into(),
+    }
+}
+
+/// An Arrow builder for one column.
+pub enum ColumnBuilder {
+    /// BOOLEAN
+    Bool(BooleanBuilder),
+    /// INT16
+    Int16(Int16Builder),
+    /// INT32
+    Int32(Int32Builder),
+    /// INT64
+    Int64(Int64Builder),
+    /// FLOAT
+    Float32(Float32Builder),
+    /// DOUBLE
+    Float64(Float64Builder),
+    /// DECIMAL(p,s)
+    Decimal(Decimal128Builder, i8),
+    /// STRING
+    Utf8(StringBuilder),
+    /// BINARY
+    Binary(BinaryBuilder),
+    /// DATE
+    Date(Date32Builder),
+    /// TIMESTAMP(MICROS)
+    Timestamp(TimestampMicrosecondBuilder),
+}
+
+impl ColumnBuilder {
+    /// An empty builder for `kind`.
+    pub fn new(kind: ColumnKind, capacity: usize) -> Self {
+        match kind {
+            ColumnKind::Bool => Self::Bool(BooleanBuilder::with_capacity(capacity)),
+            ColumnKind::Int16 => Self::Int16(Int16Builder::with_capacity(capacity)),
+            ColumnKind::Int32 => Self::Int32(Int32Builder::with_capacity(capacity)),
+            ColumnKind::Int64 | ColumnKind::Oid => Self::Int64(Int64Builder::with_capacity(capacity)),
+            ColumnKind::Float32 => Self::Float32(Float32Builder::with_capacity(capacity)),
+            ColumnKind::Float64 => Self::Float64(Float64Builder::with_capacity(capacity)),
+            ColumnKind::Decimal { precision, scale } => Self::Decimal(
+                Decimal128Builder::with_capacity(capacity)
+                    .with_precision_and_scale(precision, scale)
+                    // precision 1..=38 and 0 <= scale <= precision are checked by ColumnKind::of.
+                    .unwrap_or_else(|_| Decimal128Builder::with_capacity(capacity)),
+                scale,
+            ),
+            ColumnKind::NumericText | ColumnKind::Text | ColumnKind::Jsonb | ColumnKind::Uuid | ColumnKind::Other => {
+                Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
+            ColumnKind::Bytea => Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16)),
+            ColumnKind::Date => Self::Date(Date32Builder::with_capacity(capacity)),
+            ColumnKind::Timestamp => Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity)),
+            ColumnKind::TimestampTz => {
+                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+            }
+        }
+    }
+
+    /// Appends NULL.
+    pub fn append_null(&mut self) {
+        match self {
+            Self::Bool(b) => b.append_null(),
+            Self::Int16(b) => b.append_null(),
+            Self::Int32(b) => b.append_null(),
+            Self::Int64(b) => b.append_null(),
+            Self::Float32(b) => b.append_null(),
+            Self::Float64(b) => b.append_null(),
+            Self::Decimal(b, _) => b.append_null(),
+            Self::Utf8(b) => b.append_null(),
+            Self::Binary(b) => b.append_null(),
+            Self::Date(b) => b.append_null(),
+            Self::Timestamp(b) => b.append_null(),
+        }
+    }
+
+    /// Decodes one non-null value of `kind` and appends it; on error nothing is appended.
+    pub fn append(&mut self, kind: ColumnKind, datum: Datum<'_>) -> Result<(), ValueError> {
+        match datum {
+            Datum::Null | Datum::Unchanged => {
+                self.append_null();
+                Ok(())
+            }
+            Datum::Binary(raw) => self.append_binary(kind, raw),
+            Datum::Text(raw) => self.append_text(kind, raw),
+        }
+    }
+
+    fn append_binary(&mut self, kind: ColumnKind, raw: &[u8]) -> Result<(), ValueError> {
+        match (self, kind) {
+            (Self::Bool(b), _) => b.append_value(fixed::<1>(raw)?[0] != 0),
+            (Self::Int16(b), _) => b.append_value(i16::from_be_bytes(fixed(raw)?)),
+            (Self::Int32(b), _) => b.append_value(i32::from_be_bytes(fixed(raw)?)),
+            (Self::Int64(b), ColumnKind::Oid) => b.append_value(i64::from(u32::from_be_bytes(fixed(raw)?))),
+            (Self::Int64(b), _) => b.append_value(i64::from_be_bytes(fixed(raw)?)),
+            (Self::Float32(b), _) => b.append_value(f32::from_be_bytes(fixed(raw)?)),
+            (Self::Float64(b), _) => b.append_value(f64::from_be_bytes(fixed(raw)?)),
+            (Self::Decimal(b, scale), _) => b.append_value(Numeric::parse_binary(raw)?.to_scaled(*scale)?),
+            (Self::Utf8(b), ColumnKind::NumericText) => b.append_value(Numeric::parse_binary(raw)?.to_string()),
+            (Self::Utf8(b), ColumnKind::Uuid) => b.append_value(format_uuid(fixed(raw)?)),
+            (Self::Utf8(b), ColumnKind::Jsonb) => match raw.split_first() {
+                Some((1, json)) => b.append_value(utf8(json)?),
+                _ => return Err(bad_bin("jsonb without version byte 1")),
+            },
+            (Self::Utf8(_), ColumnKind::Other) => {
+                return Err(bad_bin(
+                    "a type without a binary decoder arrived in binary format; set [source] binary = \"off\"",
+                ));
+            }
+            (Self::Utf8(b), _) => b.append_value(utf8(raw)?),
+            (Self::Binary(b), _) => b.append_value(raw),
+            (Self::Date(b), _) => b.append_value(date_from_pg_days(i32::from_be_bytes(fixed(raw)?))?),
+            (Self::Timestamp(b), _) => b.append_value(micros_from_pg(i64::from_be_bytes(fixed(raw)?))?),
+        }
+        Ok(())
+    }
+
+    fn append_text(&mut self, kind: ColumnKind, raw: &[u8]) -> Result<(), ValueError> {
+        let s = utf8(raw)?;
+        match self {
+            Self::Bool(b) => b.append_value(match s {
+                "t" | "true" => true,
+                "f" | "false" => false,
+                _ => return Err(bad_text(format!("{s:?} is not a boolean"))),
+            }),
+            Self::Int16(b) => b.append_value(parse_text(s)?),
+            Self::Int32(b) => b.append_value(parse_text(s)?),
+            Self::Int64(b) => b.append_value(parse_text(s)?),
+            Self::Float32(b) => b.append_value(parse_float(s)? as f32),
+            Self::Float64(b) => b.append_value(parse_float(s)?),
+            Self::Decimal(b, scale) => b.append_value(Numeric::parse_text(s)?.to_scaled(*scale)?),
+            Self::Utf8(b) => b.append_value(s),
+            Self::Binary(b) => b.append_value(parse_bytea_text(s)?),
+            Self::Date(b) => b.append_value(parse_date_text(s)?),
+            Self::Timestamp(b) => b.append_value(parse_timestamp_text(s, kind == ColumnKind::TimestampTz)?),
+        }
+        Ok(())
+    }
+
+    /// Finishes the column into an array and resets the builder.
+    pub fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Bool(b) => Arc::new(b.finish()),
+            Self::Int16(b) => Arc::new(b.finish()),
+            Self::Int32(b) => Arc::new(b.finish()),
+            Self::Int64(b) => Arc::new(b.finish()),
+            Self::Float32(b) => Arc::new(b.finish()),
+            Self::Float64(b) => Arc::new(b.finish()),
+            Self::Decimal(b, _) => Arc::new(b.finish()),
+            Self::Utf8(b) => Arc::new(b.finish()),
+            Self::Binary(b) => Arc::new(b.finish()),
+            Self::Date(b) => Arc::new(b.finish()),
+            Self::Timestamp(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// The date of a date-like value, for `year=/month=/day=` partitions (timestamptz: in UTC).
+pub fn datum_date(kind: ColumnKind, datum: Datum<'_>) -> Result<Option<NaiveDate>, ValueError> {
+    let days = match (kind, datum) {
+        (_, Datum::Null | Datum::Unchanged) => return Ok(None),
+        (ColumnKind::Date, Datum::Binary(raw)) => date_from_pg_days(i32::from_be_bytes(fixed(raw)?)),
+        (ColumnKind::Date, Datum::Text(raw)) => parse_date_text(utf8(raw)?),
+        (_, Datum::Binary(raw)) => micros_from_pg(i64::from_be_bytes(fixed(raw)?)).map(|us| us.div_euclid(86_400_000_000) as i32),
+        (_, Datum::Text(raw)) => parse_timestamp_text(utf8(raw)?, kind == ColumnKind::TimestampTz)
+            .map(|us| us.div_euclid(86_400_000_000) as i32),
+    };
+    match days {
+        Ok(d) => Ok(NaiveDate::from_epoch_days(d)),
+        // Infinite dates have no partition; the caller files them under the default partition.
+        Err(ValueError::Unrepresentable(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn fixed<const N: usize>(raw: &[u8]) -> Result<[u8; N], ValueError> {
+    raw.try_into()
+        .map_err(|_| bad_bin(format!("expected {N} bytes, got {}", raw.len())))
+}
+
+fn utf8(raw: &[u8]) -> Result<&str, ValueError> {
+    std::str::from_utf8(raw).map_err(|e| ValueError::Malformed {
+        format: "text",
+        detail: format!("not valid UTF-8: {e}"),
+    })
+}
+
+fn parse_text<T: std::str::FromStr>(s: &str) -> Result<T, ValueError> {
+    s.parse().map_err(|_| bad_text(format!("{s:?} is not a number")))
+}
+
+fn parse_float(s: &str) -> Result<f64, ValueError> {
+    match s {
+        "NaN" => Ok(f64::NAN),
+        "Infinity" => Ok(f64::INFINITY),
+        "-Infinity" => Ok(f64::NEG_INFINITY),
+        _ => parse_text(s),
+    }
+}
+
+fn date_from_pg_days(days: i32) -> Result<i32, ValueError> {
+    match days {
+        i32::MAX => Err(ValueError::Unrepresentable("date 'infinity'")),
+        i32::MIN => Err(ValueError::Unrepresentable("date '-infinity'")),
+        d => d.checked_add(PG_EPOCH_DAYS).ok_or(ValueError::Unrepresentable("date out of range")),
+    }
+}
+
+fn micros_from_pg(us: i64) -> Result<i64, ValueError> {
+    match us {
+        i64::MAX => Err(ValueError::Unrepresentable("timestamp 'infinity'")),
+        i64::MIN => Err(ValueError::Unrepresentable("timestamp '-infinity'")),
+        us => us.checked_add(PG_EPOCH_MICROS).ok_or(ValueError::Unrepresentable("timestamp out of range")),
+    }
+}
+
+fn format_uuid(b: [u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(char::from(HEX[usize::from(byte >> 4)]));
+        s.push(char::from(HEX[usize::from(byte & 0xF)]));
+    }
+    s
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn parse_bytea_text(s: &str) -> Result<Vec<u8>, ValueError> {
+    if let Some(hex) = s.strip_prefix("\\x") {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(bad_text("bytea hex digit expected")),
+        };
+        let h = hex.as_bytes();
+        if h.len() % 2 != 0 {
+            return Err(bad_text("odd number of hex digits in bytea"));
+        }
+        return h.chunks(2).map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect();
+    }
+    // bytea_output = 'escape': backslash-escaped octets.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let oct = b.get(i + 1..i + 4).ok_or_else(|| bad_text("truncated bytea escape"))?;
+            let v = oct.iter().try_fold(0u16, |acc, c| match c {
+                b'0'..=b'7' => Ok(acc * 8 + u16::from(c - b'0')),
+                _ => Err(bad_text("bad bytea octal escape")),
+            })?;
+            out.push(u8::try_from(v).map_err(|_| bad_text("bytea escape out of range"))?);
+            i += 4;
+        }
+    }
+    Ok(out)
+}
+
+fn split_bc(s: &str) -> (&str, bool) {
+    match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    }
+}
+
+fn parse_naive_date(s: &str) -> Result<NaiveDate, ValueError> {
+    let (s, bc) = split_bc(s);
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad_text(format!("{s:?} is not an ISO date")))?;
+    if bc {
+        use chrono::Datelike;
+        // 1 BC is year 0 in the proleptic Gregorian calendar.
+        d.with_year(1 - d.year()).ok_or(ValueError::Unrepresentable("date out of range"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn parse_date_text(s: &str) -> Result<i32, ValueError> {
+    match s {
+        "infinity" => Err(ValueError::Unrepresentable("date 'infinity'")),
+        "-infinity" => Err(ValueError::Unrepresentable("date '-infinity'")),
+        _ => Ok(parse_naive_date(s)?.to_epoch_days()),
+    }
+}
+
+fn parse_timestamp_text(s: &str, with_zone: bool) -> Result<i64, ValueError> {
+    match s {
+        "infinity" => return Err(ValueError::Unrepresentable("timestamp 'infinity'")),
+        "-infinity" => return Err(ValueError::Unrepresentable("timestamp '-infinity'")),
+        _ => {}
+    }
+    let (body, bc) = split_bc(s);
+    let (date, rest) = body
+        .split_once(' ')
+        .ok_or_else(|| bad_text(format!("{s:?} is not an ISO timestamp")))?;
+    let (time, offset_secs) = if with_zone {
+        let at = rest
+            .rfind(['+', '-'])
+            .ok_or_else(|| bad_text(format!("{s:?} has no UTC offset")))?;
+        let (time, off) = rest.split_at(at);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let mut secs = 0i64;
+        for (i, part) in off[1..].split(':').enumerate() {
+            let v: i64 = parse_text(part)?;
+            secs += v * [3600, 60, 1].get(i).copied().ok_or_else(|| bad_text("bad UTC offset"))?;
+        }
+        (time, sign * secs)
+    } else {
+        (rest, 0)
+    };
+    let date = parse_naive_date(&format!("{date}{}", if bc { " BC" } else { "" }))?;
+    let time = NaiveTime::parse_from_str(time, "%H:%M:%S%.f").map_err(|_| bad_text(format!("{s:?} has a bad time")))?;
+    let micros = NaiveDateTime::new(date, time).and_utc().timestamp_micros();
+    Ok(micros - offset_secs * 1_000_000)
+}
+
+/// A PostgreSQL `numeric` in base-10000 digits, as sent in binary format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numeric {
+    special: Option<&'static str>,
+    negative: bool,
+    weight: i16,
+    dscale: u16,
+    digits: Vec<i16>,
+}
+
+const NUMERIC_NEG: u16 = 0x4000;
+const NUMERIC_NAN: u16 = 0xC000;
+const NUMERIC_PINF: u16 = 0xD000;
+const NUMERIC_NINF: u16 = 0xF000;
+
+impl Numeric {
+    /// Parses the binary send format.
+    pub fn parse_binary(raw: &[u8]) -> Result<Self, ValueError> {
+        if raw.len() < 8 {
+            return Err(bad_bin("numeric header too short"));
+        }
+        let u16_at = |i: usize| u16::from_be_bytes([raw[i], raw[i + 1]]);
+        let ndigits = usize::from(u16_at(0));
+        let weight = u16_at(2) as i16;
+        let sign = u16_at(4);
+        let dscale = u16_at(6);
+        if raw.len() != 8 + 2 * ndigits {
+            return Err(bad_bin("numeric digit count does not match length"));
+        }
+        let special = match sign {
+            0 | NUMERIC_NEG => None,
+            NUMERIC_NAN => Some("NaN"),
+            NUMERIC_PINF => Some("Infinity"),
+            NUMERIC_NINF => Some("-Infinity"),
+            _ => return Err(bad_bin("bad numeric sign")),
+        };
+        let digits = (0..ndigits).map(|i| u16_at(8 + 2 * i) as i16).collect();
+        Ok(Self {
+            special,
+            negative: sign == NUMERIC_NEG,
+            weight,
+            dscale,
+            digits,
+        })
+    }
+
+    /// Parses the text output format (`-123.4500`, `NaN`, `Infinity`).
+    pub fn parse_text(s: &str) -> Result<Self, ValueError> {
+        let special = match s {
+            "NaN" => Some("NaN"),
+            "Infinity" => Some("Infinity"),
+            "-Infinity" => Some("-Infinity"),
+            _ => None,
+        };
+        if special.is_some() {
+            return Ok(Self {
+                special,
+                negative: false,
+                weight: 0,
+                dscale: 0,
+                digits: vec![],
+            });
+        }
+        let (negative, body) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+            return Err(bad_text(format!("{s:?} is not a numeric")));
+        }
+        // Regroup decimal digits into base-10000 digits aligned on the decimal point.
+        let int_pad = (4 - int.len() % 4) % 4;
+        let frac_pad = (4 - frac.len() % 4) % 4;
+        let all: Vec<u8> = std::iter::repeat_n(b'0', int_pad)
+            .chain(int.bytes())
+            .chain(frac.bytes())
+            .chain(std::iter::repeat_n(b'0', frac_pad))
+            .collect();
+        let digits: Vec<i16> = all
+            .chunks(4)
+            .map(|c| c.iter().fold(0i16, |acc, d| acc * 10 + i16::from(d - b'0')))
+            .collect();
+        let int_groups = (int.len() + int_pad) / 4;
+        Ok(Self {
+            special: None,
+            negative,
+            weight: int_groups as i16 - 1,
+            dscale: u16::try_from(frac.len()).map_err(|_| bad_text("numeric scale too large"))?,
+            digits,
+        })
+    }
+
+    /// The value times 10^scale as an integer, for DECIMAL(p, scale).
+    pub fn to_scaled(&self, scale: i8) -> Result<i128, ValueError> {
+        if let Some(s) = self.special {
+            return Err(ValueError::Unrepresentable(match s {
+                "NaN" => "numeric 'NaN'",
+                "Infinity" => "numeric 'Infinity'",
+                _ => "numeric '-Infinity'",
+            }));
+        }
+        let mut acc: i128 = 0;
+        for (i, &d) in self.digits.iter().enumerate() {
+            if d == 0 {
+                continue;
+            }
+            let exp = 4 * (i32::from(self.weight) - i as i32) + i32::from(scale);
+            let term = if exp >= 0 {
+                pow10(exp).and_then(|p| i128::from(d).checked_mul(p))
+            } else {
+                let div = pow10(-exp).unwrap_or(i128::MAX);
+                if i128::from(d) % div != 0 {
+                    return Err(ValueError::Unrepresentable("numeric with more decimals than the column's scale"));
+                }
+                Some(i128::from(d) / div)
+            };
+            acc = term
+                .and_then(|t| acc.checked_add(t))
+                .ok_or(ValueError::Unrepresentable("numeric too large for DECIMAL(38)"))?;
+        }
+        Ok(if self.negative { -acc } else { acc })
+    }
+}
+
+fn pow10(exp: i32) -> Option<i128> {
+    (exp <= 38).then(|| 10i128.pow(exp as u32))
+}
+
+impl std::fmt::Display for Numeric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(s) = self.special {
+            return f.write_str(s);
+        }
+        let digit = |i: i32| -> i16 {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| self.digits.get(i))
+                .copied()
+                .unwrap_or(0)
+        };
+        let mut out = String::new();
+        if self.negative {
+            out.push('-');
+        }
+        if self.weight < 0 {
+            out.push('0');
+        } else {
+            for i in 0..=i32::from(self.weight) {
+                if i == 0 {
+                    out.push_str(&digit(i).to_string());
+                } else {
+                    out.push_str(&format!("{:04}", digit(i)));
+                }
+            }
+        }
+        if self.dscale > 0 {
+            out.push('.');
+            let mut frac = String::new();
+            let mut i = i32::from(self.weight) + 1;
+            while frac.len() < usize::from(self.dscale) {
+                frac.push_str(&format!("{:04}", digit(i)));
+                i += 1;
+            }
+            frac.truncate(usize::from(self.dscale));
+            out.push_str(&frac);
+        }
+        f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, Decimal128Array, StringArray, TimestampMicrosecondArray};
+
+    fn numeric_bin(weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(digits.len() as u16).to_be_bytes());
+        v.extend_from_slice(&weight.to_be_bytes());
+        v.extend_from_slice(&sign.to_be_bytes());
+        v.extend_from_slice(&dscale.to_be_bytes());
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numeric_binary_and_text_agree() {
+        // 12345.67 = [1, 2345, 6700] weight 1
+        let bin = Numeric::parse_binary(&numeric_bin(1, 0, 2, &[1, 2345, 6700])).expect("valid");
+        assert_eq!(bin.to_string(), "12345.67");
+        assert_eq!(bin.to_scaled(2), Ok(1_234_567));
+        assert_eq!(bin.to_scaled(4), Ok(123_456_700));
+        let text = Numeric::parse_text("12345.67").expect("valid");
+        assert_eq!(text.to_scaled(2), Ok(1_234_567));
+        let neg = Numeric::parse_binary(&numeric_bin(-1, NUMERIC_NEG, 3, &[10])).expect("valid");
+        assert_eq!(neg.to_string(), "-0.001");
+        assert_eq!(neg.to_scaled(3), Ok(-1));
+        assert_eq!(Numeric::parse_text("-0.001").and_then(|n| n.to_scaled(3)), Ok(-1));
+        assert_eq!(Numeric::parse_text("0").and_then(|n| n.to_scaled(2)), Ok(0));
+        let big = "99999999999999999999999999999999999999";
+        assert_eq!(Numeric::parse_text(big).and_then(|n| n.to_scaled(0)), Ok(big.parse::<i128>().expect("fits")));
+        assert!(matches!(Numeric::parse_text("NaN").and_then(|n| n.to_scaled(2)), Err(ValueError::Unrepresentable(_))));
+        assert!(matches!(Numeric::parse_text("0.125").and_then(|n| n.to_scaled(2)), Err(ValueError::Unrepresentable(_))));
+    }
+
+    #[test]
+    fn decodes_timestamps_both_formats() {
+        let mut b = ColumnBuilder::new(ColumnKind::TimestampTz, 2);
+        // 2025-07-24 01:05:23 UTC is 806634323 s after 2000-01-01.
+        b.append(ColumnKind::TimestampTz, Datum::Binary(&(806_634_323i64 * 1_000_000).to_be_bytes())).expect("bin");
+        b.append(ColumnKind::TimestampTz, Datum::Text(b"2025-07-24 03:05:23+02")).expect("text");
+        let arr = b.finish();
+        let arr = arr.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("ts");
+        assert_eq!(arr.value(0), arr.value(1));
+        assert_eq!(arr.value(0), 1_753_319_123_000_000);
+    }
+
+    #[test]
+    fn decimal_and_uuid() {
+        let kind = ColumnKind::Decimal { precision: 10, scale: 2 };
+        let mut b = ColumnBuilder::new(kind, 1);
+        b.append(kind, Datum::Binary(&numeric_bin(0, 0, 2, &[19, 9900]))).expect("dec");
+        let arr = b.finish();
+        assert_eq!(arr.as_any().downcast_ref::<Decimal128Array>().expect("dec").value(0), 1999);
+        let mut u = ColumnBuilder::new(ColumnKind::Uuid, 1);
+        let raw: Vec<u8> = (0u8..16).collect();
+        u.append(ColumnKind::Uuid, Datum::Binary(&raw)).expect("uuid");
+        let arr = u.finish();
+        assert_eq!(
+            arr.as_any().downcast_ref::<StringArray>().expect("str").value(0),
+            "00010203-0405-0607-0809-0a0b0c0d0e0f"
+        );
+    }
+
+    #[test]
+    fn infinity_is_unrepresentable_and_appends_nothing() {
+        let mut b = ColumnBuilder::new(ColumnKind::Date, 1);
+        assert!(matches!(
+            b.append(ColumnKind::Date, Datum::Binary(&i32::MAX.to_be_bytes())),
+            Err(ValueError::Unrepresentable(_))
+        ));
+        assert_eq!(b.finish().len(), 0);
+    }
+
+    #[test]
+    fn bytea_text_forms() {
+        assert_eq!(parse_bytea_text("\\x00ff"), Ok(vec![0, 255]));
+        assert_eq!(parse_bytea_text("a\\\\b\\001"), Ok(vec![b'a', b'\\', b'b', 1]));
+    }
+}

@@ -1,0 +1,269 @@
+//! The flush: spooled changes up to a cut LSN → Parquet files per table partition.
+//!
+//! ```text
+//!  intent {cut, processed_at, from[table]} written   (names are now fixed)
+//!    │
+//!    ▼  segments in commit order; transactions with commit_lsn < cut,
+//!       changes of table T with commit_lsn >= from[T]
+//!  decode (relation cache from the spool's Relation records) → Sink → files in place
+//!    │
+//!    ▼  (caller) watermarks → ack slot → catalog → spool GC → intent removed
+//! ```
+//!
+//! Durable after this step: the Parquet files, under names derived from the intent.
+//! A crash before the watermarks are written repeats this step with the same intent;
+//! files already in the lake are recognised by name and not written again.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use pg_walstream::{ColumnData, LogicalReplicationMessage, LogicalReplicationParser, TupleData};
+
+use crate::checkpoint::FlushIntent;
+use crate::config::TableConfig;
+use crate::decode::relation::RelationCache;
+use crate::decode::schema::SchemaError;
+use crate::decode::{ChangeType, Datum, RowMeta};
+use crate::lsn::Lsn;
+use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
+use crate::spool::{Record, Segment, SegmentReader, SpoolError};
+
+/// A flush that could not write its files.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// Reading the spool failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// Writing Parquet failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A table's new shape cannot be written.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A spooled message could not be understood.
+    #[error("spooled change at commit {lsn}: {message}")]
+    Protocol {
+        /// Commit LSN of the transaction.
+        lsn: Lsn,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// What a flush wrote.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Files closed, new or found from an earlier attempt.
+    pub files: Vec<WrittenFile>,
+    /// Rows per table folder.
+    pub rows: BTreeMap<String, u64>,
+    /// End LSN and commit time of the last transaction included.
+    pub last_commit: Option<(Lsn, DateTime<Utc>)>,
+    /// Transactions read.
+    pub transactions: u64,
+}
+
+fn datum(c: &ColumnData) -> Datum<'_> {
+    match c.data_type {
+        b't' => Datum::Text(c.as_bytes()),
+        b'b' => Datum::Binary(c.as_bytes()),
+        b'u' => Datum::Unchanged,
+        _ => Datum::Null,
+    }
+}
+
+struct Txn {
+    commit_lsn: Lsn,
+    commit_us: i64,
+    seq: i64,
+}
+
+/// Writes the changes of `segments` selected by `intent` into `sink`.
+///
+/// Runs on a blocking thread (decoding and encoding are CPU work).
+pub fn write_changes(
+    segments: &[Segment],
+    tables: &[TableConfig],
+    intent: &FlushIntent,
+    mut sink: Sink,
+) -> Result<Flushed, FlushError> {
+    let mut rels = RelationCache::default();
+    let mut parser = LogicalReplicationParser::with_protocol_version(1);
+    let processing_date = intent.processed_at.date_naive();
+    let mut out = Flushed::default();
+    let mut txn: Option<Txn> = None;
+    'segments: for seg in segments.iter().filter(|s| s.start < intent.cut) {
+        let mut reader = SegmentReader::open(seg)?;
+        while let Some(rec) = reader.next_record()? {
+            match rec {
+                Record::Header(_) => {}
+                Record::Relation(r) => {
+                    let lsn = txn.as_ref().map_or(Lsn::ZERO, |t| t.commit_lsn);
+                    if let LogicalReplicationMessage::Relation {
+                        relation_id,
+                        namespace,
+                        relation_name,
+                        columns,
+                        ..
+                    } = parse(&mut parser, r.pgoutput, lsn)?
+                    {
+                        rels.apply(relation_id, &namespace, &relation_name, &columns, tables)?;
+                    }
+                }
+                Record::Begin(b) => {
+                    if Lsn(b.commit_lsn) >= intent.cut {
+                        break 'segments;
+                    }
+                    txn = Some(Txn {
+                        commit_lsn: Lsn(b.commit_lsn),
+                        commit_us: b.commit_time_us,
+                        seq: 0,
+                    });
+                }
+                Record::Change(c) => {
+                    let Some(t) = txn.as_mut() else {
+                        return Err(FlushError::Protocol {
+                            lsn: Lsn::ZERO,
+                            message: "change outside a transaction".into(),
+                        });
+                    };
+                    t.seq += 1;
+                    let msg = parse(&mut parser, c.pgoutput, t.commit_lsn)?;
+                    apply_change(&mut sink, &rels, intent, processing_date, t, msg, &mut out)?;
+                }
+                Record::Commit(c) => {
+                    if let Some(t) = txn.take() {
+                        out.transactions += 1;
+                        let at = DateTime::from_timestamp_micros(c.commit_time_us).unwrap_or_default();
+                        out.last_commit = Some((Lsn(c.end_lsn), at));
+                        debug_assert_eq!(t.commit_lsn.0, c.commit_lsn);
+                    }
+                }
+            }
+        }
+    }
+    out.files = sink.finish()?;
+    Ok(out)
+}
+
+fn parse(parser: &mut LogicalReplicationParser, bytes: Bytes, lsn: Lsn) -> Result<LogicalReplicationMessage, FlushError> {
+    parser
+        .parse_wal_message_bytes(bytes)
+        .map(|m| m.message)
+        .map_err(|e| FlushError::Protocol {
+            lsn,
+            message: e.to_string(),
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_change(
+    sink: &mut Sink,
+    rels: &RelationCache,
+    intent: &FlushIntent,
+    processing_date: NaiveDate,
+    txn: &Txn,
+    msg: LogicalReplicationMessage,
+    out: &mut Flushed,
+) -> Result<(), FlushError> {
+    let meta = |change_type| RowMeta {
+        change_type,
+        lsn: txn.commit_lsn.as_i64(),
+        seq: txn.seq,
+        commit_us: txn.commit_us,
+    };
+    let (relation_id, change_type, tuple, old) = match msg {
+        LogicalReplicationMessage::Insert { relation_id, tuple } => (relation_id, ChangeType::Insert, tuple, None),
+        LogicalReplicationMessage::Update {
+            relation_id,
+            old_tuple,
+            new_tuple,
+            key_type,
+        } => {
+            // With REPLICA IDENTITY FULL ('O') the old row is complete and can supply
+            // TOASTed values the update left unchanged.
+            let old = old_tuple.filter(|_| key_type == Some('O'));
+            (relation_id, ChangeType::Update, new_tuple, old)
+        }
+        LogicalReplicationMessage::Delete {
+            relation_id, old_tuple, ..
+        } => (relation_id, ChangeType::Delete, old_tuple, None),
+        LogicalReplicationMessage::Truncate { relation_ids, .. } => {
+            for id in relation_ids {
+                let Some(Some(schema)) = rels.get(id) else { continue };
+                let folder = schema.name.clone();
+                if !included(intent, &folder, txn.commit_lsn) {
+                    continue;
+                }
+                let key = match schema.partition_column {
+                    None => PartitionKey::Processing(processing_date),
+                    Some(_) => PartitionKey::Column(None),
+                };
+                let m = meta(ChangeType::Truncate);
+                sink.append(&folder, schema, key, |batch, _| {
+                    batch.append_all_null(&m);
+                    Ok(())
+                })?;
+                *out.rows.entry(folder).or_default() += 1;
+            }
+            return Ok(());
+        }
+        _ => return Ok(()),
+    };
+    let schema = match rels.get(relation_id) {
+        Some(Some(s)) => s,
+        Some(None) => return Ok(()),
+        None => {
+            return Err(FlushError::Protocol {
+                lsn: txn.commit_lsn,
+                message: format!("change for relation {relation_id} before its Relation message"),
+            })
+        }
+    };
+    let folder = schema.name.clone();
+    if !included(intent, &folder, txn.commit_lsn) {
+        return Ok(());
+    }
+    let filled = fill_unchanged(tuple, old.as_ref());
+    let key = PartitionKey::for_row(
+        schema,
+        processing_date,
+        schema.partition_column.and_then(|i| filled.columns.get(i)).map(datum),
+    )
+    .map_err(SinkError::from)?;
+    let m = meta(change_type);
+    let qualified = schema.qualified_name();
+    sink.append(&folder, schema, key, |batch, warnings| {
+        for (c, spec) in filled.columns.iter().zip(&schema.columns) {
+            if c.is_unchanged() {
+                warnings.once(
+                    &qualified,
+                    &spec.name,
+                    "an UPDATE left this TOASTed value unchanged and pgoutput did not send it; written as NULL (set REPLICA IDENTITY FULL on the table to keep it)",
+                );
+            }
+        }
+        batch.append(filled.columns.iter().map(datum), &m, warnings)
+    })?;
+    *out.rows.entry(folder).or_default() += 1;
+    Ok(())
+}
+
+fn included(intent: &FlushIntent, folder: &str, commit_lsn: Lsn) -> bool {
+    intent.from.get(folder).is_none_or(|from| commit_lsn >= *from)
+}
+
+/// Replaces unchanged-TOAST columns of a new tuple with the old tuple's values.
+fn fill_unchanged(mut new: TupleData, old: Option<&TupleData>) -> TupleData {
+    if let Some(old) = old {
+        for (i, c) in new.columns.iter_mut().enumerate() {
+            if c.is_unchanged() {
+                if let Some(o) = old.columns.get(i).filter(|o| !o.is_unchanged()) {
+                    *c = o.clone();
+                }
+            }
+        }
+    }
+    new
+}

@@ -1,0 +1,23 @@
+//! slot2lake: PostgreSQL logical replication → Hive-partitioned Parquet lake.
+//!
+//! ```text
+//! Postgres ─pgoutput─▶ source ─▶ spool (durable segments) ─▶ flush ─▶ decode ─▶ sink (Parquet)
+//!                                                                         │
+//!                                     checkpoint (watermarks) ◀───────────┘ ─▶ catalog
+//! ```
+//! Each module is one stage; [`pipeline`] wires them for `run --once`.
+
+pub mod catalog;
+pub mod check;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod flush;
+pub mod lsn;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod spool;
+pub mod status;
+pub mod telemetry;

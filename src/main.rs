@@ -1,0 +1,5 @@
+//! The `slot2lake` binary; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    slot2lake::cli::main()
+}

@@ -1,0 +1,540 @@
+//! `run --once`: the whole path from the slot to committed Parquet, wired from the
+//! pipeline's stages.
+//!
+//! ```text
+//!  preflight: settings, tables, publication
+//!  recover:   finish an interrupted flush (intent) or first-run snapshot (state)
+//!  first run: create slot + export snapshot → COPY to staging → move into place → watermarks
+//!  stream:    START_REPLICATION from what is durable; write a marker; spool every
+//!             transaction until the marker's commit; seal the spool (fsync)
+//!  flush:     intent → Parquet files → watermarks → ack slot → catalog → spool GC
+//! ```
+//!
+//! What is durable where, and why a crash anywhere loses nothing and writes nothing
+//! twice: the slot is acknowledged only after the watermarks name a position, and
+//! watermarks only after the files before them exist. A crash before the watermarks
+//! leaves the intent, and the rerun writes the same file names (existing ones are
+//! skipped); a crash after them leaves at most work that is repeated idempotently
+//! (ack, catalog, GC).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use crate::catalog::{self, CatalogError};
+use crate::checkpoint::{
+    seed_timestamp, CheckpointError, Checkpoints, FlushIntent, SnapshotPhase, SnapshotState, Watermark,
+    WatermarkKind,
+};
+use crate::config::{BinaryMode, Config, SnapshotMode};
+use crate::flush::{self, FlushError, Flushed};
+use crate::lsn::Lsn;
+use crate::sink::lake::INTERNAL_DIR;
+use crate::sink::{Lake, LakeError, Published, Sink, SinkError, SinkOptions, WrittenFile};
+use crate::source::introspect::{self, TableError, TableInfo};
+use crate::source::replication::{ReplicationStream, StreamOptions};
+use crate::source::snapshot::{self, SnapshotError, SnapshotTable};
+use crate::source::{self, SourceError};
+use crate::spool::{self, Received, SegmentHeader, Spool, SpoolError};
+
+/// A run that failed; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The source database.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A configured table.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The lake's store.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// A checkpoint.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The spool.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The snapshot.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// Writing files.
+    #[error("flush: {0}")]
+    Flush(#[from] FlushError),
+    /// Writing files.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The catalog step (data is committed).
+    #[error("catalog (the data is committed; the next flush retries): {0}")]
+    Catalog(#[from] CatalogError),
+    /// The lake and the slot disagree in a way slot2lake will not resolve alone.
+    #[error("{0}")]
+    State(String),
+}
+
+/// What a `run --once` did.
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    /// Rows written by the first-run snapshot, per table folder.
+    pub snapshot_rows: BTreeMap<String, u64>,
+    /// Changes spooled from the slot in this run.
+    pub changes_received: u64,
+    /// Rows written by the flush, per table folder.
+    pub flushed_rows: BTreeMap<String, u64>,
+    /// Files the run wrote (snapshot and flush).
+    pub files: Vec<WrittenFile>,
+    /// The position the slot was acknowledged to.
+    pub acked: Option<Lsn>,
+    /// Where the lake is.
+    pub lake: String,
+}
+
+/// Everything a run needs, opened once.
+pub struct Pipeline {
+    config: Config,
+    client: Client,
+    lake: Lake,
+    checkpoints: Checkpoints,
+    spool: Spool,
+    tables: Vec<(String, TableInfo)>,
+    binary: bool,
+}
+
+impl Pipeline {
+    /// Connects, checks the server and tables, ensures the publication, opens the lake.
+    pub async fn open(config: Config) -> Result<Self, RunError> {
+        let client = source::connect(&config.source.url).await?;
+        let server = introspect::server_info(&client).await?;
+        server.require_logical()?;
+        let mut tables = Vec::new();
+        for t in &config.tables {
+            let info = introspect::table_info(&client, t).await?;
+            if !info.has_identity() {
+                return Err(RunError::State(identity_remedy(&t.name)));
+            }
+            tables.push((t.folder().to_string(), info));
+        }
+        let binary = match config.source.binary {
+            BinaryMode::On => true,
+            BinaryMode::Off => false,
+            BinaryMode::Auto => tables.iter().all(|(_, i)| i.schema.decodes_binary()),
+        };
+        introspect::ensure_publication(&client, &config.source.publication, &config.tables).await?;
+        let lake = Lake::open(&config.output)?;
+        let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
+        let spool = Spool::open(spool_dir(&config, &lake)?)?;
+        Ok(Self {
+            config,
+            client,
+            lake,
+            checkpoints,
+            spool,
+            tables,
+            binary,
+        })
+    }
+
+    fn slot(&self) -> &str {
+        &self.config.source.slot
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        match self.lake.local_root() {
+            Some(root) => root.join(INTERNAL_DIR).join(self.slot()).join("tmp"),
+            None => self.spool.dir().join("..").join("tmp"),
+        }
+    }
+
+    fn sink(&self, processed_at: DateTime<Utc>, lsn: Lsn, staging: Option<String>) -> Result<Sink, SinkError> {
+        let o = &self.config.output;
+        let opts = SinkOptions {
+            compression: o.compression,
+            max_file_bytes: o.max_file_size.0,
+            row_group_rows: o.row_group_rows,
+            memory_limit: usize::try_from(self.config.flush.memory_limit.0).unwrap_or(usize::MAX),
+            max_open_files: self.config.flush.max_open_files,
+            tmp_dir: self.tmp_dir(),
+            staging_prefix: staging,
+        };
+        Sink::new(self.lake.clone(), tokio::runtime::Handle::current(), opts, processed_at, lsn)
+    }
+
+    async fn watermarks(&self) -> Result<BTreeMap<String, Option<Watermark>>, RunError> {
+        let mut out = BTreeMap::new();
+        for (folder, _) in &self.tables {
+            out.insert(folder.clone(), self.checkpoints.watermark(folder).await?);
+        }
+        Ok(out)
+    }
+
+    /// Catches up with the slot to the WAL position current at start, flushes, commits.
+    pub async fn run_once(&mut self) -> Result<RunReport, RunError> {
+        let mut report = RunReport {
+            lake: self.lake.url().to_string(),
+            ..Default::default()
+        };
+        self.clean_tmp();
+        if let Some(intent) = self.checkpoints.flush_intent().await? {
+            tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
+            let done = self.execute_flush(intent).await?;
+            report.files.extend(done.files);
+        }
+        let mut slot = introspect::slot_info(&self.client, self.slot()).await?;
+        if let Some(state) = self.checkpoints.snapshot_state().await? {
+            match state.phase {
+                SnapshotPhase::Staged => {
+                    tracing::warn!("finishing a first-run snapshot an earlier run left staged");
+                    report.snapshot_rows = state.rows.clone();
+                    self.publish_snapshot(state).await?;
+                }
+                SnapshotPhase::Copying => {
+                    tracing::warn!("an earlier first run stopped while copying; starting the first run again");
+                    self.abandon_first_run(&state, slot.is_some()).await?;
+                    slot = None;
+                }
+            }
+        }
+        if let Some(s) = &slot {
+            if let Some(pid) = s.active_pid {
+                return Err(SourceError::SlotInUse {
+                    slot: self.slot().to_string(),
+                    pid,
+                }
+                .into());
+            }
+            if s.plugin.as_deref() != Some("pgoutput") {
+                return Err(RunError::State(format!(
+                    "slot {:?} uses plugin {:?}, not pgoutput; drop it or set [source] slot to another name",
+                    self.slot(),
+                    s.plugin
+                )));
+            }
+            if s.wal_status.as_deref() == Some("lost") {
+                return Err(RunError::State(format!(
+                    "slot {:?} has lost WAL it needed (wal_status = lost): changes are missing; drop the slot and remove the lake's watermarks to start with a new snapshot",
+                    self.slot()
+                )));
+            }
+        }
+        let watermarks = self.watermarks().await?;
+        let unmarked: Vec<&String> = watermarks.iter().filter(|(_, w)| w.is_none()).map(|(f, _)| f).collect();
+        let first_run = slot.is_none() && self.config.source.snapshot == SnapshotMode::Initial;
+        if slot.is_none() && !first_run && watermarks.values().any(Option::is_some) {
+            return Err(RunError::State(format!(
+                "slot {:?} does not exist but the lake has watermarks: the slot was dropped and changes since then are lost; remove etl-metadata/*/watermark.json to start over with a snapshot",
+                self.slot()
+            )));
+        }
+        if slot.is_none() && first_run && watermarks.values().any(Option::is_some) {
+            return Err(RunError::State(format!(
+                "slot {:?} does not exist but the lake already has watermarks: the slot was dropped and changes since then are lost; remove etl-metadata/*/watermark.json (and the table folders) to take a new snapshot",
+                self.slot()
+            )));
+        }
+        if slot.is_some() && self.config.source.snapshot == SnapshotMode::Initial && !unmarked.is_empty() {
+            return Err(RunError::State(format!(
+                "table(s) {} have no watermark but slot {:?} already exists, so their snapshot cannot line up with it; drop the slot to take a new first snapshot of all tables, or set [source] snapshot = \"never\"",
+                unmarked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                self.slot()
+            )));
+        }
+
+        let mut repl = ReplicationStream::connect(
+            &self.config.source.url,
+            &StreamOptions {
+                slot: self.slot().to_string(),
+                publication: self.config.source.publication.clone(),
+                binary: self.binary,
+                export_snapshot: first_run,
+            },
+        )
+        .await?;
+        let mut start = if first_run {
+            let cp = self.first_run_snapshot(&mut repl, &mut report).await?;
+            Some(cp)
+        } else {
+            None
+        };
+        if let Some(s) = &slot {
+            start = s.confirmed_flush;
+        }
+        let durable = self.spool.durable_end()?.unwrap_or(Lsn::ZERO);
+        let min_wm = self
+            .watermarks()
+            .await?
+            .values()
+            .filter_map(|w| w.as_ref().map(|w| w.lsn))
+            .min();
+        let start = [start, Some(durable), min_wm].into_iter().flatten().max().unwrap_or(Lsn::ZERO);
+        let cut = self.stream_to_marker(&mut repl, start, &mut report).await?;
+
+        let flushed = self.flush_to(cut).await?;
+        if let Some(f) = flushed {
+            report.flushed_rows = f.rows;
+            report.files.extend(f.files);
+        }
+        repl.ack(cut).await?;
+        report.acked = Some(cut);
+        self.wait_for_ack(cut).await;
+        catalog::after_flush(&self.config.catalog, &report.files).await?;
+        let removed = self.spool.remove_through(cut)?;
+        tracing::debug!(segments = removed, "spool: removed flushed segments");
+        Ok(report)
+    }
+
+    fn clean_tmp(&self) {
+        let dir = self.tmp_dir();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Creates the slot with an exported snapshot and lands every table from it.
+    async fn first_run_snapshot(&mut self, repl: &mut ReplicationStream, report: &mut RunReport) -> Result<Lsn, RunError> {
+        let snapshot_name = repl.create_slot_exporting().await?;
+        let cp = introspect::slot_info(&self.client, self.slot())
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .ok_or_else(|| RunError::State("the new slot reports no consistent point".into()))?;
+        let processed_at = Utc::now();
+        let staging = self.lake.internal_key(self.slot(), &format!("staging/{:016X}", cp.0));
+        let mut state = SnapshotState {
+            version: 1,
+            phase: SnapshotPhase::Copying,
+            consistent_point: cp,
+            processed_at,
+            snapshot_time: None,
+            staging: staging.clone(),
+            files: vec![],
+            rows: BTreeMap::new(),
+        };
+        self.checkpoints.write_snapshot_state(&state).await?;
+        tracing::info!(slot = self.slot(), consistent_point = %cp, "created slot; copying the snapshot");
+        let tables: Vec<SnapshotTable> = self
+            .tables
+            .iter()
+            .map(|(folder, info)| SnapshotTable {
+                folder: folder.clone(),
+                schema: Arc::new(info.schema.clone()),
+                where_clause: self
+                    .config
+                    .tables
+                    .iter()
+                    .find(|t| t.folder() == folder)
+                    .and_then(|t| t.snapshot_where.clone()),
+            })
+            .collect();
+        let sink = self.sink(processed_at, cp, Some(staging))?;
+        let started = Instant::now();
+        let (copied, snapshot_time) =
+            snapshot::copy_tables(&mut self.client, &snapshot_name, &tables, cp, sink).await?;
+        let total: u64 = copied.rows.values().sum();
+        tracing::info!(rows = total, seconds = started.elapsed().as_secs_f64(), "snapshot copied");
+        state.phase = SnapshotPhase::Staged;
+        state.snapshot_time = Some(snapshot_time);
+        state.files = copied.files.iter().map(|f| (f.written_key.clone(), f.key.clone())).collect();
+        state.rows = copied.rows.clone();
+        // Tables with no rows still get their watermark.
+        for (folder, _) in &self.tables {
+            state.rows.entry(folder.clone()).or_insert(0);
+        }
+        self.checkpoints.write_snapshot_state(&state).await?;
+        report.snapshot_rows = state.rows.clone();
+        report.files.extend(copied.files);
+        self.publish_snapshot(state).await?;
+        Ok(cp)
+    }
+
+    /// Moves staged snapshot files into the table folders, then writes the watermarks.
+    async fn publish_snapshot(&self, state: SnapshotState) -> Result<(), RunError> {
+        let mut files_per_table: BTreeMap<String, u64> = BTreeMap::new();
+        for (staged, dest) in &state.files {
+            if self.lake.exists(staged).await? {
+                self.lake.rename(staged, dest).await?;
+            } else if !self.lake.exists(dest).await? {
+                return Err(RunError::State(format!(
+                    "staged snapshot file {staged} is gone and {dest} does not exist; remove {} and drop the slot to take a new snapshot",
+                    self.lake.internal_key(self.slot(), "snapshot.json")
+                )));
+            }
+            let table = dest.split('/').next().unwrap_or_default().to_string();
+            *files_per_table.entry(table).or_default() += 1;
+        }
+        let time = state.snapshot_time.unwrap_or(state.processed_at);
+        for (folder, rows) in &state.rows {
+            let qualified = self
+                .tables
+                .iter()
+                .find(|(f, _)| f == folder)
+                .map(|(_, i)| i.schema.qualified_name())
+                .unwrap_or_else(|| folder.clone());
+            let wm = Watermark {
+                version: 1,
+                table: qualified,
+                lsn: state.consistent_point,
+                timestamp: seed_timestamp(time),
+                commit_time: time,
+                flushed_at: state.processed_at,
+                kind: WatermarkKind::Snapshot,
+                rows: *rows,
+                files: files_per_table.get(folder).copied().unwrap_or(0),
+                slot: self.slot().to_string(),
+            };
+            self.checkpoints.write_watermark(folder, &wm).await?;
+        }
+        self.checkpoints.clear_snapshot_state().await?;
+        Ok(())
+    }
+
+    /// Undoes a first run that died while copying: its exported snapshot is gone.
+    async fn abandon_first_run(&self, state: &SnapshotState, slot_exists: bool) -> Result<(), RunError> {
+        if slot_exists {
+            self.client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot()])
+                .await
+                .map_err(|e| source::query_error(format!("dropping slot {:?} of the interrupted first run", self.slot()), &e))?;
+        }
+        for obj in self.lake.list(&state.staging).await? {
+            self.lake.delete(obj.location.as_ref()).await?;
+        }
+        self.checkpoints.clear_snapshot_state().await?;
+        Ok(())
+    }
+
+    /// Streams from `start` until every transaction committed before now is spooled.
+    async fn stream_to_marker(&mut self, repl: &mut ReplicationStream, start: Lsn, report: &mut RunReport) -> Result<Lsn, RunError> {
+        repl.start(start).await?;
+        let marker = introspect::emit_marker(&self.client, &format!("run --once at {}", Utc::now().to_rfc3339())).await?;
+        tracing::info!(from = %start, to = %marker, "catching up with the slot");
+        let header = SegmentHeader {
+            format_version: spool::FORMAT_VERSION,
+            slot: self.slot().to_string(),
+            protocol_version: 1,
+            binary: self.binary,
+        };
+        let mut writer = self.spool.writer(header, start, self.config.spool.segment_size.0);
+        let mut last_log = Instant::now();
+        loop {
+            let msg = repl.next_message().await?;
+            if let Received::Committed { end, .. } = writer.receive(msg)? {
+                // Commits arrive in commit order: once one ends past the marker, every
+                // transaction that committed before the marker was written is spooled.
+                if end > marker {
+                    break;
+                }
+            }
+            if last_log.elapsed() > Duration::from_secs(10) {
+                tracing::info!(changes = writer.changes_written(), at = %writer.last_end(), target = %marker, "streaming");
+                last_log = Instant::now();
+            }
+        }
+        report.changes_received = writer.changes_written();
+        Ok(writer.seal()?)
+    }
+
+    /// Flushes everything spooled before `cut`; `None` when nothing was due.
+    async fn flush_to(&self, cut: Lsn) -> Result<Option<Flushed>, RunError> {
+        let from: BTreeMap<String, Lsn> = self
+            .watermarks()
+            .await?
+            .into_iter()
+            .map(|(f, w)| (f, w.map_or(Lsn::ZERO, |w| w.lsn)))
+            .collect();
+        if from.values().all(|l| *l >= cut) {
+            return Ok(None);
+        }
+        let intent = FlushIntent {
+            version: 1,
+            cut,
+            processed_at: Utc::now(),
+            from,
+        };
+        self.checkpoints.write_flush_intent(&intent).await?;
+        Ok(Some(self.execute_flush(intent).await?))
+    }
+
+    /// Writes the files an intent names, then the watermarks; removes the intent.
+    async fn execute_flush(&self, intent: FlushIntent) -> Result<Flushed, RunError> {
+        let started = Instant::now();
+        let segments: Vec<_> = self.spool.segments()?.into_iter().filter(|s| s.start < intent.cut).collect();
+        let sink = self.sink(intent.processed_at, intent.cut, None)?;
+        let tables = self.config.tables.clone();
+        let job_intent = intent.clone();
+        let flushed = tokio::task::spawn_blocking(move || flush::write_changes(&segments, &tables, &job_intent, sink))
+            .await
+            .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        let written = flushed.files.iter().filter(|f| f.published == Published::Written).count();
+        if flushed.files.is_empty() {
+            tracing::info!(cut = %intent.cut, "flush: no rows for the configured tables; watermarks unchanged");
+        } else if let Some((_, commit_time)) = flushed.last_commit {
+            for (folder, info) in &self.tables {
+                let wm = Watermark {
+                    version: 1,
+                    table: info.schema.qualified_name(),
+                    lsn: intent.cut,
+                    timestamp: seed_timestamp(commit_time),
+                    commit_time,
+                    flushed_at: intent.processed_at,
+                    kind: WatermarkKind::Changes,
+                    rows: flushed.rows.get(folder).copied().unwrap_or(0),
+                    files: flushed.files.iter().filter(|f| &f.table == folder).count() as u64,
+                    slot: self.slot().to_string(),
+                };
+                if intent.from.get(folder).is_some_and(|f| *f >= intent.cut) {
+                    continue;
+                }
+                self.checkpoints.write_watermark(folder, &wm).await?;
+            }
+        }
+        self.checkpoints.clear_flush_intent().await?;
+        tracing::info!(
+            cut = %intent.cut,
+            rows = flushed.rows.values().sum::<u64>(),
+            files = flushed.files.len(),
+            new_files = written,
+            transactions = flushed.transactions,
+            seconds = started.elapsed().as_secs_f64(),
+            "flush committed"
+        );
+        Ok(flushed)
+    }
+
+    /// Waits (briefly) until the server shows the acknowledgement.
+    async fn wait_for_ack(&self, lsn: Lsn) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match introspect::slot_info(&self.client, self.slot()).await {
+                Ok(Some(s)) if s.confirmed_flush.is_some_and(|c| c >= lsn) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the slot's confirmed position");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(lsn = %lsn, "the server has not confirmed the acknowledgement yet; the next run repeats it");
+    }
+}
+
+/// The spool directory: `[spool] dir`, or `_slot2lake/<slot>/spool` in a `file://` lake.
+pub fn spool_dir(config: &Config, lake: &Lake) -> Result<PathBuf, RunError> {
+    if let Some(dir) = &config.spool.dir {
+        return Ok(dir.clone());
+    }
+    lake.local_root()
+        .map(|r| r.join(INTERNAL_DIR).join(&config.source.slot).join("spool"))
+        .ok_or_else(|| RunError::State("spool.dir must be set for this output".into()))
+}
+
+/// The error (and fix) for a table whose updates and deletes cannot be replicated.
+pub fn identity_remedy(table: &str) -> String {
+    format!(
+        "table {table} has no primary key and no replica identity, so its UPDATEs and DELETEs cannot be replicated (PostgreSQL rejects them once the table is published); add a primary key, or run ALTER TABLE {table} REPLICA IDENTITY FULL;"
+    )
+}

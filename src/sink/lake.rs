@@ -1,0 +1,299 @@
+//! The lake's object store: data files, watermarks and slot2lake's own `_slot2lake/` area.
+//!
+//! A `file://` lake is a LocalFileSystem store plus direct file access, so that a
+//! finished Parquet file is moved into place with one atomic rename and metadata
+//! writes are fsynced; other stores go through object_store uploads.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::config::OutputConfig;
+
+/// Folder (under the lake root) that holds slot2lake's own state; Hive, Glue and Athena skip it.
+pub const INTERNAL_DIR: &str = "_slot2lake";
+
+/// An object-store or filesystem failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The output URL cannot be used.
+    #[error("output.url {url:?}: {message}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An object-store call failed.
+    #[error("lake {op} {key}: {source}")]
+    Store {
+        /// What was being done.
+        op: &'static str,
+        /// The object.
+        key: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file operation failed.
+    #[error("lake {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether a publish wrote the file or found it already there (a retried flush).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The file is new.
+    Written,
+    /// A file of that name existed and was left untouched.
+    AlreadyThere,
+}
+
+/// The lake: where data files and metadata go.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    local_root: Option<PathBuf>,
+    url: String,
+    metadata_prefix: String,
+}
+
+impl Lake {
+    /// Opens the lake named by `[output]`; a `file://` lake's folder is created.
+    pub fn open(output: &OutputConfig) -> Result<Self, LakeError> {
+        let url = output.url.trim().to_string();
+        let url_err = |message: String| LakeError::Url {
+            url: url.clone(),
+            message,
+        };
+        let root = if let Some(rest) = url.strip_prefix("file://") {
+            PathBuf::from(rest)
+        } else if url.contains("://") {
+            return Err(url_err("only file:// outputs are supported by this build".into()));
+        } else {
+            PathBuf::from(&url)
+        };
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()
+                .map_err(|e| url_err(e.to_string()))?
+                .join(root)
+        };
+        std::fs::create_dir_all(&root).map_err(|e| url_err(format!("cannot create the folder: {e}")))?;
+        let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| url_err(e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(store),
+            local_root: Some(root),
+            url,
+            metadata_prefix: output.metadata_prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    /// The output URL as configured.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The lake's folder, for a `file://` lake.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
+    }
+
+    /// The underlying object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Key of a table's metadata file: `etl-metadata/<table>/<file>`.
+    pub fn metadata_key(&self, table: &str, file: &str) -> String {
+        format!("{}/{table}/{file}", self.metadata_prefix)
+    }
+
+    /// Key prefix of a slot's internal state: `_slot2lake/<slot>`.
+    pub fn internal_key(&self, slot: &str, rest: &str) -> String {
+        format!("{INTERNAL_DIR}/{slot}/{rest}")
+    }
+
+    /// Reads an object, `None` when it does not exist.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, LakeError> {
+        let path = ObjPath::from(key);
+        match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|source| store_err("read", key, source)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(store_err("read", key, source)),
+        }
+    }
+
+    /// Writes (or replaces) a small object durably.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), LakeError> {
+        self.store
+            .put(&ObjPath::from(key), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|source| store_err("write", key, source))?;
+        if let Some(path) = self.local_path(key) {
+            fsync_file_and_dir(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an object; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), LakeError> {
+        match self.store.delete(&ObjPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(store_err("delete", key, source)),
+        }
+    }
+
+    /// Keys under a prefix (recursively).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, LakeError> {
+        let p = ObjPath::from(prefix);
+        let list: Vec<_> = self
+            .store
+            .list(Some(&p))
+            .try_collect()
+            .await
+            .map_err(|source| store_err("list", prefix, source))?;
+        Ok(list)
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, LakeError> {
+        if let Some(path) = self.local_path(key) {
+            return Ok(path.exists());
+        }
+        match self.store.head(&ObjPath::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(store_err("head", key, source)),
+        }
+    }
+
+    /// Moves a finished local file to `key` unless an object of that name exists.
+    ///
+    /// The local file is removed either way. An existing object is never replaced:
+    /// readers may be reading it, and a retried flush produces the same content.
+    pub async fn publish(&self, file: &Path, key: &str) -> Result<Published, LakeError> {
+        if let Some(dest) = self.local_path(key) {
+            if dest.exists() {
+                remove_file(file)?;
+                return Ok(Published::AlreadyThere);
+            }
+            let parent = dest.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(parent).map_err(|source| io_err("create", parent, source))?;
+            std::fs::File::open(file)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| io_err("fsync", file, source))?;
+            std::fs::rename(file, &dest).map_err(|source| io_err("rename", &dest, source))?;
+            fsync_dir(parent)?;
+            return Ok(Published::Written);
+        }
+        let bytes = std::fs::read(file).map_err(|source| io_err("read", file, source))?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let res = self
+            .store
+            .put_opts(&ObjPath::from(key), PutPayload::from(bytes), opts)
+            .await;
+        remove_file(file)?;
+        match res {
+            Ok(_) => Ok(Published::Written),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Published::AlreadyThere),
+            Err(source) => Err(store_err("upload", key, source)),
+        }
+    }
+
+    /// Moves an object to a new key (staging → final); an existing destination wins.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<Published, LakeError> {
+        if let (Some(src), Some(dest)) = (self.local_path(from), self.local_path(to)) {
+            if dest.exists() {
+                remove_file(&src)?;
+                return Ok(Published::AlreadyThere);
+            }
+            let parent = dest.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(parent).map_err(|source| io_err("create", parent, source))?;
+            std::fs::rename(&src, &dest).map_err(|source| io_err("rename", &dest, source))?;
+            fsync_dir(parent)?;
+            return Ok(Published::Written);
+        }
+        let (f, t) = (ObjPath::from(from), ObjPath::from(to));
+        let res = match self.store.copy_if_not_exists(&f, &t).await {
+            Err(object_store::Error::NotSupported { .. }) | Err(object_store::Error::NotImplemented { .. }) => {
+                if self.exists(to).await? {
+                    Err(object_store::Error::AlreadyExists {
+                        path: to.to_string(),
+                        source: "destination exists".into(),
+                    })
+                } else {
+                    self.store.copy(&f, &t).await
+                }
+            }
+            other => other,
+        };
+        let published = match res {
+            Ok(()) => Published::Written,
+            Err(object_store::Error::AlreadyExists { .. }) => Published::AlreadyThere,
+            Err(source) => return Err(store_err("copy", to, source)),
+        };
+        self.delete(from).await?;
+        Ok(published)
+    }
+
+    /// The local file behind a key, for a `file://` lake.
+    pub fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|r| r.join(key))
+    }
+}
+
+fn store_err(op: &'static str, key: &str, source: object_store::Error) -> LakeError {
+    LakeError::Store {
+        op,
+        key: key.to_string(),
+        source,
+    }
+}
+
+fn io_err(op: &'static str, path: &Path, source: io::Error) -> LakeError {
+    LakeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), LakeError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io_err("remove", path, source)),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), LakeError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| io_err("fsync", dir, source))
+}
+
+fn fsync_file_and_dir(path: &Path) -> Result<(), LakeError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| io_err("fsync", path, source))?;
+    fsync_dir(path.parent().unwrap_or(Path::new("/")))
+}

@@ -1,0 +1,322 @@
+//! Queries against the source's system catalogs: server settings, tables, the
+//! publication and the slot.
+
+use tokio_postgres::Client;
+
+use super::{query_error, quote_ident, SourceError};
+use crate::config::TableConfig;
+use crate::decode::{ColumnSpec, TableSchema};
+use crate::lsn::Lsn;
+
+/// Server settings that decide whether logical replication can work.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `wal_level`
+    pub wal_level: String,
+    /// `server_version_num`, e.g. 150018.
+    pub version_num: i32,
+    /// `max_replication_slots`
+    pub max_replication_slots: i32,
+    /// `max_wal_senders`
+    pub max_wal_senders: i32,
+    /// The connected role.
+    pub user: String,
+    /// Whether the role may replicate (REPLICATION, superuser, or rds_replication).
+    pub can_replicate: bool,
+    /// Whether the role may create a publication (CREATE on the database).
+    pub can_create_publication: bool,
+}
+
+/// Reads the settings and privileges `check` and `run` need.
+pub async fn server_info(client: &Client) -> Result<ServerInfo, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'),
+                    current_setting('server_version_num')::int,
+                    current_setting('max_replication_slots')::int,
+                    current_setting('max_wal_senders')::int,
+                    current_user::text,
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
+                      OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication'
+                                 AND pg_has_role(current_user, r.oid, 'member')),
+                    has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("reading server settings", &e))?;
+    let get = |e: tokio_postgres::Error| query_error("reading server settings", &e);
+    Ok(ServerInfo {
+        wal_level: row.try_get(0).map_err(get)?,
+        version_num: row.try_get(1).map_err(get)?,
+        max_replication_slots: row.try_get(2).map_err(get)?,
+        max_wal_senders: row.try_get(3).map_err(get)?,
+        user: row.try_get(4).map_err(get)?,
+        can_replicate: row.try_get::<_, Option<bool>>(5).map_err(get)?.unwrap_or(false),
+        can_create_publication: row.try_get(6).map_err(get)?,
+    })
+}
+
+impl ServerInfo {
+    /// The one error that stops `run` before it starts, if any.
+    pub fn require_logical(&self) -> Result<(), SourceError> {
+        if self.wal_level != "logical" {
+            return Err(SourceError::Setup(format!(
+                "wal_level is {:?} but logical replication needs \"logical\": run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL (on RDS: set rds.logical_replication = 1 in the parameter group and reboot)",
+                self.wal_level
+            )));
+        }
+        if !self.can_replicate {
+            return Err(SourceError::Setup(format!(
+                "role {:?} may not replicate: run ALTER ROLE {} WITH REPLICATION; (on RDS: GRANT rds_replication TO {};)",
+                self.user,
+                quote_ident(&self.user),
+                quote_ident(&self.user)
+            )));
+        }
+        if self.version_num < 140000 {
+            return Err(SourceError::Setup(format!(
+                "PostgreSQL {} is too old: slot2lake needs 14 or newer",
+                self.version_num / 10000
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the catalog says about one configured table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The table's OID.
+    pub oid: u32,
+    /// `relreplident`: d (default: primary key), f (full), i (index), n (nothing).
+    pub replica_identity: char,
+    /// Whether a primary key exists.
+    pub has_primary_key: bool,
+    /// Columns as pgoutput will send them (not dropped, not generated).
+    pub schema: TableSchema,
+    /// Estimated rows, from `pg_class.reltuples` (-1 when never analyzed).
+    pub estimated_rows: i64,
+}
+
+impl TableInfo {
+    /// Whether UPDATE and DELETE carry enough to identify the row.
+    pub fn has_identity(&self) -> bool {
+        match self.replica_identity {
+            'f' | 'i' => true,
+            'd' => self.has_primary_key,
+            _ => false,
+        }
+    }
+}
+
+/// A problem with a configured table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The table does not exist (or is not visible to the role).
+    #[error("table {0} does not exist (or the role cannot see it); check [[tables]] name")]
+    Missing(String),
+    /// The relation is a view or another kind that cannot be replicated.
+    #[error("{0} is not a table (relkind {1}); only ordinary and partitioned tables can be replicated")]
+    NotATable(String, char),
+    /// The table's columns cannot be written as configured.
+    #[error(transparent)]
+    Schema(#[from] crate::decode::schema::SchemaError),
+    /// The query failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Looks up a configured table.
+pub async fn table_info(client: &Client, table: &TableConfig) -> Result<TableInfo, TableError> {
+    let (schema, name) = table.qualified();
+    let what = || format!("reading the columns of {}", table.name);
+    let rel = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, c.relkind::text,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                    c.reltuples::bigint
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| query_error(what(), &e))?
+        .ok_or_else(|| TableError::Missing(table.name.clone()))?;
+    let get = |e: tokio_postgres::Error| TableError::Source(query_error(what(), &e));
+    let oid: u32 = rel.try_get(0).map_err(get)?;
+    let ident: String = rel.try_get(1).map_err(get)?;
+    let relkind: String = rel.try_get(2).map_err(get)?;
+    let replica_identity = ident.chars().next().unwrap_or('d');
+    let relkind = relkind.chars().next().unwrap_or('r');
+    if relkind != 'r' && relkind != 'p' {
+        return Err(TableError::NotATable(table.name.clone(), relkind));
+    }
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod,
+                    COALESCE(a.attnum = ANY (
+                      SELECT unnest(i.indkey) FROM pg_index i
+                      WHERE i.indrelid = a.attrelid
+                        AND ((c.relreplident = 'd' AND i.indisprimary)
+                          OR (c.relreplident = 'i' AND i.indisreplident))), false)
+                      OR c.relreplident = 'f'
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| query_error(what(), &e))?;
+    let mut columns = Vec::with_capacity(rows.len());
+    for r in rows {
+        columns.push(ColumnSpec::new(
+            r.try_get::<_, String>(0).map_err(get)?,
+            r.try_get(1).map_err(get)?,
+            r.try_get(2).map_err(get)?,
+            r.try_get::<_, Option<bool>>(3).map_err(get)?.unwrap_or(false),
+        ));
+    }
+    Ok(TableInfo {
+        oid,
+        replica_identity,
+        has_primary_key: rel.try_get(3).map_err(get)?,
+        schema: TableSchema::new(schema, name, columns, table.partition_column())?,
+        estimated_rows: rel.try_get(4).map_err(get)?,
+    })
+}
+
+/// The state of the replication slot.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// Output plugin (must be pgoutput).
+    pub plugin: Option<String>,
+    /// Database the slot belongs to.
+    pub database: Option<String>,
+    /// PID of the process using it, if any.
+    pub active_pid: Option<i32>,
+    /// Position up to which the consumer confirmed changes.
+    pub confirmed_flush: Option<Lsn>,
+    /// Oldest WAL the slot retains.
+    pub restart_lsn: Option<Lsn>,
+    /// `wal_status`: reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+}
+
+fn parse_lsn_opt(v: Option<String>) -> Option<Lsn> {
+    v.and_then(|s| s.parse().ok())
+}
+
+/// Reads the slot, `None` when it does not exist.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text,
+                    restart_lsn::text, wal_status
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| query_error("reading the replication slot", &e))?;
+    let Some(row) = row else { return Ok(None) };
+    let get = |e: tokio_postgres::Error| query_error("reading the replication slot", &e);
+    Ok(Some(SlotInfo {
+        plugin: row.try_get(0).map_err(get)?,
+        database: row.try_get(1).map_err(get)?,
+        active_pid: row.try_get(2).map_err(get)?,
+        confirmed_flush: parse_lsn_opt(row.try_get(3).map_err(get)?),
+        restart_lsn: parse_lsn_opt(row.try_get(4).map_err(get)?),
+        wal_status: row.try_get(5).map_err(get)?,
+    }))
+}
+
+/// The server's current WAL write position.
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, SourceError> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| query_error("reading the current WAL position", &e))?;
+    let s: String = row
+        .try_get(0)
+        .map_err(|e| query_error("reading the current WAL position", &e))?;
+    s.parse()
+        .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
+}
+
+/// Writes a transactional logical-decoding message and returns its LSN; the transaction
+/// that carries it is a commit boundary every earlier commit is sent before.
+pub async fn emit_marker(client: &Client, content: &str) -> Result<Lsn, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, $2)::text",
+            &[&crate::source::replication::MARKER_PREFIX, &content],
+        )
+        .await
+        .map_err(|e| query_error("writing a position marker (pg_logical_emit_message)", &e))?;
+    let s: String = row
+        .try_get(0)
+        .map_err(|e| query_error("writing a position marker", &e))?;
+    s.parse()
+        .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
+}
+
+/// Which configured tables the publication lacks; `None` when it does not exist.
+pub async fn publication_missing(
+    client: &Client,
+    publication: &str,
+    tables: &[TableConfig],
+) -> Result<Option<Vec<TableConfig>>, SourceError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|e| query_error("reading the publication", &e))?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| query_error("reading the publication's tables", &e))?;
+    let mut have = std::collections::HashSet::new();
+    for r in rows {
+        let s: String = r.try_get(0).map_err(|e| query_error("reading the publication", &e))?;
+        let t: String = r.try_get(1).map_err(|e| query_error("reading the publication", &e))?;
+        have.insert((s, t));
+    }
+    Ok(Some(
+        tables
+            .iter()
+            .filter(|t| {
+                let (s, n) = t.qualified();
+                !have.contains(&(s.to_string(), n.to_string()))
+            })
+            .cloned()
+            .collect(),
+    ))
+}
+
+/// Creates the publication for the configured tables, or adds the ones it lacks.
+pub async fn ensure_publication(client: &Client, publication: &str, tables: &[TableConfig]) -> Result<(), SourceError> {
+    let list = |ts: &[TableConfig]| {
+        ts.iter()
+            .map(|t| {
+                let (s, n) = t.qualified();
+                format!("{}.{}", quote_ident(s), quote_ident(n))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sql = match publication_missing(client, publication, tables).await? {
+        None => format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list(tables)),
+        Some(missing) if missing.is_empty() => return Ok(()),
+        Some(missing) => format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), list(&missing)),
+    };
+    tracing::info!(publication, "{sql}");
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| query_error(format!("creating publication {publication:?} ({sql})"), &e))
+}

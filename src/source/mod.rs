@@ -1,0 +1,146 @@
+//! The source database: connections, catalog queries, the replication stream and the
+//! snapshot (COPY) reader.
+
+pub mod introspect;
+pub mod copy;
+pub mod replication;
+pub mod snapshot;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::SecretUrl;
+
+/// A source-database failure; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    Connect {
+        /// `host:port/db` (never the password).
+        target: String,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// A query failed.
+    #[error("{what}: {message}")]
+    Query {
+        /// What was being done.
+        what: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server or role is not set up for logical replication.
+    #[error("{0}")]
+    Setup(String),
+    /// The replication slot is being used by another process.
+    #[error("replication slot {slot:?} is in use by another process (pid {pid}); stop the other consumer (one slot2lake per slot) or set [source] slot to another name")]
+    SlotInUse {
+        /// Slot name.
+        slot: String,
+        /// The active walsender's pid.
+        pid: i32,
+    },
+    /// The replication protocol failed.
+    #[error("replication: {0}")]
+    Replication(String),
+    /// The connection was lost; retry.
+    #[error("connection to PostgreSQL lost: {0}")]
+    Lost(String),
+}
+
+impl SourceError {
+    /// Whether reconnecting may help (the server restarted, the network dropped).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Lost(_))
+    }
+}
+
+/// Describes a query failure, keeping the server's message and hint.
+pub fn query_error(what: impl Into<String>, e: &tokio_postgres::Error) -> SourceError {
+    let message = match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(h) => format!("{} (hint: {h})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    };
+    if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("connection") {
+        return SourceError::Lost(message);
+    }
+    SourceError::Query {
+        what: what.into(),
+        message,
+    }
+}
+
+/// `host:port/db` of a connection URL, for messages.
+pub fn target(url: &SecretUrl) -> String {
+    match url::Url::parse(url.expose()) {
+        Ok(u) => format!(
+            "{}:{}{}",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path()
+        ),
+        Err(_) => url.redacted(),
+    }
+}
+
+/// Opens a regular (non-replication) connection.
+pub async fn connect(url: &SecretUrl) -> Result<Client, SourceError> {
+    let (client, conn) = tokio_postgres::connect(url.expose(), NoTls)
+        .await
+        .map_err(|e| connect_error(url, &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "source connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn connect_error(url: &SecretUrl, e: &tokio_postgres::Error) -> SourceError {
+    let user = url::Url::parse(url.expose())
+        .map(|u| u.username().to_string())
+        .unwrap_or_default();
+    let message = match e.code() {
+        Some(c) if *c == SqlState::INVALID_PASSWORD => {
+            format!("password authentication failed for user {user:?}; check the password in source.url")
+        }
+        Some(c) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
+            "the server rejected user {user:?} ({}); check pg_hba.conf and the user in source.url",
+            e.as_db_error().map(|d| d.message()).unwrap_or("not authorized")
+        ),
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            "the database does not exist; check the database name in source.url".to_string()
+        }
+        _ => {
+            let text = e.to_string();
+            let cause = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+            if cause.contains("refused") || text.contains("refused") {
+                "connection refused; is PostgreSQL running, and are host and port in source.url right?".to_string()
+            } else if let Some(db) = e.as_db_error() {
+                db.message().to_string()
+            } else if cause.is_empty() {
+                text
+            } else {
+                format!("{text}: {cause}")
+            }
+        }
+    };
+    SourceError::Connect {
+        target: target(url),
+        message,
+    }
+}
+
+/// Quotes an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

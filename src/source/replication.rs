@@ -1,0 +1,140 @@
+//! The replication stream: pgoutput frames from the slot, via pg_walstream's raw path.
+//!
+//! slot2lake decodes pgoutput itself (later, at flush time) and owns restart
+//! semantics: the stream resumes from what is durable in the spool or the lake, and
+//! the slot is acknowledged only up to that point.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pg_walstream::{
+    CancellationToken, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
+    ReplicationStreamConfig, RetryConfig,
+};
+
+use super::SourceError;
+use crate::config::SecretUrl;
+use crate::lsn::Lsn;
+
+/// Prefix of the logical-decoding messages slot2lake writes to mark positions.
+pub const MARKER_PREFIX: &str = "slot2lake";
+
+/// How the stream is opened.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Ask for binary values.
+    pub binary: bool,
+    /// Create the slot with an exported snapshot (first run).
+    pub export_snapshot: bool,
+}
+
+/// A replication connection to one slot.
+pub struct ReplicationStream {
+    inner: LogicalReplicationStream,
+    cancel: CancellationToken,
+    slot: String,
+}
+
+fn replication_url(url: &SecretUrl) -> String {
+    let raw = url.expose();
+    let sep = if raw.contains('?') { '&' } else { '?' };
+    format!("{raw}{sep}replication=database")
+}
+
+/// Turns a pg_walstream error into a message a user can act on.
+pub fn map_error(slot: &str, url: &SecretUrl, e: ReplicationError) -> SourceError {
+    let text = e.to_string();
+    if let Some(pid) = text
+        .split("is active for PID ")
+        .nth(1)
+        .and_then(|s| s.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+    {
+        return SourceError::SlotInUse { slot: slot.to_string(), pid };
+    }
+    match e {
+        ReplicationError::Authentication(m) => SourceError::Connect {
+            target: super::target(url),
+            message: format!("{m}; check the user and password in source.url"),
+        },
+        ReplicationError::PermanentConnection(m) if m.contains("refused") => SourceError::Connect {
+            target: super::target(url),
+            message: "connection refused; is PostgreSQL running, and are host and port in source.url right?".into(),
+        },
+        ReplicationError::TransientConnection(m)
+        | ReplicationError::ReplicationConnection(m)
+        | ReplicationError::Backend(m)
+        | ReplicationError::Timeout(m) => SourceError::Lost(m),
+        ReplicationError::Io(io) => SourceError::Lost(io.to_string()),
+        other => SourceError::Replication(other.to_string()),
+    }
+}
+
+impl ReplicationStream {
+    /// Opens a replication connection (the slot is not touched yet).
+    pub async fn connect(url: &SecretUrl, opts: &StreamOptions) -> Result<Self, SourceError> {
+        let config = ReplicationStreamConfig::builder(opts.slot.clone(), opts.publication.clone())
+            .with_protocol_version(1)
+            .with_binary(opts.binary)
+            .with_messages(true)
+            .with_feedback_interval(Duration::from_secs(10))
+            .with_connection_timeout(Duration::from_secs(30))
+            .with_retry_config(RetryConfig {
+                max_attempts: 1,
+                ..RetryConfig::default()
+            })
+            .with_slot_options(ReplicationSlotOptions {
+                snapshot: Some(if opts.export_snapshot { "export" } else { "nothing" }.into()),
+                ..Default::default()
+            });
+        let inner = LogicalReplicationStream::new(&replication_url(url), config)
+            .await
+            .map_err(|e| map_error(&opts.slot, url, e))?;
+        Ok(Self {
+            inner,
+            cancel: CancellationToken::new(),
+            slot: opts.slot.clone(),
+        })
+    }
+
+    fn err(&self, e: ReplicationError) -> SourceError {
+        // The URL is only needed for connect-time errors, which happen in `connect`.
+        map_error(&self.slot, &SecretUrl::new(String::new()), e)
+    }
+
+    /// Creates the slot with an exported snapshot; returns the snapshot's name.
+    ///
+    /// The snapshot stays importable (`SET TRANSACTION SNAPSHOT`) until [`start`](Self::start).
+    pub async fn create_slot_exporting(&mut self) -> Result<String, SourceError> {
+        self.inner.ensure_replication_slot().await.map_err(|e| self.err(e))?;
+        self.inner
+            .exported_snapshot_name()
+            .map(str::to_string)
+            .ok_or_else(|| SourceError::Replication(format!(
+                "slot {:?} already existed, so no snapshot could be exported; drop it (SELECT pg_drop_replication_slot('{}')) or set [source] snapshot = \"never\"",
+                self.slot, self.slot
+            )))
+    }
+
+    /// Starts streaming after `from` (the server never goes below the slot's confirmed position).
+    pub async fn start(&mut self, from: Lsn) -> Result<(), SourceError> {
+        self.inner.start(Some(from.0)).await.map_err(|e| self.err(e))
+    }
+
+    /// The next pgoutput message.
+    pub async fn next_message(&mut self) -> Result<Bytes, SourceError> {
+        let raw = self.inner.next_raw_event(&self.cancel).await.map_err(|e| self.err(e))?;
+        Ok(raw.data)
+    }
+
+    /// Tells the server everything before `lsn` is durable, so it may drop that WAL.
+    pub async fn ack(&mut self, lsn: Lsn) -> Result<(), SourceError> {
+        let feedback = &self.inner.shared_lsn_feedback;
+        feedback.update_flushed_lsn(lsn.0);
+        feedback.update_applied_lsn(lsn.0);
+        self.inner.send_feedback().await.map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,141 @@
+//! `slot2lake status`: where the slot, the spool and each table's watermark stand.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoints, FlushIntent, Watermark};
+use crate::config::Config;
+use crate::lsn::Lsn;
+use crate::pipeline::{spool_dir, RunError};
+use crate::sink::Lake;
+use crate::source::{self, introspect};
+use crate::spool::Spool;
+
+/// The slot as the server reports it.
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    /// Slot name.
+    pub name: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// PID of the consumer streaming from it.
+    pub active_pid: Option<i32>,
+    /// Position the consumer confirmed.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// Oldest WAL retained for it.
+    pub restart_lsn: Option<Lsn>,
+    /// The server's current WAL position.
+    pub current_wal_lsn: Lsn,
+    /// WAL not yet confirmed by slot2lake, in bytes.
+    pub lag_bytes: Option<u64>,
+    /// WAL the server keeps for this slot, in bytes.
+    pub wal_retained_bytes: Option<u64>,
+    /// reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+}
+
+/// The spool.
+#[derive(Debug, Serialize)]
+pub struct SpoolStatus {
+    /// Directory.
+    pub dir: String,
+    /// Sealed segments.
+    pub segments: usize,
+    /// Their size.
+    pub bytes: u64,
+    /// End of the newest segment.
+    pub durable_lsn: Option<Lsn>,
+}
+
+/// Everything `status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// The lake's URL.
+    pub lake: String,
+    /// The slot.
+    pub slot: SlotStatus,
+    /// Watermark per table folder (`null` before the first snapshot or flush).
+    pub tables: BTreeMap<String, Option<Watermark>>,
+    /// The spool.
+    pub spool: SpoolStatus,
+    /// A flush that has started but not committed.
+    pub flush_in_progress: Option<FlushIntent>,
+}
+
+/// Gathers the status.
+pub async fn gather(config: &Config) -> Result<Status, RunError> {
+    let client = source::connect(&config.source.url).await?;
+    let current = introspect::current_wal_lsn(&client).await?;
+    let slot = introspect::slot_info(&client, &config.source.slot).await?;
+    let lake = Lake::open(&config.output)?;
+    let cps = Checkpoints::new(lake.clone(), &config.source.slot);
+    let mut tables = BTreeMap::new();
+    for t in &config.tables {
+        tables.insert(t.folder().to_string(), cps.watermark(t.folder()).await?);
+    }
+    let spool = Spool::open(spool_dir(config, &lake)?)?;
+    let segments = spool.segments()?;
+    let diff = |l: Option<Lsn>| l.map(|l| current.0.saturating_sub(l.0));
+    Ok(Status {
+        lake: lake.url().to_string(),
+        slot: SlotStatus {
+            name: config.source.slot.clone(),
+            exists: slot.is_some(),
+            active_pid: slot.as_ref().and_then(|s| s.active_pid),
+            confirmed_flush_lsn: slot.as_ref().and_then(|s| s.confirmed_flush),
+            restart_lsn: slot.as_ref().and_then(|s| s.restart_lsn),
+            current_wal_lsn: current,
+            lag_bytes: diff(slot.as_ref().and_then(|s| s.confirmed_flush)),
+            wal_retained_bytes: diff(slot.as_ref().and_then(|s| s.restart_lsn)),
+            wal_status: slot.and_then(|s| s.wal_status),
+        },
+        tables,
+        spool: SpoolStatus {
+            dir: spool.dir().display().to_string(),
+            segments: segments.len(),
+            bytes: segments.iter().map(|s| s.bytes).sum(),
+            durable_lsn: segments.iter().map(|s| s.end).max(),
+        },
+        flush_in_progress: cps.flush_intent().await?,
+    })
+}
+
+impl Status {
+    /// A short human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("lake: {}\n", self.lake));
+        let sl = &self.slot;
+        if sl.exists {
+            s.push_str(&format!(
+                "slot {}: confirmed {} (lag {} bytes), WAL retained {} bytes, {}{}\n",
+                sl.name,
+                sl.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                sl.lag_bytes.unwrap_or(0),
+                sl.wal_retained_bytes.unwrap_or(0),
+                sl.wal_status.as_deref().unwrap_or("-"),
+                sl.active_pid.map(|p| format!(", streaming to pid {p}")).unwrap_or_default()
+            ));
+        } else {
+            s.push_str(&format!("slot {}: does not exist yet (created by the first run)\n", sl.name));
+        }
+        for (table, wm) in &self.tables {
+            match wm {
+                Some(w) => s.push_str(&format!(
+                    "table {table}: watermark {} at {} ({:?}, {} rows in the last flush)\n",
+                    w.lsn, w.timestamp, w.kind, w.rows
+                )),
+                None => s.push_str(&format!("table {table}: no watermark yet\n")),
+            }
+        }
+        s.push_str(&format!(
+            "spool: {} segments, {} bytes in {}\n",
+            self.spool.segments, self.spool.bytes, self.spool.dir
+        ));
+        if let Some(i) = &self.flush_in_progress {
+            s.push_str(&format!("flush in progress: cut {}, started {}\n", i.cut, i.processed_at));
+        }
+        s
+    }
+}
