@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Independent reader for slot2lake's tests: DuckDB and pyarrow read the lake,
+psycopg2 reads the source, and the two are compared. Shares no code with slot2lake.
+
+  lake_check.py compare --lake DIR --folder orders --table public.orders --key order_id --dsn DSN
+      Reduces the lake to the latest row per key (by change_lsn, change_seq; DELETEs
+      and rows older than a TRUNCATE removed) and compares it with the source table.
+      Prints a JSON report; exits 1 when they differ.
+  lake_check.py summary --lake DIR --folder orders
+      Prints JSON: rows per change_type, files and rows per partition, duplicate
+      (key, change_lsn, change_seq) count, and each column's Parquet/Arrow type.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+import duckdb
+import pyarrow.parquet as pq
+
+
+def files_of(lake, folder):
+    return sorted(glob.glob(os.path.join(lake, folder, "**", "*.parquet"), recursive=True))
+
+
+def connect_duckdb():
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def scan(lake, folder):
+    return (
+        f"read_parquet('{os.path.join(lake, folder)}/**/*.parquet', "
+        "hive_partitioning = true, union_by_name = true)"
+    )
+
+
+def norm(v):
+    if isinstance(v, memoryview):
+        return bytes(v)
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"
+    return v
+
+
+def lake_latest(lake, folder, keys, columns):
+    if not files_of(lake, folder):
+        return {}
+    con = connect_duckdb()
+    rel = scan(lake, folder)
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()}
+    cols = ", ".join(f'"{c}"' if c in have else f'NULL AS "{c}"' for c in columns)
+    key = ", ".join(f'"{k}"' for k in keys)
+    sql = f"""
+      WITH t AS (SELECT * FROM {rel}),
+      cut AS (SELECT change_lsn AS lsn, change_seq AS seq FROM t WHERE change_type = 'TRUNCATE'
+              ORDER BY change_lsn DESC, change_seq DESC LIMIT 1)
+      SELECT {cols}, change_type FROM t
+      WHERE change_type <> 'TRUNCATE'
+        AND (NOT EXISTS (SELECT 1 FROM cut)
+             OR change_lsn > (SELECT lsn FROM cut)
+             OR (change_lsn = (SELECT lsn FROM cut) AND change_seq > (SELECT seq FROM cut)))
+      QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY change_lsn DESC, change_seq DESC) = 1
+    """
+    out = {}
+    for row in con.execute(sql).fetchall():
+        *values, change_type = row
+        if change_type == "DELETE":
+            continue
+        rec = dict(zip(columns, (norm(v) for v in values)))
+        out[tuple(rec[k] for k in keys)] = rec
+    return out
+
+
+def source_rows(dsn, table, keys):
+    import psycopg2
+    import psycopg2.extras
+
+    psycopg2.extras.register_default_json(loads=lambda x: x)
+    psycopg2.extras.register_default_jsonb(loads=lambda x: x)
+    con = psycopg2.connect(dsn)
+    try:
+        cur = con.cursor()
+        cur.execute("SET TimeZone = 'UTC'")
+        schema, name = table.split(".", 1)
+        cur.execute(f'SELECT * FROM "{schema}"."{name}"')
+        columns = [d.name for d in cur.description]
+        out = {}
+        for row in cur.fetchall():
+            rec = dict(zip(columns, (norm(v) for v in row)))
+            out[tuple(rec[k] for k in keys)] = rec
+        return columns, out
+    finally:
+        con.close()
+
+
+def show(v):
+    if isinstance(v, dict):
+        return {k: show(x) for k, x in v.items()}
+    if isinstance(v, (bytes, bytearray)):
+        return "\\x" + v.hex()
+    if isinstance(v, (int, str, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def compare(args):
+    keys = args.key.split(",")
+    columns, src = source_rows(args.dsn, args.table, keys)
+    lake = lake_latest(args.lake, args.folder, keys, columns)
+    missing = [show(dict(zip(keys, k))) for k in src if k not in lake]
+    extra = [show(dict(zip(keys, k))) for k in lake if k not in src]
+    different = []
+    for k, row in src.items():
+        other = lake.get(k)
+        if other is not None and other != row:
+            diff = {c: {"source": show(row[c]), "lake": show(other[c])} for c in columns if row[c] != other[c]}
+            different.append({"key": show(dict(zip(keys, k))), "columns": diff})
+    report = {
+        "ok": not (missing or extra or different),
+        "source_rows": len(src),
+        "lake_rows": len(lake),
+        "missing": missing[:20],
+        "extra": extra[:20],
+        "different": different[:20],
+    }
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
+
+
+def summary(args):
+    files = files_of(args.lake, args.folder)
+    out = {"files": len(files), "change_types": {}, "partitions": {}, "types": {}, "duplicates": 0, "rows": 0}
+    if files:
+        con = connect_duckdb()
+        rel = scan(args.lake, args.folder)
+        out["rows"] = con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
+        for ct, n in con.execute(f"SELECT change_type, count(*) FROM {rel} GROUP BY 1").fetchall():
+            out["change_types"][ct] = n
+        if args.key:
+            key = ", ".join(f'"{k}"' for k in args.key.split(","))
+            out["duplicates"] = con.execute(
+                f"SELECT count(*) FROM (SELECT {key}, change_lsn, change_seq FROM {rel} "
+                f"WHERE change_type <> 'TRUNCATE' GROUP BY ALL HAVING count(*) > 1)"
+            ).fetchone()[0]
+        for f in files:
+            part = os.path.relpath(os.path.dirname(f), os.path.join(args.lake, args.folder))
+            p = out["partitions"].setdefault(part, {"files": 0, "rows": 0})
+            p["files"] += 1
+            p["rows"] += pq.ParquetFile(f).metadata.num_rows
+        schema = pq.read_schema(files[-1])
+        out["types"] = {field.name: str(field.type) for field in schema}
+    print(json.dumps(out))
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--lake", required=True)
+    c.add_argument("--folder", required=True)
+    c.add_argument("--table", required=True)
+    c.add_argument("--key", required=True)
+    c.add_argument("--dsn", required=True)
+    s = sub.add_parser("summary")
+    s.add_argument("--lake", required=True)
+    s.add_argument("--folder", required=True)
+    s.add_argument("--key")
+    args = p.parse_args()
+    return compare(args) if args.cmd == "compare" else summary(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
