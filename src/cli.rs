@@ -63,6 +63,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Zero-configuration tour: a throwaway PostgreSQL, the seed's data, a backfill, a day of changes, a flush.
+    Demo {
+        /// Leave the database running and the lake on disk for exploring.
+        #[arg(long)]
+        keep: bool,
+        /// Folder for the lake and config (default: a temp folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -176,6 +185,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{tag}  {:<22} {}", f.what, f.detail);
             }
             Ok(if failed { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS })
+        }
+        Command::Demo { keep, dir } => {
+            crate::demo::run(crate::demo::DemoOptions { keep, dir }).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Example,

@@ -27,7 +27,7 @@ pub const DEFAULT_ROW_GROUP_ROWS: usize = 1_000_000;
 /// Memory for row groups being built, over all open files.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 /// Files a flush keeps open at once (one per table partition being written).
-pub const DEFAULT_MAX_OPEN_FILES: usize = 32;
+pub const DEFAULT_MAX_OPEN_FILES: usize = 128;
 /// How often the slot is acknowledged while changes arrive.
 pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_secs(60);
 /// A spool segment is sealed once it holds this many bytes.

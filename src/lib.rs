@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod flush;
 pub mod lsn;
 pub mod pipeline;

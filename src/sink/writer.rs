@@ -311,7 +311,7 @@ impl Sink {
             source,
         })?;
         let writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
+            BufWriter::with_capacity(256 * 1024, file),
             schema.arrow.clone(),
             Some(self.props.clone()),
         )
