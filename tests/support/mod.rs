@@ -4,184 +4,41 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use slot2lake::demo::TempCluster;
 use tokio_postgres::{Client, NoTls};
 
-/// A running PostgreSQL cluster.
-pub struct Cluster {
-    pub port: u16,
-    pub base: PathBuf,
-    pub bindir: PathBuf,
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Runs a PostgreSQL binary, as the `postgres` user when we are root.
-fn pg_command(bindir: &Path, program: &str) -> Command {
-    let exe = bindir.join(program);
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(exe);
-        c
-    } else {
-        Command::new(exe)
+/// Creates a fresh database on `cluster` and connects to it.
+pub async fn database_on(cluster: &TempCluster, prefix: &str) -> TestDb {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("{prefix}_{}", N.fetch_add(1, Ordering::SeqCst));
+    let admin = connect(&cluster.url("postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let client = connect(&cluster.url(&name)).await;
+    TestDb {
+        name: name.clone(),
+        url: cluster.url(&name),
+        client,
     }
 }
 
-fn bindir() -> PathBuf {
-    if let Ok(dir) = std::env::var("SLOT2LAKE_PG_BINDIR") {
-        return PathBuf::from(dir);
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return dir;
-        }
-    }
-    for v in ["18", "17", "16", "15", "14"] {
-        let dir = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
-        if dir.join("initdb").exists() {
-            return dir;
-        }
-    }
-    panic!("PostgreSQL server binaries not found: install postgresql (Debian) or set SLOT2LAKE_PG_BINDIR");
+/// The cluster shared by all tests of this process (stopped by its watchdog at exit).
+pub fn cluster() -> &'static TempCluster {
+    static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| TempCluster::start(&["shared_buffers = 128MB"]).expect("start PostgreSQL"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn check(out: std::io::Result<Output>, what: &str) {
-    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Cluster {
-    /// Starts a new cluster with extra `postgresql.conf` lines; it is stopped and
-    /// removed when the test process exits.
-    pub fn start(settings: &[&str]) -> Cluster {
-        let bindir = bindir();
-        let base = tempfile::Builder::new()
-            .prefix("slot2lake-pg-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
-        let data = base.join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        if is_root() {
-            check(
-                Command::new("chown").args(["-R", "postgres:postgres"]).arg(&base).output(),
-                "chown",
-            );
-        }
-        check(
-            pg_command(&bindir, "initdb")
-                .args(["-D"])
-                .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
-                .output(),
-            "initdb",
-        );
-        let port = free_port();
-        let mut conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             max_replication_slots = 64\nmax_wal_senders = 64\nmax_connections = 200\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 128MB\n\
-             wal_sender_timeout = 0\n",
-            base.display()
-        );
-        if !settings.iter().any(|s| s.starts_with("wal_level")) {
-            conf.push_str("wal_level = logical\n");
-        }
-        for s in settings {
-            conf.push_str(s);
-            conf.push('\n');
-        }
-        let conf_path = data.join("postgresql.conf");
-        let mut existing = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
-        existing.push_str(&conf);
-        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
-        check(
-            pg_command(&bindir, "pg_ctl")
-                .args(["-D"])
-                .arg(&data)
-                .args(["-l"])
-                .arg(base.join("server.log"))
-                .args(["-w", "-t", "60", "start"])
-                .stdout(Stdio::null())
-                .output(),
-            "pg_ctl start",
-        );
-        // A watchdog stops the server and removes its files once this process is gone.
-        let stop = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {run}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {base}",
-            pid = std::process::id(),
-            run = if is_root() { "runuser -u postgres -- " } else { "" },
-            pg_ctl = bindir.join("pg_ctl").display(),
-            data = data.display(),
-            base = base.display(),
-        );
-        {
-            use std::os::unix::process::CommandExt;
-            Command::new("sh")
-                .args(["-c", &stop])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("watchdog");
-        }
-        Cluster { port, base, bindir }
-    }
-
-    /// Connection URL of a database.
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    /// Creates a fresh database and connects to it.
-    pub async fn database(&self, prefix: &str) -> TestDb {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("{prefix}_{}", N.fetch_add(1, Ordering::SeqCst));
-        let admin = connect(&self.url("postgres")).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        let client = connect(&self.url(&name)).await;
-        TestDb {
-            name: name.clone(),
-            url: self.url(&name),
-            client,
-        }
-    }
-}
-
-/// The cluster shared by all tests of this process.
-pub fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| Cluster::start(&[]))
+/// A fresh database on the shared cluster.
+pub async fn database(prefix: &str) -> TestDb {
+    database_on(cluster(), prefix).await
 }
 
 pub async fn connect(url: &str) -> Client {
@@ -199,36 +56,6 @@ pub struct TestDb {
     pub client: Client,
 }
 
-/// The seed's tables, as in its incremental-ETL guide.
-pub const SEED_SCHEMA: &str = r#"
-CREATE TABLE customers (
-    customer_id SERIAL PRIMARY KEY,
-    name VARCHAR(100),
-    email VARCHAR(100),
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
-);
-CREATE TABLE orders (
-    order_id SERIAL PRIMARY KEY,
-    customer_id INTEGER,
-    product_name VARCHAR(100),
-    quantity INTEGER,
-    price DECIMAL(10,2),
-    order_date DATE DEFAULT CURRENT_DATE,
-    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
-);
-CREATE OR REPLACE FUNCTION update_updated_at_column() RETURNS TRIGGER AS $$
-BEGIN
-    NEW.updated_at = CURRENT_TIMESTAMP;
-    RETURN NEW;
-END;
-$$ language 'plpgsql';
-CREATE TRIGGER update_customers_updated_at BEFORE UPDATE ON customers
-    FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
-CREATE TRIGGER update_orders_updated_at BEFORE UPDATE ON orders
-    FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
-"#;
-
 impl TestDb {
     pub async fn exec(&self, sql: &str) {
         self.client
@@ -243,18 +70,9 @@ impl TestDb {
 
     /// Creates the seed's tables with `customers` customers and `orders` orders spread
     /// over the last 60 days.
-    pub async fn seed(&self, customers: i32, orders: i32) {
-        self.exec(SEED_SCHEMA).await;
-        self.exec(&format!(
-            "INSERT INTO customers (name, email, created_at)
-               SELECT 'Customer ' || i, 'c' || i || '@example.com', now() - (i || ' hours')::interval
-               FROM generate_series(1, {customers}) i;
-             INSERT INTO orders (customer_id, product_name, quantity, price, order_date)
-               SELECT 1 + i % {customers}, 'Product ' || (i % 17), 1 + i % 5, (i % 1000) * 1.25 + 0.99,
-                      current_date - (i % 60)
-               FROM generate_series(1, {orders}) i;"
-        ))
-        .await;
+    pub async fn seed(&self, customers: u32, orders: u32) {
+        self.exec(slot2lake::demo::SEED_SCHEMA).await;
+        self.exec(&slot2lake::demo::seed_data_sql(customers, orders, 60)).await;
     }
 
     pub async fn slot_confirmed(&self, slot: &str) -> Option<String> {
@@ -393,6 +211,26 @@ impl Lake {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+    }
+}
+
+impl Lake {
+    /// Runs SQL over a table's files in DuckDB (`{t}` names the table); rows as JSON.
+    pub fn query(&self, folder: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        let out = python(&["query", "--lake", &self.root().display().to_string(), "--folder", folder, "--sql", sql]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "lake_check query: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// A single number from a query.
+    pub fn query_i64(&self, folder: &str, sql: &str) -> i64 {
+        let rows = self.query(folder, sql);
+        rows[0][0].as_i64().unwrap_or_else(|| panic!("{sql}: {rows:?}"))
     }
 }
 
