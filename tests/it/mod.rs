@@ -1,1 +1,2 @@
 mod once;
+mod types;
