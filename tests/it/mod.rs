@@ -1,2 +1,3 @@
 mod once;
 mod types;
+mod check;
