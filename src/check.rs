@@ -54,7 +54,11 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             };
             match probe.await {
                 Ok(()) => add(Level::Ok, "output", format!("{} is writable", lake.url())),
-                Err(e) => add(Level::Fail, "output", format!("{e}: make the output writable for this user")),
+                Err(e) => add(
+                    Level::Fail,
+                    "output",
+                    format!("{e}: make the output writable for this user"),
+                ),
             }
         }
         Err(e) => add(Level::Fail, "output", e.to_string()),
@@ -172,7 +176,10 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                     add(
                         Level::Warn,
                         &what,
-                        format!("column(s) {} have types stored as their text form", other.join(", ")),
+                        format!(
+                            "column(s) {} have types stored as their text form",
+                            other.join(", ")
+                        ),
                     );
                 }
             }
@@ -181,19 +188,33 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     }
 
     match introspect::slot_info(&client, &config.source.slot).await {
-        Ok(None) => add(Level::Todo, "slot", format!("{:?} will be created (pgoutput)", config.source.slot)),
+        Ok(None) => add(
+            Level::Todo,
+            "slot",
+            format!("{:?} will be created (pgoutput)", config.source.slot),
+        ),
         Ok(Some(s)) => match (s.active_pid, s.plugin.as_deref(), s.wal_status.as_deref()) {
             (Some(pid), _, _) => add(
                 Level::Fail,
                 "slot",
-                format!("{:?} is in use by pid {pid}: one slot2lake per slot", config.source.slot),
+                format!(
+                    "{:?} is in use by pid {pid}: one slot2lake per slot",
+                    config.source.slot
+                ),
             ),
             (_, plugin, _) if plugin != Some("pgoutput") => add(
                 Level::Fail,
                 "slot",
-                format!("{:?} uses plugin {plugin:?}, not pgoutput", config.source.slot),
+                format!(
+                    "{:?} uses plugin {plugin:?}, not pgoutput",
+                    config.source.slot
+                ),
             ),
-            (_, _, Some("lost")) => add(Level::Fail, "slot", format!("{:?} has lost WAL it needed", config.source.slot)),
+            (_, _, Some("lost")) => add(
+                Level::Fail,
+                "slot",
+                format!("{:?} has lost WAL it needed", config.source.slot),
+            ),
             _ => add(
                 Level::Ok,
                 "slot",

@@ -94,7 +94,10 @@ pub const EXIT_FAILURE: u8 = 1;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -184,7 +187,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 println!("{tag}  {:<22} {}", f.what, f.detail);
             }
-            Ok(if failed { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(EXIT_FAILURE)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Demo { keep, dir } => {
             crate::demo::run(crate::demo::DemoOptions { keep, dir }).await?;

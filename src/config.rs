@@ -382,7 +382,10 @@ pub fn redact_url(raw: &str) -> String {
                 .query_pairs()
                 .map(|(k, v)| {
                     let secret = k.eq_ignore_ascii_case("password");
-                    (k.into_owned(), if secret { "***".into() } else { v.into_owned() })
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
                 })
                 .collect();
             if !pairs.is_empty() {
@@ -408,7 +411,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string(), &|name| std::env::var(name).ok())
+        Self::parse(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
     }
 
     /// Parses config text; `env` resolves `${VAR}` references.
@@ -421,8 +426,8 @@ impl Config {
             path: origin.to_string(),
             message,
         };
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| parse_err(e.message().to_string() + &location(text, e.span())))?;
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| parse_err(e.message().to_string() + &location(text, e.span())))?;
         expand_env(&mut value, "", env)?;
         let config: Config = value
             .try_into()
@@ -437,7 +442,9 @@ impl Config {
         if s.url.expose().trim().is_empty() {
             return Err(invalid("source.url", "must not be empty"));
         }
-        if !(s.url.expose().starts_with("postgres://") || s.url.expose().starts_with("postgresql://")) {
+        if !(s.url.expose().starts_with("postgres://")
+            || s.url.expose().starts_with("postgresql://"))
+        {
             return Err(invalid(
                 "source.url",
                 format!("must start with postgres:// (got {})", s.url.redacted()),
@@ -454,7 +461,9 @@ impl Config {
             if scheme != "file" && scheme != "s3" {
                 return Err(invalid(
                     "output.url",
-                    format!("unsupported scheme {scheme}://; use file:///path or s3://bucket/prefix"),
+                    format!(
+                        "unsupported scheme {scheme}://; use file:///path or s3://bucket/prefix"
+                    ),
                 ));
             }
         }
@@ -487,10 +496,16 @@ impl Config {
         }
         match self.catalog.kind {
             CatalogKind::Glue if self.catalog.crawler.is_none() => {
-                return Err(invalid("catalog.crawler", "is required when catalog.kind = \"glue\""));
+                return Err(invalid(
+                    "catalog.crawler",
+                    "is required when catalog.kind = \"glue\"",
+                ));
             }
             CatalogKind::Glue | CatalogKind::GlueDirect if self.catalog.database.is_none() => {
-                return Err(invalid("catalog.database", "is required for a Glue catalog"));
+                return Err(invalid(
+                    "catalog.database",
+                    "is required for a Glue catalog",
+                ));
             }
             _ => {}
         }
@@ -515,10 +530,16 @@ impl Config {
                 ));
             }
             if name == o.metadata_prefix.trim_matches('/') {
-                return Err(invalid(format!("{key}.name"), "collides with output.metadata_prefix"));
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "collides with output.metadata_prefix",
+                ));
             }
             if !names.insert((schema.to_string(), name.to_string())) {
-                return Err(invalid(format!("{key}.name"), format!("{} is listed twice", t.name)));
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{} is listed twice", t.name),
+                ));
             }
             if !folders.insert(name.to_string()) {
                 return Err(invalid(
@@ -531,10 +552,16 @@ impl Config {
             }
             if let Some(w) = &t.snapshot_where {
                 if w.trim().is_empty() {
-                    return Err(invalid(format!("{key}.snapshot_where"), "must not be empty"));
+                    return Err(invalid(
+                        format!("{key}.snapshot_where"),
+                        "must not be empty",
+                    ));
                 }
                 if w.contains(';') {
-                    return Err(invalid(format!("{key}.snapshot_where"), "must be one SQL condition, without ';'"));
+                    return Err(invalid(
+                        format!("{key}.snapshot_where"),
+                        "must be one SQL condition, without ';'",
+                    ));
                 }
             }
         }
@@ -562,7 +589,10 @@ fn check_identifier(key: &str, value: &str, slot: bool) -> Result<(), ConfigErro
         } else {
             "letters, digits, '_' and '$', at most 63"
         };
-        return Err(invalid(key, format!("{value:?} is not a valid name: use {rule}")));
+        return Err(invalid(
+            key,
+            format!("{value:?} is not a valid name: use {rule}"),
+        ));
     }
     Ok(())
 }
@@ -574,11 +604,7 @@ fn expand_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = expand_str(s, key, env)?;
-            }
-        }
+        toml::Value::String(s) if s.contains("${") => *s = expand_str(s, key, env)?,
         toml::Value::Array(items) => {
             for (i, v) in items.iter_mut().enumerate() {
                 expand_env(v, &format!("{key}[{i}]"), env)?;
@@ -586,7 +612,11 @@ fn expand_env(
         }
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
                 expand_env(v, &sub, env)?;
             }
         }
@@ -595,7 +625,11 @@ fn expand_env(
     Ok(())
 }
 
-fn expand_str(s: &str, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+fn expand_str(
+    s: &str,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -606,10 +640,16 @@ fn expand_str(s: &str, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
             .ok_or_else(|| invalid(key, "unterminated ${ in value; write ${NAME}"))?;
         let name = &after[..end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(invalid(key, format!("${{{name}}} is not a valid variable name")));
+            return Err(invalid(
+                key,
+                format!("${{{name}}} is not a valid variable name"),
+            ));
         }
         let v = env(name).ok_or_else(|| {
-            invalid(key, format!("environment variable {name} is not set (referenced as ${{{name}}})"))
+            invalid(
+                key,
+                format!("environment variable {name} is not set (referenced as ${{{name}}})"),
+            )
         })?;
         out.push_str(&v);
         rest = &after[end + 1..];
@@ -654,7 +694,10 @@ name = "public.customers"
     #[test]
     fn expands_env_and_applies_defaults() {
         let c = Config::parse(MINIMAL, "t.toml", &env).expect("valid");
-        assert_eq!(c.source.url.expose(), "postgres://u:s3cr3t@127.0.0.1:5432/db");
+        assert_eq!(
+            c.source.url.expose(),
+            "postgres://u:s3cr3t@127.0.0.1:5432/db"
+        );
         assert_eq!(c.source.slot, DEFAULT_SLOT);
         assert_eq!(c.flush.schedule, DEFAULT_SCHEDULE);
         assert_eq!(c.tables[0].partition_by, PROCESSING_DATE);
@@ -670,30 +713,44 @@ name = "public.customers"
     #[test]
     fn unknown_key_is_named() {
         let text = MINIMAL.replace("[output]", "[output]\nurll = \"x\"");
-        let err = Config::parse(&text, "t.toml", &env).expect_err("unknown key").to_string();
+        let err = Config::parse(&text, "t.toml", &env)
+            .expect_err("unknown key")
+            .to_string();
         assert!(err.contains("urll"), "{err}");
     }
 
     #[test]
     fn missing_variable_is_named_with_key() {
         let text = MINIMAL.replace("${PGPASSWORD}", "${NOPE}");
-        let err = Config::parse(&text, "t.toml", &env).expect_err("unset var").to_string();
+        let err = Config::parse(&text, "t.toml", &env)
+            .expect_err("unset var")
+            .to_string();
         assert!(err.contains("source.url") && err.contains("NOPE"), "{err}");
     }
 
     #[test]
     fn invalid_values_name_their_key() {
-        let text = MINIMAL.replace("name = \"public.customers\"", "name = \"public.customers\"\npartition_by = \"bad col\"");
-        let err = Config::parse(&text, "t.toml", &env).expect_err("bad column").to_string();
+        let text = MINIMAL.replace(
+            "name = \"public.customers\"",
+            "name = \"public.customers\"\npartition_by = \"bad col\"",
+        );
+        let err = Config::parse(&text, "t.toml", &env)
+            .expect_err("bad column")
+            .to_string();
         assert!(err.starts_with("tables[0].partition_by"), "{err}");
         let text = MINIMAL.replace("[output]", "[flush]\nmax_open_files = 0\n[output]");
-        let err = Config::parse(&text, "t.toml", &env).expect_err("zero").to_string();
+        let err = Config::parse(&text, "t.toml", &env)
+            .expect_err("zero")
+            .to_string();
         assert!(err.starts_with("flush.max_open_files"), "{err}");
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(
             redact_url("postgres://u@h/db?password=pw&sslmode=require"),
             "postgres://u@h/db?password=***&sslmode=require"

@@ -65,7 +65,7 @@ mod tests {
         let lsn: Lsn = "16/B374D848".parse().expect("valid");
         assert_eq!(lsn.0, 0x16_B374_D848);
         assert_eq!(lsn.to_string(), "16/B374D848");
-        assert_eq!(Lsn(0x1_6B37_48).to_string(), "0/16B3748");
+        assert_eq!(Lsn(0x016B_3748).to_string(), "0/16B3748");
     }
 
     #[test]

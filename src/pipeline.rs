@@ -27,8 +27,8 @@ use tokio_postgres::Client;
 
 use crate::catalog::{self, CatalogError};
 use crate::checkpoint::{
-    seed_timestamp, CheckpointError, Checkpoints, FlushIntent, SnapshotPhase, SnapshotState, Watermark,
-    WatermarkKind,
+    seed_timestamp, CheckpointError, Checkpoints, FlushIntent, SnapshotPhase, SnapshotState,
+    Watermark, WatermarkKind,
 };
 use crate::config::{BinaryMode, Config, SnapshotMode};
 use crate::flush::{self, FlushError, Flushed};
@@ -149,7 +149,12 @@ impl Pipeline {
         }
     }
 
-    fn sink(&self, processed_at: DateTime<Utc>, lsn: Lsn, staging: Option<String>) -> Result<Sink, SinkError> {
+    fn sink(
+        &self,
+        processed_at: DateTime<Utc>,
+        lsn: Lsn,
+        staging: Option<String>,
+    ) -> Result<Sink, SinkError> {
         let o = &self.config.output;
         let opts = SinkOptions {
             compression: o.compression,
@@ -160,7 +165,13 @@ impl Pipeline {
             tmp_dir: self.tmp_dir(),
             staging_prefix: staging,
         };
-        Sink::new(self.lake.clone(), tokio::runtime::Handle::current(), opts, processed_at, lsn)
+        Sink::new(
+            self.lake.clone(),
+            tokio::runtime::Handle::current(),
+            opts,
+            processed_at,
+            lsn,
+        )
     }
 
     async fn watermarks(&self) -> Result<BTreeMap<String, Option<Watermark>>, RunError> {
@@ -192,7 +203,9 @@ impl Pipeline {
                     self.publish_snapshot(state).await?;
                 }
                 SnapshotPhase::Copying => {
-                    tracing::warn!("an earlier first run stopped while copying; starting the first run again");
+                    tracing::warn!(
+                        "an earlier first run stopped while copying; starting the first run again"
+                    );
                     self.abandon_first_run(&state, slot.is_some()).await?;
                     slot = None;
                 }
@@ -221,7 +234,11 @@ impl Pipeline {
             }
         }
         let watermarks = self.watermarks().await?;
-        let unmarked: Vec<&String> = watermarks.iter().filter(|(_, w)| w.is_none()).map(|(f, _)| f).collect();
+        let unmarked: Vec<&String> = watermarks
+            .iter()
+            .filter(|(_, w)| w.is_none())
+            .map(|(f, _)| f)
+            .collect();
         let first_run = slot.is_none() && self.config.source.snapshot == SnapshotMode::Initial;
         if slot.is_none() && !first_run && watermarks.values().any(Option::is_some) {
             return Err(RunError::State(format!(
@@ -235,7 +252,10 @@ impl Pipeline {
                 self.slot()
             )));
         }
-        if slot.is_some() && self.config.source.snapshot == SnapshotMode::Initial && !unmarked.is_empty() {
+        if slot.is_some()
+            && self.config.source.snapshot == SnapshotMode::Initial
+            && !unmarked.is_empty()
+        {
             return Err(RunError::State(format!(
                 "table(s) {} have no watermark but slot {:?} already exists, so their snapshot cannot line up with it; drop the slot to take a new first snapshot of all tables, or set [source] snapshot = \"never\"",
                 unmarked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
@@ -269,7 +289,11 @@ impl Pipeline {
             .values()
             .filter_map(|w| w.as_ref().map(|w| w.lsn))
             .min();
-        let start = [start, Some(durable), min_wm].into_iter().flatten().max().unwrap_or(Lsn::ZERO);
+        let start = [start, Some(durable), min_wm]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(Lsn::ZERO);
         let cut = self.stream_to_marker(&mut repl, start, &mut report).await?;
 
         let flushed = self.flush_to(cut).await?;
@@ -296,14 +320,20 @@ impl Pipeline {
     }
 
     /// Creates the slot with an exported snapshot and lands every table from it.
-    async fn first_run_snapshot(&mut self, repl: &mut ReplicationStream, report: &mut RunReport) -> Result<Lsn, RunError> {
+    async fn first_run_snapshot(
+        &mut self,
+        repl: &mut ReplicationStream,
+        report: &mut RunReport,
+    ) -> Result<Lsn, RunError> {
         let snapshot_name = repl.create_slot_exporting().await?;
         let cp = introspect::slot_info(&self.client, self.slot())
             .await?
             .and_then(|s| s.confirmed_flush)
             .ok_or_else(|| RunError::State("the new slot reports no consistent point".into()))?;
         let processed_at = Utc::now();
-        let staging = self.lake.internal_key(self.slot(), &format!("staging/{:016X}", cp.0));
+        let staging = self
+            .lake
+            .internal_key(self.slot(), &format!("staging/{:016X}", cp.0));
         let mut state = SnapshotState {
             version: 1,
             phase: SnapshotPhase::Copying,
@@ -335,10 +365,18 @@ impl Pipeline {
         let (copied, snapshot_time) =
             snapshot::copy_tables(&mut self.client, &snapshot_name, &tables, cp, sink).await?;
         let total: u64 = copied.rows.values().sum();
-        tracing::info!(rows = total, seconds = started.elapsed().as_secs_f64(), "snapshot copied");
+        tracing::info!(
+            rows = total,
+            seconds = started.elapsed().as_secs_f64(),
+            "snapshot copied"
+        );
         state.phase = SnapshotPhase::Staged;
         state.snapshot_time = Some(snapshot_time);
-        state.files = copied.files.iter().map(|f| (f.written_key.clone(), f.key.clone())).collect();
+        state.files = copied
+            .files
+            .iter()
+            .map(|f| (f.written_key.clone(), f.key.clone()))
+            .collect();
         state.rows = copied.rows.clone();
         // Tables with no rows still get their watermark.
         for (folder, _) in &self.tables {
@@ -393,12 +431,24 @@ impl Pipeline {
     }
 
     /// Undoes a first run that died while copying: its exported snapshot is gone.
-    async fn abandon_first_run(&self, state: &SnapshotState, slot_exists: bool) -> Result<(), RunError> {
+    async fn abandon_first_run(
+        &self,
+        state: &SnapshotState,
+        slot_exists: bool,
+    ) -> Result<(), RunError> {
         if slot_exists {
             self.client
                 .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot()])
                 .await
-                .map_err(|e| source::query_error(format!("dropping slot {:?} of the interrupted first run", self.slot()), &e))?;
+                .map_err(|e| {
+                    source::query_error(
+                        format!(
+                            "dropping slot {:?} of the interrupted first run",
+                            self.slot()
+                        ),
+                        &e,
+                    )
+                })?;
         }
         for obj in self.lake.list(&state.staging).await? {
             self.lake.delete(obj.location.as_ref()).await?;
@@ -408,9 +458,18 @@ impl Pipeline {
     }
 
     /// Streams from `start` until every transaction committed before now is spooled.
-    async fn stream_to_marker(&mut self, repl: &mut ReplicationStream, start: Lsn, report: &mut RunReport) -> Result<Lsn, RunError> {
+    async fn stream_to_marker(
+        &mut self,
+        repl: &mut ReplicationStream,
+        start: Lsn,
+        report: &mut RunReport,
+    ) -> Result<Lsn, RunError> {
         repl.start(start).await?;
-        let marker = introspect::emit_marker(&self.client, &format!("run --once at {}", Utc::now().to_rfc3339())).await?;
+        let marker = introspect::emit_marker(
+            &self.client,
+            &format!("run --once at {}", Utc::now().to_rfc3339()),
+        )
+        .await?;
         tracing::info!(from = %start, to = %marker, "catching up with the slot");
         let header = SegmentHeader {
             format_version: spool::FORMAT_VERSION,
@@ -418,7 +477,9 @@ impl Pipeline {
             protocol_version: 1,
             binary: self.binary,
         };
-        let mut writer = self.spool.writer(header, start, self.config.spool.segment_size.0);
+        let mut writer = self
+            .spool
+            .writer(header, start, self.config.spool.segment_size.0);
         let mut last_log = Instant::now();
         loop {
             let msg = repl.next_message().await?;
@@ -462,14 +523,25 @@ impl Pipeline {
     /// Writes the files an intent names, then the watermarks; removes the intent.
     async fn execute_flush(&self, intent: FlushIntent) -> Result<Flushed, RunError> {
         let started = Instant::now();
-        let segments: Vec<_> = self.spool.segments()?.into_iter().filter(|s| s.start < intent.cut).collect();
+        let segments: Vec<_> = self
+            .spool
+            .segments()?
+            .into_iter()
+            .filter(|s| s.start < intent.cut)
+            .collect();
         let sink = self.sink(intent.processed_at, intent.cut, None)?;
         let tables = self.config.tables.clone();
         let job_intent = intent.clone();
-        let flushed = tokio::task::spawn_blocking(move || flush::write_changes(&segments, &tables, &job_intent, sink))
-            .await
-            .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
-        let written = flushed.files.iter().filter(|f| f.published == Published::Written).count();
+        let flushed = tokio::task::spawn_blocking(move || {
+            flush::write_changes(&segments, &tables, &job_intent, sink)
+        })
+        .await
+        .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        let written = flushed
+            .files
+            .iter()
+            .filter(|f| f.published == Published::Written)
+            .count();
         if flushed.files.is_empty() {
             tracing::info!(cut = %intent.cut, "flush: no rows for the configured tables; watermarks unchanged");
         } else if let Some((_, commit_time)) = flushed.last_commit {

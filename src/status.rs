@@ -111,14 +111,21 @@ impl Status {
             s.push_str(&format!(
                 "slot {}: confirmed {} (lag {} bytes), WAL retained {} bytes, {}{}\n",
                 sl.name,
-                sl.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                sl.confirmed_flush_lsn
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 sl.lag_bytes.unwrap_or(0),
                 sl.wal_retained_bytes.unwrap_or(0),
                 sl.wal_status.as_deref().unwrap_or("-"),
-                sl.active_pid.map(|p| format!(", streaming to pid {p}")).unwrap_or_default()
+                sl.active_pid
+                    .map(|p| format!(", streaming to pid {p}"))
+                    .unwrap_or_default()
             ));
         } else {
-            s.push_str(&format!("slot {}: does not exist yet (created by the first run)\n", sl.name));
+            s.push_str(&format!(
+                "slot {}: does not exist yet (created by the first run)\n",
+                sl.name
+            ));
         }
         for (table, wm) in &self.tables {
             match wm {
@@ -134,7 +141,10 @@ impl Status {
             self.spool.segments, self.spool.bytes, self.spool.dir
         ));
         if let Some(i) = &self.flush_in_progress {
-            s.push_str(&format!("flush in progress: cut {}, started {}\n", i.cut, i.processed_at));
+            s.push_str(&format!(
+                "flush in progress: cut {}, started {}\n",
+                i.cut, i.processed_at
+            ));
         }
         s
     }

@@ -16,7 +16,10 @@ pub enum CatalogError {
 }
 
 /// Tells the catalog which files a flush added.
-pub async fn after_flush(config: &CatalogConfig, files: &[WrittenFile]) -> Result<(), CatalogError> {
+pub async fn after_flush(
+    config: &CatalogConfig,
+    files: &[WrittenFile],
+) -> Result<(), CatalogError> {
     match config.kind {
         // A file:// lake is its own catalog: `slot2lake catalog` reads it directly.
         CatalogKind::None | CatalogKind::Local => {

@@ -151,23 +151,27 @@ impl Checkpoints {
         &self.slot
     }
 
-    async fn read<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, CheckpointError> {
+    async fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CheckpointError> {
         match self.lake.get(key).await? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| CheckpointError::Corrupt {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| {
+                CheckpointError::Corrupt {
                     key: key.to_string(),
                     source,
-                }),
+                }
+            }),
         }
     }
 
     async fn write<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CheckpointError> {
-        let mut json = serde_json::to_vec_pretty(value).map_err(|source| CheckpointError::Corrupt {
-            key: key.to_string(),
-            source,
-        })?;
+        let mut json =
+            serde_json::to_vec_pretty(value).map_err(|source| CheckpointError::Corrupt {
+                key: key.to_string(),
+                source,
+            })?;
         json.push(b'\n');
         self.lake.put(key, Bytes::from(json)).await?;
         Ok(())
@@ -175,11 +179,16 @@ impl Checkpoints {
 
     /// A table's watermark, `None` before its first snapshot or flush.
     pub async fn watermark(&self, table: &str) -> Result<Option<Watermark>, CheckpointError> {
-        self.read(&self.lake.metadata_key(table, WATERMARK_FILE)).await
+        self.read(&self.lake.metadata_key(table, WATERMARK_FILE))
+            .await
     }
 
     /// Writes `watermark.json`, then `last_processed_timestamp.txt`; never moves backward.
-    pub async fn write_watermark(&self, folder: &str, wm: &Watermark) -> Result<(), CheckpointError> {
+    pub async fn write_watermark(
+        &self,
+        folder: &str,
+        wm: &Watermark,
+    ) -> Result<(), CheckpointError> {
         if let Some(current) = self.watermark(folder).await? {
             if current.lsn > wm.lsn {
                 return Err(CheckpointError::Backward {
@@ -189,7 +198,8 @@ impl Checkpoints {
                 });
             }
         }
-        self.write(&self.lake.metadata_key(folder, WATERMARK_FILE), wm).await?;
+        self.write(&self.lake.metadata_key(folder, WATERMARK_FILE), wm)
+            .await?;
         self.lake
             .put(
                 &self.lake.metadata_key(folder, LAST_PROCESSED_FILE),

@@ -85,7 +85,10 @@ pub struct Warnings {
 impl Warnings {
     /// Logs `message` for a column the first time it happens.
     pub fn once(&mut self, table: &str, column: &str, message: &str) {
-        if self.seen.insert((table.to_string(), column.to_string(), message.to_string())) {
+        if self
+            .seen
+            .insert((table.to_string(), column.to_string(), message.to_string()))
+        {
             tracing::warn!(table, column, "{message}");
         }
     }
@@ -155,7 +158,12 @@ impl RowBatch {
                 got: datums.len(),
             });
         }
-        for ((builder, spec), datum) in self.columns.iter_mut().zip(&self.schema.columns).zip(datums) {
+        for ((builder, spec), datum) in self
+            .columns
+            .iter_mut()
+            .zip(&self.schema.columns)
+            .zip(datums)
+        {
             self.bytes += datum.len();
             match builder.append(spec.kind, datum) {
                 Ok(()) => {}
@@ -212,6 +220,7 @@ impl RowBatch {
         self.rows = 0;
         self.bytes = 0;
         // The builders were made from this schema's own field types: a mismatch is a bug.
-        RecordBatch::try_new(self.schema.arrow.clone(), arrays).expect("builders match the table schema")
+        RecordBatch::try_new(self.schema.arrow.clone(), arrays)
+            .expect("builders match the table schema")
     }
 }

@@ -30,7 +30,11 @@ impl RelationCache {
         tables: &[TableConfig],
     ) -> Result<Option<Arc<TableSchema>>, SchemaError> {
         // pgoutput sends an empty namespace for pg_catalog relations only.
-        let namespace = if namespace.is_empty() { "pg_catalog" } else { namespace };
+        let namespace = if namespace.is_empty() {
+            "pg_catalog"
+        } else {
+            namespace
+        };
         let Some(table) = tables.iter().find(|t| t.qualified() == (namespace, name)) else {
             self.by_oid.insert(relation_id, None);
             return Ok(None);
@@ -39,7 +43,12 @@ impl RelationCache {
             .iter()
             .map(|c| ColumnSpec::new(c.name.to_string(), c.type_id, c.type_modifier, c.is_key()))
             .collect();
-        let schema = Arc::new(TableSchema::new(namespace, name, specs, table.partition_column())?);
+        let schema = Arc::new(TableSchema::new(
+            namespace,
+            name,
+            specs,
+            table.partition_column(),
+        )?);
         self.by_oid.insert(relation_id, Some(schema.clone()));
         Ok(Some(schema))
     }

@@ -20,7 +20,13 @@ pub const COMMIT_TS: &str = "commit_ts";
 /// Name of the metadata column holding the flush time (UTC).
 pub const ETL_PROCESSED_AT: &str = "etl_processed_at";
 /// All metadata column names, in file order after the source columns.
-pub const METADATA_COLUMNS: [&str; 5] = [CHANGE_TYPE, CHANGE_LSN, CHANGE_SEQ, COMMIT_TS, ETL_PROCESSED_AT];
+pub const METADATA_COLUMNS: [&str; 5] = [
+    CHANGE_TYPE,
+    CHANGE_LSN,
+    CHANGE_SEQ,
+    COMMIT_TS,
+    ETL_PROCESSED_AT,
+];
 
 /// Built-in type OIDs slot2lake decodes natively.
 pub mod oid {
@@ -103,7 +109,9 @@ impl ColumnKind {
             oid::FLOAT4 => Self::Float32,
             oid::FLOAT8 => Self::Float64,
             oid::NUMERIC => numeric_kind(typmod),
-            oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::JSON => Self::Text,
+            oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::JSON => {
+                Self::Text
+            }
             oid::JSONB => Self::Jsonb,
             oid::UUID => Self::Uuid,
             oid::BYTEA => Self::Bytea,
@@ -134,7 +142,9 @@ impl ColumnKind {
             Self::Float32 => DataType::Float32,
             Self::Float64 => DataType::Float64,
             Self::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
-            Self::NumericText | Self::Text | Self::Jsonb | Self::Uuid | Self::Other => DataType::Utf8,
+            Self::NumericText | Self::Text | Self::Jsonb | Self::Uuid | Self::Other => {
+                DataType::Utf8
+            }
             Self::Bytea => DataType::Binary,
             Self::Date => DataType::Date32,
             Self::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -247,7 +257,10 @@ impl TableSchema {
         partition_by: Option<&str>,
     ) -> Result<Self, SchemaError> {
         let qualified = format!("{schema}.{name}");
-        if let Some(c) = columns.iter().find(|c| METADATA_COLUMNS.contains(&c.name.as_str())) {
+        if let Some(c) = columns
+            .iter()
+            .find(|c| METADATA_COLUMNS.contains(&c.name.as_str()))
+        {
             return Err(SchemaError::ReservedColumn {
                 table: qualified,
                 column: c.name.clone(),
@@ -317,17 +330,41 @@ mod tests {
     #[test]
     fn numeric_typmods() {
         let typmod = |p: i32, s: i32| ((p << 16) | (s & 0x7FF)) + 4;
-        assert_eq!(ColumnKind::of(oid::NUMERIC, typmod(10, 2)), ColumnKind::Decimal { precision: 10, scale: 2 });
-        assert_eq!(ColumnKind::of(oid::NUMERIC, typmod(38, 0)), ColumnKind::Decimal { precision: 38, scale: 0 });
-        assert_eq!(ColumnKind::of(oid::NUMERIC, typmod(39, 2)), ColumnKind::NumericText);
-        assert_eq!(ColumnKind::of(oid::NUMERIC, typmod(5, -2)), ColumnKind::NumericText);
+        assert_eq!(
+            ColumnKind::of(oid::NUMERIC, typmod(10, 2)),
+            ColumnKind::Decimal {
+                precision: 10,
+                scale: 2
+            }
+        );
+        assert_eq!(
+            ColumnKind::of(oid::NUMERIC, typmod(38, 0)),
+            ColumnKind::Decimal {
+                precision: 38,
+                scale: 0
+            }
+        );
+        assert_eq!(
+            ColumnKind::of(oid::NUMERIC, typmod(39, 2)),
+            ColumnKind::NumericText
+        );
+        assert_eq!(
+            ColumnKind::of(oid::NUMERIC, typmod(5, -2)),
+            ColumnKind::NumericText
+        );
         assert_eq!(ColumnKind::of(oid::NUMERIC, -1), ColumnKind::NumericText);
     }
 
     #[test]
     fn rejects_reserved_names_and_bad_partition_columns() {
-        let cols = vec![ColumnSpec::new("id", oid::INT4, -1, true), ColumnSpec::new("change_type", oid::TEXT, -1, false)];
-        assert!(matches!(TableSchema::new("public", "t", cols, None), Err(SchemaError::ReservedColumn { .. })));
+        let cols = vec![
+            ColumnSpec::new("id", oid::INT4, -1, true),
+            ColumnSpec::new("change_type", oid::TEXT, -1, false),
+        ];
+        assert!(matches!(
+            TableSchema::new("public", "t", cols, None),
+            Err(SchemaError::ReservedColumn { .. })
+        ));
         let cols = vec![ColumnSpec::new("id", oid::INT4, -1, true)];
         assert!(matches!(
             TableSchema::new("public", "t", cols.clone(), Some("id")),

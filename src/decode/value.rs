@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
-    Int16Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::ArrayRef;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
@@ -111,7 +112,9 @@ impl ColumnBuilder {
             ColumnKind::Bool => Self::Bool(BooleanBuilder::with_capacity(capacity)),
             ColumnKind::Int16 => Self::Int16(Int16Builder::with_capacity(capacity)),
             ColumnKind::Int32 => Self::Int32(Int32Builder::with_capacity(capacity)),
-            ColumnKind::Int64 | ColumnKind::Oid => Self::Int64(Int64Builder::with_capacity(capacity)),
+            ColumnKind::Int64 | ColumnKind::Oid => {
+                Self::Int64(Int64Builder::with_capacity(capacity))
+            }
             ColumnKind::Float32 => Self::Float32(Float32Builder::with_capacity(capacity)),
             ColumnKind::Float64 => Self::Float64(Float64Builder::with_capacity(capacity)),
             ColumnKind::Decimal { precision, scale } => Self::Decimal(
@@ -121,15 +124,23 @@ impl ColumnBuilder {
                     .unwrap_or_else(|_| Decimal128Builder::with_capacity(capacity)),
                 scale,
             ),
-            ColumnKind::NumericText | ColumnKind::Text | ColumnKind::Jsonb | ColumnKind::Uuid | ColumnKind::Other => {
+            ColumnKind::NumericText
+            | ColumnKind::Text
+            | ColumnKind::Jsonb
+            | ColumnKind::Uuid
+            | ColumnKind::Other => {
                 Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
             }
-            ColumnKind::Bytea => Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16)),
-            ColumnKind::Date => Self::Date(Date32Builder::with_capacity(capacity)),
-            ColumnKind::Timestamp => Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity)),
-            ColumnKind::TimestampTz => {
-                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+            ColumnKind::Bytea => {
+                Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16))
             }
+            ColumnKind::Date => Self::Date(Date32Builder::with_capacity(capacity)),
+            ColumnKind::Timestamp => {
+                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
+            }
+            ColumnKind::TimestampTz => Self::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            ),
         }
     }
 
@@ -167,12 +178,18 @@ impl ColumnBuilder {
             (Self::Bool(b), _) => b.append_value(fixed::<1>(raw)?[0] != 0),
             (Self::Int16(b), _) => b.append_value(i16::from_be_bytes(fixed(raw)?)),
             (Self::Int32(b), _) => b.append_value(i32::from_be_bytes(fixed(raw)?)),
-            (Self::Int64(b), ColumnKind::Oid) => b.append_value(i64::from(u32::from_be_bytes(fixed(raw)?))),
+            (Self::Int64(b), ColumnKind::Oid) => {
+                b.append_value(i64::from(u32::from_be_bytes(fixed(raw)?)))
+            }
             (Self::Int64(b), _) => b.append_value(i64::from_be_bytes(fixed(raw)?)),
             (Self::Float32(b), _) => b.append_value(f32::from_be_bytes(fixed(raw)?)),
             (Self::Float64(b), _) => b.append_value(f64::from_be_bytes(fixed(raw)?)),
-            (Self::Decimal(b, scale), _) => b.append_value(Numeric::parse_binary(raw)?.to_scaled(*scale)?),
-            (Self::Utf8(b), ColumnKind::NumericText) => b.append_value(Numeric::parse_binary(raw)?.to_string()),
+            (Self::Decimal(b, scale), _) => {
+                b.append_value(Numeric::parse_binary(raw)?.to_scaled(*scale)?)
+            }
+            (Self::Utf8(b), ColumnKind::NumericText) => {
+                b.append_value(Numeric::parse_binary(raw)?.to_string())
+            }
             (Self::Utf8(b), ColumnKind::Uuid) => b.append_value(format_uuid(fixed(raw)?)),
             (Self::Utf8(b), ColumnKind::Jsonb) => match raw.split_first() {
                 Some((1, json)) => b.append_value(utf8(json)?),
@@ -185,8 +202,12 @@ impl ColumnBuilder {
             }
             (Self::Utf8(b), _) => b.append_value(utf8(raw)?),
             (Self::Binary(b), _) => b.append_value(raw),
-            (Self::Date(b), _) => b.append_value(date_from_pg_days(i32::from_be_bytes(fixed(raw)?))?),
-            (Self::Timestamp(b), _) => b.append_value(micros_from_pg(i64::from_be_bytes(fixed(raw)?))?),
+            (Self::Date(b), _) => {
+                b.append_value(date_from_pg_days(i32::from_be_bytes(fixed(raw)?))?)
+            }
+            (Self::Timestamp(b), _) => {
+                b.append_value(micros_from_pg(i64::from_be_bytes(fixed(raw)?))?)
+            }
         }
         Ok(())
     }
@@ -208,7 +229,9 @@ impl ColumnBuilder {
             Self::Utf8(b) => b.append_value(s),
             Self::Binary(b) => b.append_value(parse_bytea_text(s)?),
             Self::Date(b) => b.append_value(parse_date_text(s)?),
-            Self::Timestamp(b) => b.append_value(parse_timestamp_text(s, kind == ColumnKind::TimestampTz)?),
+            Self::Timestamp(b) => {
+                b.append_value(parse_timestamp_text(s, kind == ColumnKind::TimestampTz)?)
+            }
         }
         Ok(())
     }
@@ -235,9 +258,12 @@ impl ColumnBuilder {
 pub fn datum_date(kind: ColumnKind, datum: Datum<'_>) -> Result<Option<NaiveDate>, ValueError> {
     let days = match (kind, datum) {
         (_, Datum::Null | Datum::Unchanged) => return Ok(None),
-        (ColumnKind::Date, Datum::Binary(raw)) => date_from_pg_days(i32::from_be_bytes(fixed(raw)?)),
+        (ColumnKind::Date, Datum::Binary(raw)) => {
+            date_from_pg_days(i32::from_be_bytes(fixed(raw)?))
+        }
         (ColumnKind::Date, Datum::Text(raw)) => parse_date_text(utf8(raw)?),
-        (_, Datum::Binary(raw)) => micros_from_pg(i64::from_be_bytes(fixed(raw)?)).map(|us| us.div_euclid(86_400_000_000) as i32),
+        (_, Datum::Binary(raw)) => micros_from_pg(i64::from_be_bytes(fixed(raw)?))
+            .map(|us| us.div_euclid(86_400_000_000) as i32),
         (_, Datum::Text(raw)) => parse_timestamp_text(utf8(raw)?, kind == ColumnKind::TimestampTz)
             .map(|us| us.div_euclid(86_400_000_000) as i32),
     };
@@ -262,7 +288,8 @@ fn utf8(raw: &[u8]) -> Result<&str, ValueError> {
 }
 
 fn parse_text<T: std::str::FromStr>(s: &str) -> Result<T, ValueError> {
-    s.parse().map_err(|_| bad_text(format!("{s:?} is not a number")))
+    s.parse()
+        .map_err(|_| bad_text(format!("{s:?} is not a number")))
 }
 
 fn parse_float(s: &str) -> Result<f64, ValueError> {
@@ -278,7 +305,9 @@ fn date_from_pg_days(days: i32) -> Result<i32, ValueError> {
     match days {
         i32::MAX => Err(ValueError::Unrepresentable("date 'infinity'")),
         i32::MIN => Err(ValueError::Unrepresentable("date '-infinity'")),
-        d => d.checked_add(PG_EPOCH_DAYS).ok_or(ValueError::Unrepresentable("date out of range")),
+        d => d
+            .checked_add(PG_EPOCH_DAYS)
+            .ok_or(ValueError::Unrepresentable("date out of range")),
     }
 }
 
@@ -286,7 +315,9 @@ fn micros_from_pg(us: i64) -> Result<i64, ValueError> {
     match us {
         i64::MAX => Err(ValueError::Unrepresentable("timestamp 'infinity'")),
         i64::MIN => Err(ValueError::Unrepresentable("timestamp '-infinity'")),
-        us => us.checked_add(PG_EPOCH_MICROS).ok_or(ValueError::Unrepresentable("timestamp out of range")),
+        us => us
+            .checked_add(PG_EPOCH_MICROS)
+            .ok_or(ValueError::Unrepresentable("timestamp out of range")),
     }
 }
 
@@ -316,7 +347,10 @@ fn parse_bytea_text(s: &str) -> Result<Vec<u8>, ValueError> {
         if h.len() % 2 != 0 {
             return Err(bad_text("odd number of hex digits in bytea"));
         }
-        return h.chunks(2).map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?)).collect();
+        return h
+            .chunks(2)
+            .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
+            .collect();
     }
     // bytea_output = 'escape': backslash-escaped octets.
     let b = s.as_bytes();
@@ -330,7 +364,9 @@ fn parse_bytea_text(s: &str) -> Result<Vec<u8>, ValueError> {
             out.push(b'\\');
             i += 2;
         } else {
-            let oct = b.get(i + 1..i + 4).ok_or_else(|| bad_text("truncated bytea escape"))?;
+            let oct = b
+                .get(i + 1..i + 4)
+                .ok_or_else(|| bad_text("truncated bytea escape"))?;
             let v = oct.iter().try_fold(0u16, |acc, c| match c {
                 b'0'..=b'7' => Ok(acc * 8 + u16::from(c - b'0')),
                 _ => Err(bad_text("bad bytea octal escape")),
@@ -351,11 +387,13 @@ fn split_bc(s: &str) -> (&str, bool) {
 
 fn parse_naive_date(s: &str) -> Result<NaiveDate, ValueError> {
     let (s, bc) = split_bc(s);
-    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad_text(format!("{s:?} is not an ISO date")))?;
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| bad_text(format!("{s:?} is not an ISO date")))?;
     if bc {
         use chrono::Datelike;
         // 1 BC is year 0 in the proleptic Gregorian calendar.
-        d.with_year(1 - d.year()).ok_or(ValueError::Unrepresentable("date out of range"))
+        d.with_year(1 - d.year())
+            .ok_or(ValueError::Unrepresentable("date out of range"))
     } else {
         Ok(d)
     }
@@ -388,14 +426,18 @@ fn parse_timestamp_text(s: &str, with_zone: bool) -> Result<i64, ValueError> {
         let mut secs = 0i64;
         for (i, part) in off[1..].split(':').enumerate() {
             let v: i64 = parse_text(part)?;
-            secs += v * [3600, 60, 1].get(i).copied().ok_or_else(|| bad_text("bad UTC offset"))?;
+            secs += v * [3600, 60, 1]
+                .get(i)
+                .copied()
+                .ok_or_else(|| bad_text("bad UTC offset"))?;
         }
         (time, sign * secs)
     } else {
         (rest, 0)
     };
     let date = parse_naive_date(&format!("{date}{}", if bc { " BC" } else { "" }))?;
-    let time = NaiveTime::parse_from_str(time, "%H:%M:%S%.f").map_err(|_| bad_text(format!("{s:?} has a bad time")))?;
+    let time = NaiveTime::parse_from_str(time, "%H:%M:%S%.f")
+        .map_err(|_| bad_text(format!("{s:?} has a bad time")))?;
     let micros = NaiveDateTime::new(date, time).and_utc().timestamp_micros();
     Ok(micros - offset_secs * 1_000_000)
 }
@@ -468,7 +510,9 @@ impl Numeric {
             None => (false, s.strip_prefix('+').unwrap_or(s)),
         };
         let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-        if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+        if int.is_empty() && frac.is_empty()
+            || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit())
+        {
             return Err(bad_text(format!("{s:?} is not a numeric")));
         }
         // Regroup decimal digits into base-10000 digits aligned on the decimal point.
@@ -513,13 +557,17 @@ impl Numeric {
             } else {
                 let div = pow10(-exp).unwrap_or(i128::MAX);
                 if i128::from(d) % div != 0 {
-                    return Err(ValueError::Unrepresentable("numeric with more decimals than the column's scale"));
+                    return Err(ValueError::Unrepresentable(
+                        "numeric with more decimals than the column's scale",
+                    ));
                 }
                 Some(i128::from(d) / div)
             };
             acc = term
                 .and_then(|t| acc.checked_add(t))
-                .ok_or(ValueError::Unrepresentable("numeric too large for DECIMAL(38)"))?;
+                .ok_or(ValueError::Unrepresentable(
+                    "numeric too large for DECIMAL(38)",
+                ))?;
         }
         Ok(if self.negative { -acc } else { acc })
     }
@@ -600,39 +648,76 @@ mod tests {
         let neg = Numeric::parse_binary(&numeric_bin(-1, NUMERIC_NEG, 3, &[10])).expect("valid");
         assert_eq!(neg.to_string(), "-0.001");
         assert_eq!(neg.to_scaled(3), Ok(-1));
-        assert_eq!(Numeric::parse_text("-0.001").and_then(|n| n.to_scaled(3)), Ok(-1));
+        assert_eq!(
+            Numeric::parse_text("-0.001").and_then(|n| n.to_scaled(3)),
+            Ok(-1)
+        );
         assert_eq!(Numeric::parse_text("0").and_then(|n| n.to_scaled(2)), Ok(0));
         let big = "99999999999999999999999999999999999999";
-        assert_eq!(Numeric::parse_text(big).and_then(|n| n.to_scaled(0)), Ok(big.parse::<i128>().expect("fits")));
-        assert!(matches!(Numeric::parse_text("NaN").and_then(|n| n.to_scaled(2)), Err(ValueError::Unrepresentable(_))));
-        assert!(matches!(Numeric::parse_text("0.125").and_then(|n| n.to_scaled(2)), Err(ValueError::Unrepresentable(_))));
+        assert_eq!(
+            Numeric::parse_text(big).and_then(|n| n.to_scaled(0)),
+            Ok(big.parse::<i128>().expect("fits"))
+        );
+        assert!(matches!(
+            Numeric::parse_text("NaN").and_then(|n| n.to_scaled(2)),
+            Err(ValueError::Unrepresentable(_))
+        ));
+        assert!(matches!(
+            Numeric::parse_text("0.125").and_then(|n| n.to_scaled(2)),
+            Err(ValueError::Unrepresentable(_))
+        ));
     }
 
     #[test]
     fn decodes_timestamps_both_formats() {
         let mut b = ColumnBuilder::new(ColumnKind::TimestampTz, 2);
         // 2025-07-24 01:05:23 UTC is 806634323 s after 2000-01-01.
-        b.append(ColumnKind::TimestampTz, Datum::Binary(&(806_634_323i64 * 1_000_000).to_be_bytes())).expect("bin");
-        b.append(ColumnKind::TimestampTz, Datum::Text(b"2025-07-24 03:05:23+02")).expect("text");
+        b.append(
+            ColumnKind::TimestampTz,
+            Datum::Binary(&(806_634_323i64 * 1_000_000).to_be_bytes()),
+        )
+        .expect("bin");
+        b.append(
+            ColumnKind::TimestampTz,
+            Datum::Text(b"2025-07-24 03:05:23+02"),
+        )
+        .expect("text");
         let arr = b.finish();
-        let arr = arr.as_any().downcast_ref::<TimestampMicrosecondArray>().expect("ts");
+        let arr = arr
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("ts");
         assert_eq!(arr.value(0), arr.value(1));
         assert_eq!(arr.value(0), 1_753_319_123_000_000);
     }
 
     #[test]
     fn decimal_and_uuid() {
-        let kind = ColumnKind::Decimal { precision: 10, scale: 2 };
+        let kind = ColumnKind::Decimal {
+            precision: 10,
+            scale: 2,
+        };
         let mut b = ColumnBuilder::new(kind, 1);
-        b.append(kind, Datum::Binary(&numeric_bin(0, 0, 2, &[19, 9900]))).expect("dec");
+        b.append(kind, Datum::Binary(&numeric_bin(0, 0, 2, &[19, 9900])))
+            .expect("dec");
         let arr = b.finish();
-        assert_eq!(arr.as_any().downcast_ref::<Decimal128Array>().expect("dec").value(0), 1999);
+        assert_eq!(
+            arr.as_any()
+                .downcast_ref::<Decimal128Array>()
+                .expect("dec")
+                .value(0),
+            1999
+        );
         let mut u = ColumnBuilder::new(ColumnKind::Uuid, 1);
         let raw: Vec<u8> = (0u8..16).collect();
-        u.append(ColumnKind::Uuid, Datum::Binary(&raw)).expect("uuid");
+        u.append(ColumnKind::Uuid, Datum::Binary(&raw))
+            .expect("uuid");
         let arr = u.finish();
         assert_eq!(
-            arr.as_any().downcast_ref::<StringArray>().expect("str").value(0),
+            arr.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("str")
+                .value(0),
             "00010203-0405-0607-0809-0a0b0c0d0e0f"
         );
     }
@@ -650,6 +735,9 @@ mod tests {
     #[test]
     fn bytea_text_forms() {
         assert_eq!(parse_bytea_text("\\x00ff"), Ok(vec![0, 255]));
-        assert_eq!(parse_bytea_text("a\\\\b\\001"), Ok(vec![b'a', b'\\', b'b', 1]));
+        assert_eq!(
+            parse_bytea_text("a\\\\b\\001"),
+            Ok(vec![b'a', b'\\', b'b', 1])
+        );
     }
 }

@@ -162,7 +162,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         lake.display()
     );
     let config_path = dir.join("slot2lake.toml");
-    std::fs::write(&config_path, &config_text).map_err(|e| DemoError::Io(config_path.clone(), e))?;
+    std::fs::write(&config_path, &config_text)
+        .map_err(|e| DemoError::Io(config_path.clone(), e))?;
     let config = Config::parse(&config_text, &config_path.display().to_string(), &|_| None)?;
 
     let mut pipeline = Pipeline::open(config.clone()).await?;
@@ -225,11 +226,19 @@ fn summary(lake: &Path, runs: &[RunReport]) -> String {
     let mut by_type: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for f in runs.iter().flat_map(|r| &r.files) {
         let part = f.partition.path();
-        let entry = tables.entry(f.table.clone()).or_default().entry(part).or_default();
+        let entry = tables
+            .entry(f.table.clone())
+            .or_default()
+            .entry(part)
+            .or_default();
         entry.0 += 1;
         entry.1 += f.rows;
         for (t, n) in change_types(&lake.join(&f.key)) {
-            *by_type.entry(f.table.clone()).or_default().entry(t).or_default() += n;
+            *by_type
+                .entry(f.table.clone())
+                .or_default()
+                .entry(t)
+                .or_default() += n;
         }
     }
     for (table, parts) in &tables {
@@ -254,7 +263,8 @@ fn summary(lake: &Path, runs: &[RunReport]) -> String {
     let _ = writeln!(s, "Watermarks:");
     for table in tables.keys() {
         let path = lake.join("etl-metadata").join(table);
-        let ts = std::fs::read_to_string(path.join("last_processed_timestamp.txt")).unwrap_or_default();
+        let ts =
+            std::fs::read_to_string(path.join("last_processed_timestamp.txt")).unwrap_or_default();
         let lsn = std::fs::read_to_string(path.join("watermark.json"))
             .ok()
             .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
@@ -282,13 +292,25 @@ fn summary(lake: &Path, runs: &[RunReport]) -> String {
 /// Rows per `change_type` in one Parquet file (read back with the parquet crate).
 fn change_types(path: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    let Ok(file) = std::fs::File::open(path) else { return out };
-    let Ok(builder) = ParquetRecordBatchReaderBuilder::try_new(file) else { return out };
-    let Some(idx) = builder.schema().index_of(CHANGE_TYPE).ok() else { return out };
+    let Ok(file) = std::fs::File::open(path) else {
+        return out;
+    };
+    let Ok(builder) = ParquetRecordBatchReaderBuilder::try_new(file) else {
+        return out;
+    };
+    let Some(idx) = builder.schema().index_of(CHANGE_TYPE).ok() else {
+        return out;
+    };
     let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-    let Ok(reader) = builder.with_projection(mask).build() else { return out };
+    let Ok(reader) = builder.with_projection(mask).build() else {
+        return out;
+    };
     for batch in reader.flatten() {
-        if let Some(col) = batch.column(0).as_any().downcast_ref::<arrow_array::StringArray>() {
+        if let Some(col) = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+        {
             for v in col.iter().flatten() {
                 *out.entry(v.to_string()).or_default() += 1;
             }

@@ -66,7 +66,12 @@ pub fn find_bindir() -> Result<PathBuf, ClusterError> {
     candidates
         .into_iter()
         .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
-        .map(|d| std::fs::canonicalize(d.join("initdb")).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or(d))
+        .map(|d| {
+            std::fs::canonicalize(d.join("initdb"))
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or(d)
+        })
         .ok_or(ClusterError::NotInstalled)
 }
 
@@ -114,7 +119,10 @@ impl TempCluster {
         if is_root() {
             run(
                 "chown postgres",
-                Command::new("chown").args(["-R", "postgres:postgres"]).arg(&base).output(),
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&base)
+                    .output(),
             )?;
         }
         run(
@@ -122,7 +130,15 @@ impl TempCluster {
             command(&bindir, "initdb")
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
                 .output(),
         )?;
         let port = TcpListener::bind("127.0.0.1:0")
@@ -135,7 +151,10 @@ impl TempCluster {
              max_connections = 200\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
             base.display()
         );
-        if !settings.iter().any(|s| s.trim_start().starts_with("wal_level")) {
+        if !settings
+            .iter()
+            .any(|s| s.trim_start().starts_with("wal_level"))
+        {
             conf.push_str("wal_level = logical\n");
         }
         for s in settings {
@@ -143,7 +162,8 @@ impl TempCluster {
             conf.push('\n');
         }
         let conf_path = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf_path).map_err(|e| step("reading postgresql.conf", e))?;
+        let mut text =
+            std::fs::read_to_string(&conf_path).map_err(|e| step("reading postgresql.conf", e))?;
         text.push_str(&conf);
         std::fs::write(&conf_path, text).map_err(|e| step("writing postgresql.conf", e))?;
         let cluster = Self {
@@ -213,7 +233,11 @@ impl TempCluster {
              {run}{pg_ctl} -D {base}/data stop -m immediate >/dev/null 2>&1; rm -rf {base}",
             pid = std::process::id(),
             base = self.base.display(),
-            run = if is_root() { "runuser -u postgres -- " } else { "" },
+            run = if is_root() {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
             pg_ctl = self.bindir.join("pg_ctl").display(),
         );
         let _ = Command::new("sh")

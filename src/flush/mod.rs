@@ -135,7 +135,8 @@ pub fn write_changes(
                 Record::Commit(c) => {
                     if let Some(t) = txn.take() {
                         out.transactions += 1;
-                        let at = DateTime::from_timestamp_micros(c.commit_time_us).unwrap_or_default();
+                        let at =
+                            DateTime::from_timestamp_micros(c.commit_time_us).unwrap_or_default();
                         out.last_commit = Some((Lsn(c.end_lsn), at));
                         debug_assert_eq!(t.commit_lsn.0, c.commit_lsn);
                     }
@@ -147,7 +148,11 @@ pub fn write_changes(
     Ok(out)
 }
 
-fn parse(parser: &mut LogicalReplicationParser, bytes: Bytes, lsn: Lsn) -> Result<LogicalReplicationMessage, FlushError> {
+fn parse(
+    parser: &mut LogicalReplicationParser,
+    bytes: Bytes,
+    lsn: Lsn,
+) -> Result<LogicalReplicationMessage, FlushError> {
     parser
         .parse_wal_message_bytes(bytes)
         .map(|m| m.message)
@@ -174,7 +179,9 @@ fn apply_change(
         commit_us: txn.commit_us,
     };
     let (relation_id, change_type, tuple, old) = match msg {
-        LogicalReplicationMessage::Insert { relation_id, tuple } => (relation_id, ChangeType::Insert, tuple, None),
+        LogicalReplicationMessage::Insert { relation_id, tuple } => {
+            (relation_id, ChangeType::Insert, tuple, None)
+        }
         LogicalReplicationMessage::Update {
             relation_id,
             old_tuple,
@@ -187,11 +194,15 @@ fn apply_change(
             (relation_id, ChangeType::Update, new_tuple, old)
         }
         LogicalReplicationMessage::Delete {
-            relation_id, old_tuple, ..
+            relation_id,
+            old_tuple,
+            ..
         } => (relation_id, ChangeType::Delete, old_tuple, None),
         LogicalReplicationMessage::Truncate { relation_ids, .. } => {
             for id in relation_ids {
-                let Some(Some(schema)) = rels.get(id) else { continue };
+                let Some(Some(schema)) = rels.get(id) else {
+                    continue;
+                };
                 let folder = schema.name.clone();
                 if !included(intent, &folder, txn.commit_lsn) {
                     continue;
@@ -229,7 +240,10 @@ fn apply_change(
     let key = PartitionKey::for_row(
         schema,
         processing_date,
-        schema.partition_column.and_then(|i| filled.columns.get(i)).map(datum),
+        schema
+            .partition_column
+            .and_then(|i| filled.columns.get(i))
+            .map(datum),
     )
     .map_err(SinkError::from)?;
     let m = meta(change_type);
@@ -251,7 +265,10 @@ fn apply_change(
 }
 
 fn included(intent: &FlushIntent, folder: &str, commit_lsn: Lsn) -> bool {
-    intent.from.get(folder).is_none_or(|from| commit_lsn >= *from)
+    intent
+        .from
+        .get(folder)
+        .is_none_or(|from| commit_lsn >= *from)
 }
 
 /// Replaces unchanged-TOAST columns of a new tuple with the old tuple's values.

@@ -83,7 +83,9 @@ impl Lake {
         let root = if let Some(rest) = url.strip_prefix("file://") {
             PathBuf::from(rest)
         } else if url.contains("://") {
-            return Err(url_err("only file:// outputs are supported by this build".into()));
+            return Err(url_err(
+                "only file:// outputs are supported by this build".into(),
+            ));
         } else {
             PathBuf::from(&url)
         };
@@ -94,7 +96,8 @@ impl Lake {
                 .map_err(|e| url_err(e.to_string()))?
                 .join(root)
         };
-        std::fs::create_dir_all(&root).map_err(|e| url_err(format!("cannot create the folder: {e}")))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| url_err(format!("cannot create the folder: {e}")))?;
         let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| url_err(e.to_string()))?;
         Ok(Self {
             store: Arc::new(store),
@@ -133,7 +136,11 @@ impl Lake {
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, LakeError> {
         let path = ObjPath::from(key);
         match self.store.get(&path).await {
-            Ok(r) => r.bytes().await.map(Some).map_err(|source| store_err("read", key, source)),
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|source| store_err("read", key, source)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(store_err("read", key, source)),
         }
@@ -234,7 +241,8 @@ impl Lake {
         }
         let (f, t) = (ObjPath::from(from), ObjPath::from(to));
         let res = match self.store.copy_if_not_exists(&f, &t).await {
-            Err(object_store::Error::NotSupported { .. }) | Err(object_store::Error::NotImplemented { .. }) => {
+            Err(object_store::Error::NotSupported { .. })
+            | Err(object_store::Error::NotImplemented { .. }) => {
                 if self.exists(to).await? {
                     Err(object_store::Error::AlreadyExists {
                         path: to.to_string(),

@@ -28,7 +28,12 @@ impl PartitionKey {
                 d.month(),
                 d.day()
             ),
-            Self::Column(Some(d)) => format!("year={:04}/month={:02}/day={:02}", d.year(), d.month(), d.day()),
+            Self::Column(Some(d)) => format!(
+                "year={:04}/month={:02}/day={:02}",
+                d.year(),
+                d.month(),
+                d.day()
+            ),
             Self::Column(None) => format!("year={HIVE_NULL}/month={HIVE_NULL}/day={HIVE_NULL}"),
         }
     }
@@ -72,29 +77,6 @@ impl std::fmt::Display for FileName {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn renders_the_seed_layout() {
-        let d = NaiveDate::from_ymd_opt(2025, 7, 24).expect("date");
-        assert_eq!(
-            PartitionKey::Processing(d).path(),
-            "processing_year=2025/processing_month=07/processing_day=24"
-        );
-        assert_eq!(PartitionKey::Column(Some(d)).path(), "year=2025/month=07/day=24");
-        let name = FileName {
-            table: "orders".into(),
-            processed_at: Utc.with_ymd_and_hms(2025, 7, 25, 1, 0, 0).single().expect("time"),
-            lsn: Lsn(0x16B3748),
-            seq: 3,
-        };
-        assert_eq!(name.to_string(), "orders_20250725_010000_00000000016B3748_0003.parquet");
-    }
-}
-
 impl PartitionKey {
     /// The partition of a row: its partition column's date, or the flush's date.
     ///
@@ -116,5 +98,37 @@ impl PartitionKey {
                 column: schema.columns[idx].name.clone(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn renders_the_seed_layout() {
+        let d = NaiveDate::from_ymd_opt(2025, 7, 24).expect("date");
+        assert_eq!(
+            PartitionKey::Processing(d).path(),
+            "processing_year=2025/processing_month=07/processing_day=24"
+        );
+        assert_eq!(
+            PartitionKey::Column(Some(d)).path(),
+            "year=2025/month=07/day=24"
+        );
+        let name = FileName {
+            table: "orders".into(),
+            processed_at: Utc
+                .with_ymd_and_hms(2025, 7, 25, 1, 0, 0)
+                .single()
+                .expect("time"),
+            lsn: Lsn(0x16B3748),
+            seq: 3,
+        };
+        assert_eq!(
+            name.to_string(),
+            "orders_20250725_010000_00000000016B3748_0003.parquet"
+        );
     }
 }

@@ -101,7 +101,7 @@ pub struct WrittenFile {
 
 enum Out {
     Write {
-        writer: ArrowWriter<BufWriter<File>>,
+        writer: Box<ArrowWriter<BufWriter<File>>>,
         tmp: PathBuf,
         key: String,
         written_key: String,
@@ -196,10 +196,9 @@ impl Sink {
     ) -> Result<(), SinkError> {
         self.tick += 1;
         let id = (folder.to_string(), key);
-        let stale = self
-            .parts
-            .get(&id)
-            .is_some_and(|p| !Arc::ptr_eq(p.batch.schema(), schema) && !p.batch.schema().same_columns(schema));
+        let stale = self.parts.get(&id).is_some_and(|p| {
+            !Arc::ptr_eq(p.batch.schema(), schema) && !p.batch.schema().same_columns(schema)
+        });
         if stale {
             // The table's columns changed: later rows go to a new file with the new schema.
             if let Some(part) = self.parts.remove(&id) {
@@ -278,7 +277,12 @@ impl Sink {
         Ok(())
     }
 
-    fn open_file(&mut self, folder: &str, key: PartitionKey, schema: &Arc<TableSchema>) -> Result<Out, SinkError> {
+    fn open_file(
+        &mut self,
+        folder: &str,
+        key: PartitionKey,
+        schema: &Arc<TableSchema>,
+    ) -> Result<Out, SinkError> {
         let seq_slot = self.next_seq.entry((folder.to_string(), key)).or_insert(0);
         let seq = *seq_slot;
         *seq_slot += 1;
@@ -295,9 +299,9 @@ impl Sink {
         };
         let lake = self.lake.clone();
         let (a, b) = (written_key.clone(), final_key.clone());
-        let exists = self
-            .handle
-            .block_on(async move { Ok::<_, LakeError>(lake.exists(&a).await? || lake.exists(&b).await?) })?;
+        let exists = self.handle.block_on(async move {
+            Ok::<_, LakeError>(lake.exists(&a).await? || lake.exists(&b).await?)
+        })?;
         if exists {
             return Ok(Out::Skip {
                 key: final_key,
@@ -305,7 +309,10 @@ impl Sink {
             });
         }
         self.tmp_seq += 1;
-        let tmp = self.opts.tmp_dir.join(format!("{name}.{}.tmp", self.tmp_seq));
+        let tmp = self
+            .opts
+            .tmp_dir
+            .join(format!("{name}.{}.tmp", self.tmp_seq));
         let file = File::create(&tmp).map_err(|source| SinkError::Tmp {
             path: tmp.clone(),
             source,
@@ -320,7 +327,7 @@ impl Sink {
             source,
         })?;
         Ok(Out::Write {
-            writer,
+            writer: Box::new(writer),
             tmp,
             key: final_key,
             written_key,
@@ -350,7 +357,9 @@ impl Sink {
                 })?;
                 let lake = self.lake.clone();
                 let wk = written_key.clone();
-                let published = self.handle.block_on(async move { lake.publish(&tmp, &wk).await })?;
+                let published = self
+                    .handle
+                    .block_on(async move { lake.publish(&tmp, &wk).await })?;
                 WrittenFile {
                     table,
                     partition,
@@ -397,7 +406,9 @@ impl Sink {
                     }
                 }
             }
-            let Some((id, size)) = biggest else { return Ok(()) };
+            let Some((id, size)) = biggest else {
+                return Ok(());
+            };
             if total <= self.opts.memory_limit || size == 0 {
                 return Ok(());
             }

@@ -55,7 +55,12 @@ impl CopyParser {
                 return Err(CopyError("bad signature").into());
             }
             let ext_at = SIGNATURE.len() + 4;
-            let ext = u32::from_be_bytes([self.buf[ext_at], self.buf[ext_at + 1], self.buf[ext_at + 2], self.buf[ext_at + 3]]) as usize;
+            let ext = u32::from_be_bytes([
+                self.buf[ext_at],
+                self.buf[ext_at + 1],
+                self.buf[ext_at + 2],
+                self.buf[ext_at + 3],
+            ]) as usize;
             if self.buf.len() < ext_at + 4 + ext {
                 return Ok(());
             }
@@ -140,7 +145,9 @@ mod tests {
                 p.drain(|f| {
                     assert_eq!(f.len(), 2);
                     assert!(f[1].is_none());
-                    seen.push(i32::from_be_bytes(f[0].expect("value").try_into().expect("4 bytes")));
+                    seen.push(i32::from_be_bytes(
+                        f[0].expect("value").try_into().expect("4 bytes"),
+                    ));
                     Ok::<_, CopyError>(())
                 })
                 .expect("valid");

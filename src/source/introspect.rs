@@ -51,7 +51,10 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo, SourceError> {
         max_replication_slots: row.try_get(2).map_err(get)?,
         max_wal_senders: row.try_get(3).map_err(get)?,
         user: row.try_get(4).map_err(get)?,
-        can_replicate: row.try_get::<_, Option<bool>>(5).map_err(get)?.unwrap_or(false),
+        can_replicate: row
+            .try_get::<_, Option<bool>>(5)
+            .map_err(get)?
+            .unwrap_or(false),
         can_create_publication: row.try_get(6).map_err(get)?,
     })
 }
@@ -116,7 +119,9 @@ pub enum TableError {
     #[error("table {0} does not exist (or the role cannot see it); check [[tables]] name")]
     Missing(String),
     /// The relation is a view or another kind that cannot be replicated.
-    #[error("{0} is not a table (relkind {1}); only ordinary and partitioned tables can be replicated")]
+    #[error(
+        "{0} is not a table (relkind {1}); only ordinary and partitioned tables can be replicated"
+    )]
     NotATable(String, char),
     /// The table's columns cannot be written as configured.
     #[error(transparent)]
@@ -173,7 +178,9 @@ pub async fn table_info(client: &Client, table: &TableConfig) -> Result<TableInf
             r.try_get::<_, String>(0).map_err(get)?,
             r.try_get(1).map_err(get)?,
             r.try_get(2).map_err(get)?,
-            r.try_get::<_, Option<bool>>(3).map_err(get)?.unwrap_or(false),
+            r.try_get::<_, Option<bool>>(3)
+                .map_err(get)?
+                .unwrap_or(false),
         ));
     }
     Ok(TableInfo {
@@ -266,7 +273,10 @@ pub async fn publication_missing(
     tables: &[TableConfig],
 ) -> Result<Option<Vec<TableConfig>>, SourceError> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(|e| query_error("reading the publication", &e))?
         .is_some();
@@ -282,8 +292,12 @@ pub async fn publication_missing(
         .map_err(|e| query_error("reading the publication's tables", &e))?;
     let mut have = std::collections::HashSet::new();
     for r in rows {
-        let s: String = r.try_get(0).map_err(|e| query_error("reading the publication", &e))?;
-        let t: String = r.try_get(1).map_err(|e| query_error("reading the publication", &e))?;
+        let s: String = r
+            .try_get(0)
+            .map_err(|e| query_error("reading the publication", &e))?;
+        let t: String = r
+            .try_get(1)
+            .map_err(|e| query_error("reading the publication", &e))?;
         have.insert((s, t));
     }
     Ok(Some(
@@ -299,7 +313,11 @@ pub async fn publication_missing(
 }
 
 /// Creates the publication for the configured tables, or adds the ones it lacks.
-pub async fn ensure_publication(client: &Client, publication: &str, tables: &[TableConfig]) -> Result<(), SourceError> {
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableConfig],
+) -> Result<(), SourceError> {
     let list = |ts: &[TableConfig]| {
         ts.iter()
             .map(|t| {
@@ -310,9 +328,17 @@ pub async fn ensure_publication(client: &Client, publication: &str, tables: &[Ta
             .join(", ")
     };
     let sql = match publication_missing(client, publication, tables).await? {
-        None => format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list(tables)),
+        None => format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(publication),
+            list(tables)
+        ),
         Some(missing) if missing.is_empty() => return Ok(()),
-        Some(missing) => format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), list(&missing)),
+        Some(missing) => format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(publication),
+            list(&missing)
+        ),
     };
     tracing::info!(publication, "{sql}");
     client

@@ -1,8 +1,8 @@
 //! The source database: connections, catalog queries, the replication stream and the
 //! snapshot (COPY) reader.
 
-pub mod introspect;
 pub mod copy;
+pub mod introspect;
 pub mod replication;
 pub mod snapshot;
 
@@ -108,16 +108,20 @@ fn connect_error(url: &SecretUrl, e: &tokio_postgres::Error) -> SourceError {
         Some(c) if *c == SqlState::INVALID_PASSWORD => {
             format!("password authentication failed for user {user:?}; check the password in source.url")
         }
-        Some(c) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
+        Some(c) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            format!(
             "the server rejected user {user:?} ({}); check pg_hba.conf and the user in source.url",
             e.as_db_error().map(|d| d.message()).unwrap_or("not authorized")
-        ),
+        )
+        }
         Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
             "the database does not exist; check the database name in source.url".to_string()
         }
         _ => {
             let text = e.to_string();
-            let cause = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+            let cause = std::error::Error::source(e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             if cause.contains("refused") || text.contains("refused") {
                 "connection refused; is PostgreSQL running, and are host and port in source.url right?".to_string()
             } else if let Some(db) = e.as_db_error() {

@@ -53,7 +53,10 @@ pub fn map_error(slot: &str, url: &SecretUrl, e: ReplicationError) -> SourceErro
         .nth(1)
         .and_then(|s| s.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
     {
-        return SourceError::SlotInUse { slot: slot.to_string(), pid };
+        return SourceError::SlotInUse {
+            slot: slot.to_string(),
+            pid,
+        };
     }
     match e {
         ReplicationError::Authentication(m) => SourceError::Connect {
@@ -87,7 +90,14 @@ impl ReplicationStream {
                 ..RetryConfig::default()
             })
             .with_slot_options(ReplicationSlotOptions {
-                snapshot: Some(if opts.export_snapshot { "export" } else { "nothing" }.into()),
+                snapshot: Some(
+                    if opts.export_snapshot {
+                        "export"
+                    } else {
+                        "nothing"
+                    }
+                    .into(),
+                ),
                 ..Default::default()
             });
         let inner = LogicalReplicationStream::new(&replication_url(url), config)
@@ -109,7 +119,10 @@ impl ReplicationStream {
     ///
     /// The snapshot stays importable (`SET TRANSACTION SNAPSHOT`) until [`start`](Self::start).
     pub async fn create_slot_exporting(&mut self) -> Result<String, SourceError> {
-        self.inner.ensure_replication_slot().await.map_err(|e| self.err(e))?;
+        self.inner
+            .ensure_replication_slot()
+            .await
+            .map_err(|e| self.err(e))?;
         self.inner
             .exported_snapshot_name()
             .map(str::to_string)
@@ -121,12 +134,19 @@ impl ReplicationStream {
 
     /// Starts streaming after `from` (the server never goes below the slot's confirmed position).
     pub async fn start(&mut self, from: Lsn) -> Result<(), SourceError> {
-        self.inner.start(Some(from.0)).await.map_err(|e| self.err(e))
+        self.inner
+            .start(Some(from.0))
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// The next pgoutput message.
     pub async fn next_message(&mut self) -> Result<Bytes, SourceError> {
-        let raw = self.inner.next_raw_event(&self.cancel).await.map_err(|e| self.err(e))?;
+        let raw = self
+            .inner
+            .next_raw_event(&self.cancel)
+            .await
+            .map_err(|e| self.err(e))?;
         Ok(raw.data)
     }
 

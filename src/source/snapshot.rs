@@ -102,7 +102,10 @@ fn copy_query(t: &SnapshotTable) -> String {
     }
     if let Some(idx) = t.schema.partition_column {
         // Rows arrive grouped by partition, so each partition gets few, large files.
-        q.push_str(&format!(" ORDER BY {}", quote_ident(&t.schema.columns[idx].name)));
+        q.push_str(&format!(
+            " ORDER BY {}",
+            quote_ident(&t.schema.columns[idx].name)
+        ));
     }
     q.push_str(") TO STDOUT (FORMAT binary)");
     q
@@ -136,7 +139,9 @@ pub async fn copy_tables(
 
     let (tx, rx) = mpsc::channel::<Msg>(32);
     let processing_date = sink.processed_at().date_naive();
-    let worker = tokio::task::spawn_blocking(move || decode_worker(rx, sink, consistent_point, snapshot_us, processing_date));
+    let worker = tokio::task::spawn_blocking(move || {
+        decode_worker(rx, sink, consistent_point, snapshot_us, processing_date)
+    });
 
     let mut send_failed = false;
     'tables: for t in tables {
@@ -151,7 +156,8 @@ pub async fn copy_tables(
             .map_err(|e| query_error(format!("copying {}", t.schema.qualified_name()), &e))?;
         let mut stream = std::pin::pin!(stream);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| query_error(format!("copying {}", t.schema.qualified_name()), &e))?;
+            let chunk = chunk
+                .map_err(|e| query_error(format!("copying {}", t.schema.qualified_name()), &e))?;
             if tx.send(Msg::Chunk(chunk)).await.is_err() {
                 send_failed = true;
                 break 'tables;
@@ -159,7 +165,9 @@ pub async fn copy_tables(
         }
     }
     drop(tx);
-    let result = worker.await.map_err(|e| SnapshotError::Worker(e.to_string()))?;
+    let result = worker
+        .await
+        .map_err(|e| SnapshotError::Worker(e.to_string()))?;
     let copied = result?;
     if send_failed {
         return Err(SnapshotError::Worker("decoder stopped early".into()));
@@ -194,7 +202,9 @@ fn decode_worker(
     };
     let mut rows = BTreeMap::new();
     let mut current: Option<(SnapshotTable, CopyParser, Vec<ColumnKind>)> = None;
-    let finish_table = |cur: &Option<(SnapshotTable, CopyParser, Vec<ColumnKind>)>, rows: &mut BTreeMap<String, u64>| -> Result<(), SnapshotError> {
+    let finish_table = |cur: &Option<(SnapshotTable, CopyParser, Vec<ColumnKind>)>,
+                        rows: &mut BTreeMap<String, u64>|
+     -> Result<(), SnapshotError> {
         if let Some((t, p, _)) = cur {
             if !p.finished() {
                 return Err(CopyError("stream ended before its trailer").into());
@@ -220,10 +230,16 @@ fn decode_worker(
                     let key = PartitionKey::for_row(
                         &t.schema,
                         processing_date,
-                        t.schema.partition_column.and_then(|i| Some(copy_datum(kinds[i], *fields.get(i)?))),
+                        t.schema
+                            .partition_column
+                            .and_then(|i| Some(copy_datum(kinds[i], *fields.get(i)?))),
                     )?;
                     sink.append(&t.folder, &t.schema, key, |batch, warnings| {
-                        batch.append(kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)), &meta, warnings)
+                        batch.append(
+                            kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
+                            &meta,
+                            warnings,
+                        )
                     })?;
                     Ok(())
                 })?;

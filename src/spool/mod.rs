@@ -114,7 +114,9 @@ impl Spool {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let open = dir.join(OPEN_NAME);
         match fs::remove_file(&open) {
-            Ok(()) => tracing::info!(path = %open.display(), "dropped unsealed spool segment; the slot sends it again"),
+            Ok(()) => {
+                tracing::info!(path = %open.display(), "dropped unsealed spool segment; the slot sends it again")
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&open)(e)),
         }
@@ -188,7 +190,9 @@ impl Spool {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// What a replication message meant to the spool.
@@ -322,7 +326,9 @@ impl SpoolWriter {
         if self.file.is_none() {
             self.start_segment()?;
         }
-        self.write_frame(&SpoolRecord { record: Some(record) })
+        self.write_frame(&SpoolRecord {
+            record: Some(record),
+        })
     }
 
     fn start_segment(&mut self) -> Result<(), SpoolError> {
@@ -372,7 +378,9 @@ impl SpoolWriter {
             return Ok(self.last_end);
         };
         let open = self.dir.join(OPEN_NAME);
-        let file = file.into_inner().map_err(|e| io_err(&open)(e.into_error()))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| io_err(&open)(e.into_error()))?;
         file.sync_all().map_err(io_err(&open))?;
         drop(file);
         let sealed = self.dir.join(segment_name(self.seg_start, self.last_end));
@@ -431,7 +439,10 @@ impl SegmentReader {
             let old = self.buf.len();
             let want = READ_CHUNK.max(need - old);
             self.buf.resize(old + want, 0);
-            let n = self.file.read(&mut self.buf[old..]).map_err(io_err(&self.path))?;
+            let n = self
+                .file
+                .read(&mut self.buf[old..])
+                .map_err(io_err(&self.path))?;
             self.buf.truncate(old + n);
             self.eof = n == 0;
         }
@@ -448,7 +459,11 @@ impl SegmentReader {
     /// The next record, or `None` at the end of the segment.
     pub fn next_record(&mut self) -> Result<Option<Record>, SpoolError> {
         if !self.fill(FRAME_HEADER)? {
-            return if self.buf.is_empty() { Ok(None) } else { Err(self.corrupt("truncated frame header")) };
+            return if self.buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(self.corrupt("truncated frame header"))
+            };
         }
         let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         let crc = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
@@ -461,7 +476,9 @@ impl SegmentReader {
             return Err(self.corrupt("checksum mismatch"));
         }
         let rec = SpoolRecord::decode(payload).map_err(|e| self.corrupt(&e.to_string()))?;
-        rec.record.map(Some).ok_or_else(|| self.corrupt("empty record"))
+        rec.record
+            .map(Some)
+            .ok_or_else(|| self.corrupt("empty record"))
     }
 }
 
@@ -499,15 +516,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path()).expect("open");
         let mut w = spool.writer(header(), Lsn(0x100), 1 << 20);
-        w.receive(Bytes::from_static(b"R\0\0\0\x01rest")).expect("rel");
+        w.receive(Bytes::from_static(b"R\0\0\0\x01rest"))
+            .expect("rel");
         w.receive(begin(0x200)).expect("b");
-        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0")).expect("i");
+        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0"))
+            .expect("i");
         assert_eq!(w.seal().expect("seal mid-txn is a no-op"), Lsn(0x100));
-        assert_eq!(w.receive(commit(0x200, 0x210)).expect("c"), Received::Committed { end: Lsn(0x210), changes: 1 });
+        assert_eq!(
+            w.receive(commit(0x200, 0x210)).expect("c"),
+            Received::Committed {
+                end: Lsn(0x210),
+                changes: 1
+            }
+        );
         assert_eq!(w.seal().expect("seal"), Lsn(0x210));
         // The same transaction again (a reconnect replays from the slot): skipped.
         w.receive(begin(0x200)).expect("b");
-        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0")).expect("i");
+        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0"))
+            .expect("i");
         w.receive(commit(0x200, 0x210)).expect("c");
         assert_eq!(w.seal().expect("seal"), Lsn(0x210));
 
@@ -535,7 +561,8 @@ mod tests {
         let spool = Spool::open(dir.path()).expect("open");
         let mut w = spool.writer(header(), Lsn(0), 1 << 20);
         w.receive(begin(0x10)).expect("b");
-        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0")).expect("i");
+        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0"))
+            .expect("i");
         w.receive(commit(0x10, 0x20)).expect("c");
         w.seal().expect("seal");
         let seg = spool.segments().expect("list").remove(0);

@@ -22,31 +22,57 @@ async fn check_passes_and_says_what_will_be_created() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("will be created"), "{}", run.stdout);
     // orders is partitioned by a non-key column without REPLICA IDENTITY FULL.
-    assert!(run.stdout.contains("REPLICA IDENTITY FULL"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        run.stdout
+    );
     assert!(!slot_exists(&db).await, "check must not create the slot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_identity_fails_check_and_run_with_the_fix() {
     let db = database("no_pk").await;
-    db.exec("CREATE TABLE events (id int, payload text); INSERT INTO events VALUES (1, 'a');").await;
+    db.exec("CREATE TABLE events (id int, payload text); INSERT INTO events VALUES (1, 'a');")
+        .await;
     let lake = Lake::new();
     let config = lake.config(&db, "[[tables]]\nname = \"public.events\"\n");
     let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(run.stdout.contains("ALTER TABLE public.events REPLICA IDENTITY FULL;"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("ALTER TABLE public.events REPLICA IDENTITY FULL;"),
+        "{}",
+        run.stdout
+    );
     let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("REPLICA IDENTITY FULL"), "{}", run.stderr);
-    assert_eq!(run.stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
     assert!(!slot_exists(&db).await);
     // With the fix applied, it works, and FULL identity makes deletes carry every column.
     db.exec("ALTER TABLE events REPLICA IDENTITY FULL;").await;
     run_once(&config).await;
-    db.exec("UPDATE events SET payload = 'b'; DELETE FROM events;").await;
+    db.exec("UPDATE events SET payload = 'b'; DELETE FROM events;")
+        .await;
     run_once(&config).await;
     assert_eq!(
-        lake.query_i64("events", "SELECT count(*) FROM {t} WHERE change_type = 'DELETE' AND payload = 'b'"),
+        lake.query_i64(
+            "events",
+            "SELECT count(*) FROM {t} WHERE change_type = 'DELETE' AND payload = 'b'"
+        ),
         1
     );
 }
@@ -70,8 +96,18 @@ async fn a_missing_table_and_an_unwritable_output_are_reported() {
     .expect("config");
     let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
-    assert!(run.stdout.contains("public.nope does not exist"), "{}", run.stdout);
-    assert!(run.stdout.lines().any(|l| l.starts_with("FAIL") && l.contains("output")), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("public.nope does not exist"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("output")),
+        "{}",
+        run.stdout
+    );
     let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
     assert!(!slot_exists(&db).await);
@@ -92,7 +128,12 @@ async fn a_role_without_replication_is_told_what_to_grant() {
     let config = lake.config_with(&url, &db.name, SEED_TABLES, "");
     let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
-    assert!(run.stdout.contains(&format!("ALTER ROLE \"{role}\" WITH REPLICATION")), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("ALTER ROLE \"{role}\" WITH REPLICATION")),
+        "{}",
+        run.stdout
+    );
     let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("WITH REPLICATION"), "{}", run.stderr);
@@ -108,13 +149,29 @@ async fn wal_level_replica_is_one_clear_error() {
     let config = lake.config(&db, SEED_TABLES);
     let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
-    assert!(run.stdout.contains("ALTER SYSTEM SET wal_level = logical"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{}",
+        run.stdout
+    );
     let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
-    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
     assert_eq!(errors.len(), 1, "{}", run.stderr);
-    assert!(errors[0].contains("wal_level is \"replica\""), "{}", errors[0]);
-    assert!(lake.files("").is_empty(), "nothing written: {:?}", lake.files(""));
+    assert!(
+        errors[0].contains("wal_level is \"replica\""),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        lake.files("").is_empty(),
+        "nothing written: {:?}",
+        lake.files("")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +195,17 @@ async fn passwords_never_reach_logs_or_errors() {
         outputs.push(run);
     }
     // An unreachable server, whose error names the target.
-    let bad = url.replace(&format!(":{}/", db.url.split(':').nth(2).and_then(|s| s.split('/').next()).expect("port")), ":1/");
+    let bad = url.replace(
+        &format!(
+            ":{}/",
+            db.url
+                .split(':')
+                .nth(2)
+                .and_then(|s| s.split('/').next())
+                .expect("port")
+        ),
+        ":1/",
+    );
     let config = lake.config_with(&bad, &db.name, SEED_TABLES, "");
     let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
     assert_eq!(run.code, 1);
@@ -146,7 +213,12 @@ async fn passwords_never_reach_logs_or_errors() {
     assert!(run.stderr.contains("127.0.0.1:1"), "{}", run.stderr);
     outputs.push(run);
     for run in outputs {
-        assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret), "{}{}", run.stdout, run.stderr);
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{}{}",
+            run.stdout,
+            run.stderr
+        );
     }
 }
 
@@ -176,7 +248,11 @@ async fn config_mistakes_exit_2_and_name_the_key() {
     .expect("write");
     let run = slot2lake(&["status", "--config", &cfg(&bad)]).await;
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("flush.max_open_files"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("flush.max_open_files"),
+        "{}",
+        run.stderr
+    );
     let run = slot2lake(&["run", "--bogus"]).await;
     assert_eq!(run.code, 2);
 }
@@ -192,14 +268,30 @@ async fn status_reports_slot_lag_and_watermarks() {
     assert_eq!(before["slot"]["exists"], false);
     assert!(before["tables"]["orders"].is_null());
     run_once(&config).await;
-    db.exec("INSERT INTO orders (customer_id) SELECT 1 FROM generate_series(1, 100)").await;
+    db.exec("INSERT INTO orders (customer_id) SELECT 1 FROM generate_series(1, 100)")
+        .await;
     let run = slot2lake(&["status", "--json", "--config", &cfg(&config)]).await;
     let after: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
     assert_eq!(after["slot"]["exists"], true);
-    assert!(after["slot"]["lag_bytes"].as_u64().expect("lag") > 0, "{after}");
+    assert!(
+        after["slot"]["lag_bytes"].as_u64().expect("lag") > 0,
+        "{after}"
+    );
     assert_eq!(after["tables"]["orders"]["kind"], "snapshot");
-    let lsn = |v: &serde_json::Value| v.as_str().expect("lsn").parse::<slot2lake::lsn::Lsn>().expect("lsn");
-    assert!(lsn(&after["slot"]["confirmed_flush_lsn"]) >= lsn(&after["tables"]["orders"]["lsn"]), "{after}");
+    let lsn = |v: &serde_json::Value| {
+        v.as_str()
+            .expect("lsn")
+            .parse::<slot2lake::lsn::Lsn>()
+            .expect("lsn")
+    };
+    assert!(
+        lsn(&after["slot"]["confirmed_flush_lsn"]) >= lsn(&after["tables"]["orders"]["lsn"]),
+        "{after}"
+    );
     let run = slot2lake(&["status", "--config", &cfg(&config)]).await;
-    assert!(run.stdout.contains("table orders: watermark"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("table orders: watermark"),
+        "{}",
+        run.stdout
+    );
 }

@@ -1,3 +1,3 @@
+mod check;
 mod once;
 mod types;
-mod check;

@@ -36,7 +36,10 @@ async fn first_run_snapshots_then_streams_changes() {
     assert_eq!(s["duplicates"], 0, "{s}");
     let wm = lake.watermark("orders");
     assert_eq!(wm["kind"], "changes");
-    assert_eq!(db.slot_confirmed(&db.name).await.as_deref(), wm["lsn"].as_str());
+    assert_eq!(
+        db.slot_confirmed(&db.name).await.as_deref(),
+        wm["lsn"].as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,19 +53,36 @@ async fn snapshot_where_limits_only_the_first_snapshot() {
     );
     let config = lake.config(&db, &tables);
     run_once(&config).await;
-    let expected = db.count("SELECT count(*) FROM orders WHERE order_date >= current_date - 9").await;
+    let expected = db
+        .count("SELECT count(*) FROM orders WHERE order_date >= current_date - 9")
+        .await;
     assert!(expected > 0 && expected < 300);
-    assert_eq!(lake.query_i64("orders", "SELECT count(*) FROM {t} WHERE change_type = 'SNAPSHOT'"), expected);
     assert_eq!(
-        lake.query_i64("orders", "SELECT count(*) FROM {t} WHERE order_date < current_date - 9"),
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE change_type = 'SNAPSHOT'"
+        ),
+        expected
+    );
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE order_date < current_date - 9"
+        ),
         0
     );
     // Changes to rows outside the window still flow (polling with a window would miss them).
-    db.exec("UPDATE orders SET quantity = 99 WHERE order_date = current_date - 40").await;
-    let updated = db.count("SELECT count(*) FROM orders WHERE quantity = 99").await;
+    db.exec("UPDATE orders SET quantity = 99 WHERE order_date = current_date - 40")
+        .await;
+    let updated = db
+        .count("SELECT count(*) FROM orders WHERE quantity = 99")
+        .await;
     run_once(&config).await;
     assert_eq!(
-        lake.query_i64("orders", "SELECT count(*) FROM {t} WHERE change_type = 'UPDATE' AND quantity = 99"),
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE change_type = 'UPDATE' AND quantity = 99"
+        ),
         updated
     );
 }
@@ -79,9 +99,27 @@ async fn rolled_back_transactions_leave_no_trace() {
     db.exec("BEGIN; SAVEPOINT s; INSERT INTO orders (customer_id, product_name) VALUES (1, 'ghost'); ROLLBACK TO SAVEPOINT s; INSERT INTO orders (customer_id, product_name) VALUES (1, 'real'); COMMIT;")
         .await;
     run_once(&config).await;
-    assert_eq!(lake.query_i64("orders", "SELECT count(*) FROM {t} WHERE product_name = 'ghost'"), 0);
-    assert_eq!(lake.query_i64("orders", "SELECT count(*) FROM {t} WHERE change_type = 'DELETE'"), 0);
-    assert_eq!(lake.query_i64("orders", "SELECT count(*) FROM {t} WHERE product_name = 'real'"), 1);
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE product_name = 'ghost'"
+        ),
+        0
+    );
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE change_type = 'DELETE'"
+        ),
+        0
+    );
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE product_name = 'real'"
+        ),
+        1
+    );
     lake.assert_matches(&db, "public.orders", "orders", "order_id");
 }
 
@@ -112,7 +150,11 @@ async fn changes_of_one_transaction_keep_their_order() {
     assert_eq!(seq, vec![1, 2, 3, 4, 5, 6], "{rows:?}");
     let lsns: std::collections::HashSet<String> = rows.iter().map(|r| r[4].to_string()).collect();
     assert_eq!(lsns.len(), 1, "one transaction, one change_lsn: {rows:?}");
-    let quantities: Vec<i64> = rows.iter().filter(|r| r[0] == 3).map(|r| r[2].as_i64().expect("qty")).collect();
+    let quantities: Vec<i64> = rows
+        .iter()
+        .filter(|r| r[0] == 3)
+        .map(|r| r[2].as_i64().expect("qty"))
+        .collect();
     assert_eq!(quantities, vec![1, 2, 3, 4]);
     lake.assert_matches(&db, "public.orders", "orders", "order_id");
 }
@@ -121,7 +163,8 @@ async fn changes_of_one_transaction_keep_their_order() {
 async fn an_update_moves_an_order_to_its_new_date_partition() {
     let db = database("move_partition").await;
     db.seed(5, 10).await;
-    db.exec("UPDATE orders SET order_date = DATE '2025-01-15' WHERE order_id = 4").await;
+    db.exec("UPDATE orders SET order_date = DATE '2025-01-15' WHERE order_id = 4")
+        .await;
     let lake = Lake::new();
     let config = lake.config(&db, SEED_TABLES);
     run_once(&config).await;
@@ -129,10 +172,14 @@ async fn an_update_moves_an_order_to_its_new_date_partition() {
         .files("orders")
         .iter()
         .any(|f| f.starts_with("orders/year=2025/month=01/day=15/orders_")));
-    db.exec("UPDATE orders SET order_date = DATE '2025-07-24' WHERE order_id = 4").await;
+    db.exec("UPDATE orders SET order_date = DATE '2025-07-24' WHERE order_id = 4")
+        .await;
     run_once(&config).await;
     let files = lake.files("orders");
-    let moved: Vec<&String> = files.iter().filter(|f| f.starts_with("orders/year=2025/month=07/day=24/")).collect();
+    let moved: Vec<&String> = files
+        .iter()
+        .filter(|f| f.starts_with("orders/year=2025/month=07/day=24/"))
+        .collect();
     assert_eq!(moved.len(), 1, "{files:?}");
     let rows = lake.query(
         "orders",
@@ -141,7 +188,10 @@ async fn an_update_moves_an_order_to_its_new_date_partition() {
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[1][0], "UPDATE");
     let text = |v: &serde_json::Value| v.to_string().trim_matches('"').to_string();
-    assert_eq!((text(&rows[1][1]), text(&rows[1][2]), text(&rows[1][3])), ("2025".into(), "07".into(), "24".into()));
+    assert_eq!(
+        (text(&rows[1][1]), text(&rows[1][2]), text(&rows[1][3])),
+        ("2025".into(), "07".into(), "24".into())
+    );
     lake.assert_matches(&db, "public.orders", "orders", "order_id");
 }
 
@@ -187,7 +237,8 @@ async fn numeric_edge_values_keep_their_precision() {
     let config = lake.config(&db, "[[tables]]\nname = \"public.amounts\"\n");
     run_once(&config).await;
     db.exec(&format!("INSERT INTO amounts SELECT id + 10, small, money, wide, fine, frac, free FROM (VALUES {rows}) v(id, small, money, wide, fine, frac, free)")).await;
-    db.exec("UPDATE amounts SET money = money - 0.01 WHERE id IN (1, 12)").await;
+    db.exec("UPDATE amounts SET money = money - 0.01 WHERE id IN (1, 12)")
+        .await;
     run_once(&config).await;
     lake.assert_matches(&db, "public.amounts", "amounts", "id");
     let s = lake.summary("amounts", "id");
@@ -206,21 +257,29 @@ async fn an_idle_run_writes_nothing_but_still_advances_the_slot() {
     let lake = Lake::new();
     let config = lake.config(&db, SEED_TABLES);
     run_once(&config).await;
-    db.exec("UPDATE orders SET quantity = 7 WHERE order_id = 1").await;
+    db.exec("UPDATE orders SET quantity = 7 WHERE order_id = 1")
+        .await;
     run_once(&config).await;
     let files = (lake.files("orders"), lake.files("customers"));
     let wm = lake.read("etl-metadata/orders/watermark.json");
     let ts = lake.read("etl-metadata/customers/last_processed_timestamp.txt");
     let before = db.slot_confirmed(&db.name).await.expect("slot");
     // Only an unpublished table changes: nothing for the lake, yet the slot must advance.
-    db.exec("CREATE TABLE other (id int); INSERT INTO other SELECT generate_series(1, 1000);").await;
+    db.exec("CREATE TABLE other (id int); INSERT INTO other SELECT generate_series(1, 1000);")
+        .await;
     run_once(&config).await;
     assert_eq!((lake.files("orders"), lake.files("customers")), files);
     assert_eq!(lake.read("etl-metadata/orders/watermark.json"), wm);
-    assert_eq!(lake.read("etl-metadata/customers/last_processed_timestamp.txt"), ts);
+    assert_eq!(
+        lake.read("etl-metadata/customers/last_processed_timestamp.txt"),
+        ts
+    );
     let after = db.slot_confirmed(&db.name).await.expect("slot");
     let lsn = |s: &str| s.parse::<slot2lake::lsn::Lsn>().expect("lsn");
-    assert!(lsn(&after) > lsn(&before), "slot did not advance: {before} -> {after}");
+    assert!(
+        lsn(&after) > lsn(&before),
+        "slot did not advance: {before} -> {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,18 +296,34 @@ async fn watermarks_follow_the_files_and_match_the_slot() {
         let wm = lake.watermark(folder);
         let lsn: slot2lake::lsn::Lsn = wm["lsn"].as_str().expect("lsn").parse().expect("lsn");
         assert!(lsn > snap["lsn"].as_str().expect("lsn").parse().expect("lsn"));
-        assert_eq!(db.slot_confirmed(&db.name).await.as_deref(), wm["lsn"].as_str());
+        assert_eq!(
+            db.slot_confirmed(&db.name).await.as_deref(),
+            wm["lsn"].as_str()
+        );
         let max_change = lake.query_i64(folder, "SELECT max(change_lsn) FROM {t}");
-        assert!((max_change as u64) < lsn.0, "{folder}: change {max_change} not before watermark {lsn}");
-        let ts = lake.read(&format!("etl-metadata/{folder}/last_processed_timestamp.txt"));
+        assert!(
+            (max_change as u64) < lsn.0,
+            "{folder}: change {max_change} not before watermark {lsn}"
+        );
+        let ts = lake.read(&format!(
+            "etl-metadata/{folder}/last_processed_timestamp.txt"
+        ));
         assert_eq!(ts, wm["timestamp"].as_str().expect("timestamp"));
-        assert!(chrono::NaiveDateTime::parse_from_str(&ts, "%Y-%m-%d %H:%M:%S").is_ok(), "{ts:?}");
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(&ts, "%Y-%m-%d %H:%M:%S").is_ok(),
+            "{ts:?}"
+        );
         // Written after every data file it covers.
-        let wm_time = std::fs::metadata(lake.root().join(format!("etl-metadata/{folder}/watermark.json")))
-            .and_then(|m| m.modified())
-            .expect("mtime");
+        let wm_time = std::fs::metadata(
+            lake.root()
+                .join(format!("etl-metadata/{folder}/watermark.json")),
+        )
+        .and_then(|m| m.modified())
+        .expect("mtime");
         for f in lake.files(folder) {
-            let t = std::fs::metadata(lake.root().join(&f)).and_then(|m| m.modified()).expect("mtime");
+            let t = std::fs::metadata(lake.root().join(&f))
+                .and_then(|m| m.modified())
+                .expect("mtime");
             assert!(t <= wm_time, "{f} is newer than its watermark");
         }
     }
@@ -263,8 +338,15 @@ async fn truncate_is_recorded_and_clears_the_latest_state() {
     let lake = Lake::new();
     let config = lake.config(&db, SEED_TABLES);
     run_once(&config).await;
-    db.exec("TRUNCATE orders; INSERT INTO orders (customer_id, product_name) VALUES (1, 'after');").await;
+    db.exec("TRUNCATE orders; INSERT INTO orders (customer_id, product_name) VALUES (1, 'after');")
+        .await;
     run_once(&config).await;
-    assert_eq!(lake.query_i64("orders", "SELECT count(*) FROM {t} WHERE change_type = 'TRUNCATE'"), 1);
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE change_type = 'TRUNCATE'"
+        ),
+        1
+    );
     lake.assert_matches(&db, "public.orders", "orders", "order_id");
 }

@@ -24,24 +24,37 @@ line', NULL, NULL, NULL, '0001-01-01', '1900-01-01 00:00:00', '1969-12-31 23:59:
     (ID4, NULL, NULL, NULL, NULL, '-Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
 
 fn rows(offset: i64) -> String {
-    (1..=4).fold(ROWS.to_string(), |acc, i| acc.replace(&format!("(ID{i},"), &format!("({},", i + offset)))
+    (1..=4).fold(ROWS.to_string(), |acc, i| {
+        acc.replace(&format!("(ID{i},"), &format!("({},", i + offset))
+    })
 }
 
 async fn round_trip(binary: &str) {
     let db = database(&format!("types_{binary}")).await;
     db.exec(TABLE).await;
     // Text mode gets timestamptz in the session's zone: a half-hour offset exercises parsing it.
-    db.exec(&format!("ALTER DATABASE {} SET timezone = 'America/St_Johns'", db.name)).await;
-    db.exec(&format!("INSERT INTO typed VALUES {}", rows(0))).await;
+    db.exec(&format!(
+        "ALTER DATABASE {} SET timezone = 'America/St_Johns'",
+        db.name
+    ))
+    .await;
+    db.exec(&format!("INSERT INTO typed VALUES {}", rows(0)))
+        .await;
     let lake = Lake::new();
     let config = lake.config(&db, "[[tables]]\nname = \"public.typed\"\n");
     let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text.replace("[output]", &format!("binary = \"{binary}\"\n\n[output]"))).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("[output]", &format!("binary = \"{binary}\"\n\n[output]")),
+    )
+    .expect("config");
     run_once(&config).await;
     lake.assert_matches(&db, "public.typed", "typed", "id");
     // The same rows again through the stream.
-    db.exec(&format!("INSERT INTO typed VALUES {}", rows(100))).await;
-    db.exec("UPDATE typed SET t = t || '!' WHERE id IN (1, 101); DELETE FROM typed WHERE id = 2;").await;
+    db.exec(&format!("INSERT INTO typed VALUES {}", rows(100)))
+        .await;
+    db.exec("UPDATE typed SET t = t || '!' WHERE id IN (1, 101); DELETE FROM typed WHERE id = 2;")
+        .await;
     run_once(&config).await;
     lake.assert_matches(&db, "public.typed", "typed", "id");
     let s = lake.summary("typed", "id");

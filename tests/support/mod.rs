@@ -33,7 +33,8 @@ pub async fn database_on(cluster: &TempCluster, prefix: &str) -> TestDb {
 /// The cluster shared by all tests of this process (stopped by its watchdog at exit).
 pub fn cluster() -> &'static TempCluster {
     static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| TempCluster::start(&["shared_buffers = 128MB"]).expect("start PostgreSQL"))
+    CLUSTER
+        .get_or_init(|| TempCluster::start(&["shared_buffers = 128MB"]).expect("start PostgreSQL"))
 }
 
 /// A fresh database on the shared cluster.
@@ -72,7 +73,8 @@ impl TestDb {
     /// over the last 60 days.
     pub async fn seed(&self, customers: u32, orders: u32) {
         self.exec(slot2lake::demo::SEED_SCHEMA).await;
-        self.exec(&slot2lake::demo::seed_data_sql(customers, orders, 60)).await;
+        self.exec(&slot2lake::demo::seed_data_sql(customers, orders, 60))
+            .await;
     }
 
     pub async fn slot_confirmed(&self, slot: &str) -> Option<String> {
@@ -106,7 +108,10 @@ partition_by = "order_date"
 impl Lake {
     pub fn new() -> Lake {
         Lake {
-            dir: tempfile::Builder::new().prefix("slot2lake-lake-").tempdir().expect("tempdir"),
+            dir: tempfile::Builder::new()
+                .prefix("slot2lake-lake-")
+                .tempdir()
+                .expect("tempdir"),
         }
     }
 
@@ -141,13 +146,20 @@ impl Lake {
         let base = self.root();
         let mut stack = vec![base.join(folder)];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let p = e.path();
                 if p.is_dir() {
                     stack.push(p);
                 } else {
-                    out.push(p.strip_prefix(&base).expect("under lake").display().to_string());
+                    out.push(
+                        p.strip_prefix(&base)
+                            .expect("under lake")
+                            .display()
+                            .to_string(),
+                    );
                 }
             }
         }
@@ -160,7 +172,8 @@ impl Lake {
     }
 
     pub fn watermark(&self, folder: &str) -> serde_json::Value {
-        serde_json::from_str(&self.read(&format!("etl-metadata/{folder}/watermark.json"))).expect("watermark json")
+        serde_json::from_str(&self.read(&format!("etl-metadata/{folder}/watermark.json")))
+            .expect("watermark json")
     }
 
     /// Latest state per key in the lake vs the source table, via DuckDB and psycopg2.
@@ -217,7 +230,15 @@ impl Lake {
 impl Lake {
     /// Runs SQL over a table's files in DuckDB (`{t}` names the table); rows as JSON.
     pub fn query(&self, folder: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
-        let out = python(&["query", "--lake", &self.root().display().to_string(), "--folder", folder, "--sql", sql]);
+        let out = python(&[
+            "query",
+            "--lake",
+            &self.root().display().to_string(),
+            "--folder",
+            folder,
+            "--sql",
+            sql,
+        ]);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!(
                 "lake_check query: {}\n{}",
@@ -230,7 +251,9 @@ impl Lake {
     /// A single number from a query.
     pub fn query_i64(&self, folder: &str, sql: &str) -> i64 {
         let rows = self.query(folder, sql);
-        rows[0][0].as_i64().unwrap_or_else(|| panic!("{sql}: {rows:?}"))
+        rows[0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{sql}: {rows:?}"))
     }
 }
 
@@ -252,7 +275,11 @@ pub struct Run {
 
 impl Run {
     pub fn ok(&self) -> &Self {
-        assert_eq!(self.code, 0, "slot2lake failed:\n{}\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "slot2lake failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
