@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod failpoint;
 pub mod flush;
 pub mod lsn;
 pub mod pipeline;

@@ -31,6 +31,7 @@ use crate::checkpoint::{
     Watermark, WatermarkKind,
 };
 use crate::config::{BinaryMode, Config, SnapshotMode};
+use crate::failpoint;
 use crate::flush::{self, FlushError, Flushed};
 use crate::lsn::Lsn;
 use crate::sink::lake::INTERNAL_DIR;
@@ -92,6 +93,9 @@ pub struct RunReport {
     /// Where the lake is.
     pub lake: String,
 }
+
+/// How long a run waits for a slot held by a consumer that may have just died.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything a run needs, opened once.
 pub struct Pipeline {
@@ -194,7 +198,7 @@ impl Pipeline {
             let done = self.execute_flush(intent).await?;
             report.files.extend(done.files);
         }
-        let mut slot = introspect::slot_info(&self.client, self.slot()).await?;
+        let mut slot = self.slot_when_free().await?;
         if let Some(state) = self.checkpoints.snapshot_state().await? {
             match state.phase {
                 SnapshotPhase::Staged => {
@@ -383,6 +387,7 @@ impl Pipeline {
             state.rows.entry(folder.clone()).or_insert(0);
         }
         self.checkpoints.write_snapshot_state(&state).await?;
+        failpoint::hit(failpoint::AFTER_SNAPSHOT_STAGED);
         report.snapshot_rows = state.rows.clone();
         report.files.extend(copied.files);
         self.publish_snapshot(state).await?;
@@ -401,6 +406,7 @@ impl Pipeline {
                     self.lake.internal_key(self.slot(), "snapshot.json")
                 )));
             }
+            failpoint::hit(failpoint::MID_SNAPSHOT_PUBLISH);
             let table = dest.split('/').next().unwrap_or_default().to_string();
             *files_per_table.entry(table).or_default() += 1;
         }
@@ -428,6 +434,23 @@ impl Pipeline {
         }
         self.checkpoints.clear_snapshot_state().await?;
         Ok(())
+    }
+
+    /// Reads the slot, giving a consumer that just died a moment to release it.
+    ///
+    /// After a crash the server notices the closed connection and frees the slot within
+    /// moments; a slot still in use after that belongs to another live consumer.
+    async fn slot_when_free(&self) -> Result<Option<introspect::SlotInfo>, RunError> {
+        let deadline = Instant::now() + SLOT_RELEASE_WAIT;
+        loop {
+            let slot = introspect::slot_info(&self.client, self.slot()).await?;
+            match &slot {
+                Some(s) if s.active_pid.is_some() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => return Ok(slot),
+            }
+        }
     }
 
     /// Undoes a first run that died while copying: its exported snapshot is gone.
@@ -496,7 +519,9 @@ impl Pipeline {
             }
         }
         report.changes_received = writer.changes_written();
-        Ok(writer.seal()?)
+        let sealed = writer.seal()?;
+        failpoint::hit(failpoint::AFTER_SPOOL_SEAL);
+        Ok(sealed)
     }
 
     /// Flushes everything spooled before `cut`; `None` when nothing was due.
@@ -537,6 +562,7 @@ impl Pipeline {
         })
         .await
         .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        failpoint::hit(failpoint::AFTER_FLUSH_FILES);
         let written = flushed
             .files
             .iter()
@@ -564,6 +590,7 @@ impl Pipeline {
                 self.checkpoints.write_watermark(folder, &wm).await?;
             }
         }
+        failpoint::hit(failpoint::AFTER_WATERMARKS);
         self.checkpoints.clear_flush_intent().await?;
         tracing::info!(
             cut = %intent.cut,

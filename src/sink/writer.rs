@@ -380,6 +380,9 @@ impl Sink {
         };
         tracing::debug!(key = %file.key, rows = file.rows, published = ?file.published, "closed parquet file");
         self.files.push(file);
+        if self.files.len() == 2 {
+            crate::failpoint::hit(crate::failpoint::MID_FLUSH_FILES);
+        }
         Ok(())
     }
 

@@ -210,6 +210,7 @@ fn decode_worker(
                 return Err(CopyError("stream ended before its trailer").into());
             }
             tracing::info!(table = %t.schema.qualified_name(), rows = p.rows(), "snapshot: copied");
+            crate::failpoint::hit(crate::failpoint::MID_SNAPSHOT_COPY);
             rows.insert(t.folder.clone(), p.rows());
         }
         Ok(())

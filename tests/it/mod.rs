@@ -1,3 +1,5 @@
 mod check;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod once;
 mod types;

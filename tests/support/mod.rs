@@ -286,8 +286,14 @@ impl Run {
 
 /// Runs the slot2lake binary with a deadline.
 pub async fn slot2lake(args: &[&str]) -> Run {
+    slot2lake_env(args, &[]).await
+}
+
+/// Runs the slot2lake binary with extra environment variables.
+pub async fn slot2lake_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slot2lake"))
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn,slot2lake=info")
         .kill_on_drop(true)
         .stdout(Stdio::piped())

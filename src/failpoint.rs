@@ -1,0 +1,32 @@
+//! Named failure points for crash tests.
+//!
+//! Built with the `failpoints` feature, `SLOT2LAKE_FAILPOINT=<name>` makes the process
+//! abort (no destructors, no flushing: like `kill -9`) when it reaches that point.
+//! Without the feature, [`hit`] compiles to nothing.
+
+/// Spool segments sealed; nothing of this run is in the lake yet.
+pub const AFTER_SPOOL_SEAL: &str = "after-spool-seal";
+/// Two Parquet files of a flush (or of a snapshot, in staging) are closed, not all.
+pub const MID_FLUSH_FILES: &str = "mid-flush-files";
+/// All Parquet files of a flush are in place; no watermark written.
+pub const AFTER_FLUSH_FILES: &str = "after-flush-files";
+/// Watermarks written; the slot not acknowledged.
+pub const AFTER_WATERMARKS: &str = "after-watermarks";
+/// Some snapshot tables copied to staging, not all.
+pub const MID_SNAPSHOT_COPY: &str = "mid-snapshot-copy";
+/// Snapshot staged; files not moved into place.
+pub const AFTER_SNAPSHOT_STAGED: &str = "after-snapshot-staged";
+/// Some staged snapshot files moved into place, not all.
+pub const MID_SNAPSHOT_PUBLISH: &str = "mid-snapshot-publish";
+
+/// Aborts the process if `name` is the configured failure point.
+#[inline]
+pub fn hit(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("SLOT2LAKE_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}

@@ -1,0 +1,153 @@
+//! Crashes at every step of the commit path (`--features failpoints`): the next run
+//! finishes the work, every committed change is in the lake once, the latest state
+//! equals the source, and no file is rewritten.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use slot2lake::failpoint as fp;
+
+use crate::support::{database, run_once, slot2lake_env, Lake, TestDb, SEED_TABLES};
+
+/// Every data file with its modification time.
+fn data_files(lake: &Lake) -> BTreeMap<String, SystemTime> {
+    ["customers", "orders"]
+        .iter()
+        .flat_map(|t| lake.files(t))
+        .map(|f| {
+            let t = std::fs::metadata(lake.root().join(&f))
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            (f, t)
+        })
+        .collect()
+}
+
+async fn crash_run(config: &std::path::Path, point: &str) {
+    let run = slot2lake_env(
+        &["run", "--once", "--config", &config.display().to_string()],
+        &[("SLOT2LAKE_FAILPOINT", point)],
+    )
+    .await;
+    assert_ne!(
+        run.code, 0,
+        "failpoint {point} was not reached:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!("failpoint {point}")),
+        "{}",
+        run.stderr
+    );
+}
+
+fn assert_exactly_once(lake: &Lake, db: &TestDb) {
+    lake.assert_matches(db, "public.customers", "customers", "customer_id");
+    lake.assert_matches(db, "public.orders", "orders", "order_id");
+    for (folder, key) in [("customers", "customer_id"), ("orders", "order_id")] {
+        let s = lake.summary(folder, key);
+        assert_eq!(s["duplicates"], 0, "{folder}: {s}");
+    }
+}
+
+async fn crash_during_flush(point: &str) {
+    let db = database(&format!("crash_{}", point.replace('-', "_"))).await;
+    db.seed(30, 200).await;
+    let lake = Lake::new();
+    let config = lake.config(&db, SEED_TABLES);
+    run_once(&config).await;
+    db.exec(
+        "UPDATE orders SET quantity = quantity + 1 WHERE order_id % 3 = 0;
+         DELETE FROM orders WHERE order_id % 10 = 0;
+         INSERT INTO customers (name) SELECT 'n' || i FROM generate_series(1, 5) i;",
+    )
+    .await;
+    let confirmed = db.slot_confirmed(&db.name).await;
+    crash_run(&config, point).await;
+    if point != fp::AFTER_WATERMARKS {
+        assert_eq!(
+            db.slot_confirmed(&db.name).await,
+            confirmed,
+            "slot acknowledged before the watermark"
+        );
+    }
+    let after_crash = data_files(&lake);
+    db.exec("UPDATE customers SET email = 'later' WHERE customer_id < 4")
+        .await;
+    run_once(&config).await;
+    let after_retry = data_files(&lake);
+    for (file, mtime) in &after_crash {
+        assert_eq!(
+            after_retry.get(file),
+            Some(mtime),
+            "{file} was rewritten or removed"
+        );
+    }
+    assert_exactly_once(&lake, &db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_spool_is_sealed() {
+    crash_during_flush(fp::AFTER_SPOOL_SEAL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_some_files_of_a_flush() {
+    crash_during_flush(fp::MID_FLUSH_FILES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_files_before_the_watermark() {
+    crash_during_flush(fp::AFTER_FLUSH_FILES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_watermark_before_the_ack() {
+    crash_during_flush(fp::AFTER_WATERMARKS).await;
+}
+
+/// `restarts`: the crash loses the exported snapshot, so the first run starts over and
+/// its snapshot includes the row inserted after the crash.
+async fn crash_during_first_run(point: &str, partial_visible: bool, restarts: bool) {
+    let db = database(&format!("crash_{}", point.replace('-', "_"))).await;
+    db.seed(30, 200).await;
+    let lake = Lake::new();
+    let config = lake.config(&db, SEED_TABLES);
+    crash_run(&config, point).await;
+    if !partial_visible {
+        assert!(
+            data_files(&lake).is_empty(),
+            "partial snapshot visible: {:?}",
+            data_files(&lake)
+        );
+    }
+    db.exec(
+        "INSERT INTO orders (customer_id) VALUES (1); DELETE FROM customers WHERE customer_id = 2;",
+    )
+    .await;
+    run_once(&config).await;
+    assert_exactly_once(&lake, &db);
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE change_type = 'SNAPSHOT'"
+        ),
+        if restarts { 201 } else { 200 },
+        "one snapshot, not two"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_copying_the_first_snapshot() {
+    crash_during_first_run(fp::MID_SNAPSHOT_COPY, false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_snapshot_is_staged() {
+    crash_during_first_run(fp::AFTER_SNAPSHOT_STAGED, false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_moving_the_snapshot_into_place() {
+    crash_during_first_run(fp::MID_SNAPSHOT_PUBLISH, true, false).await;
+}
