@@ -138,7 +138,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run { config, once } => {
             let config = load(&config)?;
             if !once {
-                anyhow::bail!("the always-on consumer is not in this build yet; use `slot2lake run --once` (e.g. from cron at 01:00 UTC)");
+                crate::service::run(config).await?;
+                return Ok(ExitCode::SUCCESS);
             }
             let mut pipeline = Pipeline::open(config).await?;
             let report = pipeline.run_once().await.context("run --once")?;
@@ -154,8 +155,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flush { config } => {
-            load(&config)?;
-            anyhow::bail!("no consumer is running to flush (the always-on `run` is not in this build yet); use `slot2lake run --once`")
+            let config = load(&config)?;
+            let answer = crate::service::admin::request_flush(&config.admin.listen).await?;
+            println!(
+                "flush committed: cut {}, {} rows, {} files, {:.1} s",
+                answer["cut"].as_str().unwrap_or("-"),
+                answer["rows"],
+                answer["files"],
+                answer["seconds"].as_f64().unwrap_or(0.0)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Backfill { config, table } => {
             load(&config)?;

@@ -32,6 +32,10 @@ pub const DEFAULT_MAX_OPEN_FILES: usize = 128;
 pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_secs(60);
 /// A spool segment is sealed once it holds this many bytes.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// Flush early once the spool holds this much.
+pub const DEFAULT_MAX_SPOOL_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// Loopback address of the admin HTTP API (`/metrics`, `/status`, `/flush`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9187";
 /// The partition scheme keyed on flush time, as in the seed's `customers` table.
 pub const PROCESSING_DATE: &str = "processing_date";
 
@@ -89,6 +93,9 @@ pub struct Config {
     /// The catalog told about new data after each flush.
     #[serde(default)]
     pub catalog: CatalogConfig,
+    /// The admin HTTP API of `slot2lake run`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The tables to replicate.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
@@ -183,6 +190,9 @@ pub struct SpoolConfig {
     /// Seal a segment once it holds this much.
     #[serde(default = "default_segment_size")]
     pub segment_size: ByteSize,
+    /// Flush early once the spool holds this much, rather than grow without limit.
+    #[serde(default = "default_max_spool_bytes")]
+    pub max_spool_bytes: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -191,6 +201,24 @@ impl Default for SpoolConfig {
             dir: None,
             ack_interval: DEFAULT_ACK_INTERVAL,
             segment_size: ByteSize(DEFAULT_SEGMENT_SIZE),
+            max_spool_bytes: ByteSize(DEFAULT_MAX_SPOOL_BYTES),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address the admin HTTP API listens on; `slot2lake flush` connects to it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
         }
     }
 }
@@ -310,6 +338,12 @@ fn default_ack_interval() -> Duration {
 }
 fn default_segment_size() -> ByteSize {
     ByteSize(DEFAULT_SEGMENT_SIZE)
+}
+fn default_max_spool_bytes() -> ByteSize {
+    ByteSize(DEFAULT_MAX_SPOOL_BYTES)
+}
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
 }
 fn default_partition_by() -> String {
     PROCESSING_DATE.into()
@@ -487,6 +521,27 @@ impl Config {
         }
         if self.spool.ack_interval.is_zero() {
             return Err(invalid("spool.ack_interval", "must be greater than 0s"));
+        }
+        if self.spool.max_spool_bytes.0 < self.spool.segment_size.0.min(1024 * 1024) {
+            return Err(invalid("spool.max_spool_bytes", "must be at least 1MB"));
+        }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9187",
+                    self.admin.listen
+                ),
+            ));
+        }
+        if let Err(e) = self.flush.schedule.parse::<croner::Cron>() {
+            return Err(invalid(
+                "flush.schedule",
+                format!(
+                    "{:?} is not a cron expression (minute hour day month weekday, UTC): {e}",
+                    self.flush.schedule
+                ),
+            ));
         }
         if self.spool.dir.is_none() && o.url.starts_with("s3://") {
             return Err(invalid(

@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod flush;
 pub mod lsn;
 pub mod pipeline;
+pub mod service;
 pub mod sink;
 pub mod source;
 pub mod spool;

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Client;
 
 use crate::catalog::{self, CatalogError};
 use crate::checkpoint::{
@@ -39,8 +38,8 @@ use crate::sink::{Lake, LakeError, Published, Sink, SinkError, SinkOptions, Writ
 use crate::source::introspect::{self, TableError, TableInfo};
 use crate::source::replication::{ReplicationStream, StreamOptions};
 use crate::source::snapshot::{self, SnapshotError, SnapshotTable};
-use crate::source::{self, SourceError};
-use crate::spool::{self, Received, SegmentHeader, Spool, SpoolError};
+use crate::source::{self, SourceClient, SourceError};
+use crate::spool::{self, Received, SegmentHeader, Spool, SpoolError, SpoolWriter};
 
 /// A run that failed; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +99,7 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// Everything a run needs, opened once.
 pub struct Pipeline {
     config: Config,
-    client: Client,
+    source: SourceClient,
     lake: Lake,
     checkpoints: Checkpoints,
     spool: Spool,
@@ -132,8 +131,8 @@ impl Pipeline {
         let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
         let spool = Spool::open(spool_dir(&config, &lake)?)?;
         Ok(Self {
+            source: SourceClient::new(config.source.url.clone(), client),
             config,
-            client,
             lake,
             checkpoints,
             spool,
@@ -192,6 +191,37 @@ impl Pipeline {
             lake: self.lake.url().to_string(),
             ..Default::default()
         };
+        let (mut repl, start) = self.prepare(&mut report).await?;
+        let cut = self.stream_to_marker(&mut repl, start, &mut report).await?;
+        let flushed = self.flush_to(cut).await?;
+        if let Some(f) = flushed {
+            report.flushed_rows = f.rows;
+            report.files.extend(f.files);
+        }
+        repl.ack(cut).await?;
+        report.acked = Some(cut);
+        self.wait_for_ack(cut).await;
+        self.after_commit(cut, &report.files).await?;
+        Ok(report)
+    }
+
+    /// The steps after a flush committed and the slot was acknowledged: the catalog,
+    /// then the spool's flushed segments are removed.
+    pub async fn after_commit(&self, cut: Lsn, files: &[WrittenFile]) -> Result<(), RunError> {
+        catalog::after_flush(&self.config.catalog, files).await?;
+        let removed = self.spool.remove_through(cut)?;
+        tracing::debug!(segments = removed, "spool: removed flushed segments");
+        Ok(())
+    }
+
+    /// Recovers what an earlier run left unfinished, checks the slot, takes the
+    /// first-run snapshot when needed, and returns a replication connection with the
+    /// position to start streaming from (everything before it is in the spool or lake).
+    pub async fn prepare(
+        &mut self,
+        report: &mut RunReport,
+    ) -> Result<(ReplicationStream, Lsn), RunError> {
+        report.lake = self.lake.url().to_string();
         self.clean_tmp();
         if let Some(intent) = self.checkpoints.flush_intent().await? {
             tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
@@ -278,7 +308,7 @@ impl Pipeline {
         )
         .await?;
         let mut start = if first_run {
-            let cp = self.first_run_snapshot(&mut repl, &mut report).await?;
+            let cp = self.first_run_snapshot(&mut repl, report).await?;
             Some(cp)
         } else {
             None
@@ -298,20 +328,7 @@ impl Pipeline {
             .flatten()
             .max()
             .unwrap_or(Lsn::ZERO);
-        let cut = self.stream_to_marker(&mut repl, start, &mut report).await?;
-
-        let flushed = self.flush_to(cut).await?;
-        if let Some(f) = flushed {
-            report.flushed_rows = f.rows;
-            report.files.extend(f.files);
-        }
-        repl.ack(cut).await?;
-        report.acked = Some(cut);
-        self.wait_for_ack(cut).await;
-        catalog::after_flush(&self.config.catalog, &report.files).await?;
-        let removed = self.spool.remove_through(cut)?;
-        tracing::debug!(segments = removed, "spool: removed flushed segments");
-        Ok(report)
+        Ok((repl, start))
     }
 
     fn clean_tmp(&self) {
@@ -330,7 +347,7 @@ impl Pipeline {
         report: &mut RunReport,
     ) -> Result<Lsn, RunError> {
         let snapshot_name = repl.create_slot_exporting().await?;
-        let cp = introspect::slot_info(&self.client, self.slot())
+        let cp = introspect::slot_info(&*self.source.get().await?, self.slot())
             .await?
             .and_then(|s| s.confirmed_flush)
             .ok_or_else(|| RunError::State("the new slot reports no consistent point".into()))?;
@@ -366,8 +383,9 @@ impl Pipeline {
             .collect();
         let sink = self.sink(processed_at, cp, Some(staging))?;
         let started = Instant::now();
+        let mut snapshot_client = source::connect(&self.config.source.url).await?;
         let (copied, snapshot_time) =
-            snapshot::copy_tables(&mut self.client, &snapshot_name, &tables, cp, sink).await?;
+            snapshot::copy_tables(&mut snapshot_client, &snapshot_name, &tables, cp, sink).await?;
         let total: u64 = copied.rows.values().sum();
         tracing::info!(
             rows = total,
@@ -443,7 +461,7 @@ impl Pipeline {
     async fn slot_when_free(&self) -> Result<Option<introspect::SlotInfo>, RunError> {
         let deadline = Instant::now() + SLOT_RELEASE_WAIT;
         loop {
-            let slot = introspect::slot_info(&self.client, self.slot()).await?;
+            let slot = introspect::slot_info(&*self.source.get().await?, self.slot()).await?;
             match &slot {
                 Some(s) if s.active_pid.is_some() && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -460,7 +478,9 @@ impl Pipeline {
         slot_exists: bool,
     ) -> Result<(), RunError> {
         if slot_exists {
-            self.client
+            self.source
+                .get()
+                .await?
                 .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot()])
                 .await
                 .map_err(|e| {
@@ -480,6 +500,47 @@ impl Pipeline {
         Ok(())
     }
 
+    /// A spool writer continuing after `start`.
+    pub fn spool_writer(&self, start: Lsn) -> SpoolWriter {
+        let header = SegmentHeader {
+            format_version: spool::FORMAT_VERSION,
+            slot: self.slot().to_string(),
+            protocol_version: 1,
+            binary: self.binary,
+        };
+        self.spool
+            .writer(header, start, self.config.spool.segment_size.0)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The regular connection to the source.
+    pub fn source(&self) -> &SourceClient {
+        &self.source
+    }
+
+    /// The spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Opens a replication connection for streaming (not for a first snapshot).
+    pub async fn connect_stream(&self) -> Result<ReplicationStream, RunError> {
+        Ok(ReplicationStream::connect(
+            &self.config.source.url,
+            &StreamOptions {
+                slot: self.slot().to_string(),
+                publication: self.config.source.publication.clone(),
+                binary: self.binary,
+                export_snapshot: false,
+            },
+        )
+        .await?)
+    }
+
     /// Streams from `start` until every transaction committed before now is spooled.
     async fn stream_to_marker(
         &mut self,
@@ -489,23 +550,18 @@ impl Pipeline {
     ) -> Result<Lsn, RunError> {
         repl.start(start).await?;
         let marker = introspect::emit_marker(
-            &self.client,
+            &*self.source.get().await?,
             &format!("run --once at {}", Utc::now().to_rfc3339()),
         )
         .await?;
         tracing::info!(from = %start, to = %marker, "catching up with the slot");
-        let header = SegmentHeader {
-            format_version: spool::FORMAT_VERSION,
-            slot: self.slot().to_string(),
-            protocol_version: 1,
-            binary: self.binary,
-        };
-        let mut writer = self
-            .spool
-            .writer(header, start, self.config.spool.segment_size.0);
+        let mut writer = self.spool_writer(start);
         let mut last_log = Instant::now();
+        let never = pg_walstream::CancellationToken::new();
         loop {
-            let msg = repl.next_message().await?;
+            let Some(msg) = repl.next_message(&never).await? else {
+                continue;
+            };
             if let Received::Committed { end, .. } = writer.receive(msg)? {
                 // Commits arrive in commit order: once one ends past the marker, every
                 // transaction that committed before the marker was written is spooled.
@@ -525,7 +581,13 @@ impl Pipeline {
     }
 
     /// Flushes everything spooled before `cut`; `None` when nothing was due.
-    async fn flush_to(&self, cut: Lsn) -> Result<Option<Flushed>, RunError> {
+    ///
+    /// A flush an earlier attempt left unfinished (its intent) is completed first.
+    pub async fn flush_to(&self, cut: Lsn) -> Result<Option<Flushed>, RunError> {
+        if let Some(intent) = self.checkpoints.flush_intent().await? {
+            tracing::warn!(cut = %intent.cut, "finishing a flush that did not complete");
+            self.execute_flush(intent).await?;
+        }
         let from: BTreeMap<String, Lsn> = self
             .watermarks()
             .await?
@@ -608,7 +670,14 @@ impl Pipeline {
     async fn wait_for_ack(&self, lsn: Lsn) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            match introspect::slot_info(&self.client, self.slot()).await {
+            let client = match self.source.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the slot's confirmed position");
+                    return;
+                }
+            };
+            match introspect::slot_info(&client, self.slot()).await {
                 Ok(Some(s)) if s.confirmed_flush.is_some_and(|c| c >= lsn) => return,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 Err(e) => {

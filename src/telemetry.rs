@@ -19,3 +19,36 @@ pub fn init(verbose: bool) {
         .with_target(false)
         .try_init();
 }
+
+/// Metric names and labels, all in one place (`slot2lake_<what>_<unit>`).
+pub mod metric {
+    /// Replication messages received, label `type`: insert, update, delete, truncate, begin, commit, relation, message.
+    pub const EVENTS_RECEIVED: &str = "slot2lake_events_received_total";
+    /// Bytes of pgoutput received.
+    pub const RECEIVED_BYTES: &str = "slot2lake_received_bytes_total";
+    /// Bytes held in sealed spool segments.
+    pub const SPOOL_BYTES: &str = "slot2lake_spool_bytes";
+    /// WAL between the server's current position and the slot's acknowledged position.
+    pub const SLOT_LAG_BYTES: &str = "slot2lake_slot_lag_bytes";
+    /// The position last acknowledged to the slot.
+    pub const ACKED_LSN: &str = "slot2lake_acked_lsn";
+    /// Unix time of the last committed flush.
+    pub const LAST_FLUSH_TIMESTAMP: &str = "slot2lake_last_flush_timestamp_seconds";
+    /// Duration of the last committed flush.
+    pub const LAST_FLUSH_DURATION: &str = "slot2lake_last_flush_duration_seconds";
+    /// Rows written to Parquet, label `table`.
+    pub const ROWS_WRITTEN: &str = "slot2lake_rows_written_total";
+    /// Flushes, label `result`: ok or error.
+    pub const FLUSHES: &str = "slot2lake_flushes_total";
+    /// Errors, label `stage`: source, spool, flush, catalog.
+    pub const ERRORS: &str = "slot2lake_errors_total";
+    /// Reconnections to the source after a lost connection.
+    pub const RECONNECTS: &str = "slot2lake_reconnects_total";
+}
+
+/// Installs the Prometheus recorder; the handle renders `/metrics`.
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok()
+}

@@ -148,3 +148,35 @@ pub fn quote_ident(s: &str) -> String {
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
+
+/// A regular connection that reconnects after the server restarted.
+pub struct SourceClient {
+    url: SecretUrl,
+    client: tokio::sync::Mutex<Option<std::sync::Arc<Client>>>,
+}
+
+impl SourceClient {
+    /// Wraps an open connection.
+    pub fn new(url: SecretUrl, client: Client) -> Self {
+        Self {
+            url,
+            client: tokio::sync::Mutex::new(Some(std::sync::Arc::new(client))),
+        }
+    }
+
+    /// The connection URL.
+    pub fn url(&self) -> &SecretUrl {
+        &self.url
+    }
+
+    /// The connection, reconnecting when it was closed.
+    pub async fn get(&self) -> Result<std::sync::Arc<Client>, SourceError> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let c = std::sync::Arc::new(connect(&self.url).await?);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+}

@@ -35,7 +35,6 @@ pub struct StreamOptions {
 /// A replication connection to one slot.
 pub struct ReplicationStream {
     inner: LogicalReplicationStream,
-    cancel: CancellationToken,
     slot: String,
 }
 
@@ -105,7 +104,6 @@ impl ReplicationStream {
             .map_err(|e| map_error(&opts.slot, url, e))?;
         Ok(Self {
             inner,
-            cancel: CancellationToken::new(),
             slot: opts.slot.clone(),
         })
     }
@@ -140,14 +138,19 @@ impl ReplicationStream {
             .map_err(|e| self.err(e))
     }
 
-    /// The next pgoutput message.
-    pub async fn next_message(&mut self) -> Result<Bytes, SourceError> {
-        let raw = self
-            .inner
-            .next_raw_event(&self.cancel)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(raw.data)
+    /// The next pgoutput message, or `None` once `wake` is cancelled.
+    ///
+    /// Waking is how the consumer regains control while the server is silent: the
+    /// library checks the token between frames, so no frame is lost or cut.
+    pub async fn next_message(
+        &mut self,
+        wake: &CancellationToken,
+    ) -> Result<Option<Bytes>, SourceError> {
+        match self.inner.next_raw_event(wake).await {
+            Ok(raw) => Ok(Some(raw.data)),
+            Err(ReplicationError::Cancelled(_)) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// Tells the server everything before `lsn` is durable, so it may drop that WAL.

@@ -184,7 +184,9 @@ impl Spool {
             skip_txn: false,
             txn_changes: 0,
             seg_bytes: 0,
+            committed_len: 0,
             changes_written: 0,
+            txn_first_change: 0,
         }
     }
 }
@@ -230,7 +232,10 @@ pub struct SpoolWriter {
     skip_txn: bool,
     txn_changes: u64,
     seg_bytes: u64,
+    /// Bytes of the open segment up to the end of its last whole transaction.
+    committed_len: u64,
     changes_written: u64,
+    txn_first_change: u64,
 }
 
 impl SpoolWriter {
@@ -266,6 +271,7 @@ impl SpoolWriter {
                 let xid = be_u32(&msg, 17).ok_or(SpoolError::Malformed('B'))?;
                 self.in_txn = true;
                 self.txn_changes = 0;
+                self.txn_first_change = self.changes_written;
                 // A transaction that ended before the resume point is already durable.
                 self.skip_txn = commit_lsn < self.last_end;
                 self.pending_begin = Some(Begin {
@@ -288,6 +294,7 @@ impl SpoolWriter {
                     }))?;
                 }
                 self.in_txn = false;
+                self.committed_len = self.seg_bytes;
                 if !self.skip_txn && end > self.last_end {
                     self.last_end = end;
                 }
@@ -337,6 +344,7 @@ impl SpoolWriter {
         self.file = Some(BufWriter::with_capacity(1 << 20, file));
         self.seg_start = self.last_end;
         self.seg_bytes = 0;
+        self.committed_len = 0;
         self.write_frame(&SpoolRecord {
             record: Some(Record::Header(self.header.clone())),
         })?;
@@ -346,6 +354,7 @@ impl SpoolWriter {
                 record: Some(Record::Relation(proto::Relation { pgoutput })),
             })?;
         }
+        self.committed_len = self.seg_bytes;
         Ok(())
     }
 
@@ -362,6 +371,33 @@ impl SpoolWriter {
             .and_then(|()| file.write_all(&payload))
             .map_err(io_err(&path))?;
         self.seg_bytes += (FRAME_HEADER + payload.len()) as u64;
+        if !self.in_txn {
+            self.committed_len = self.seg_bytes;
+        }
+        Ok(())
+    }
+
+    /// Drops what was received of an unfinished transaction (the connection broke
+    /// mid-transaction); the server sends the whole transaction again after reconnecting.
+    pub fn discard_partial(&mut self) -> Result<(), SpoolError> {
+        if !self.in_txn {
+            return Ok(());
+        }
+        self.in_txn = false;
+        self.skip_txn = false;
+        self.pending_begin = None;
+        self.changes_written = self.txn_first_change;
+        self.txn_changes = 0;
+        let path = self.dir.join(OPEN_NAME);
+        if let Some(file) = self.file.as_mut() {
+            use std::io::{Seek, SeekFrom};
+            file.flush().map_err(io_err(&path))?;
+            let f = file.get_mut();
+            f.set_len(self.committed_len).map_err(io_err(&path))?;
+            f.seek(SeekFrom::Start(self.committed_len))
+                .map_err(io_err(&path))?;
+            self.seg_bytes = self.committed_len;
+        }
         Ok(())
     }
 
@@ -553,6 +589,43 @@ mod tests {
         }
         assert_eq!(kinds, vec!['H', 'R', 'B', 'I', 'C']);
         assert_eq!(spool.remove_through(Lsn(0x210)).expect("gc"), 1);
+    }
+
+    #[test]
+    fn a_broken_transaction_is_discarded_and_received_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let mut w = spool.writer(header(), Lsn(0), 1 << 20);
+        w.receive(begin(0x10)).expect("b");
+        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0"))
+            .expect("i");
+        w.receive(commit(0x10, 0x20)).expect("c");
+        w.receive(begin(0x30)).expect("b");
+        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0"))
+            .expect("i");
+        w.discard_partial().expect("discard");
+        assert_eq!(w.changes_written(), 1);
+        // The server resends the transaction in full.
+        w.receive(begin(0x30)).expect("b");
+        w.receive(Bytes::from_static(b"I\0\0\0\x01N\0\0"))
+            .expect("i");
+        w.receive(Bytes::from_static(b"D\0\0\0\x01K\0\0"))
+            .expect("d");
+        w.receive(commit(0x30, 0x40)).expect("c");
+        assert_eq!(w.seal().expect("seal"), Lsn(0x40));
+        let seg = spool.segments().expect("list").remove(0);
+        let mut r = SegmentReader::open(&seg).expect("open");
+        let mut kinds = String::new();
+        while let Some(rec) = r.next_record().expect("record") {
+            kinds.push(match rec {
+                Record::Header(_) => 'H',
+                Record::Relation(_) => 'R',
+                Record::Begin(_) => 'B',
+                Record::Change(_) => 'X',
+                Record::Commit(_) => 'C',
+            });
+        }
+        assert_eq!(kinds, "HBXCBXXC");
     }
 
     #[test]

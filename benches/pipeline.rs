@@ -1,0 +1,435 @@
+//! `scripts/bench`: slot2lake beside the physical limit on the same machine, in the same
+//! run, on the same data.
+//!
+//! * streaming: a backlog (default 1M order inserts in 1,000-row transactions, 200k
+//!   updates, 100k customer inserts) drained from two slots created before the workload:
+//!   `pg_recvlogical` (pgoutput, to /dev/null) and `slot2lake run --once` (to committed
+//!   Parquet);
+//! * snapshot: `COPY orders TO STDOUT (FORMAT binary)` to /dev/null vs slot2lake's first
+//!   run (snapshot of `orders` to committed Parquet), and `pg2parquet export` when it is
+//!   on PATH.
+//!
+//! Prints wall time, changes or rows per second, peak RSS, and the ratios; repeats and
+//! reports the median. Not a test: machines are noisy, so only ratios are meaningful.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use slot2lake::demo::{TempCluster, SEED_SCHEMA};
+
+struct Args {
+    runs: usize,
+    orders: u64,
+    updates: u64,
+    customers: u64,
+    payload: usize,
+    bin: PathBuf,
+    skip_stream: bool,
+    skip_snapshot: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        runs: 3,
+        orders: 1_000_000,
+        updates: 200_000,
+        customers: 100_000,
+        payload: 0,
+        bin: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/slot2lake"),
+        skip_stream: false,
+        skip_snapshot: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> u64 {
+            it.next()
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .unwrap_or_else(|| panic!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--runs" => a.runs = num("--runs") as usize,
+            "--orders" => a.orders = num("--orders"),
+            "--updates" => a.updates = num("--updates"),
+            "--customers" => a.customers = num("--customers"),
+            "--payload" => a.payload = num("--payload") as usize,
+            "--scale" => {
+                let f = num("--scale");
+                a.orders *= f;
+                a.updates *= f;
+                a.customers *= f;
+            }
+            "--bin" => a.bin = PathBuf::from(it.next().expect("--bin needs a path")),
+            "--stream-only" => a.skip_snapshot = true,
+            "--snapshot-only" => a.skip_stream = true,
+            "--bench" => {}
+            "-h" | "--help" => {
+                println!(
+                    "scripts/bench [--runs 3] [--orders 1000000] [--updates 200000] [--customers 100000]\n\
+                     \x20             [--scale N] [--payload BYTES] [--stream-only | --snapshot-only] [--bin PATH]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other} (see --help)"),
+        }
+    }
+    a
+}
+
+/// Wall seconds and peak RSS (KiB) of a command, from GNU time.
+fn timed(cmd: &mut Command) -> (f64, u64, String) {
+    let report = tempfile::NamedTempFile::new().expect("tempfile");
+    let mut time = Command::new("/usr/bin/time");
+    time.arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(report.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            time.env(k, v);
+        }
+    }
+    let out = time
+        .output()
+        .expect("run /usr/bin/time (apt-get install time)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {stderr}",
+        cmd.get_program()
+    );
+    let text = std::fs::read_to_string(report.path()).expect("time report");
+    let mut parts = text.split_whitespace();
+    let secs = parts.next().and_then(|v| v.parse().ok()).expect("seconds");
+    let kib = parts.next().and_then(|v| v.parse().ok()).expect("rss");
+    (secs, kib, stderr)
+}
+
+fn psql(cluster: &TempCluster, db: &str, sql: &str) -> String {
+    let out = Command::new(cluster.bindir().join("psql"))
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-d",
+            &cluster.url(db),
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn config(lake: &Path, url: &str, slot: &str, snapshot: &str, tables: &[&str]) -> PathBuf {
+    let mut text = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"bench\"\nsnapshot = \"{snapshot}\"\n\n\
+         [output]\nurl = \"file://{}\"\n\n",
+        lake.join("lake").display()
+    );
+    for t in tables {
+        let part = if *t == "orders" {
+            "order_date"
+        } else {
+            "processing_date"
+        };
+        text.push_str(&format!(
+            "[[tables]]\nname = \"public.{t}\"\npartition_by = \"{part}\"\n\n"
+        ));
+    }
+    let path = lake.join(format!("{slot}.toml"));
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+fn load(cluster: &TempCluster, db: &str, a: &Args) {
+    let payload = if a.payload > 0 {
+        format!(", repeat('x', {})", a.payload)
+    } else {
+        String::new()
+    };
+    psql(
+        cluster,
+        db,
+        &format!(
+            "CREATE PROCEDURE bench_load() LANGUAGE plpgsql AS $$
+             DECLARE i bigint := 0;
+             BEGIN
+               WHILE i < {orders} LOOP
+                 INSERT INTO orders (customer_id, product_name, quantity, price, order_date{note_col})
+                   SELECT 1 + g % 1000, 'Product ' || (g % 17), 1 + g % 5, (g % 1000) * 1.25 + 0.99,
+                          current_date - (g % 60)::int{payload}
+                   FROM generate_series(i + 1, least(i + 1000, {orders})) g;
+                 COMMIT;
+                 i := i + 1000;
+               END LOOP;
+               i := 0;
+               WHILE i < {updates} LOOP
+                 UPDATE orders SET quantity = quantity + 1
+                   WHERE order_id > (i * 7) % {orders} AND order_id <= (i * 7) % {orders} + 1000;
+                 COMMIT;
+                 i := i + 1000;
+               END LOOP;
+               i := 0;
+               WHILE i < {customers} LOOP
+                 INSERT INTO customers (name, email)
+                   SELECT 'Customer ' || g, 'c' || g || '@example.com' FROM generate_series(i + 1, least(i + 1000, {customers})) g;
+                 COMMIT;
+                 i := i + 1000;
+               END LOOP;
+             END $$",
+            orders = a.orders,
+            updates = a.updates,
+            customers = a.customers,
+            note_col = if a.payload > 0 { ", notes" } else { "" },
+        ),
+    );
+    psql(cluster, db, "CALL bench_load()");
+}
+
+fn main() {
+    let a = parse_args();
+    assert!(
+        a.bin.exists(),
+        "{} not found: build it with `cargo build --release` (scripts/bench does)",
+        a.bin.display()
+    );
+    let cluster = TempCluster::start(&[
+        "shared_buffers = 512MB",
+        "max_wal_size = 8GB",
+        "checkpoint_timeout = 30min",
+        "wal_sender_timeout = 0",
+    ])
+    .expect("start PostgreSQL");
+    let recvlogical = cluster.bindir().join("pg_recvlogical");
+    let mut stream_rows: Vec<(f64, u64, f64, u64)> = vec![];
+    let mut snap_rows: Vec<(f64, f64, u64, Option<f64>)> = vec![];
+    let changes = a.orders + a.updates + a.customers;
+    let mut wal_mb = 0.0;
+    let mut orders_rows = 0u64;
+    for run in 1..=a.runs {
+        let db = format!("bench_{run}");
+        psql(&cluster, "postgres", &format!("CREATE DATABASE {db}"));
+        psql(&cluster, &db, SEED_SCHEMA);
+        if a.payload > 0 {
+            psql(&cluster, &db, "ALTER TABLE orders ADD COLUMN notes text");
+        }
+        psql(
+            &cluster,
+            &db,
+            "CREATE PUBLICATION bench FOR TABLE customers, orders",
+        );
+        let work = tempfile::tempdir().expect("tempdir");
+        if !a.skip_stream {
+            psql(
+                &cluster,
+                &db,
+                "SELECT pg_create_logical_replication_slot('recv', 'pgoutput')",
+            );
+            psql(
+                &cluster,
+                &db,
+                "SELECT pg_create_logical_replication_slot('s2l', 'pgoutput')",
+            );
+        }
+        let start_lsn = psql(&cluster, &db, "SELECT pg_current_wal_lsn()");
+        let t = Instant::now();
+        load(&cluster, &db, &a);
+        let endpos = psql(&cluster, &db, "SELECT pg_current_wal_lsn()");
+        wal_mb = psql(
+            &cluster,
+            &db,
+            &format!("SELECT pg_wal_lsn_diff('{endpos}', '{start_lsn}')"),
+        )
+        .parse::<f64>()
+        .unwrap_or(0.0)
+            / 1e6;
+        eprintln!(
+            "run {run}: loaded {changes} changes ({wal_mb:.0} MB of WAL) in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        if !a.skip_stream {
+            let (recv_s, recv_kib, _) = timed(
+                Command::new(&recvlogical)
+                    .args([
+                        "-d",
+                        &cluster.url(&db),
+                        "-S",
+                        "recv",
+                        "--start",
+                        "-E",
+                        &endpos,
+                        "--no-loop",
+                    ])
+                    .args([
+                        "-o",
+                        "proto_version=1",
+                        "-o",
+                        "publication_names=bench",
+                        "-f",
+                        "/dev/null",
+                    ]),
+            );
+            let cfg = config(
+                work.path(),
+                &cluster.url(&db),
+                "s2l",
+                "never",
+                &["customers", "orders"],
+            );
+            let (s2l_s, s2l_kib, _) = timed(
+                Command::new(&a.bin)
+                    .args(["run", "--once", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "warn"),
+            );
+            eprintln!(
+                "run {run}: pg_recvlogical {recv_s:.2} s ({} MB RSS), slot2lake {s2l_s:.2} s ({} MB RSS)",
+                recv_kib / 1024,
+                s2l_kib / 1024
+            );
+            stream_rows.push((recv_s, recv_kib, s2l_s, s2l_kib));
+        }
+        if !a.skip_snapshot {
+            orders_rows = psql(&cluster, &db, "SELECT count(*) FROM orders")
+                .parse()
+                .unwrap_or(0);
+            psql(&cluster, &db, "CHECKPOINT");
+            let (copy_s, _, _) = timed(Command::new(cluster.bindir().join("psql")).args([
+                "-X",
+                "-q",
+                "-d",
+                &cluster.url(&db),
+                "-o",
+                "/dev/null",
+                "-c",
+                "COPY orders TO STDOUT (FORMAT binary)",
+            ]));
+            let cfg = config(
+                work.path(),
+                &cluster.url(&db),
+                "snap",
+                "initial",
+                &["orders"],
+            );
+            let (snap_s, snap_kib, _) = timed(
+                Command::new(&a.bin)
+                    .args(["run", "--once", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "warn"),
+            );
+            let pg2parquet = Command::new("pg2parquet")
+                .arg("--version")
+                .output()
+                .is_ok()
+                .then(|| {
+                    let url = cluster.url(&db);
+                    let port = cluster.port.to_string();
+                    let out = work.path().join("orders-pg2parquet.parquet");
+                    let (s, _, _) = timed(
+                        Command::new("pg2parquet")
+                            .args([
+                                "export",
+                                "-H",
+                                "127.0.0.1",
+                                "-p",
+                                &port,
+                                "-U",
+                                "postgres",
+                                "-d",
+                                &db,
+                                "-t",
+                                "orders",
+                                "-o",
+                            ])
+                            .arg(&out)
+                            .env("PGPASSWORD", "unused"),
+                    );
+                    let _ = url;
+                    s
+                });
+            eprintln!("run {run}: COPY binary {copy_s:.2} s, slot2lake snapshot {snap_s:.2} s ({} MB RSS)", snap_kib / 1024);
+            snap_rows.push((copy_s, snap_s, snap_kib, pg2parquet));
+        }
+        psql(
+            &cluster,
+            &db,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots",
+        );
+        psql(&cluster, "postgres", &format!("DROP DATABASE {db}"));
+    }
+
+    println!(
+        "\nslot2lake benchmark: {} run(s), median; {} cores",
+        a.runs,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if !stream_rows.is_empty() {
+        let recv = median(stream_rows.iter().map(|r| r.0).collect());
+        let s2l = median(stream_rows.iter().map(|r| r.2).collect());
+        let recv_rss = stream_rows.iter().map(|r| r.1).max().unwrap_or(0) / 1024;
+        let s2l_rss = stream_rows.iter().map(|r| r.3).max().unwrap_or(0) / 1024;
+        println!("\nStreaming backlog: {changes} changes, {wal_mb:.0} MB of WAL");
+        println!("| consumer | seconds | changes/s | MB/s of WAL | peak RSS |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| pg_recvlogical → /dev/null (limit) | {recv:.2} | {:.0} | {:.1} | {recv_rss} MB |",
+            changes as f64 / recv,
+            wal_mb / recv
+        );
+        println!(
+            "| slot2lake run --once → committed Parquet | {s2l:.2} | {:.0} | {:.1} | {s2l_rss} MB |",
+            changes as f64 / s2l,
+            wal_mb / s2l
+        );
+        println!(
+            "slot2lake time / pg_recvlogical time = {:.2} (target ≤ 1.2)",
+            s2l / recv
+        );
+    }
+    if !snap_rows.is_empty() {
+        let copy = median(snap_rows.iter().map(|r| r.0).collect());
+        let snap = median(snap_rows.iter().map(|r| r.1).collect());
+        let rss = snap_rows.iter().map(|r| r.2).max().unwrap_or(0) / 1024;
+        println!("\nSnapshot: orders, {orders_rows} rows");
+        println!("| reader | seconds | rows/s | peak RSS |");
+        println!("|---|---|---|---|");
+        println!(
+            "| COPY (FORMAT binary) → /dev/null (limit) | {copy:.2} | {:.0} | |",
+            orders_rows as f64 / copy
+        );
+        println!(
+            "| slot2lake first run → committed Parquet | {snap:.2} | {:.0} | {rss} MB |",
+            orders_rows as f64 / snap
+        );
+        let pg2 = snap_rows.iter().filter_map(|r| r.3).collect::<Vec<_>>();
+        if !pg2.is_empty() {
+            let p = median(pg2);
+            println!(
+                "| pg2parquet export → Parquet | {p:.2} | {:.0} | |",
+                orders_rows as f64 / p
+            );
+            println!(
+                "slot2lake rows/s / pg2parquet rows/s = {:.2} (target ≥ 2)",
+                p / snap
+            );
+        }
+        println!(
+            "slot2lake rows/s / COPY binary rows/s = {:.2} (target ≥ 0.7)",
+            copy / snap
+        );
+    }
+}
