@@ -201,6 +201,11 @@ fn load(cluster: &TempCluster, db: &str, a: &Args) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench`: nothing to do then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run it with scripts/bench");
+        return;
+    }
     let a = parse_args();
     assert!(
         a.bin.exists(),

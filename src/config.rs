@@ -69,6 +69,9 @@ pub enum ConfigError {
     },
 }
 
+/// One megabyte, as sizes like "1MB" are read.
+const MB: u64 = 1_000_000;
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -507,7 +510,7 @@ impl Config {
                 "must be a non-empty folder name not starting with '_' (names starting with '_' are slot2lake's own)",
             ));
         }
-        if o.max_file_size.0 < 1024 * 1024 {
+        if o.max_file_size.0 < MB {
             return Err(invalid("output.max_file_size", "must be at least 1MB"));
         }
         if o.row_group_rows == 0 {
@@ -516,13 +519,13 @@ impl Config {
         if self.flush.max_open_files == 0 {
             return Err(invalid("flush.max_open_files", "must be at least 1"));
         }
-        if self.flush.memory_limit.0 < 1024 * 1024 {
+        if self.flush.memory_limit.0 < MB {
             return Err(invalid("flush.memory_limit", "must be at least 1MB"));
         }
         if self.spool.ack_interval.is_zero() {
             return Err(invalid("spool.ack_interval", "must be greater than 0s"));
         }
-        if self.spool.max_spool_bytes.0 < self.spool.segment_size.0.min(1024 * 1024) {
+        if self.spool.max_spool_bytes.0 < MB {
             return Err(invalid("spool.max_spool_bytes", "must be at least 1MB"));
         }
         if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -32,6 +32,8 @@ pub struct AdminState {
     pub waker: Arc<Waker>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Whether the consumer is streaming (recovery and a first snapshot come before).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Binds the admin address; a clear error when it is taken.
@@ -50,7 +52,7 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     let app = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/flush", post(flush))
@@ -63,6 +65,14 @@ pub fn serve(
             tracing::error!(error = %e, "admin API stopped");
         }
     })
+}
+
+async fn health(State(state): State<AdminState>) -> Response {
+    if state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

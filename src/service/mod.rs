@@ -90,14 +90,17 @@ impl Waker {
 
 /// Runs the consumer until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), RunError> {
+    let schedule: croner::Cron = config
+        .flush
+        .schedule
+        .parse()
+        .map_err(|e| RunError::State(format!("flush.schedule: {e}")))?;
     let metrics = crate::telemetry::install_metrics();
     let listener = admin::bind(&config.admin.listen).await?;
-    let mut pipeline = Pipeline::open(config.clone()).await?;
-    let mut report = RunReport::default();
-    let (repl, start) = pipeline.prepare(&mut report).await?;
-    let pipeline = Arc::new(pipeline);
     let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
     let waker = Arc::new(Waker::new(shutdown.clone()));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (flush_tx, flush_rx) = mpsc::channel(64);
     let admin_task = admin::serve(
         listener,
@@ -106,18 +109,27 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             flush_tx,
             waker: waker.clone(),
             metrics,
+            ready: ready.clone(),
         },
         shutdown.clone(),
     );
-    spawn_signal_handler(shutdown.clone());
+    // Recovery and a first snapshot can take long; a signal meanwhile stops cleanly
+    // (an interrupted snapshot is started again by the next run).
+    let prepared = tokio::select! {
+        r = async {
+            let mut pipeline = Pipeline::open(config.clone()).await?;
+            let (repl, start) = pipeline.prepare(&mut RunReport::default()).await?;
+            Ok::<_, RunError>((pipeline, repl, start))
+        } => Some(r?),
+        _ = shutdown.cancelled() => None,
+    };
+    let Some((pipeline, repl, start)) = prepared else {
+        admin_task.abort();
+        return Ok(());
+    };
+    let pipeline = Arc::new(pipeline);
     spawn_ticker(waker.clone(), shutdown.clone());
-    let schedule: croner::Cron = config
-        .flush
-        .schedule
-        .parse()
-        .map_err(|e| RunError::State(format!("flush.schedule: {e}")))?;
-    let now = Utc::now();
-    let next_flush_at = schedule.find_next_occurrence(&now, false).ok();
+    let next_flush_at = schedule.find_next_occurrence(&Utc::now(), false).ok();
     tracing::info!(
         from = %start,
         admin = %config.admin.listen,
@@ -128,6 +140,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     repl.start(start).await?;
     let writer = pipeline.spool_writer(start);
     let spool_bytes = spool_size(&pipeline);
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let consumer = Consumer {
         ack_interval: config.spool.ack_interval,
         max_spool_bytes: config.spool.max_spool_bytes.0,
@@ -143,7 +156,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         last_lag_check: Instant::now(),
         schedule,
         next_flush_at,
-        want_flush: false,
+        want_flush: None,
         waiting: Vec::new(),
         in_flight: None,
         spool_bytes,
@@ -213,7 +226,8 @@ struct Consumer {
     last_lag_check: Instant,
     schedule: croner::Cron,
     next_flush_at: Option<DateTime<Utc>>,
-    want_flush: bool,
+    /// A flush is due once a commit past this position was received (ZERO: at once).
+    want_flush: Option<Lsn>,
     waiting: Vec<oneshot::Sender<Result<FlushSummary, String>>>,
     in_flight: Option<InFlight>,
     spool_bytes: u64,
@@ -266,13 +280,25 @@ impl Consumer {
                     return Err(e.into());
                 }
             }
+            let mut asked = false;
             while let Ok(req) = requests.try_recv() {
                 self.waiting.push(req.reply);
-                self.want_flush = true;
+                asked = true;
             }
-            if let Err(e) = self.housekeeping().await {
-                self.stop_after_error().await;
-                return Err(e);
+            if asked {
+                self.request_flush_of_everything_committed().await;
+            }
+            match self.housekeeping().await {
+                Ok(()) => {}
+                Err(RunError::Source(e)) if e.is_transient() => {
+                    if !self.reconnect(&e.to_string()).await? {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.stop_after_error().await;
+                    return Err(e);
+                }
             }
         }
         self.stop().await
@@ -282,20 +308,24 @@ impl Consumer {
         self.collect_flush().await;
         if self.next_flush_at.is_some_and(|t| Utc::now() >= t) {
             tracing::info!("scheduled flush");
-            self.want_flush = true;
             self.next_flush_at = self.schedule.find_next_occurrence(&Utc::now(), false).ok();
+            self.request_flush_of_everything_committed().await;
         }
-        if !self.want_flush && self.spool_bytes + self.writer.open_bytes() >= self.max_spool_bytes {
+        let spooled = self.spool_bytes + self.writer.open_bytes();
+        if self.want_flush.is_none() && spooled >= self.max_spool_bytes {
             tracing::info!(
-                bytes = self.spool_bytes + self.writer.open_bytes(),
+                bytes = spooled,
                 "spool reached max_spool_bytes: flushing early"
             );
-            self.want_flush = true;
+            self.want_flush = Some(Lsn::ZERO);
         }
         if !self.writer.in_transaction() {
             let ack_due =
                 self.last_ack.elapsed() >= self.ack_interval && self.writer.last_end() > self.acked;
-            let flush_due = self.want_flush && self.in_flight.is_none();
+            let flush_due = self.in_flight.is_none()
+                && self
+                    .want_flush
+                    .is_some_and(|after| self.writer.last_end() > after);
             if ack_due || flush_due {
                 self.seal_and_ack().await?;
             }
@@ -347,8 +377,27 @@ impl Consumer {
         Ok(())
     }
 
+    /// Marks a flush due once every transaction committed before now is received: a
+    /// marker message is written, and the flush cuts after its commit.
+    async fn request_flush_of_everything_committed(&mut self) {
+        let marker = async {
+            let client = self.pipeline.source().get().await?;
+            introspect::emit_marker(&client, "flush").await
+        }
+        .await;
+        let after = match marker {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                // The server is unreachable: flush what has arrived; the stream reconnects.
+                tracing::warn!(error = %e, "could not mark the flush position; flushing what was received");
+                Lsn::ZERO
+            }
+        };
+        self.want_flush = Some(self.want_flush.map_or(after, |w| w.max(after)));
+    }
+
     fn start_flush(&mut self, cut: Lsn) {
-        self.want_flush = false;
+        self.want_flush = None;
         let waiters = std::mem::take(&mut self.waiting);
         let pipeline = self.pipeline.clone();
         tracing::info!(cut = %cut, "flush started");

@@ -317,3 +317,120 @@ pub async fn run_once(config: &Path) -> Run {
     run.ok();
     run
 }
+
+/// A free loopback address for a consumer's admin API.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// A running `slot2lake run`.
+pub struct Consumer {
+    child: tokio::process::Child,
+    pub admin: String,
+    log: PathBuf,
+}
+
+impl Consumer {
+    /// Starts `slot2lake run` and waits until its admin API answers.
+    pub async fn start(config: &Path, admin: &str) -> Consumer {
+        let log = config.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slot2lake"))
+            .args(["run", "--config", &config.display().to_string()])
+            .env("RUST_LOG", "warn,slot2lake=info")
+            .kill_on_drop(true)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn slot2lake run");
+        let mut consumer = Consumer {
+            child,
+            admin: admin.to_string(),
+            log,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if tokio::net::TcpStream::connect(admin).await.is_ok()
+                && consumer.get("/health").await.trim() == "ok"
+            {
+                break;
+            }
+            if let Ok(Some(status)) = consumer.child.try_wait() {
+                panic!("slot2lake run exited ({status}):\n{}", consumer.log());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slot2lake run did not start:\n{}",
+                consumer.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        consumer
+    }
+
+    /// What the consumer logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn stop(mut self) -> i32 {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        let status = tokio::time::timeout(Duration::from_secs(120), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("slot2lake run ignored SIGTERM:\n{}", self.log()))
+            .expect("wait");
+        status.code().unwrap_or(-1)
+    }
+
+    /// Kills the consumer like `kill -9`.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    /// A GET on the admin API; the response body.
+    pub async fn get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.admin)
+            .await
+            .expect("admin api");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(out)
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds; panics with `what` after `secs` seconds.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,287 @@
+//! `slot2lake run`: the always-on consumer, its flush triggers, restarts and WAL retention.
+
+use slot2lake::demo::TempCluster;
+use slot2lake::lsn::Lsn;
+
+use crate::support::{
+    database, database_on, free_addr, run_once, slot2lake, wait_until, Consumer, Lake, TestDb,
+    SEED_TABLES,
+};
+
+fn service_config(lake: &Lake, db: &TestDb, admin: &str, spool: &str) -> std::path::PathBuf {
+    lake.config_with(
+        &db.url,
+        &db.name,
+        SEED_TABLES,
+        &format!("[spool]\nack_interval = \"1s\"\n{spool}\n[admin]\nlisten = \"{admin}\"\n"),
+    )
+}
+
+async fn flush(config: &std::path::Path) -> crate::support::Run {
+    let run = slot2lake(&["flush", "--config", &config.display().to_string()]).await;
+    assert_eq!(run.code, 0, "flush failed: {}{}", run.stdout, run.stderr);
+    run
+}
+
+fn assert_exact(lake: &Lake, db: &TestDb) {
+    lake.assert_matches(db, "public.customers", "customers", "customer_id");
+    lake.assert_matches(db, "public.orders", "orders", "order_id");
+    for (folder, key) in [("customers", "customer_id"), ("orders", "order_id")] {
+        assert_eq!(lake.summary(folder, key)["duplicates"], 0, "{folder}");
+    }
+}
+
+async fn lsn(db: &TestDb, sql: &str) -> Lsn {
+    let s: String = db.client.query_one(sql, &[]).await.expect(sql).get(0);
+    s.parse().expect("lsn")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_and_flush_requests() {
+    let db = database("svc_flush").await;
+    db.seed(20, 100).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    let writer_url = db.url.clone();
+    let writes = tokio::spawn(async move {
+        let c = crate::support::connect(&writer_url).await;
+        for i in 0..40 {
+            c.batch_execute(&format!(
+                "INSERT INTO orders (customer_id, product_name) VALUES ({i}, 'w{i}');
+                 UPDATE orders SET quantity = {i} WHERE order_id = {};
+                 DELETE FROM customers WHERE customer_id = {};",
+                1 + i % 100,
+                1 + i % 20
+            ))
+            .await
+            .expect("write");
+        }
+    });
+    // A flush while writes are still arriving: later changes wait for the next one.
+    flush(&config).await;
+    writes.await.expect("writer");
+    let run = flush(&config).await;
+    assert!(run.stdout.contains("flush committed"), "{}", run.stdout);
+    assert_exact(&lake, &db);
+    let metrics = consumer.get("/metrics").await;
+    for name in [
+        "slot2lake_events_received_total",
+        "slot2lake_flushes_total",
+        "slot2lake_spool_bytes",
+        "slot2lake_acked_lsn",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&consumer.get("/status").await).expect("status json");
+    assert_eq!(status["tables"]["orders"]["kind"], "changes", "{status}");
+    assert_eq!(consumer.get("/health").await.trim(), "ok");
+    assert_eq!(consumer.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_restart_lose_and_repeat_nothing() {
+    let db = database("svc_restart").await;
+    db.seed(10, 50).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = 42 WHERE order_id <= 25; INSERT INTO customers (name) VALUES ('a');").await;
+    let target = lsn(&db, "SELECT pg_current_wal_lsn()::text").await;
+    wait_until(60, "the slot to be acknowledged", || async {
+        db.slot_confirmed(&db.name)
+            .await
+            .and_then(|s| s.parse::<Lsn>().ok())
+            .is_some_and(|c| c >= target)
+    })
+    .await;
+    assert_eq!(consumer.stop().await, 0);
+    db.exec("DELETE FROM orders WHERE order_id > 40; UPDATE customers SET name = 'b';")
+        .await;
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("INSERT INTO orders (customer_id) VALUES (7);")
+        .await;
+    flush(&config).await;
+    assert_exact(&lake, &db);
+    assert_eq!(consumer.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_a_running_consumer() {
+    let cluster = TempCluster::start(&[]).expect("cluster");
+    let db = database_on(&cluster, "svc_pg_restart").await;
+    db.seed(10, 50).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = 1 WHERE order_id % 2 = 0;")
+        .await;
+    cluster.pg_ctl(&["restart", "-m", "fast"]).expect("restart");
+    let db = TestDb {
+        client: crate::support::connect(&db.url).await,
+        ..db
+    };
+    db.exec("UPDATE orders SET quantity = 2 WHERE order_id % 3 = 0; INSERT INTO customers (name) VALUES ('after restart');").await;
+    flush(&config).await;
+    assert_exact(&lake, &db);
+    assert!(consumer.log().contains("reconnected"), "{}", consumer.log());
+    assert_eq!(consumer.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_size_cap_flushes_without_being_asked() {
+    let db = database("svc_cap").await;
+    db.seed(5, 5).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(
+        &lake,
+        &db,
+        &admin,
+        "max_spool_bytes = \"1MB\"\nsegment_size = \"256KB\"",
+    );
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("INSERT INTO orders (customer_id, product_name) SELECT i, repeat('x', 100) FROM generate_series(1, 20000) i;").await;
+    wait_until(120, "a flush triggered by the spool size", || async {
+        std::fs::read_to_string(lake.root().join("etl-metadata/orders/watermark.json"))
+            .is_ok_and(|w| w.contains("\"changes\""))
+    })
+    .await;
+    assert!(
+        consumer.log().contains("max_spool_bytes"),
+        "{}",
+        consumer.log()
+    );
+    assert_eq!(consumer.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_large_transaction_leaves_nothing() {
+    let db = database("svc_big_rollback").await;
+    db.seed(5, 5).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("BEGIN; INSERT INTO orders (customer_id, product_name) SELECT i, 'rolled back' FROM generate_series(1, 200000) i; ROLLBACK;").await;
+    db.exec("INSERT INTO orders (customer_id, product_name) VALUES (1, 'kept');")
+        .await;
+    flush(&config).await;
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE product_name = 'rolled back'"
+        ),
+        0
+    );
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE change_type = 'INSERT'"
+        ),
+        1
+    );
+    assert_exact(&lake, &db);
+    assert_eq!(consumer.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_wal_retention_bounded_while_another_table_is_busy() {
+    let db = database("svc_heartbeat").await;
+    db.seed(5, 5).await;
+    db.exec("CREATE TABLE noise (id bigint, payload text);")
+        .await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    let start = lsn(&db, "SELECT pg_current_wal_lsn()::text").await;
+    for _ in 0..8 {
+        db.exec("INSERT INTO noise SELECT i, repeat('n', 200) FROM generate_series(1, 40000) i;")
+            .await;
+    }
+    let end = lsn(&db, "SELECT pg_current_wal_lsn()::text").await;
+    assert!(
+        end.0 - start.0 > 64 << 20,
+        "wrote only {} bytes of WAL",
+        end.0 - start.0
+    );
+    // No published table changed, yet the slot must move past the noise, releasing its WAL.
+    wait_until(
+        60,
+        "the slot to confirm past the unpublished writes",
+        || async {
+            db.slot_confirmed(&db.name)
+                .await
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .is_some_and(|c| c >= end)
+        },
+    )
+    .await;
+    wait_until(60, "restart_lsn to follow", || async {
+        let retained = lsn(
+            &db,
+            &format!(
+                "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
+                db.name
+            ),
+        )
+        .await;
+        retained.0 + (16 << 20) >= end.0
+    })
+    .await;
+    assert_eq!(consumer.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_flushes_what_a_killed_consumer_left_in_the_spool() {
+    let db = database("svc_killed").await;
+    db.seed(10, 30).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = 9 WHERE order_id < 10; DELETE FROM customers WHERE customer_id = 3;").await;
+    let target = lsn(&db, "SELECT pg_current_wal_lsn()::text").await;
+    wait_until(60, "the changes to be spooled and acknowledged", || async {
+        db.slot_confirmed(&db.name)
+            .await
+            .and_then(|s| s.parse::<Lsn>().ok())
+            .is_some_and(|c| c >= target)
+    })
+    .await;
+    consumer.kill().await;
+    // The slot no longer has these changes; only the spool does.
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE quantity = 9 AND change_type = 'UPDATE'"
+        ),
+        9
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_without_a_consumer_is_one_clear_error() {
+    let db = database("svc_none").await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let run = slot2lake(&["flush", "--config", &config.display().to_string()]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains(&format!("no slot2lake consumer is running at {admin}")),
+        "{}",
+        run.stderr
+    );
+}
