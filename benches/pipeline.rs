@@ -27,6 +27,7 @@ struct Args {
     bin: PathBuf,
     skip_stream: bool,
     skip_snapshot: bool,
+    big_txn: u64,
 }
 
 fn parse_args() -> Args {
@@ -39,6 +40,7 @@ fn parse_args() -> Args {
         bin: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/slot2lake"),
         skip_stream: false,
         skip_snapshot: false,
+        big_txn: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -59,6 +61,7 @@ fn parse_args() -> Args {
                 a.updates *= f;
                 a.customers *= f;
             }
+            "--big-txn" => a.big_txn = num("--big-txn"),
             "--bin" => a.bin = PathBuf::from(it.next().expect("--bin needs a path")),
             "--stream-only" => a.skip_snapshot = true,
             "--snapshot-only" => a.skip_stream = true,
@@ -66,7 +69,8 @@ fn parse_args() -> Args {
             "-h" | "--help" => {
                 println!(
                     "scripts/bench [--runs 3] [--orders 1000000] [--updates 200000] [--customers 100000]\n\
-                     \x20             [--scale N] [--payload BYTES] [--stream-only | --snapshot-only] [--bin PATH]"
+                     \x20             [--scale N] [--payload BYTES] [--stream-only | --snapshot-only]\n\
+                     \x20             [--big-txn ROWS] [--bin PATH]"
                 );
                 std::process::exit(0);
             }
@@ -138,7 +142,7 @@ fn config(lake: &Path, url: &str, slot: &str, snapshot: &str, tables: &[&str]) -
     let mut text = format!(
         "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"bench\"\nsnapshot = \"{snapshot}\"\n\n\
          [output]\nurl = \"file://{}\"\n\n",
-        lake.join("lake").display()
+        lake.join(slot).join("lake").display()
     );
     for t in tables {
         let part = if *t == "orders" {
@@ -225,6 +229,7 @@ fn main() {
     let changes = a.orders + a.updates + a.customers;
     let mut wal_mb = 0.0;
     let mut orders_rows = 0u64;
+    let mut big: Option<(f64, u64)> = None;
     for run in 1..=a.runs {
         let db = format!("bench_{run}");
         psql(&cluster, "postgres", &format!("CREATE DATABASE {db}"));

@@ -124,6 +124,10 @@ fn connect_error(url: &SecretUrl, e: &tokio_postgres::Error) -> SourceError {
                 .unwrap_or_default();
             if cause.contains("refused") || text.contains("refused") {
                 "connection refused; is PostgreSQL running, and are host and port in source.url right?".to_string()
+            } else if cause.contains("lookup address") || text.contains("lookup address") {
+                "the host name does not resolve; check the host in source.url".to_string()
+            } else if cause.contains("timed out") || text.contains("timed out") {
+                "the connection timed out; check the host, port and firewall".to_string()
             } else if let Some(db) = e.as_db_error() {
                 db.message().to_string()
             } else if cause.is_empty() {

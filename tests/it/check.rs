@@ -295,3 +295,51 @@ async fn status_reports_slot_lag_and_watermarks() {
         run.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_one_line_without_the_password() {
+    let db = database("wrong_pw").await;
+    db.seed(1, 1).await;
+    let role = format!("{}_app", db.name);
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'right-password'"
+    ))
+    .await;
+    // Password authentication for this role only, ahead of the cluster's trust rules.
+    let hba = crate::support::cluster().data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .expect("write pg_hba.conf");
+    db.exec("SELECT pg_reload_conf()").await;
+    let lake = Lake::new();
+    let secret = "wr0ng-Secret";
+    let url = db.url.replace("postgres@", &format!("{role}:{secret}@"));
+    let config = lake.config_with(&url, &db.name, SEED_TABLES, "");
+    for args in [["run", "--once"], ["status", "--json"]] {
+        let run = slot2lake(&[args[0], args[1], "--config", &cfg(&config)]).await;
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", run.stderr);
+        assert!(
+            errors[0].contains(&format!(
+                "password authentication failed for user \"{role}\""
+            )),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[0].contains("check the password in source.url"),
+            "{}",
+            errors[0]
+        );
+        assert!(!run.stderr.contains(secret) && !run.stdout.contains(secret));
+    }
+    assert!(!slot_exists(&db).await);
+}
