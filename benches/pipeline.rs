@@ -374,6 +374,41 @@ fn main() {
             eprintln!("run {run}: COPY binary {copy_s:.2} s, slot2lake snapshot {snap_s:.2} s ({} MB RSS)", snap_kib / 1024);
             snap_rows.push((copy_s, snap_s, snap_kib, pg2parquet));
         }
+        if a.big_txn > 0 && run == 1 {
+            psql(
+                &cluster,
+                &db,
+                "SELECT pg_create_logical_replication_slot('big', 'pgoutput')",
+            );
+            psql(
+                &cluster,
+                &db,
+                &format!(
+                    "INSERT INTO orders (customer_id, product_name, quantity, price)
+                       SELECT g % 1000, repeat('y', 80), 1, 9.99 FROM generate_series(1, {}) g",
+                    a.big_txn
+                ),
+            );
+            let cfg = config(
+                work.path(),
+                &cluster.url(&db),
+                "big",
+                "never",
+                &["customers", "orders"],
+            );
+            let (s, kib, _) = timed(
+                Command::new(&a.bin)
+                    .args(["run", "--once", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "warn"),
+            );
+            big = Some((s, kib));
+            eprintln!(
+                "run {run}: one transaction of {} rows drained in {s:.2} s, {} MB RSS",
+                a.big_txn,
+                kib / 1024
+            );
+        }
         psql(
             &cluster,
             &db,
