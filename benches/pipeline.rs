@@ -477,4 +477,11 @@ fn main() {
             copy / snap
         );
     }
+    if let Some((s, kib)) = big {
+        println!(
+            "\nOne transaction of {} rows: slot2lake run --once {s:.2} s, peak RSS {} MB",
+            a.big_txn,
+            kib / 1024
+        );
+    }
 }
