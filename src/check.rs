@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::config::{CatalogKind, Config};
+use crate::config::Config;
 use crate::pipeline::identity_remedy;
 use crate::sink::Lake;
 use crate::source::{self, introspect};
@@ -45,7 +45,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     };
     add(Level::Ok, "config", "valid".into());
 
-    match Lake::open(&config.output) {
+    match Lake::open(&config.output).await {
         Ok(lake) => {
             let key = lake.internal_key(&config.source.slot, "check-probe");
             let probe = async {
@@ -64,14 +64,8 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         Err(e) => add(Level::Fail, "output", e.to_string()),
     }
 
-    match config.catalog.kind {
-        CatalogKind::None | CatalogKind::Local => add(Level::Ok, "catalog", format!("{:?}", config.catalog.kind).to_lowercase()),
-        other => add(
-            Level::Fail,
-            "catalog",
-            format!("catalog.kind = {other:?} is not available in this build; use \"local\" or \"none\""),
-        ),
-    }
+    let (level, detail) = crate::catalog::glue::check(config).await;
+    add(level, "catalog", detail);
 
     let client = match source::connect(&config.source.url).await {
         Ok(c) => {

@@ -72,11 +72,36 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The catalog as Athena would see it: tables, describe, partitions, views.
+    Catalog {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Tables in the lake (SHOW TABLES).
+    Tables,
+    /// A table's columns and partition keys, from its newest file (DESCRIBE).
+    Describe {
+        /// Table (folder) name.
+        table: String,
+    },
+    /// A table's partitions (SHOW PARTITIONS).
+    Partitions {
+        /// Table (folder) name.
+        table: String,
+    },
+    /// Latest-state views (one row per key, deletes removed) in Athena and DuckDB SQL.
+    Views,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +182,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Flush { config } => {
             let config = load(&config)?;
             let answer = crate::service::admin::request_flush(&config.admin.listen).await?;
+            if let Some(e) = answer["catalog_error"].as_str() {
+                anyhow::bail!("flush committed (cut {}), but the catalog update failed: {e}; the next flush retries it", answer["cut"].as_str().unwrap_or("-"));
+            }
             println!(
                 "flush committed: cut {}, {} rows, {} files, {:.1} s",
                 answer["cut"].as_str().unwrap_or("-"),
@@ -202,6 +230,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Catalog { config, command } => {
+            let config = load(&config)?;
+            catalog_command(&config, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { keep, dir } => {
             crate::demo::run(crate::demo::DemoOptions { keep, dir }).await?;
             Ok(ExitCode::SUCCESS)
@@ -213,4 +246,52 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Result<()> {
+    use crate::catalog::local;
+    let lake = crate::sink::Lake::open(&config.output).await?;
+    let prefix = config.output.metadata_prefix.trim_matches('/');
+    match command {
+        CatalogCommand::Tables => {
+            for t in local::tables(&lake, prefix).await? {
+                println!("{t}");
+            }
+        }
+        CatalogCommand::Describe { table } => {
+            let cols = local::describe(&lake, &table).await?;
+            for (name, ty, _) in cols.iter().filter(|c| !c.2) {
+                println!("{name:<30}\t{ty}");
+            }
+            println!("\n# Partition Information\n# {:<28}\tdata_type", "col_name");
+            for (name, ty, _) in cols.iter().filter(|c| c.2) {
+                println!("{name:<30}\t{ty}");
+            }
+        }
+        CatalogCommand::Partitions { table } => {
+            for p in local::partitions(&lake, &table).await? {
+                println!("{p}");
+            }
+        }
+        CatalogCommand::Views => {
+            let client = crate::source::connect(&config.source.url).await?;
+            let database = config.catalog.database.as_deref().unwrap_or("default");
+            let location = match lake.local_root() {
+                Some(root) => root.display().to_string(),
+                None => config.output.url.clone(),
+            };
+            for t in &config.tables {
+                let info = crate::source::introspect::table_info(&client, t).await?;
+                let table =
+                    crate::catalog::CatalogTable::new(t.folder(), std::sync::Arc::new(info.schema));
+                let (athena, duckdb) =
+                    crate::catalog::latest_state_views(&table, database, &location);
+                println!(
+                    "-- {}: Athena\n{athena}\n\n-- {}: DuckDB\n{duckdb}\n",
+                    t.name, t.name
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -166,6 +166,14 @@ pub struct OutputConfig {
     /// Rows per row group, at most.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
+    /// S3: the bucket's region (default: from the AWS configuration chain).
+    pub region: Option<String>,
+    /// S3-compatible endpoint (MinIO, moto), e.g. `http://127.0.0.1:9000`; path-style requests.
+    pub endpoint: Option<String>,
+    /// S3 server-side encryption: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS).
+    pub sse: Option<String>,
+    /// KMS key id or ARN for `sse = "aws:kms"` (default: the account's S3 key).
+    pub sse_kms_key_id: Option<String>,
 }
 
 /// Parquet compression codec.
@@ -260,8 +268,20 @@ pub struct CatalogConfig {
     pub kind: CatalogKind,
     /// Glue database.
     pub database: Option<String>,
-    /// Glue crawler.
+    /// Glue crawler (`kind = "glue"`).
     pub crawler: Option<String>,
+    /// Create the crawler when it does not exist (needs `role`).
+    #[serde(default)]
+    pub create: bool,
+    /// IAM role the crawler runs as, for `create = true`.
+    pub role: Option<String>,
+    /// Wait for the crawl to finish and report its status.
+    #[serde(default)]
+    pub wait: bool,
+    /// Glue endpoint override (tests, private endpoints).
+    pub endpoint: Option<String>,
+    /// Glue region (default: `output.region`, then the AWS configuration chain).
+    pub region: Option<String>,
 }
 
 /// `[catalog] kind`
@@ -552,7 +572,52 @@ impl Config {
                 "must be set when output.url is s3://: a local directory that survives restarts",
             ));
         }
+        if let Some(sse) = &o.sse {
+            if sse != "AES256" && sse != "aws:kms" {
+                return Err(invalid(
+                    "output.sse",
+                    format!("{sse:?}: use \"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS)"),
+                ));
+            }
+        }
+        if o.sse_kms_key_id.is_some() && o.sse.as_deref() != Some("aws:kms") {
+            return Err(invalid(
+                "output.sse_kms_key_id",
+                "needs output.sse = \"aws:kms\"",
+            ));
+        }
+        let s3 = o.url.starts_with("s3://");
+        if !s3 && (o.region.is_some() || o.endpoint.is_some() || o.sse.is_some()) {
+            return Err(invalid(
+                "output.url",
+                "region, endpoint and sse apply to s3:// outputs only",
+            ));
+        }
+        if s3
+            && o.url
+                .trim_start_matches("s3://")
+                .split('/')
+                .next()
+                .is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "output.url",
+                "s3:// needs a bucket: s3://bucket/prefix",
+            ));
+        }
         match self.catalog.kind {
+            CatalogKind::Glue | CatalogKind::GlueDirect if !s3 => {
+                return Err(invalid(
+                    "catalog.kind",
+                    "Glue catalogs need an s3:// output (Athena reads S3); use \"local\" for a file:// lake",
+                ));
+            }
+            CatalogKind::Glue if self.catalog.create && self.catalog.role.is_none() => {
+                return Err(invalid(
+                    "catalog.role",
+                    "is required to create the crawler (catalog.create = true)",
+                ));
+            }
             CatalogKind::Glue if self.catalog.crawler.is_none() => {
                 return Err(invalid(
                     "catalog.crawler",

@@ -7,6 +7,7 @@
 //! ```
 //! Each module is one stage; [`pipeline`] wires them for `run --once`.
 
+pub mod aws;
 pub mod catalog;
 pub mod check;
 pub mod checkpoint;

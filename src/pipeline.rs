@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::catalog::{self, CatalogError};
+use crate::catalog::{self, CatalogError, CatalogTable};
 use crate::checkpoint::{
     seed_timestamp, CheckpointError, Checkpoints, FlushIntent, SnapshotPhase, SnapshotState,
     Watermark, WatermarkKind,
@@ -127,7 +127,7 @@ impl Pipeline {
             BinaryMode::Auto => tables.iter().all(|(_, i)| i.schema.decodes_binary()),
         };
         introspect::ensure_publication(&client, &config.source.publication, &config.tables).await?;
-        let lake = Lake::open(&config.output)?;
+        let lake = Lake::open(&config.output).await?;
         let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
         let spool = Spool::open(spool_dir(&config, &lake)?)?;
         Ok(Self {
@@ -207,11 +207,28 @@ impl Pipeline {
 
     /// The steps after a flush committed and the slot was acknowledged: the catalog,
     /// then the spool's flushed segments are removed.
+    ///
+    /// The spool is cleaned even when the catalog fails: the data is committed, and the
+    /// catalog update is retried by the next flush.
     pub async fn after_commit(&self, cut: Lsn, files: &[WrittenFile]) -> Result<(), RunError> {
-        catalog::after_flush(&self.config.catalog, files).await?;
+        let catalog =
+            catalog::after_flush(&self.config, &self.lake, &self.catalog_tables(), files).await;
         let removed = self.spool.remove_through(cut)?;
         tracing::debug!(segments = removed, "spool: removed flushed segments");
-        Ok(())
+        Ok(catalog?)
+    }
+
+    /// The configured tables as the catalog sees them.
+    pub fn catalog_tables(&self) -> Vec<CatalogTable> {
+        self.tables
+            .iter()
+            .map(|(folder, info)| CatalogTable::new(folder, Arc::new(info.schema.clone())))
+            .collect()
+    }
+
+    /// The lake.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
     }
 
     /// Recovers what an earlier run left unfinished, checks the slot, takes the

@@ -68,7 +68,7 @@ pub async fn gather(config: &Config) -> Result<Status, RunError> {
     let client = source::connect(&config.source.url).await?;
     let current = introspect::current_wal_lsn(&client).await?;
     let slot = introspect::slot_info(&client, &config.source.slot).await?;
-    let lake = Lake::open(&config.output)?;
+    let lake = Lake::open(&config.output).await?;
     let cps = Checkpoints::new(lake.clone(), &config.source.slot);
     let mut tables = BTreeMap::new();
     for t in &config.tables {

@@ -1,32 +1,215 @@
 //! The catalog step: after a flush commits, tell the query engines about new data.
 //!
+//! * `local`: a `file://` lake is its own catalog (`slot2lake catalog tables|describe|partitions`);
+//! * `glue`: start the Glue crawler (creating it when asked), queueing behind a running crawl;
+//! * `glue-direct`: create/update the Glue database, tables and partitions directly, so
+//!   Athena sees new data the moment the flush commits, without a crawler.
+//!
 //! It runs after the watermark is written and the slot acknowledged, so a failure here
-//! never loses data and never rolls a watermark back; it is reported and the next
-//! flush tries again.
+//! never loses data and never rolls a watermark back. A failed update is recorded in
+//! `_slot2lake/<slot>/catalog-pending.json` and retried by the next flush.
 
-use crate::config::{CatalogConfig, CatalogKind};
-use crate::sink::WrittenFile;
+pub mod glue;
+pub mod local;
 
-/// A catalog update that failed.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow_schema::DataType;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CatalogKind, Config};
+use crate::decode::TableSchema;
+use crate::sink::{Lake, LakeError, PartitionKey, WrittenFile};
+
+/// A catalog update that failed (the data itself is committed).
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// The configured catalog kind is not available in this build.
-    #[error("catalog.kind = {0:?} is not available in this build; use \"local\" or \"none\"")]
-    Unsupported(&'static str),
+    /// A Glue call failed.
+    #[error("glue: {0}")]
+    Glue(String),
+    /// The crawl finished with a failure.
+    #[error("glue crawler {crawler}: last crawl {status}: {message}")]
+    CrawlFailed {
+        /// Crawler name.
+        crawler: String,
+        /// FAILED or CANCELLED.
+        status: String,
+        /// Glue's message.
+        message: String,
+    },
+    /// Reading or writing the pending list.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
 }
 
-/// Tells the catalog which files a flush added.
+/// Partitions (and a crawl) still owed to the catalog after a failed update.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    /// `(table folder, partition path)`.
+    pub partitions: BTreeSet<(String, String)>,
+}
+
+/// One table as the catalog sees it.
+#[derive(Debug, Clone)]
+pub struct CatalogTable {
+    /// Folder under the lake (and Glue table name).
+    pub folder: String,
+    /// Columns.
+    pub schema: Arc<TableSchema>,
+    /// `processing_*` or `year/month/day` partition keys.
+    pub partition_keys: [&'static str; 3],
+}
+
+impl CatalogTable {
+    /// The catalog's view of a configured table.
+    pub fn new(folder: &str, schema: Arc<TableSchema>) -> Self {
+        let key = if schema.partition_column.is_some() {
+            PartitionKey::Column(None)
+        } else {
+            PartitionKey::Processing(chrono::NaiveDate::MIN)
+        };
+        Self {
+            folder: folder.to_string(),
+            schema,
+            partition_keys: key.column_names(),
+        }
+    }
+}
+
+fn pending_key(lake: &Lake, slot: &str) -> String {
+    lake.internal_key(slot, "catalog-pending.json")
+}
+
+/// Updates the configured catalog for the files of a committed flush (plus whatever an
+/// earlier failed update left pending).
 pub async fn after_flush(
-    config: &CatalogConfig,
+    config: &Config,
+    lake: &Lake,
+    tables: &[CatalogTable],
     files: &[WrittenFile],
 ) -> Result<(), CatalogError> {
-    match config.kind {
-        // A file:// lake is its own catalog: `slot2lake catalog` reads it directly.
-        CatalogKind::None | CatalogKind::Local => {
-            tracing::debug!(files = files.len(), "catalog: nothing to update");
-            Ok(())
-        }
-        CatalogKind::Glue => Err(CatalogError::Unsupported("glue")),
-        CatalogKind::GlueDirect => Err(CatalogError::Unsupported("glue-direct")),
+    let kind = config.catalog.kind;
+    if matches!(kind, CatalogKind::None | CatalogKind::Local) {
+        return Ok(());
     }
+    let key = pending_key(lake, &config.source.slot);
+    let existing = lake.get(&key).await?;
+    let had_pending = existing.is_some();
+    let mut pending: Pending = existing
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    for f in files {
+        pending
+            .partitions
+            .insert((f.table.clone(), f.partition.path()));
+    }
+    if pending.partitions.is_empty() && !had_pending {
+        return Ok(());
+    }
+    let result = match kind {
+        CatalogKind::Glue => glue::crawl(config).await,
+        CatalogKind::GlueDirect => glue::update(config, tables, &pending).await,
+        CatalogKind::None | CatalogKind::Local => Ok(()),
+    };
+    match &result {
+        Ok(()) => {
+            if had_pending {
+                lake.delete(&key).await?;
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "catalog update failed; the next flush retries it (the data is committed)");
+            metrics::counter!(crate::telemetry::metric::ERRORS, "stage" => "catalog").increment(1);
+            let json = serde_json::to_vec_pretty(&pending).unwrap_or_default();
+            lake.put(&key, bytes::Bytes::from(json)).await?;
+        }
+    }
+    result
+}
+
+/// The Hive/Athena type of an Arrow column type.
+pub fn hive_type(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 => "tinyint".into(),
+        DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "int".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Float32 => "float".into(),
+        DataType::Float64 => "double".into(),
+        DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
+        DataType::Date32 => "date".into(),
+        DataType::Timestamp(_, _) => "timestamp".into(),
+        DataType::Binary | DataType::LargeBinary => "binary".into(),
+        DataType::List(f) | DataType::LargeList(f) => {
+            format!("array<{}>", hive_type(f.data_type()))
+        }
+        _ => "string".into(),
+    }
+}
+
+/// The latest-state view of a table: one row per key, deletes removed, rows before the
+/// last TRUNCATE removed; in Athena (Trino) SQL and in DuckDB SQL.
+pub fn latest_state_views(
+    table: &CatalogTable,
+    database: &str,
+    lake_location: &str,
+) -> (String, String) {
+    let keys: Vec<String> = table
+        .schema
+        .columns
+        .iter()
+        .filter(|c| c.is_key)
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
+    let keys = if keys.is_empty() {
+        // Without a key every column identifies the row (REPLICA IDENTITY FULL).
+        table
+            .schema
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect()
+    } else {
+        keys
+    };
+    let cols: Vec<String> = table
+        .schema
+        .columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
+    let body = |source: &str| {
+        format!(
+            "WITH t AS (SELECT * FROM {source}),\n\
+             cut AS (SELECT coalesce(max(change_lsn), -1) AS slot2lake_cut_lsn FROM t WHERE change_type = 'TRUNCATE'),\n\
+             cut_seq AS (SELECT coalesce(max(change_seq), -1) AS slot2lake_cut_seq FROM t, cut\n\
+             \x20           WHERE change_type = 'TRUNCATE' AND change_lsn = slot2lake_cut_lsn),\n\
+             ranked AS (\n\
+             \x20 SELECT t.*, row_number() OVER (PARTITION BY {keys} ORDER BY change_lsn DESC, change_seq DESC) AS slot2lake_rank\n\
+             \x20 FROM t, cut, cut_seq\n\
+             \x20 WHERE change_type <> 'TRUNCATE'\n\
+             \x20   AND (change_lsn > slot2lake_cut_lsn OR (change_lsn = slot2lake_cut_lsn AND change_seq > slot2lake_cut_seq))\n\
+             )\n\
+             SELECT {cols}, change_lsn, change_seq, commit_ts FROM ranked WHERE slot2lake_rank = 1 AND change_type <> 'DELETE'",
+            keys = keys.join(", "),
+            cols = cols.join(", ")
+        )
+    };
+    let athena = format!(
+        "CREATE OR REPLACE VIEW \"{database}\".\"{name}_latest\" AS\n{};",
+        body(&format!("\"{database}\".\"{}\"", table.folder)),
+        name = table.folder
+    );
+    let duckdb = format!(
+        "CREATE OR REPLACE VIEW {name}_latest AS\n{};",
+        body(&format!(
+            "read_parquet('{}/{}/**/*.parquet', hive_partitioning = true, union_by_name = true)",
+            lake_location.trim_end_matches('/'),
+            table.folder
+        )),
+        name = table.folder
+    );
+    (athena, duckdb)
 }

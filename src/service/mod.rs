@@ -49,6 +49,8 @@ pub struct FlushSummary {
     pub files: usize,
     /// Wall time of the flush.
     pub seconds: f64,
+    /// The catalog update failed (the data is committed; the next flush retries it).
+    pub catalog_error: Option<String>,
 }
 
 /// A request for a flush now; answered once the flush is committed (or failed).
@@ -413,12 +415,17 @@ impl Consumer {
                     metrics::counter!(metric::ROWS_WRITTEN, "table" => table.clone()).increment(*n);
                 }
             }
-            pipeline.after_commit(cut, &files).await?;
+            let catalog_error = match pipeline.after_commit(cut, &files).await {
+                Ok(()) => None,
+                Err(RunError::Catalog(e)) => Some(e.to_string()),
+                Err(e) => return Err(e),
+            };
             Ok(FlushSummary {
                 cut,
                 rows,
                 files: files.len(),
                 seconds: started.elapsed().as_secs_f64(),
+                catalog_error,
             })
         });
         self.in_flight = Some((task, waiters));

@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
+use object_store::prefix::PrefixStore;
+use object_store::RetryConfig;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::config::OutputConfig;
@@ -54,6 +57,11 @@ pub enum LakeError {
     },
 }
 
+/// Files up to this size are uploaded in one conditional PUT; larger ones in parts.
+const SINGLE_PUT_MAX: u64 = 16 * 1024 * 1024;
+/// Part size of multipart uploads (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
 /// Whether a publish wrote the file or found it already there (a retried flush).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
@@ -74,18 +82,32 @@ pub struct Lake {
 
 impl Lake {
     /// Opens the lake named by `[output]`; a `file://` lake's folder is created.
-    pub fn open(output: &OutputConfig) -> Result<Self, LakeError> {
+    pub async fn open(output: &OutputConfig) -> Result<Self, LakeError> {
         let url = output.url.trim().to_string();
         let url_err = |message: String| LakeError::Url {
             url: url.clone(),
             message,
         };
+        let metadata_prefix = output.metadata_prefix.trim_matches('/').to_string();
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let sdk = crate::aws::sdk_config(output.region.as_deref()).await;
+            let store = s3_store(output, bucket, &sdk).map_err(|e| url_err(e.to_string()))?;
+            let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
+                "" => Arc::new(store),
+                p => Arc::new(PrefixStore::new(store, p)),
+            };
+            return Ok(Self {
+                store,
+                local_root: None,
+                url,
+                metadata_prefix,
+            });
+        }
         let root = if let Some(rest) = url.strip_prefix("file://") {
             PathBuf::from(rest)
         } else if url.contains("://") {
-            return Err(url_err(
-                "only file:// outputs are supported by this build".into(),
-            ));
+            return Err(url_err("use file:///path or s3://bucket/prefix".into()));
         } else {
             PathBuf::from(&url)
         };
@@ -103,7 +125,7 @@ impl Lake {
             store: Arc::new(store),
             local_root: Some(root),
             url,
-            metadata_prefix: output.metadata_prefix.trim_matches('/').to_string(),
+            metadata_prefix,
         })
     }
 
@@ -209,21 +231,64 @@ impl Lake {
             fsync_dir(parent)?;
             return Ok(Published::Written);
         }
-        let bytes = std::fs::read(file).map_err(|source| io_err("read", file, source))?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
+        let size = std::fs::metadata(file)
+            .map_err(|source| io_err("stat", file, source))?
+            .len();
+        let res = if size <= SINGLE_PUT_MAX {
+            let bytes = std::fs::read(file).map_err(|source| io_err("read", file, source))?;
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            self.store
+                .put_opts(&ObjPath::from(key), PutPayload::from(bytes), opts)
+                .await
+                .map(|_| ())
+        } else if self.exists(key).await? {
+            // Multipart uploads cannot be conditional; one writer per slot makes the check enough.
+            Err(object_store::Error::AlreadyExists {
+                path: key.to_string(),
+                source: "exists".into(),
+            })
+        } else {
+            self.upload_multipart(file, key).await
         };
-        let res = self
-            .store
-            .put_opts(&ObjPath::from(key), PutPayload::from(bytes), opts)
-            .await;
         remove_file(file)?;
         match res {
-            Ok(_) => Ok(Published::Written),
+            Ok(()) => Ok(Published::Written),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Published::AlreadyThere),
             Err(source) => Err(store_err("upload", key, source)),
         }
+    }
+
+    /// Uploads a large file in parts, read from disk a part at a time.
+    async fn upload_multipart(&self, file: &Path, key: &str) -> Result<(), object_store::Error> {
+        use tokio::io::AsyncReadExt;
+        let upload = self.store.put_multipart(&ObjPath::from(key)).await?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut f =
+            tokio::fs::File::open(file)
+                .await
+                .map_err(|e| object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                })?;
+        let mut buf = vec![0u8; PART_SIZE];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .await
+                .map_err(|e| object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                })?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(2).await?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map(|_| ())
     }
 
     /// Moves an object to a new key (staging → final); an existing destination wins.
@@ -267,6 +332,45 @@ impl Lake {
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.local_root.as_ref().map(|r| r.join(key))
     }
+}
+
+/// An S3 store: the AWS chain's credentials, region, endpoint override, encryption, retries.
+fn s3_store(
+    output: &OutputConfig,
+    bucket: &str,
+    sdk: &aws_config::SdkConfig,
+) -> Result<object_store::aws::AmazonS3, object_store::Error> {
+    let region = output
+        .region
+        .clone()
+        .or_else(|| sdk.region().map(|r| r.to_string()))
+        .unwrap_or_else(|| "us-east-1".to_string());
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_retry(RetryConfig {
+            max_retries: 10,
+            retry_timeout: std::time::Duration::from_secs(300),
+            ..RetryConfig::default()
+        });
+    if let Some(creds) = crate::aws::ChainCredentials::from_config(sdk) {
+        b = b.with_credentials(creds);
+    }
+    if let Some(ep) = &output.endpoint {
+        b = b
+            .with_endpoint(ep)
+            .with_allow_http(ep.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    match (output.sse.as_deref(), &output.sse_kms_key_id) {
+        (Some("aws:kms"), Some(key)) => b = b.with_sse_kms_encryption(key),
+        (Some(sse), _) => {
+            let key: AmazonS3ConfigKey = "aws_server_side_encryption".parse()?;
+            b = b.with_config(key, sse);
+        }
+        (None, _) => {}
+    }
+    b.build()
 }
 
 fn store_err(op: &'static str, key: &str, source: object_store::Error) -> LakeError {

@@ -1,0 +1,393 @@
+//! AWS Glue: starting the crawler (`glue`) or maintaining tables and partitions
+//! directly (`glue-direct`).
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_glue::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_glue::types::{
+    Column, CrawlerState, CrawlerTargets, DatabaseInput, DeleteBehavior, LastCrawlStatus,
+    PartitionInput, S3Target, SchemaChangePolicy, SerDeInfo, StorageDescriptor, TableInput,
+    UpdateBehavior,
+};
+use aws_sdk_glue::Client;
+
+use super::{hive_type, CatalogError, CatalogTable, Pending};
+use crate::config::Config;
+
+/// How long a start waits behind a crawl that is already running.
+const QUEUE_WAIT: Duration = Duration::from_secs(30 * 60);
+/// How often the crawler's state is polled.
+const POLL: Duration = Duration::from_secs(2);
+/// Crawler settings: new columns are added to the table, partitions inherit its schema.
+const CRAWLER_CONFIGURATION: &str = r#"{"Version":1.0,"CrawlerOutput":{"Partitions":{"AddOrUpdateBehavior":"InheritFromTable"},"Tables":{"AddOrUpdateBehavior":"MergeNewColumns"}},"Grouping":{"TableGroupingPolicy":"CombineCompatibleSchemas"}}"#;
+
+fn code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
+    e.as_service_error().and_then(|s| s.code())
+}
+
+fn glue_err<E: std::error::Error + 'static>(what: &str, e: E) -> CatalogError {
+    CatalogError::Glue(format!("{what}: {}", DisplayErrorContext(e)))
+}
+
+/// A Glue client from the AWS chain, with `[catalog]` region and endpoint overrides.
+pub async fn client(config: &Config) -> Client {
+    let region = config
+        .catalog
+        .region
+        .as_deref()
+        .or(config.output.region.as_deref());
+    let sdk = crate::aws::sdk_config(region).await;
+    let mut b = aws_sdk_glue::config::Builder::from(&sdk);
+    if let Some(ep) = &config.catalog.endpoint {
+        b = b.endpoint_url(ep);
+    }
+    Client::from_conf(b.build())
+}
+
+fn table_location(config: &Config, folder: &str) -> String {
+    format!("{}/{folder}/", config.output.url.trim_end_matches('/'))
+}
+
+fn database(config: &Config) -> &str {
+    config.catalog.database.as_deref().unwrap_or("default")
+}
+
+/// Starts the crawler (creating it when configured to), queueing behind a running
+/// crawl; with `wait`, waits for the crawl and fails when it did.
+pub async fn crawl(config: &Config) -> Result<(), CatalogError> {
+    let glue = client(config).await;
+    let name = config.catalog.crawler.as_deref().unwrap_or("slot2lake");
+    match glue.get_crawler().name(name).send().await {
+        Ok(_) => {}
+        Err(e) if code(&e) == Some("EntityNotFoundException") && config.catalog.create => {
+            create_crawler(&glue, config, name).await?;
+        }
+        Err(e) if code(&e) == Some("EntityNotFoundException") => {
+            return Err(CatalogError::Glue(format!(
+                "crawler {name:?} does not exist: create it, or set catalog.create = true and catalog.role"
+            )));
+        }
+        Err(e) => return Err(glue_err(&format!("reading crawler {name:?}"), e)),
+    }
+    let deadline = Instant::now() + QUEUE_WAIT;
+    loop {
+        match glue.start_crawler().name(name).send().await {
+            Ok(_) => break,
+            Err(e) if code(&e) == Some("CrawlerRunningException") => {
+                if Instant::now() > deadline {
+                    return Err(CatalogError::Glue(format!(
+                        "crawler {name:?} is still running after {} minutes; the next flush starts it again",
+                        QUEUE_WAIT.as_secs() / 60
+                    )));
+                }
+                tracing::info!(
+                    crawler = name,
+                    "crawler is running; starting it again once it is done"
+                );
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => return Err(glue_err(&format!("starting crawler {name:?}"), e)),
+        }
+    }
+    tracing::info!(crawler = name, "crawler started");
+    if config.catalog.wait {
+        wait_for_crawl(&glue, name).await?;
+    }
+    Ok(())
+}
+
+async fn create_crawler(glue: &Client, config: &Config, name: &str) -> Result<(), CatalogError> {
+    let targets = config
+        .tables
+        .iter()
+        .map(|t| {
+            S3Target::builder()
+                .path(table_location(config, t.folder()))
+                .build()
+        })
+        .collect::<Vec<_>>();
+    glue.create_crawler()
+        .name(name)
+        .role(config.catalog.role.clone().unwrap_or_default())
+        .database_name(database(config))
+        .targets(
+            CrawlerTargets::builder()
+                .set_s3_targets(Some(targets))
+                .build(),
+        )
+        .schema_change_policy(
+            SchemaChangePolicy::builder()
+                .update_behavior(UpdateBehavior::UpdateInDatabase)
+                .delete_behavior(DeleteBehavior::Log)
+                .build(),
+        )
+        .configuration(CRAWLER_CONFIGURATION)
+        .send()
+        .await
+        .map_err(|e| glue_err(&format!("creating crawler {name:?}"), e))?;
+    tracing::info!(crawler = name, "created the crawler");
+    Ok(())
+}
+
+async fn wait_for_crawl(glue: &Client, name: &str) -> Result<(), CatalogError> {
+    loop {
+        let out = glue
+            .get_crawler()
+            .name(name)
+            .send()
+            .await
+            .map_err(|e| glue_err(&format!("reading crawler {name:?}"), e))?;
+        let crawler = out.crawler();
+        if crawler.and_then(|c| c.state()) == Some(&CrawlerState::Ready) {
+            let last = crawler.and_then(|c| c.last_crawl());
+            return match last.and_then(|l| l.status()) {
+                Some(LastCrawlStatus::Failed) | Some(LastCrawlStatus::Cancelled) => {
+                    Err(CatalogError::CrawlFailed {
+                        crawler: name.to_string(),
+                        status: last
+                            .and_then(|l| l.status())
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                        message: last
+                            .and_then(|l| l.error_message())
+                            .unwrap_or("")
+                            .to_string(),
+                    })
+                }
+                _ => {
+                    tracing::info!(crawler = name, "crawl finished");
+                    Ok(())
+                }
+            };
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn columns(table: &CatalogTable) -> Result<Vec<Column>, CatalogError> {
+    table
+        .schema
+        .arrow
+        .fields()
+        .iter()
+        .map(|f| {
+            Column::builder()
+                .name(f.name())
+                .r#type(hive_type(f.data_type()))
+                .build()
+                .map_err(|e| glue_err("building a column", e))
+        })
+        .collect()
+}
+
+fn storage(location: String, columns: Vec<Column>) -> StorageDescriptor {
+    StorageDescriptor::builder()
+        .set_columns(Some(columns))
+        .location(location)
+        .input_format("org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat")
+        .output_format("org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat")
+        .serde_info(
+            SerDeInfo::builder()
+                .serialization_library(
+                    "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+                )
+                .parameters("serialization.format", "1")
+                .build(),
+        )
+        .build()
+}
+
+/// Creates or updates the database, each table (new columns are added) and the
+/// partitions the flush wrote.
+pub async fn update(
+    config: &Config,
+    tables: &[CatalogTable],
+    pending: &Pending,
+) -> Result<(), CatalogError> {
+    let glue = client(config).await;
+    let db = database(config);
+    if let Err(e) = glue.get_database().name(db).send().await {
+        if code(&e) != Some("EntityNotFoundException") {
+            return Err(glue_err(&format!("reading database {db:?}"), e));
+        }
+        let input = DatabaseInput::builder()
+            .name(db)
+            .description("Created by slot2lake")
+            .build()
+            .map_err(|e| glue_err("building the database", e))?;
+        match glue.create_database().database_input(input).send().await {
+            Ok(_) => tracing::info!(database = db, "created the Glue database"),
+            Err(e) if code(&e) == Some("AlreadyExistsException") => {}
+            Err(e) => return Err(glue_err(&format!("creating database {db:?}"), e)),
+        }
+    }
+    for table in tables {
+        let location = table_location(config, &table.folder);
+        let mut cols = columns(table)?;
+        let existing = match glue
+            .get_table()
+            .database_name(db)
+            .name(&table.folder)
+            .send()
+            .await
+        {
+            Ok(out) => out.table().cloned(),
+            Err(e) if code(&e) == Some("EntityNotFoundException") => None,
+            Err(e) => return Err(glue_err(&format!("reading table {db}.{}", table.folder), e)),
+        };
+        let keys = table
+            .partition_keys
+            .iter()
+            .map(|k| Column::builder().name(*k).r#type("string").build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| glue_err("building partition keys", e))?;
+        let changed = match &existing {
+            None => true,
+            Some(t) => {
+                // Keep columns Glue knows (readers of old files need them); add new ones.
+                let old: Vec<Column> = t
+                    .storage_descriptor()
+                    .map(|sd| sd.columns().to_vec())
+                    .unwrap_or_default();
+                let added: Vec<Column> = cols
+                    .iter()
+                    .filter(|c| !old.iter().any(|o| o.name() == c.name()))
+                    .cloned()
+                    .collect();
+                let changed = !added.is_empty();
+                cols = old.into_iter().chain(added).collect();
+                changed
+            }
+        };
+        if changed {
+            let input = TableInput::builder()
+                .name(&table.folder)
+                .table_type("EXTERNAL_TABLE")
+                .parameters("classification", "parquet")
+                .parameters("EXTERNAL", "TRUE")
+                .storage_descriptor(storage(location.clone(), cols.clone()))
+                .set_partition_keys(Some(keys))
+                .build()
+                .map_err(|e| glue_err("building the table", e))?;
+            let what = format!(
+                "{} table {db}.{}",
+                if existing.is_some() {
+                    "updating"
+                } else {
+                    "creating"
+                },
+                table.folder
+            );
+            if existing.is_some() {
+                glue.update_table()
+                    .database_name(db)
+                    .table_input(input)
+                    .send()
+                    .await
+                    .map_err(|e| glue_err(&what, e))?;
+            } else {
+                glue.create_table()
+                    .database_name(db)
+                    .table_input(input)
+                    .send()
+                    .await
+                    .map_err(|e| glue_err(&what, e))?;
+            }
+            tracing::info!(table = %table.folder, "{what}");
+        }
+        let parts: Vec<PartitionInput> = pending
+            .partitions
+            .iter()
+            .filter(|(t, _)| *t == table.folder)
+            .map(|(_, path)| {
+                let values = path
+                    .split('/')
+                    .map(|kv| kv.split_once('=').map_or(kv, |(_, v)| v).to_string())
+                    .collect::<Vec<_>>();
+                PartitionInput::builder()
+                    .set_values(Some(values))
+                    .storage_descriptor(storage(format!("{location}{path}/"), cols.clone()))
+                    .build()
+            })
+            .collect();
+        for chunk in parts.chunks(100) {
+            let out = glue
+                .batch_create_partition()
+                .database_name(db)
+                .table_name(&table.folder)
+                .set_partition_input_list(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| glue_err(&format!("adding partitions to {db}.{}", table.folder), e))?;
+            for err in out.errors() {
+                let code = err
+                    .error_detail()
+                    .and_then(|d| d.error_code())
+                    .unwrap_or("");
+                if code != "AlreadyExistsException" {
+                    return Err(CatalogError::Glue(format!(
+                        "adding partition {:?} to {db}.{}: {code} {}",
+                        err.partition_values(),
+                        table.folder,
+                        err.error_detail()
+                            .and_then(|d| d.error_message())
+                            .unwrap_or("")
+                    )));
+                }
+            }
+        }
+        if !parts.is_empty() {
+            tracing::info!(table = %table.folder, partitions = parts.len(), "glue partitions up to date");
+        }
+    }
+    Ok(())
+}
+
+/// `slot2lake check`'s view of the catalog: reachable, and what will be created.
+pub async fn check(config: &Config) -> (crate::check::Level, String) {
+    use crate::check::Level;
+    use crate::config::CatalogKind;
+    let kind = config.catalog.kind;
+    if matches!(kind, CatalogKind::None | CatalogKind::Local) {
+        return (Level::Ok, format!("{kind:?}").to_lowercase());
+    }
+    let glue = client(config).await;
+    let db = database(config);
+    let db_state = match glue.get_database().name(db).send().await {
+        Ok(_) => format!("database {db:?} exists"),
+        Err(e)
+            if code(&e) == Some("EntityNotFoundException") && kind == CatalogKind::GlueDirect =>
+        {
+            format!("database {db:?} will be created")
+        }
+        Err(e) if code(&e) == Some("EntityNotFoundException") => {
+            return (
+                Level::Fail,
+                format!(
+                    "Glue database {db:?} does not exist: create it (the crawler writes into it)"
+                ),
+            );
+        }
+        Err(e) => {
+            return (
+                Level::Fail,
+                format!("Glue is not reachable: {}", DisplayErrorContext(e)),
+            )
+        }
+    };
+    if kind == CatalogKind::GlueDirect {
+        return (Level::Ok, format!("glue-direct: {db_state}"));
+    }
+    let name = config.catalog.crawler.as_deref().unwrap_or("slot2lake");
+    match glue.get_crawler().name(name).send().await {
+        Ok(_) => (Level::Ok, format!("glue: {db_state}, crawler {name:?} exists")),
+        Err(e) if code(&e) == Some("EntityNotFoundException") && config.catalog.create => {
+            (Level::Todo, format!("glue: {db_state}, crawler {name:?} will be created"))
+        }
+        Err(e) if code(&e) == Some("EntityNotFoundException") => (
+            Level::Fail,
+            format!("crawler {name:?} does not exist: create it, or set catalog.create = true and catalog.role"),
+        ),
+        Err(e) => (Level::Fail, format!("Glue is not reachable: {}", DisplayErrorContext(e))),
+    }
+}
