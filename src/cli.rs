@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 struct ConfigArg {
     /// Config file.
-    #[arg(short, long, default_value = DEFAULT_CONFIG_PATH, env = "SLOT2LAKE_CONFIG")]
+    #[arg(short, long, global = true, default_value = DEFAULT_CONFIG_PATH, env = "SLOT2LAKE_CONFIG")]
     config: PathBuf,
 }
 

@@ -174,6 +174,9 @@ pub struct OutputConfig {
     pub sse: Option<String>,
     /// KMS key id or ARN for `sse = "aws:kms"` (default: the account's S3 key).
     pub sse_kms_key_id: Option<String>,
+    /// S3: retries of a failed request, with exponential backoff, before the flush fails.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
 }
 
 /// Parquet compression codec.
@@ -193,8 +196,12 @@ pub enum Compression {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
-    /// Local directory for spool segments; default `<lake>/_slot2lake/<slot>/spool` for a `file://` lake.
+    /// Local directory for spool segments; default `<lake>/_slot2lake/<slot>/spool` for a
+    /// `file://` lake, a temp folder for an `s3://` lake (whose spool lives in the lake).
     pub dir: Option<PathBuf>,
+    /// Where sealed segments are kept durably: `local` (the directory) or `output` (also
+    /// under `_slot2lake/<slot>/spool/` in the output store; default for `s3://`).
+    pub location: Option<SpoolLocation>,
     /// Acknowledge the slot at least this often while changes arrive (e.g. "60s").
     #[serde(default = "default_ack_interval", with = "humantime_serde")]
     pub ack_interval: Duration,
@@ -210,9 +217,30 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         Self {
             dir: None,
+            location: None,
             ack_interval: DEFAULT_ACK_INTERVAL,
             segment_size: ByteSize(DEFAULT_SEGMENT_SIZE),
             max_spool_bytes: ByteSize(DEFAULT_MAX_SPOOL_BYTES),
+        }
+    }
+}
+
+/// `[spool] location`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolLocation {
+    /// The local directory is the durable spool.
+    Local,
+    /// Segments are also uploaded to the output store before the slot is acknowledged.
+    Output,
+}
+
+impl SpoolConfig {
+    /// Whether sealed segments are mirrored to the output store.
+    pub fn mirrored(&self, output_url: &str) -> bool {
+        match self.location {
+            Some(l) => l == SpoolLocation::Output,
+            None => output_url.starts_with("s3://"),
         }
     }
 }
@@ -361,6 +389,9 @@ fn default_ack_interval() -> Duration {
 }
 fn default_segment_size() -> ByteSize {
     ByteSize(DEFAULT_SEGMENT_SIZE)
+}
+fn default_max_retries() -> usize {
+    10
 }
 fn default_max_spool_bytes() -> ByteSize {
     ByteSize(DEFAULT_MAX_SPOOL_BYTES)
@@ -564,12 +595,6 @@ impl Config {
                     "{:?} is not a cron expression (minute hour day month weekday, UTC): {e}",
                     self.flush.schedule
                 ),
-            ));
-        }
-        if self.spool.dir.is_none() && o.url.starts_with("s3://") {
-            return Err(invalid(
-                "spool.dir",
-                "must be set when output.url is s3://: a local directory that survives restarts",
             ));
         }
         if let Some(sse) = &o.sse {

@@ -129,7 +129,7 @@ impl Pipeline {
         introspect::ensure_publication(&client, &config.source.publication, &config.tables).await?;
         let lake = Lake::open(&config.output).await?;
         let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
-        let spool = Spool::open(spool_dir(&config, &lake)?)?;
+        let spool = open_spool(&config, &lake).await?;
         Ok(Self {
             source: SourceClient::new(config.source.url.clone(), client),
             config,
@@ -213,7 +213,7 @@ impl Pipeline {
     pub async fn after_commit(&self, cut: Lsn, files: &[WrittenFile]) -> Result<(), RunError> {
         let catalog =
             catalog::after_flush(&self.config, &self.lake, &self.catalog_tables(), files).await;
-        let removed = self.spool.remove_through(cut)?;
+        let removed = self.spool.remove_flushed(cut).await?;
         tracing::debug!(segments = removed, "spool: removed flushed segments");
         Ok(catalog?)
     }
@@ -707,14 +707,29 @@ impl Pipeline {
     }
 }
 
-/// The spool directory: `[spool] dir`, or `_slot2lake/<slot>/spool` in a `file://` lake.
-pub fn spool_dir(config: &Config, lake: &Lake) -> Result<PathBuf, RunError> {
+/// The spool directory: `[spool] dir`, `_slot2lake/<slot>/spool` in a `file://` lake, or a
+/// temp folder (the working copy of a spool kept in an `s3://` lake).
+pub fn spool_dir(config: &Config, lake: &Lake) -> PathBuf {
     if let Some(dir) = &config.spool.dir {
-        return Ok(dir.clone());
+        return dir.clone();
     }
-    lake.local_root()
-        .map(|r| r.join(INTERNAL_DIR).join(&config.source.slot).join("spool"))
-        .ok_or_else(|| RunError::State("spool.dir must be set for this output".into()))
+    match lake.local_root() {
+        Some(r) => r.join(INTERNAL_DIR).join(&config.source.slot).join("spool"),
+        None => std::env::temp_dir()
+            .join(format!("slot2lake-{}", config.source.slot))
+            .join("spool"),
+    }
+}
+
+/// Opens the spool, mirrored to the output store when configured (the default for S3).
+pub async fn open_spool(config: &Config, lake: &Lake) -> Result<Spool, SpoolError> {
+    let dir = spool_dir(config, lake);
+    if config.spool.mirrored(&config.output.url) {
+        let prefix = lake.internal_key(&config.source.slot, "spool");
+        Spool::open_mirrored(dir, lake.clone(), prefix).await
+    } else {
+        Spool::open(dir)
+    }
 }
 
 /// The error (and fix) for a table whose updates and deletes cannot be replicated.

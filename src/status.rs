@@ -7,10 +7,9 @@ use serde::Serialize;
 use crate::checkpoint::{Checkpoints, FlushIntent, Watermark};
 use crate::config::Config;
 use crate::lsn::Lsn;
-use crate::pipeline::{spool_dir, RunError};
+use crate::pipeline::{open_spool, RunError};
 use crate::sink::Lake;
 use crate::source::{self, introspect};
-use crate::spool::Spool;
 
 /// The slot as the server reports it.
 #[derive(Debug, Serialize)]
@@ -74,7 +73,7 @@ pub async fn gather(config: &Config) -> Result<Status, RunError> {
     for t in &config.tables {
         tables.insert(t.folder().to_string(), cps.watermark(t.folder()).await?);
     }
-    let spool = Spool::open(spool_dir(config, &lake)?)?;
+    let spool = open_spool(config, &lake).await?;
     let segments = spool.segments()?;
     let diff = |l: Option<Lsn>| l.map(|l| current.0.saturating_sub(l.0));
     Ok(Status {

@@ -367,6 +367,7 @@ impl Consumer {
 
     async fn seal_and_ack(&mut self) -> Result<(), RunError> {
         let durable = self.writer.seal()?;
+        self.pipeline.spool().make_durable().await?;
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
         if durable > self.acked {
@@ -512,6 +513,7 @@ impl Consumer {
     async fn stop(mut self) -> Result<(), RunError> {
         self.writer.discard_partial()?;
         let durable = self.writer.seal()?;
+        self.pipeline.spool().make_durable().await?;
         if durable > self.acked {
             match self.repl.ack(durable).await {
                 Ok(()) => self.acked = durable,

@@ -261,6 +261,34 @@ impl Lake {
         }
     }
 
+    /// Copies a local file to `key`, replacing an object of that name.
+    pub async fn upload_file(&self, file: &Path, key: &str) -> Result<(), LakeError> {
+        if let Some(dest) = self.local_path(key) {
+            let parent = dest.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(parent).map_err(|source| io_err("create", parent, source))?;
+            let tmp = dest.with_extension("upload");
+            std::fs::copy(file, &tmp).map_err(|source| io_err("copy", &tmp, source))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| io_err("fsync", &tmp, source))?;
+            std::fs::rename(&tmp, &dest).map_err(|source| io_err("rename", &dest, source))?;
+            return fsync_dir(parent);
+        }
+        let size = std::fs::metadata(file)
+            .map_err(|source| io_err("stat", file, source))?
+            .len();
+        let res = if size <= SINGLE_PUT_MAX {
+            let bytes = std::fs::read(file).map_err(|source| io_err("read", file, source))?;
+            self.store
+                .put(&ObjPath::from(key), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+        } else {
+            self.upload_multipart(file, key).await
+        };
+        res.map_err(|source| store_err("upload", key, source))
+    }
+
     /// Uploads a large file in parts, read from disk a part at a time.
     async fn upload_multipart(&self, file: &Path, key: &str) -> Result<(), object_store::Error> {
         use tokio::io::AsyncReadExt;
@@ -349,7 +377,7 @@ fn s3_store(
         .with_bucket_name(bucket)
         .with_region(region)
         .with_retry(RetryConfig {
-            max_retries: 10,
+            max_retries: output.max_retries,
             retry_timeout: std::time::Duration::from_secs(300),
             ..RetryConfig::default()
         });

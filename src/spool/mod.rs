@@ -60,6 +60,9 @@ pub enum SpoolError {
         /// What is wrong.
         detail: String,
     },
+    /// The spool's mirror in the lake's store failed.
+    #[error("spool mirror: {0}")]
+    Mirror(#[source] crate::sink::LakeError),
     /// A replication message too short for its type.
     #[error("malformed pgoutput {0} message")]
     Malformed(char),
@@ -101,10 +104,22 @@ fn parse_segment_name(name: &str) -> Option<(Lsn, Lsn)> {
     ))
 }
 
-/// A spool directory.
+/// A spool directory, optionally mirrored to a prefix of the lake's store.
+///
+/// With a mirror, a sealed segment counts as durable only once it is uploaded
+/// ([`Spool::make_durable`]); the local directory is then a working copy that a new
+/// machine rebuilds from the mirror ([`Spool::open_mirrored`]).
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    mirror: Option<Mirror>,
+}
+
+#[derive(Debug, Clone)]
+struct Mirror {
+    lake: crate::sink::Lake,
+    prefix: String,
+    uploaded: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Spool {
@@ -120,7 +135,102 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&open)(e)),
         }
-        Ok(Self { dir })
+        Ok(Self { dir, mirror: None })
+    }
+
+    /// Opens a spool mirrored to `prefix` in `lake`: segments the mirror has and the
+    /// local directory lacks (a new machine, a lost disk) are downloaded first.
+    pub async fn open_mirrored(
+        dir: impl Into<PathBuf>,
+        lake: crate::sink::Lake,
+        prefix: String,
+    ) -> Result<Self, SpoolError> {
+        let mut spool = Self::open(dir)?;
+        let local: std::collections::HashSet<String> = spool
+            .segments()?
+            .iter()
+            .filter_map(|s| s.path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        let mut uploaded = std::collections::HashSet::new();
+        for obj in lake.list(&prefix).await.map_err(SpoolError::Mirror)? {
+            let key = obj.location.to_string();
+            let Some(name) = key.rsplit('/').next().map(str::to_string) else {
+                continue;
+            };
+            if parse_segment_name(&name).is_none() {
+                continue;
+            }
+            if !local.contains(&name) {
+                let bytes = lake
+                    .get(&key)
+                    .await
+                    .map_err(SpoolError::Mirror)?
+                    .unwrap_or_default();
+                let tmp = spool.dir.join(format!(".download-{name}"));
+                fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+                fs::rename(&tmp, spool.dir.join(&name)).map_err(io_err(&spool.dir))?;
+                tracing::info!(segment = %name, "spool: restored segment from the mirror");
+            }
+            uploaded.insert(name);
+        }
+        spool.mirror = Some(Mirror {
+            lake,
+            prefix,
+            uploaded: std::sync::Arc::new(std::sync::Mutex::new(uploaded)),
+        });
+        Ok(spool)
+    }
+
+    /// Uploads sealed segments the mirror lacks; after this, every sealed segment is
+    /// durable and the slot may be acknowledged to its end.
+    pub async fn make_durable(&self) -> Result<(), SpoolError> {
+        let Some(m) = &self.mirror else { return Ok(()) };
+        for seg in self.segments()? {
+            let name = seg
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let done = m
+                .uploaded
+                .lock()
+                .map(|u| u.contains(&name))
+                .unwrap_or(false);
+            if done {
+                continue;
+            }
+            m.lake
+                .upload_file(&seg.path, &format!("{}/{name}", m.prefix))
+                .await
+                .map_err(SpoolError::Mirror)?;
+            if let Ok(mut u) = m.uploaded.lock() {
+                u.insert(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes flushed segments here and in the mirror.
+    pub async fn remove_flushed(&self, lsn: Lsn) -> Result<usize, SpoolError> {
+        if let Some(m) = &self.mirror {
+            let names: Vec<String> = m
+                .uploaded
+                .lock()
+                .map(|u| u.iter().cloned().collect())
+                .unwrap_or_default();
+            for name in names {
+                if parse_segment_name(&name).is_some_and(|(_, end)| end <= lsn) {
+                    m.lake
+                        .delete(&format!("{}/{name}", m.prefix))
+                        .await
+                        .map_err(SpoolError::Mirror)?;
+                    if let Ok(mut u) = m.uploaded.lock() {
+                        u.remove(&name);
+                    }
+                }
+            }
+        }
+        self.remove_through(lsn)
     }
 
     /// The directory.

@@ -24,19 +24,39 @@ import duckdb
 import pyarrow.parquet as pq
 
 
-def files_of(lake, folder):
-    return sorted(glob.glob(os.path.join(lake, folder, "**", "*.parquet"), recursive=True))
+S3_ENDPOINT = os.environ.get("LAKE_CHECK_S3_ENDPOINT")
 
 
 def connect_duckdb():
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if S3_ENDPOINT:
+        # S3 lakes are read through moto (or any S3-compatible endpoint) with httpfs.
+        import duckdb_extension_httpfs  # the extension from PyPI: no download needed
+
+        ext = os.path.join(
+            os.path.dirname(duckdb_extension_httpfs.__file__), "extensions", f"v{duckdb.__version__}", "httpfs.duckdb_extension"
+        )
+        con.execute(f"LOAD '{ext}'")
+        con.execute(f"SET s3_endpoint = '{S3_ENDPOINT}'")
+        con.execute("SET s3_use_ssl = false")
+        con.execute("SET s3_url_style = 'path'")
+        con.execute("SET s3_region = 'us-east-1'")
+        con.execute("SET s3_access_key_id = 'test'")
+        con.execute("SET s3_secret_access_key = 'test'")
     return con
+
+
+def files_of(lake, folder):
+    if lake.startswith("s3://"):
+        con = connect_duckdb()
+        return sorted(r[0] for r in con.execute(f"SELECT file FROM glob('{lake}/{folder}/**/*.parquet')").fetchall())
+    return sorted(glob.glob(os.path.join(lake, folder, "**", "*.parquet"), recursive=True))
 
 
 def scan(lake, folder):
     return (
-        f"read_parquet('{os.path.join(lake, folder)}/**/*.parquet', "
+        f"read_parquet('{lake}/{folder}/**/*.parquet', "
         "hive_partitioning = true, union_by_name = true)"
     )
 

@@ -89,9 +89,11 @@ impl TestDb {
     }
 }
 
-/// A temporary lake folder and config file.
+/// A temporary lake folder and config file; or an S3 lake on moto.
 pub struct Lake {
     pub dir: tempfile::TempDir,
+    /// `(s3://bucket/prefix, host:port of the endpoint)` for an S3 lake.
+    pub s3: Option<(String, String)>,
 }
 
 /// The seed's two tables, partitioned as in the seed.
@@ -112,6 +114,33 @@ impl Lake {
                 .prefix("slot2lake-lake-")
                 .tempdir()
                 .expect("tempdir"),
+            s3: None,
+        }
+    }
+
+    /// A lake at `s3://<bucket>/lake` on moto (the bucket is created).
+    pub async fn s3(moto: &Moto, bucket: &str) -> Lake {
+        moto.create_bucket(bucket).await;
+        let mut lake = Lake::new();
+        lake.s3 = Some((
+            format!("s3://{bucket}/lake"),
+            format!("127.0.0.1:{}", moto.port),
+        ));
+        lake
+    }
+
+    /// Where the reader finds the lake.
+    fn location(&self) -> String {
+        match &self.s3 {
+            Some((url, _)) => url.clone(),
+            None => self.root().display().to_string(),
+        }
+    }
+
+    fn reader_env(&self) -> Vec<(&str, String)> {
+        match &self.s3 {
+            Some((_, ep)) => vec![("LAKE_CHECK_S3_ENDPOINT", ep.clone())],
+            None => vec![],
         }
     }
 
@@ -130,10 +159,15 @@ impl Lake {
 
     /// Writes a config with extra TOML appended.
     pub fn config_with(&self, url: &str, slot: &str, tables: &str, extra: &str) -> PathBuf {
+        let output = match &self.s3 {
+            Some((url, ep)) => {
+                format!("url = \"{url}\"\nendpoint = \"http://{ep}\"\nregion = \"us-east-1\"\n")
+            }
+            None => format!("url = \"file://{}\"\n", self.root().display()),
+        };
         let text = format!(
             "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n\
-             [output]\nurl = \"file://{}\"\n\n{extra}\n{tables}",
-            self.root().display()
+             [output]\n{output}\n{extra}\n{tables}"
         );
         let path = self.dir.path().join("slot2lake.toml");
         std::fs::write(&path, text).expect("write config");
@@ -178,19 +212,22 @@ impl Lake {
 
     /// Latest state per key in the lake vs the source table, via DuckDB and psycopg2.
     pub fn compare(&self, db: &TestDb, table: &str, folder: &str, key: &str) -> serde_json::Value {
-        let out = python(&[
-            "compare",
-            "--lake",
-            &self.root().display().to_string(),
-            "--folder",
-            folder,
-            "--table",
-            table,
-            "--key",
-            key,
-            "--dsn",
-            &db.url,
-        ]);
+        let out = python(
+            &self.reader_env(),
+            &[
+                "compare",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--table",
+                table,
+                "--key",
+                key,
+                "--dsn",
+                &db.url,
+            ],
+        );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!(
                 "lake_check compare: {}\n{}",
@@ -208,15 +245,18 @@ impl Lake {
 
     /// Rows per change type, partitions, duplicates and column types, via DuckDB and pyarrow.
     pub fn summary(&self, folder: &str, key: &str) -> serde_json::Value {
-        let out = python(&[
-            "summary",
-            "--lake",
-            &self.root().display().to_string(),
-            "--folder",
-            folder,
-            "--key",
-            key,
-        ]);
+        let out = python(
+            &self.reader_env(),
+            &[
+                "summary",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--key",
+                key,
+            ],
+        );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!(
                 "lake_check summary: {}\n{}",
@@ -230,15 +270,18 @@ impl Lake {
 impl Lake {
     /// Runs SQL over a table's files in DuckDB (`{t}` names the table); rows as JSON.
     pub fn query(&self, folder: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
-        let out = python(&[
-            "query",
-            "--lake",
-            &self.root().display().to_string(),
-            "--folder",
-            folder,
-            "--sql",
-            sql,
-        ]);
+        let out = python(
+            &self.reader_env(),
+            &[
+                "query",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--sql",
+                sql,
+            ],
+        );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!(
                 "lake_check query: {}\n{}",
@@ -257,11 +300,12 @@ impl Lake {
     }
 }
 
-fn python(args: &[&str]) -> Output {
+fn python(env: &[(&str, String)], args: &[&str]) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lake_check.py");
     Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
         .arg(script)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("python3 with duckdb, pyarrow and psycopg2 (pip install -r tests/requirements.txt)")
 }
@@ -293,6 +337,7 @@ pub async fn slot2lake(args: &[&str]) -> Run {
 pub async fn slot2lake_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slot2lake"))
         .args(args)
+        .envs(AWS_TEST_ENV.iter().copied())
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn,slot2lake=info")
         .kill_on_drop(true)
@@ -344,6 +389,7 @@ impl Consumer {
         let file = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slot2lake"))
             .args(["run", "--config", &config.display().to_string()])
+            .envs(AWS_TEST_ENV.iter().copied())
             .env("RUST_LOG", "warn,slot2lake=info")
             .kill_on_drop(true)
             .stdout(Stdio::null())
@@ -432,5 +478,91 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Credentials and region for moto; no instance-metadata lookups.
+pub const AWS_TEST_ENV: [(&str, &str); 5] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/dev/null"),
+];
+
+/// A `moto_server` on loopback, standing in for S3 and Glue.
+pub struct Moto {
+    pub port: u16,
+}
+
+/// The moto server shared by this test process (stopped by a watchdog at exit).
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let script = format!(
+            "moto_server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & M=$!; \
+             while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $M",
+            pid = std::process::id()
+        );
+        {
+            use std::os::unix::process::CommandExt;
+            let _ = Command::new("sh")
+                .args(["-c", &script])
+                .stdin(Stdio::null())
+                .process_group(0)
+                .spawn();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { port }
+    })
+}
+
+impl Moto {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one HTTP request; returns the status code and body.
+    pub async fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("moto");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let code = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (
+            code,
+            out.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Creates a bucket (object_store does not create buckets).
+    pub async fn create_bucket(&self, bucket: &str) {
+        let (code, body) = self.http("PUT", &format!("/{bucket}"), "").await;
+        assert_eq!(code, 200, "create bucket {bucket}: {body}");
     }
 }

@@ -1,0 +1,434 @@
+//! S3 output and the Glue catalog against `moto_server` on loopback; the local catalog
+//! and the latest-state views against a `file://` lake.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use aws_sdk_glue::Client as Glue;
+
+use crate::support::{
+    database, moto, run_once, slot2lake, Lake, Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
+};
+
+async fn glue(moto: &Moto) -> Glue {
+    for (k, v) in AWS_TEST_ENV {
+        // The SDK reads credentials from the environment, as slot2lake does.
+        std::env::set_var(k, v);
+    }
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    Glue::from_conf(
+        aws_sdk_glue::config::Builder::from(&sdk)
+            .endpoint_url(moto.endpoint())
+            .build(),
+    )
+}
+
+fn s3_config(lake: &Lake, db: &TestDb, catalog: &str) -> std::path::PathBuf {
+    lake.config_with(&db.url, &db.name, SEED_TABLES, catalog)
+}
+
+fn assert_exact(lake: &Lake, db: &TestDb) {
+    lake.assert_matches(db, "public.customers", "customers", "customer_id");
+    lake.assert_matches(db, "public.orders", "orders", "order_id");
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) - count(DISTINCT (order_id, change_lsn, change_seq)) FROM {t}"
+        ),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
+    let moto = moto();
+    let db = database("s3_direct").await;
+    db.seed(20, 200).await;
+    let lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let catalog = format!(
+        "[catalog]\nkind = \"glue-direct\"\ndatabase = \"{}\"\nendpoint = \"{}\"\n",
+        db.name,
+        moto.endpoint()
+    );
+    let config = s3_config(&lake, &db, &catalog);
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+    db.exec("UPDATE orders SET order_date = DATE '2024-02-29' WHERE order_id = 1; DELETE FROM customers WHERE customer_id = 2;").await;
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+
+    let glue = glue(moto).await;
+    let table = glue
+        .get_table()
+        .database_name(&db.name)
+        .name("orders")
+        .send()
+        .await
+        .expect("orders table");
+    let table = table.table().expect("table");
+    let cols: Vec<(String, String)> = table
+        .storage_descriptor()
+        .expect("sd")
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.r#type().unwrap_or("").to_string()))
+        .collect();
+    for want in [
+        ("order_id", "int"),
+        ("price", "decimal(10,2)"),
+        ("order_date", "date"),
+        ("change_lsn", "bigint"),
+        ("commit_ts", "timestamp"),
+    ] {
+        assert!(
+            cols.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} not in {cols:?}"
+        );
+    }
+    let keys: Vec<&str> = table.partition_keys().iter().map(|c| c.name()).collect();
+    assert_eq!(keys, ["year", "month", "day"]);
+    assert!(table
+        .storage_descriptor()
+        .and_then(|s| s.location())
+        .is_some_and(|l| l.ends_with("/lake/orders/")));
+    let parts = glue
+        .get_partitions()
+        .database_name(&db.name)
+        .table_name("orders")
+        .send()
+        .await
+        .expect("partitions");
+    let glue_parts: std::collections::BTreeSet<String> = parts
+        .partitions()
+        .iter()
+        .map(|p| {
+            let v = p.values();
+            format!("year={}/month={}/day={}", v[0], v[1], v[2])
+        })
+        .collect();
+    let lake_parts: std::collections::BTreeSet<String> = lake
+        .query("orders", "SELECT DISTINCT regexp_extract(filename, 'orders/(.*)/[^/]*$', 1) FROM read_parquet('LAKE/orders/**/*.parquet', filename = true)".replace("LAKE", &lake.s3.as_ref().expect("s3").0).as_str())
+        .into_iter()
+        .map(|r| r[0].as_str().expect("path").to_string())
+        .collect();
+    assert_eq!(glue_parts, lake_parts);
+    assert!(glue_parts.contains("year=2024/month=02/day=29"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_into_s3_starts_the_glue_crawler() {
+    let moto = moto();
+    let db = database("s3_crawler").await;
+    db.seed(5, 20).await;
+    let lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let glue = glue(moto).await;
+    glue.create_database()
+        .database_input(
+            aws_sdk_glue::types::DatabaseInput::builder()
+                .name(&db.name)
+                .build()
+                .expect("db"),
+        )
+        .send()
+        .await
+        .expect("create database");
+    let crawler = format!("{}-crawler", db.name);
+    let catalog = format!(
+        "[catalog]\nkind = \"glue\"\ndatabase = \"{}\"\ncrawler = \"{crawler}\"\ncreate = true\nrole = \"arn:aws:iam::123456789012:role/glue\"\nendpoint = \"{}\"\n",
+        db.name,
+        moto.endpoint()
+    );
+    let config = s3_config(&lake, &db, &catalog);
+    let run = run_once(&config).await;
+    let state = glue
+        .get_crawler()
+        .name(&crawler)
+        .send()
+        .await
+        .expect("crawler created");
+    let c = state.crawler().expect("crawler");
+    assert_eq!(c.state().map(|s| s.as_str()), Some("RUNNING"), "{c:?}");
+    let targets: Vec<&str> = c
+        .targets()
+        .expect("targets")
+        .s3_targets()
+        .iter()
+        .filter_map(|t| t.path())
+        .collect();
+    assert!(
+        targets.iter().any(|t| t.ends_with("/lake/orders/")),
+        "{targets:?}"
+    );
+    assert_eq!(
+        c.schema_change_policy()
+            .and_then(|p| p.update_behavior())
+            .map(|b| b.as_str()),
+        Some("UPDATE_IN_DATABASE")
+    );
+    assert!(run.stderr.contains("crawler started"), "{}", run.stderr);
+    // The crawl now finishes after a moment; the next run queues behind it, then starts it.
+    let (code, body) = moto
+        .http(
+            "POST",
+            "/moto-api/state-manager/set-transition",
+            r#"{"model_name":"glue::crawl","transition":{"progression":"time","seconds":2}}"#,
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    db.exec("INSERT INTO orders (customer_id) VALUES (1);")
+        .await;
+    let run = run_once(&config).await;
+    assert!(run.stderr.contains("crawler started"), "{}", run.stderr);
+    assert_exact(&lake, &db);
+}
+
+/// A TCP proxy in front of moto that answers 503 to the next `fail` connections
+/// (all of them while `fail` is negative).
+async fn flaky_proxy(target: u16, fail: Arc<AtomicI64>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let failing = fail.load(Ordering::SeqCst) != 0;
+            if failing && fail.load(Ordering::SeqCst) > 0 {
+                fail.fetch_sub(1, Ordering::SeqCst);
+            }
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                if failing {
+                    let mut buf = [0u8; 4096];
+                    let _ = inbound.read(&mut buf).await;
+                    let _ = inbound
+                        .write_all(b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors_end_in_a_retried_flush_without_duplicate_files() {
+    let moto = moto();
+    let db = database("s3_faults").await;
+    db.seed(30, 300).await;
+    let mut lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let fail = Arc::new(AtomicI64::new(0));
+    let proxy = flaky_proxy(moto.port, fail.clone()).await;
+    // slot2lake talks to S3 through the proxy; the reader goes to moto directly.
+    let reader = lake.s3.clone().expect("s3");
+    lake.s3 = Some((reader.0.clone(), format!("127.0.0.1:{proxy}")));
+    let config = s3_config(&lake, &db, "");
+    lake.s3 = Some(reader);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "region = \"us-east-1\"\n",
+            "region = \"us-east-1\"\nmax_retries = 2\n",
+        ),
+    )
+    .expect("config");
+
+    // A short outage: the client's retries ride it out.
+    fail.store(2, Ordering::SeqCst);
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+
+    // A long outage: the run fails, nothing is acknowledged or moved forward...
+    db.exec("UPDATE orders SET quantity = quantity + 5 WHERE order_id % 2 = 0; DELETE FROM orders WHERE order_id % 7 = 0;").await;
+    let confirmed = db.slot_confirmed(&db.name).await;
+    fail.store(-1, Ordering::SeqCst);
+    let run = slot2lake(&["run", "--once", "--config", &config.display().to_string()]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(db.slot_confirmed(&db.name).await, confirmed);
+    // ...then the endpoint recovers and the retried flush completes, with no duplicates.
+    fail.store(0, Ordering::SeqCst);
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_catalog_keeps_the_data_and_is_retried_next_flush() {
+    let moto = moto();
+    let db = database("s3_catalog_retry").await;
+    db.seed(5, 20).await;
+    let lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let dead = "http://127.0.0.1:9";
+    let catalog = |ep: &str| {
+        format!(
+            "[catalog]\nkind = \"glue-direct\"\ndatabase = \"{}\"\nendpoint = \"{ep}\"\n",
+            db.name
+        )
+    };
+    let config = s3_config(&lake, &db, &catalog(dead));
+    let run = slot2lake(&["run", "--once", "--config", &config.display().to_string()]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("the data is committed"),
+        "{}",
+        run.stderr
+    );
+    assert_exact(&lake, &db);
+    let config = s3_config(&lake, &db, &catalog(&moto.endpoint()));
+    run_once(&config).await;
+    let glue = glue(moto).await;
+    let parts = glue
+        .get_partitions()
+        .database_name(&db.name)
+        .table_name("orders")
+        .send()
+        .await
+        .expect("partitions");
+    assert!(
+        !parts.partitions().is_empty(),
+        "partitions from the failed run were not added"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_catalog_and_the_duckdb_view_describe_a_real_lake() {
+    let db = database("local_catalog").await;
+    db.seed(10, 60).await;
+    let lake = Lake::new();
+    let config = lake.config(&db, SEED_TABLES);
+    run_once(&config).await;
+    db.exec("UPDATE orders SET quantity = 0 WHERE order_id < 5; DELETE FROM orders WHERE order_id BETWEEN 5 AND 9; TRUNCATE customers; INSERT INTO customers (name) VALUES ('after truncate');").await;
+    run_once(&config).await;
+    let cfg = config.display().to_string();
+    let tables = slot2lake(&["catalog", "tables", "--config", &cfg]).await;
+    assert_eq!(
+        tables.stdout.lines().collect::<Vec<_>>(),
+        ["customers", "orders"],
+        "{}",
+        tables.stderr
+    );
+    let describe = slot2lake(&["catalog", "describe", "orders", "--config", &cfg]).await;
+    assert!(
+        describe.stdout.contains("price") && describe.stdout.contains("decimal(10,2)"),
+        "{}",
+        describe.stdout
+    );
+    assert!(
+        describe.stdout.contains("# Partition Information"),
+        "{}",
+        describe.stdout
+    );
+    let parts = slot2lake(&["catalog", "partitions", "orders", "--config", &cfg]).await;
+    let expected = lake.query_i64(
+        "orders",
+        "SELECT count(DISTINCT (year, month, day)) FROM {t}",
+    );
+    assert_eq!(
+        parts.stdout.lines().count() as i64,
+        expected,
+        "{}",
+        parts.stdout
+    );
+    assert!(
+        parts.stdout.lines().all(|l| l.starts_with("year=")),
+        "{}",
+        parts.stdout
+    );
+
+    // The DuckDB view, run by DuckDB itself, equals the source table.
+    let views = slot2lake(&["catalog", "views", "--config", &cfg]).await;
+    assert_eq!(views.code, 0, "{}", views.stderr);
+    for (table, key) in [("orders", "order_id"), ("customers", "customer_id")] {
+        let sql = views
+            .stdout
+            .split("-- ")
+            .find(|s| s.starts_with(&format!("public.{table}: DuckDB")))
+            .and_then(|s| s.split_once('\n'))
+            .map(|(_, sql)| sql.trim().to_string())
+            .expect("duckdb view");
+        let count = lake.query_i64(
+            table,
+            &format!("{sql}\nSELECT count(*) FROM {table}_latest"),
+        );
+        assert_eq!(
+            count,
+            db.count(&format!("SELECT count(*) FROM {table}")).await,
+            "{sql}"
+        );
+        let sum = lake.query_i64(
+            table,
+            &format!("{sql}\nSELECT coalesce(sum({key}), 0)::bigint FROM {table}_latest"),
+        );
+        assert_eq!(
+            sum,
+            db.count(&format!(
+                "SELECT coalesce(sum({key}), 0)::bigint FROM {table}"
+            ))
+            .await
+        );
+    }
+    assert!(
+        views
+            .stdout
+            .contains("CREATE OR REPLACE VIEW \"default\".\"orders_latest\""),
+        "{}",
+        views.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_of_an_s3_lake_survives_losing_the_machine() {
+    let moto = moto();
+    let db = database("s3_spool").await;
+    db.seed(10, 30).await;
+    let lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let admin = crate::support::free_addr();
+    let spool_dir = lake.path().join("spool");
+    let config = s3_config(
+        &lake,
+        &db,
+        &format!(
+            "[spool]\ndir = \"{}\"\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n",
+            spool_dir.display()
+        ),
+    );
+    let consumer = crate::support::Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = 77 WHERE order_id <= 12; DELETE FROM customers WHERE customer_id = 4;").await;
+    let target: slot2lake::lsn::Lsn = db
+        .client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("lsn")
+        .get::<_, String>(0)
+        .parse()
+        .expect("lsn");
+    crate::support::wait_until(60, "the changes to be acknowledged", || async {
+        db.slot_confirmed(&db.name)
+            .await
+            .and_then(|s| s.parse::<slot2lake::lsn::Lsn>().ok())
+            .is_some_and(|c| c >= target)
+    })
+    .await;
+    consumer.kill().await;
+    // A new machine: no local spool. The slot no longer has the changes; the lake's mirror does.
+    std::fs::remove_dir_all(&spool_dir).expect("remove spool");
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+    assert_eq!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE quantity = 77 AND change_type = 'UPDATE'"
+        ),
+        12
+    );
+}
