@@ -195,8 +195,35 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backfill { config, table } => {
-            load(&config)?;
-            anyhow::bail!("backfill --table {table} is not in this build yet; a first `run --once` snapshots every table")
+            let config = load(&config)?;
+            let folder = config
+                .tables
+                .iter()
+                .find(|t| {
+                    t.name == table
+                        || t.folder() == table
+                        || format!("public.{}", t.folder()) == table
+                })
+                .map(|t| t.folder().to_string())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "table {table} is not in [[tables]]; add it to the config first"
+                    )
+                })?;
+            let pipeline = Pipeline::open(config).await?;
+            let (rows, files) = pipeline.backfill(&[folder]).await.context("backfill")?;
+            crate::catalog::after_flush(
+                pipeline.config(),
+                pipeline.lake(),
+                &pipeline.catalog_tables(),
+                &files,
+            )
+            .await
+            .context("backfill committed; catalog")?;
+            for (t, n) in rows {
+                println!("backfill {t}: {n} rows, in place behind a TRUNCATE marker; the table's watermark moved to the snapshot");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
             let config = load(&config)?;

@@ -122,6 +122,17 @@ pub struct SourceConfig {
     /// pgoutput binary mode: `auto` uses it when every published column has a binary decoder.
     #[serde(default)]
     pub binary: BinaryMode,
+    /// Connections copying a snapshot at once (default: the number of cores).
+    pub max_parallel: Option<usize>,
+}
+
+impl SourceConfig {
+    /// Snapshot workers: `max_parallel`, or the number of cores.
+    pub fn parallelism(&self) -> usize {
+        self.max_parallel
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
 }
 
 /// `[source] snapshot`
@@ -133,6 +144,8 @@ pub enum SnapshotMode {
     Initial,
     /// Never backfill; stream changes only.
     Never,
+    /// Like `initial`, and take a new snapshot when the slot is missing or lost its WAL.
+    WhenNeeded,
 }
 
 /// `[source] binary`

@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{self, CatalogError, CatalogTable};
 use crate::checkpoint::{
-    seed_timestamp, CheckpointError, Checkpoints, FlushIntent, SnapshotPhase, SnapshotState,
-    Watermark, WatermarkKind,
+    backfill_state, seed_timestamp, CheckpointError, Checkpoints, FlushIntent, SnapshotPhase,
+    SnapshotState, Watermark, WatermarkKind, FIRST_RUN,
 };
 use crate::config::{BinaryMode, Config, SnapshotMode};
 use crate::failpoint;
@@ -37,7 +37,7 @@ use crate::sink::lake::INTERNAL_DIR;
 use crate::sink::{Lake, LakeError, Published, Sink, SinkError, SinkOptions, WrittenFile};
 use crate::source::introspect::{self, TableError, TableInfo};
 use crate::source::replication::{ReplicationStream, StreamOptions};
-use crate::source::snapshot::{self, SnapshotError, SnapshotTable};
+use crate::source::snapshot::{self, SnapshotError, SnapshotPlan, SnapshotTable};
 use crate::source::{self, SourceClient, SourceError};
 use crate::spool::{self, Received, SegmentHeader, Spool, SpoolError, SpoolWriter};
 
@@ -158,15 +158,31 @@ impl Pipeline {
         lsn: Lsn,
         staging: Option<String>,
     ) -> Result<Sink, SinkError> {
+        self.sink_with(processed_at, lsn, staging, None, 1, self.tmp_dir())
+    }
+
+    /// A sink for one of `share` writers working at once (memory and open files split).
+    fn sink_with(
+        &self,
+        processed_at: DateTime<Utc>,
+        lsn: Lsn,
+        staging: Option<String>,
+        part: Option<u32>,
+        share: usize,
+        tmp_dir: PathBuf,
+    ) -> Result<Sink, SinkError> {
         let o = &self.config.output;
+        let share = share.max(1);
         let opts = SinkOptions {
             compression: o.compression,
             max_file_bytes: o.max_file_size.0,
             row_group_rows: o.row_group_rows,
-            memory_limit: usize::try_from(self.config.flush.memory_limit.0).unwrap_or(usize::MAX),
-            max_open_files: self.config.flush.max_open_files,
-            tmp_dir: self.tmp_dir(),
+            memory_limit: usize::try_from(self.config.flush.memory_limit.0 / share as u64)
+                .unwrap_or(usize::MAX),
+            max_open_files: (self.config.flush.max_open_files / share).max(1),
+            tmp_dir,
             staging_prefix: staging,
+            part,
         };
         Sink::new(
             self.lake.clone(),
@@ -232,8 +248,9 @@ impl Pipeline {
     }
 
     /// Recovers what an earlier run left unfinished, checks the slot, takes the
-    /// first-run snapshot when needed, and returns a replication connection with the
-    /// position to start streaming from (everything before it is in the spool or lake).
+    /// first-run snapshot (or backfills tables added since) when needed, and returns a
+    /// replication connection with the position to start streaming from (everything
+    /// before it is in the spool or the lake).
     pub async fn prepare(
         &mut self,
         report: &mut RunReport,
@@ -246,12 +263,12 @@ impl Pipeline {
             report.files.extend(done.files);
         }
         let mut slot = self.slot_when_free().await?;
-        if let Some(state) = self.checkpoints.snapshot_state().await? {
+        if let Some(state) = self.checkpoints.snapshot_state(FIRST_RUN).await? {
             match state.phase {
                 SnapshotPhase::Staged => {
                     tracing::warn!("finishing a first-run snapshot an earlier run left staged");
                     report.snapshot_rows = state.rows.clone();
-                    self.publish_snapshot(state).await?;
+                    self.publish_snapshot(FIRST_RUN, state).await?;
                 }
                 SnapshotPhase::Copying => {
                     tracing::warn!(
@@ -262,6 +279,16 @@ impl Pipeline {
                 }
             }
         }
+        // A backfill that copied everything but did not move its files into place.
+        for name in self.checkpoints.backfill_states().await? {
+            if let Some(state) = self.checkpoints.snapshot_state(&name).await? {
+                if state.phase == SnapshotPhase::Staged {
+                    tracing::warn!(state = %name, "finishing a backfill an earlier run left staged");
+                    self.publish_snapshot(&name, state).await?;
+                }
+            }
+        }
+        let mode = self.config.source.snapshot;
         if let Some(s) = &slot {
             if let Some(pid) = s.active_pid {
                 return Err(SourceError::SlotInUse {
@@ -278,42 +305,34 @@ impl Pipeline {
                 )));
             }
             if s.wal_status.as_deref() == Some("lost") {
-                return Err(RunError::State(format!(
-                    "slot {:?} has lost WAL it needed (wal_status = lost): changes are missing; drop the slot and remove the lake's watermarks to start with a new snapshot",
-                    self.slot()
-                )));
+                if mode != SnapshotMode::WhenNeeded {
+                    return Err(RunError::State(format!(
+                        "slot {:?} has lost WAL it needed (wal_status = lost): changes are missing; set [source] snapshot = \"when_needed\" to take a new snapshot, or drop the slot and remove the lake's watermarks",
+                        self.slot()
+                    )));
+                }
+                tracing::error!(slot = self.slot(), "the slot lost WAL it needed (wal_status = lost): dropping it and taking a new snapshot of every table (snapshot = \"when_needed\")");
+                self.drop_slot(self.slot()).await?;
+                slot = None;
             }
         }
         let watermarks = self.watermarks().await?;
-        let unmarked: Vec<&String> = watermarks
+        let unmarked: Vec<String> = watermarks
             .iter()
             .filter(|(_, w)| w.is_none())
-            .map(|(f, _)| f)
+            .map(|(f, _)| f.clone())
             .collect();
-        let first_run = slot.is_none() && self.config.source.snapshot == SnapshotMode::Initial;
-        if slot.is_none() && !first_run && watermarks.values().any(Option::is_some) {
+        let resnapshot = slot.is_none() && watermarks.values().any(Option::is_some);
+        if resnapshot && mode != SnapshotMode::WhenNeeded {
             return Err(RunError::State(format!(
-                "slot {:?} does not exist but the lake has watermarks: the slot was dropped and changes since then are lost; remove etl-metadata/*/watermark.json to start over with a snapshot",
+                "slot {:?} does not exist but the lake has watermarks: the slot was dropped and changes since then are lost; set [source] snapshot = \"when_needed\" to take a new snapshot that supersedes the lake's rows, or remove etl-metadata/*/watermark.json to start over",
                 self.slot()
             )));
         }
-        if slot.is_none() && first_run && watermarks.values().any(Option::is_some) {
-            return Err(RunError::State(format!(
-                "slot {:?} does not exist but the lake already has watermarks: the slot was dropped and changes since then are lost; remove etl-metadata/*/watermark.json (and the table folders) to take a new snapshot",
-                self.slot()
-            )));
+        if resnapshot {
+            tracing::error!(slot = self.slot(), "the slot is missing: changes since it was dropped are lost; taking a new snapshot of every table that supersedes the lake's rows (snapshot = \"when_needed\")");
         }
-        if slot.is_some()
-            && self.config.source.snapshot == SnapshotMode::Initial
-            && !unmarked.is_empty()
-        {
-            return Err(RunError::State(format!(
-                "table(s) {} have no watermark but slot {:?} already exists, so their snapshot cannot line up with it; drop the slot to take a new first snapshot of all tables, or set [source] snapshot = \"never\"",
-                unmarked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                self.slot()
-            )));
-        }
-
+        let first_run = slot.is_none() && mode != SnapshotMode::Never;
         let mut repl = ReplicationStream::connect(
             &self.config.source.url,
             &StreamOptions {
@@ -321,15 +340,24 @@ impl Pipeline {
                 publication: self.config.source.publication.clone(),
                 binary: self.binary,
                 export_snapshot: first_run,
+                temporary: false,
             },
         )
         .await?;
-        let mut start = if first_run {
-            let cp = self.first_run_snapshot(&mut repl, report).await?;
-            Some(cp)
-        } else {
-            None
-        };
+        let mut start = None;
+        if first_run {
+            start = Some(
+                self.first_run_snapshot(&mut repl, report, resnapshot)
+                    .await?,
+            );
+        } else if slot.is_some() && mode != SnapshotMode::Never && !unmarked.is_empty() {
+            // Tables added to the config since the slot was created: each gets a snapshot
+            // lined up with a temporary slot, while the main slot keeps its position.
+            tracing::info!(tables = %unmarked.join(", "), "tables without a watermark: backfilling them");
+            let (rows, files) = self.backfill(&unmarked).await?;
+            report.snapshot_rows.extend(rows);
+            report.files.extend(files);
+        }
         if let Some(s) = &slot {
             start = s.confirmed_flush;
         }
@@ -357,21 +385,141 @@ impl Pipeline {
         }
     }
 
+    async fn drop_slot(&self, name: &str) -> Result<(), RunError> {
+        self.source
+            .get()
+            .await?
+            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+            .await
+            .map_err(|e| source::query_error(format!("dropping slot {name:?}"), &e))?;
+        Ok(())
+    }
+
     /// Creates the slot with an exported snapshot and lands every table from it.
     async fn first_run_snapshot(
         &mut self,
         repl: &mut ReplicationStream,
         report: &mut RunReport,
+        supersede: bool,
     ) -> Result<Lsn, RunError> {
         let snapshot_name = repl.create_slot_exporting().await?;
         let cp = introspect::slot_info(&*self.source.get().await?, self.slot())
             .await?
             .and_then(|s| s.confirmed_flush)
             .ok_or_else(|| RunError::State("the new slot reports no consistent point".into()))?;
+        tracing::info!(slot = self.slot(), consistent_point = %cp, "created slot; copying the snapshot");
+        let folders: Vec<String> = self.tables.iter().map(|(f, _)| f.clone()).collect();
+        let (state, files) = self
+            .snapshot_to_staging(
+                &folders,
+                &snapshot_name,
+                cp,
+                supersede,
+                FIRST_RUN,
+                self.tmp_dir(),
+            )
+            .await?;
+        report.snapshot_rows = state.rows.clone();
+        report.files.extend(files);
+        self.publish_snapshot(FIRST_RUN, state).await?;
+        Ok(cp)
+    }
+
+    /// Re-snapshots tables while streaming goes on elsewhere (`slot2lake backfill`).
+    ///
+    /// A temporary slot exports a snapshot at its own consistent point CP_T; the tables
+    /// are copied under it and moved into place behind a TRUNCATE row at (CP_T, -1), and
+    /// their watermark becomes CP_T. Changes committed before CP_T are in the snapshot;
+    /// the main slot still delivers everything after it, and the flush skips the table's
+    /// changes before its watermark. So the snapshot and the stream neither overlap nor
+    /// leave a gap, and no stale row wins: the TRUNCATE row supersedes every older row of
+    /// the table, including ones a concurrent flush writes below CP_T.
+    pub async fn backfill(
+        &self,
+        folders: &[String],
+    ) -> Result<(BTreeMap<String, u64>, Vec<WrittenFile>), RunError> {
+        for f in folders {
+            if !self.tables.iter().any(|(t, _)| t == f) {
+                return Err(RunError::State(format!(
+                    "table {f} is not in [[tables]]; add it to the config first"
+                )));
+            }
+            // A backfill that stopped while copying left only invisible staging files.
+            let name = backfill_state(f);
+            if let Some(old) = self.checkpoints.snapshot_state(&name).await? {
+                for obj in self.lake.list(&old.staging).await? {
+                    self.lake.delete(obj.location.as_ref()).await?;
+                }
+                self.checkpoints.clear_snapshot_state(&name).await?;
+            }
+        }
+        let temp_slot = format!("{}_backfill_{}", self.slot(), std::process::id());
+        let mut repl = ReplicationStream::connect(
+            &self.config.source.url,
+            &StreamOptions {
+                slot: temp_slot.clone(),
+                publication: self.config.source.publication.clone(),
+                binary: self.binary,
+                export_snapshot: true,
+                temporary: true,
+            },
+        )
+        .await?;
+        let snapshot_name = repl.create_slot_exporting().await?;
+        let cp = introspect::slot_info(&*self.source.get().await?, &temp_slot)
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .ok_or_else(|| {
+                RunError::State("the temporary slot reports no consistent point".into())
+            })?;
+        tracing::info!(tables = %folders.join(", "), consistent_point = %cp, "backfill: copying");
+        let tmp = self
+            .tmp_dir()
+            .with_file_name(format!("tmp-backfill-{}", std::process::id()));
+        let mut rows = BTreeMap::new();
+        let mut written = Vec::new();
+        // One state per table, so a table's backfill is resumed or cleaned on its own.
+        for f in folders {
+            let name = backfill_state(f);
+            let (state, files) = self
+                .snapshot_to_staging(
+                    std::slice::from_ref(f),
+                    &snapshot_name,
+                    cp,
+                    true,
+                    &name,
+                    tmp.clone(),
+                )
+                .await?;
+            rows.extend(state.rows.clone());
+            written.extend(files);
+            self.publish_snapshot(&name, state).await?;
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Dropping the connection drops the temporary slot.
+        drop(repl);
+        Ok((rows, written))
+    }
+
+    /// Copies `folders` under an exported snapshot into staging; returns the staged state.
+    async fn snapshot_to_staging(
+        &self,
+        folders: &[String],
+        snapshot_name: &str,
+        cp: Lsn,
+        supersede: bool,
+        state_name: &str,
+        tmp_dir: PathBuf,
+    ) -> Result<(SnapshotState, Vec<WrittenFile>), RunError> {
         let processed_at = Utc::now();
-        let staging = self
-            .lake
-            .internal_key(self.slot(), &format!("staging/{:016X}", cp.0));
+        let staging = self.lake.internal_key(
+            self.slot(),
+            &format!(
+                "staging/{:016X}-{}",
+                cp.0,
+                state_name.trim_end_matches(".json").replace('/', "-")
+            ),
+        );
         let mut state = SnapshotState {
             version: 1,
             phase: SnapshotPhase::Copying,
@@ -382,11 +530,13 @@ impl Pipeline {
             files: vec![],
             rows: BTreeMap::new(),
         };
-        self.checkpoints.write_snapshot_state(&state).await?;
-        tracing::info!(slot = self.slot(), consistent_point = %cp, "created slot; copying the snapshot");
+        self.checkpoints
+            .write_snapshot_state(state_name, &state)
+            .await?;
         let tables: Vec<SnapshotTable> = self
             .tables
             .iter()
+            .filter(|(folder, _)| folders.contains(folder))
             .map(|(folder, info)| SnapshotTable {
                 folder: folder.clone(),
                 schema: Arc::new(info.schema.clone()),
@@ -396,21 +546,43 @@ impl Pipeline {
                     .iter()
                     .find(|t| t.folder() == folder)
                     .and_then(|t| t.snapshot_where.clone()),
+                supersede,
             })
             .collect();
-        let sink = self.sink(processed_at, cp, Some(staging))?;
+        let workers = self.config.source.parallelism();
         let started = Instant::now();
-        let mut snapshot_client = source::connect(&self.config.source.url).await?;
-        let (copied, snapshot_time) =
-            snapshot::copy_tables(&mut snapshot_client, &snapshot_name, &tables, cp, sink).await?;
+        let plan = SnapshotPlan {
+            url: &self.config.source.url,
+            snapshot_name,
+            consistent_point: cp,
+            tables: &tables,
+            max_parallel: workers,
+            progress: Some((
+                self.lake.clone(),
+                self.lake
+                    .internal_key(self.slot(), "snapshot-progress.json"),
+            )),
+        };
+        let copied = snapshot::copy_tables(plan, |worker| {
+            self.sink_with(
+                processed_at,
+                cp,
+                Some(staging.clone()),
+                Some(worker),
+                workers,
+                tmp_dir.clone(),
+            )
+        })
+        .await?;
         let total: u64 = copied.rows.values().sum();
         tracing::info!(
             rows = total,
             seconds = started.elapsed().as_secs_f64(),
+            rows_per_second = (total as f64 / started.elapsed().as_secs_f64().max(1e-9)) as u64,
             "snapshot copied"
         );
         state.phase = SnapshotPhase::Staged;
-        state.snapshot_time = Some(snapshot_time);
+        state.snapshot_time = Some(copied.snapshot_time);
         state.files = copied
             .files
             .iter()
@@ -418,27 +590,32 @@ impl Pipeline {
             .collect();
         state.rows = copied.rows.clone();
         // Tables with no rows still get their watermark.
-        for (folder, _) in &self.tables {
-            state.rows.entry(folder.clone()).or_insert(0);
+        for f in folders {
+            state.rows.entry(f.clone()).or_insert(0);
         }
-        self.checkpoints.write_snapshot_state(&state).await?;
+        self.checkpoints
+            .write_snapshot_state(state_name, &state)
+            .await?;
         failpoint::hit(failpoint::AFTER_SNAPSHOT_STAGED);
-        report.snapshot_rows = state.rows.clone();
-        report.files.extend(copied.files);
-        self.publish_snapshot(state).await?;
-        Ok(cp)
+        Ok((state, copied.files))
     }
 
     /// Moves staged snapshot files into the table folders, then writes the watermarks.
-    async fn publish_snapshot(&self, state: SnapshotState) -> Result<(), RunError> {
+    ///
+    /// A watermark already past the snapshot (a flush committed meanwhile) stays where it is.
+    async fn publish_snapshot(
+        &self,
+        state_name: &str,
+        state: SnapshotState,
+    ) -> Result<(), RunError> {
         let mut files_per_table: BTreeMap<String, u64> = BTreeMap::new();
         for (staged, dest) in &state.files {
             if self.lake.exists(staged).await? {
                 self.lake.rename(staged, dest).await?;
             } else if !self.lake.exists(dest).await? {
                 return Err(RunError::State(format!(
-                    "staged snapshot file {staged} is gone and {dest} does not exist; remove {} and drop the slot to take a new snapshot",
-                    self.lake.internal_key(self.slot(), "snapshot.json")
+                    "staged snapshot file {staged} is gone and {dest} does not exist; remove {} and take the snapshot again",
+                    self.lake.internal_key(self.slot(), state_name)
                 )));
             }
             failpoint::hit(failpoint::MID_SNAPSHOT_PUBLISH);
@@ -465,9 +642,16 @@ impl Pipeline {
                 files: files_per_table.get(folder).copied().unwrap_or(0),
                 slot: self.slot().to_string(),
             };
-            self.checkpoints.write_watermark(folder, &wm).await?;
+            let ahead = self
+                .checkpoints
+                .watermark(folder)
+                .await?
+                .is_some_and(|w| w.lsn > state.consistent_point);
+            if !ahead {
+                self.checkpoints.write_watermark(folder, &wm).await?;
+            }
         }
-        self.checkpoints.clear_snapshot_state().await?;
+        self.checkpoints.clear_snapshot_state(state_name).await?;
         Ok(())
     }
 
@@ -495,25 +679,12 @@ impl Pipeline {
         slot_exists: bool,
     ) -> Result<(), RunError> {
         if slot_exists {
-            self.source
-                .get()
-                .await?
-                .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot()])
-                .await
-                .map_err(|e| {
-                    source::query_error(
-                        format!(
-                            "dropping slot {:?} of the interrupted first run",
-                            self.slot()
-                        ),
-                        &e,
-                    )
-                })?;
+            self.drop_slot(self.slot()).await?;
         }
         for obj in self.lake.list(&state.staging).await? {
             self.lake.delete(obj.location.as_ref()).await?;
         }
-        self.checkpoints.clear_snapshot_state().await?;
+        self.checkpoints.clear_snapshot_state(FIRST_RUN).await?;
         Ok(())
     }
 
@@ -553,6 +724,7 @@ impl Pipeline {
                 publication: self.config.source.publication.clone(),
                 binary: self.binary,
                 export_snapshot: false,
+                temporary: false,
             },
         )
         .await?)

@@ -60,6 +60,8 @@ pub struct Status {
     pub spool: SpoolStatus,
     /// A flush that has started but not committed.
     pub flush_in_progress: Option<FlushIntent>,
+    /// Rows copied so far by a snapshot or backfill that is running (or was interrupted).
+    pub snapshot_in_progress: Option<serde_json::Value>,
 }
 
 /// Gathers the status.
@@ -97,7 +99,31 @@ pub async fn gather(config: &Config) -> Result<Status, RunError> {
             durable_lsn: segments.iter().map(|s| s.end).max(),
         },
         flush_in_progress: cps.flush_intent().await?,
+        snapshot_in_progress: snapshot_progress(&cps, &lake, &config.source.slot).await?,
     })
+}
+
+/// The progress file, while a snapshot or backfill state says one is under way.
+async fn snapshot_progress(
+    cps: &Checkpoints,
+    lake: &Lake,
+    slot: &str,
+) -> Result<Option<serde_json::Value>, RunError> {
+    let mut running = cps
+        .snapshot_state(crate::checkpoint::FIRST_RUN)
+        .await?
+        .is_some();
+    for name in cps.backfill_states().await? {
+        running |= cps.snapshot_state(&name).await?.is_some();
+    }
+    if !running {
+        return Ok(None);
+    }
+    let key = lake.internal_key(slot, "snapshot-progress.json");
+    Ok(lake
+        .get(&key)
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
 impl Status {
@@ -139,6 +165,16 @@ impl Status {
             "spool: {} segments, {} bytes in {}\n",
             self.spool.segments, self.spool.bytes, self.spool.dir
         ));
+        if let Some(p) = &self.snapshot_in_progress {
+            if let Some(tables) = p["tables"].as_object() {
+                for (t, v) in tables {
+                    s.push_str(&format!(
+                        "snapshot in progress: {t} {} of about {} rows\n",
+                        v["rows"], v["estimated_rows"]
+                    ));
+                }
+            }
+        }
         if let Some(i) = &self.flush_in_progress {
             s.push_str(&format!(
                 "flush in progress: cut {}, started {}\n",

@@ -228,20 +228,54 @@ impl Checkpoints {
         Ok(self.lake.delete(&self.internal("flush.json")).await?)
     }
 
-    /// The first-run snapshot in progress, if any.
-    pub async fn snapshot_state(&self) -> Result<Option<SnapshotState>, CheckpointError> {
-        self.read(&self.internal("snapshot.json")).await
+    /// A snapshot in progress, if any: [`FIRST_RUN`] or [`backfill_state`]'s name.
+    pub async fn snapshot_state(
+        &self,
+        name: &str,
+    ) -> Result<Option<SnapshotState>, CheckpointError> {
+        self.read(&self.internal(name)).await
     }
 
-    /// Records the first-run snapshot's progress.
-    pub async fn write_snapshot_state(&self, state: &SnapshotState) -> Result<(), CheckpointError> {
-        self.write(&self.internal("snapshot.json"), state).await
+    /// Records a snapshot's progress.
+    pub async fn write_snapshot_state(
+        &self,
+        name: &str,
+        state: &SnapshotState,
+    ) -> Result<(), CheckpointError> {
+        self.write(&self.internal(name), state).await
     }
 
-    /// Forgets the snapshot state once every table has its watermark.
-    pub async fn clear_snapshot_state(&self) -> Result<(), CheckpointError> {
-        Ok(self.lake.delete(&self.internal("snapshot.json")).await?)
+    /// Forgets a snapshot state once every table has its watermark.
+    pub async fn clear_snapshot_state(&self, name: &str) -> Result<(), CheckpointError> {
+        Ok(self.lake.delete(&self.internal(name)).await?)
     }
+
+    /// Names of the backfill states present (one per table being backfilled).
+    pub async fn backfill_states(&self) -> Result<Vec<String>, CheckpointError> {
+        let prefix = self.internal("backfill");
+        Ok(self
+            .lake
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                o.location
+                    .as_ref()
+                    .rsplit('/')
+                    .next()
+                    .filter(|n| n.ends_with(".json"))
+                    .map(|n| format!("backfill/{n}"))
+            })
+            .collect())
+    }
+}
+
+/// State name of the first-run snapshot.
+pub const FIRST_RUN: &str = "snapshot.json";
+
+/// State name of a backfill of one table.
+pub fn backfill_state(table: &str) -> String {
+    format!("backfill/{table}.json")
 }
 
 /// Formats a time the way `last_processed_timestamp.txt` holds it.

@@ -62,18 +62,23 @@ pub struct FileName {
     pub lsn: Lsn,
     /// Sequence within the partition.
     pub seq: u32,
+    /// The writer that wrote it, when several write one partition at once (snapshot workers).
+    pub part: Option<u32>,
 }
 
 impl std::fmt::Display for FileName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}_{}_{:016X}_{:04}.parquet",
+            "{}_{}_{:016X}_",
             self.table,
             self.processed_at.format("%Y%m%d_%H%M%S"),
             self.lsn.0,
-            self.seq
-        )
+        )?;
+        if let Some(part) = self.part {
+            write!(f, "w{part:02}-")?;
+        }
+        write!(f, "{:04}.parquet", self.seq)
     }
 }
 
@@ -125,6 +130,7 @@ mod tests {
                 .expect("time"),
             lsn: Lsn(0x16B3748),
             seq: 3,
+            part: None,
         };
         assert_eq!(
             name.to_string(),

@@ -80,6 +80,8 @@ pub struct SinkOptions {
     pub tmp_dir: PathBuf,
     /// Written under this key prefix instead of the table folders (snapshot staging).
     pub staging_prefix: Option<String>,
+    /// Number of this writer among several writing the same partitions (in file names).
+    pub part: Option<u32>,
 }
 
 /// A file the sink closed.
@@ -291,6 +293,7 @@ impl Sink {
             processed_at: self.processed_at,
             lsn: self.lsn,
             seq,
+            part: self.opts.part,
         };
         let final_key = format!("{folder}/{}/{name}", key.path());
         let written_key = match &self.opts.staging_prefix {

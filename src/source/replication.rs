@@ -30,6 +30,8 @@ pub struct StreamOptions {
     pub binary: bool,
     /// Create the slot with an exported snapshot (first run).
     pub export_snapshot: bool,
+    /// Create a temporary slot, dropped with the connection (backfill).
+    pub temporary: bool,
 }
 
 /// A replication connection to one slot.

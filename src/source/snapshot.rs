@@ -1,33 +1,49 @@
-//! The snapshot: each table read with `COPY ... (FORMAT binary)` inside a transaction
-//! that imported the slot's exported snapshot, so the rows are exactly those committed
-//! before the slot's consistent point, and every later change comes from the slot.
+//! The snapshot: tables read with `COPY ... (FORMAT binary)` by parallel workers, each
+//! in a transaction that imported the same exported snapshot, so every worker sees
+//! exactly the rows committed before the slot's consistent point (CP), and every later
+//! change comes from the slot.
 //!
 //! ```text
-//!  CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT ──▶ snapshot name + consistent point (CP)
-//!  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT '<name>'
-//!    COPY (SELECT … [WHERE snapshot_where] [ORDER BY partition column]) TO STDOUT (FORMAT binary)
-//!      async: network ──chunks──▶ blocking thread: parse → decode → Sink (staging)
-//!  COMMIT
+//!  exported snapshot + CP
+//!    plan: per table, pg_relation_size → CTID page ranges (one chunk for small or
+//!          partitioned tables); chunks go into one queue
+//!    max_parallel workers, each: BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT '<name>'
+//!      take a chunk → COPY (SELECT … WHERE ctid range [AND snapshot_where]
+//!                          [ORDER BY partition column]) TO STDOUT (FORMAT binary)
+//!        async: network ──chunks──▶ blocking thread: parse → decode → the worker's Sink
+//!    progress: bars per table on a terminal, log lines otherwise, and
+//!              `_slot2lake/<slot>/snapshot-progress.json` for `slot2lake status`
 //! ```
 //!
 //! Rows are tagged SNAPSHOT with `change_lsn` = CP and `change_seq` = 0, which sorts
-//! before any change committed at or after CP. Files go to a staging prefix; the
-//! caller moves them into the table folders only once every table is copied, so a
-//! crash never leaves a partial snapshot where Athena reads.
+//! before any change committed at or after CP. A re-snapshot (backfill) also writes a
+//! TRUNCATE row at (CP, -1), so every older row of the table is superseded. Files go to
+//! a staging prefix; the caller moves them into the table folders only once every chunk
+//! is copied, so a crash never leaves a partial snapshot where Athena reads.
+//! Memory: each worker's sink gets `1/max_parallel` of the flush memory and open files.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 use super::copy::{CopyError, CopyParser};
-use super::{query_error, quote_ident, quote_literal, SourceError};
+use super::{connect, query_error, quote_ident, quote_literal, SourceError};
+use crate::config::SecretUrl;
 use crate::decode::{ChangeType, ColumnKind, Datum, DecodeError, RowMeta, TableSchema};
 use crate::lsn::Lsn;
-use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
+use crate::sink::{Lake, PartitionKey, Sink, SinkError, WrittenFile};
+
+/// Tables smaller than this many pages are copied in one chunk.
+const MIN_CHUNK_PAGES: i64 = 2_000;
+/// Chunks per worker, for balance when tables differ in size.
+const CHUNKS_PER_WORKER: i64 = 4;
 
 /// A snapshot failure.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +57,7 @@ pub enum SnapshotError {
     /// Writing Parquet failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
-    /// The decoding thread stopped unexpectedly.
+    /// A worker stopped unexpectedly.
     #[error("snapshot worker failed: {0}")]
     Worker(String),
 }
@@ -61,6 +77,8 @@ pub struct SnapshotTable {
     pub schema: Arc<TableSchema>,
     /// `snapshot_where`, if any.
     pub where_clause: Option<String>,
+    /// A re-snapshot: a TRUNCATE row supersedes what the lake held before.
+    pub supersede: bool,
 }
 
 /// What a snapshot wrote.
@@ -70,14 +88,57 @@ pub struct Copied {
     pub files: Vec<WrittenFile>,
     /// Rows per table folder.
     pub rows: BTreeMap<String, u64>,
+    /// When the snapshot was taken (the rows' `commit_ts`).
+    pub snapshot_time: DateTime<Utc>,
 }
 
-enum Msg {
-    Table(SnapshotTable),
-    Chunk(bytes::Bytes),
+/// Where and how to copy.
+pub struct SnapshotPlan<'a> {
+    /// Connection URL for the workers.
+    pub url: &'a SecretUrl,
+    /// The exported snapshot.
+    pub snapshot_name: &'a str,
+    /// The slot's consistent point.
+    pub consistent_point: Lsn,
+    /// The tables.
+    pub tables: &'a [SnapshotTable],
+    /// Workers (connections) at once.
+    pub max_parallel: usize,
+    /// Where progress is published for `status`: the lake and a key.
+    pub progress: Option<(Lake, String)>,
 }
 
-fn copy_query(t: &SnapshotTable) -> String {
+/// A CTID page range of one table; `None` bounds are open.
+#[derive(Debug, Clone)]
+struct Chunk {
+    table: usize,
+    first: bool,
+    pages: Option<(i64, Option<i64>)>,
+}
+
+async fn import<'c>(
+    client: &'c mut Client,
+    snapshot_name: &str,
+) -> Result<Transaction<'c>, SourceError> {
+    let txn = client
+        .transaction()
+        .await
+        .map_err(|e| query_error("starting the snapshot transaction", &e))?;
+    txn.batch_execute(&format!(
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(snapshot_name)
+    ))
+    .await
+    .map_err(|e| {
+        query_error(
+            "importing the slot's snapshot (it is only valid while the slot's creating connection waits)",
+            &e,
+        )
+    })?;
+    Ok(txn)
+}
+
+fn copy_query(t: &SnapshotTable, pages: Option<(i64, Option<i64>)>) -> String {
     let cols: Vec<String> = t
         .schema
         .columns
@@ -91,14 +152,24 @@ fn copy_query(t: &SnapshotTable) -> String {
             }
         })
         .collect();
+    let mut conds = Vec::new();
+    if let Some((from, to)) = pages {
+        conds.push(format!("ctid >= '({from},0)'::tid"));
+        if let Some(to) = to {
+            conds.push(format!("ctid < '({to},0)'::tid"));
+        }
+    }
+    if let Some(w) = &t.where_clause {
+        conds.push(format!("({w})"));
+    }
     let mut q = format!(
         "COPY (SELECT {} FROM {}.{}",
         cols.join(", "),
         quote_ident(&t.schema.schema),
         quote_ident(&t.schema.name)
     );
-    if let Some(w) = &t.where_clause {
-        q.push_str(&format!(" WHERE ({w})"));
+    if !conds.is_empty() {
+        q.push_str(&format!(" WHERE {}", conds.join(" AND ")));
     }
     if let Some(idx) = t.schema.partition_column {
         // Rows arrive grouped by partition, so each partition gets few, large files.
@@ -111,74 +182,202 @@ fn copy_query(t: &SnapshotTable) -> String {
     q
 }
 
-/// Imports `snapshot_name` and copies every table into `sink`; returns what was written
-/// and the snapshot's time (the transaction start).
-pub async fn copy_tables(
-    client: &mut Client,
-    snapshot_name: &str,
+/// Splits each table into CTID page ranges, sized from its current size on disk.
+async fn plan_chunks(
+    txn: &Transaction<'_>,
     tables: &[SnapshotTable],
-    consistent_point: Lsn,
-    sink: Sink,
-) -> Result<(Copied, DateTime<Utc>), SnapshotError> {
-    let txn = client
-        .transaction()
-        .await
-        .map_err(|e| query_error("starting the snapshot transaction", &e))?;
-    txn.batch_execute(&format!(
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        quote_literal(snapshot_name)
-    ))
-    .await
-    .map_err(|e| query_error("importing the slot's snapshot", &e))?;
+    workers: usize,
+) -> Result<(Vec<Chunk>, Vec<i64>), SourceError> {
+    let mut chunks = Vec::new();
+    let mut estimates = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let name = format!(
+            "{}.{}",
+            quote_ident(&t.schema.schema),
+            quote_ident(&t.schema.name)
+        );
+        let row = txn
+            .query_one(
+                "SELECT c.relkind::text,
+                        (pg_relation_size(c.oid) / current_setting('block_size')::bigint),
+                        greatest(c.reltuples, 0)::bigint
+                 FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&name],
+            )
+            .await
+            .map_err(|e| query_error(format!("sizing {name}"), &e))?;
+        let get = |e: tokio_postgres::Error| query_error(format!("sizing {name}"), &e);
+        let relkind: String = row.try_get(0).map_err(get)?;
+        let pages: i64 = row.try_get(1).map_err(get)?;
+        estimates.push(row.try_get::<_, i64>(2).map_err(get)?);
+        let n = if relkind != "r" || pages < MIN_CHUNK_PAGES {
+            1
+        } else {
+            (pages / MIN_CHUNK_PAGES)
+                .min(workers as i64 * CHUNKS_PER_WORKER)
+                .max(1)
+        };
+        if n == 1 {
+            chunks.push(Chunk {
+                table: i,
+                first: true,
+                pages: None,
+            });
+            continue;
+        }
+        let step = (pages + n - 1) / n;
+        for k in 0..n {
+            // The last range is open: it also covers pages the planner did not count.
+            let to = (k + 1 < n).then_some((k + 1) * step);
+            chunks.push(Chunk {
+                table: i,
+                first: k == 0,
+                pages: Some((k * step, to)),
+            });
+        }
+    }
+    // Biggest work first keeps workers busy at the end.
+    Ok((chunks, estimates))
+}
+
+/// Copies every table with up to `max_parallel` workers; `make_sink(worker)` gives each
+/// worker its own sink (its file names carry the worker's number).
+pub async fn copy_tables(
+    plan: SnapshotPlan<'_>,
+    make_sink: impl Fn(u32) -> Result<Sink, SinkError>,
+) -> Result<Copied, SnapshotError> {
+    let workers = plan.max_parallel.max(1);
+    let mut planner = connect(plan.url).await?;
+    let txn = import(&mut planner, plan.snapshot_name).await?;
     let snapshot_us: i64 = txn
         .query_one("SELECT (extract(epoch FROM now()) * 1000000)::bigint", &[])
         .await
         .and_then(|r| r.try_get(0))
         .map_err(|e| query_error("reading the snapshot time", &e))?;
+    let (chunks, estimates) = plan_chunks(&txn, plan.tables, workers).await?;
     let snapshot_time = DateTime::from_timestamp_micros(snapshot_us).unwrap_or_else(Utc::now);
-
-    let (tx, rx) = mpsc::channel::<Msg>(32);
-    let processing_date = sink.processed_at().date_naive();
-    let worker = tokio::task::spawn_blocking(move || {
-        decode_worker(rx, sink, consistent_point, snapshot_us, processing_date)
-    });
-
-    let mut send_failed = false;
-    'tables: for t in tables {
-        tracing::info!(table = %t.schema.qualified_name(), "snapshot: copying");
-        if tx.send(Msg::Table(t.clone())).await.is_err() {
-            send_failed = true;
-            break;
-        }
-        let stream = txn
-            .copy_out(&copy_query(t))
-            .await
-            .map_err(|e| query_error(format!("copying {}", t.schema.qualified_name()), &e))?;
-        let mut stream = std::pin::pin!(stream);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| query_error(format!("copying {}", t.schema.qualified_name()), &e))?;
-            if tx.send(Msg::Chunk(chunk)).await.is_err() {
-                send_failed = true;
-                break 'tables;
+    let progress = Progress::new(plan.tables, &estimates);
+    let reporter = progress.spawn_reporter(plan.progress.clone());
+    tracing::info!(
+        tables = plan.tables.len(),
+        chunks = chunks.len(),
+        workers,
+        "snapshot: copying"
+    );
+    let queue = Arc::new(Mutex::new(chunks));
+    let mut tasks = Vec::new();
+    for w in 0..workers
+        .min(queue.lock().map(|q| q.len()).unwrap_or(1))
+        .max(1)
+    {
+        let sink = make_sink(w as u32)?;
+        let worker = Worker {
+            url: plan.url.clone(),
+            snapshot_name: plan.snapshot_name.to_string(),
+            tables: plan.tables.to_vec(),
+            queue: queue.clone(),
+            progress: progress.clone(),
+            meta: (plan.consistent_point, snapshot_us),
+        };
+        tasks.push(tokio::spawn(worker.run(sink)));
+    }
+    let mut copied = Copied {
+        snapshot_time,
+        ..Copied::default()
+    };
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(files)) => copied.files.extend(files),
+            Ok(Err(e)) => {
+                // The others stop once the queue is emptied.
+                if let Ok(mut q) = queue.lock() {
+                    q.clear();
+                }
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(SnapshotError::Worker(e.to_string()));
             }
         }
     }
-    drop(tx);
-    let result = worker
-        .await
-        .map_err(|e| SnapshotError::Worker(e.to_string()))?;
-    let copied = result?;
-    if send_failed {
-        return Err(SnapshotError::Worker("decoder stopped early".into()));
+    reporter.finish().await;
+    if let Some(e) = first_error {
+        return Err(e);
     }
     txn.commit()
         .await
         .map_err(|e| query_error("ending the snapshot transaction", &e))?;
-    Ok((copied, snapshot_time))
+    copied.rows = progress.rows();
+    Ok(copied)
 }
 
-fn copy_datum<'a>(kind: ColumnKind, field: Option<&'a [u8]>) -> Datum<'a> {
+struct Worker {
+    url: SecretUrl,
+    snapshot_name: String,
+    tables: Vec<SnapshotTable>,
+    queue: Arc<Mutex<Vec<Chunk>>>,
+    progress: Progress,
+    meta: (Lsn, i64),
+}
+
+enum Msg {
+    Chunk(Chunk),
+    Data(bytes::Bytes),
+}
+
+impl Worker {
+    async fn run(self, sink: Sink) -> Result<Vec<WrittenFile>, SnapshotError> {
+        let mut client = connect(&self.url).await?;
+        let txn = import(&mut client, &self.snapshot_name).await?;
+        let (tx, rx) = mpsc::channel::<Msg>(32);
+        let decoder = {
+            let tables = self.tables.clone();
+            let progress = self.progress.clone();
+            let (cp, snapshot_us) = self.meta;
+            tokio::task::spawn_blocking(move || {
+                decode(rx, sink, &tables, &progress, cp, snapshot_us)
+            })
+        };
+        let mut stopped = false;
+        'chunks: loop {
+            let next = self.queue.lock().ok().and_then(|mut q| q.pop());
+            let Some(chunk) = next else { break };
+            let t = &self.tables[chunk.table];
+            let query = copy_query(t, chunk.pages);
+            if tx.send(Msg::Chunk(chunk)).await.is_err() {
+                stopped = true;
+                break;
+            }
+            let what = || format!("copying {}", t.schema.qualified_name());
+            let stream = txn
+                .copy_out(&query)
+                .await
+                .map_err(|e| query_error(what(), &e))?;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(data) = stream.next().await {
+                let data = data.map_err(|e| query_error(what(), &e))?;
+                if tx.send(Msg::Data(data)).await.is_err() {
+                    stopped = true;
+                    break 'chunks;
+                }
+            }
+        }
+        drop(tx);
+        let files = decoder
+            .await
+            .map_err(|e| SnapshotError::Worker(e.to_string()))??;
+        if stopped {
+            return Err(SnapshotError::Worker("decoder stopped early".into()));
+        }
+        txn.commit()
+            .await
+            .map_err(|e| query_error("ending a snapshot transaction", &e))?;
+        Ok(files)
+    }
+}
+
+fn copy_datum(kind: ColumnKind, field: Option<&[u8]>) -> Datum<'_> {
     match field {
         None => Datum::Null,
         // Columns without a binary decoder were selected as ::text.
@@ -187,46 +386,60 @@ fn copy_datum<'a>(kind: ColumnKind, field: Option<&'a [u8]>) -> Datum<'a> {
     }
 }
 
-fn decode_worker(
+fn decode(
     mut rx: mpsc::Receiver<Msg>,
     mut sink: Sink,
-    consistent_point: Lsn,
+    tables: &[SnapshotTable],
+    progress: &Progress,
+    cp: Lsn,
     snapshot_us: i64,
-    processing_date: chrono::NaiveDate,
-) -> Result<Copied, SnapshotError> {
+) -> Result<Vec<WrittenFile>, SnapshotError> {
+    let processing_date: NaiveDate = sink.processed_at().date_naive();
     let meta = RowMeta {
         change_type: ChangeType::Snapshot,
-        lsn: consistent_point.as_i64(),
+        lsn: cp.as_i64(),
         seq: 0,
         commit_us: snapshot_us,
     };
-    let mut rows = BTreeMap::new();
-    let mut current: Option<(SnapshotTable, CopyParser, Vec<ColumnKind>)> = None;
-    let finish_table = |cur: &Option<(SnapshotTable, CopyParser, Vec<ColumnKind>)>,
-                        rows: &mut BTreeMap<String, u64>|
-     -> Result<(), SnapshotError> {
-        if let Some((t, p, _)) = cur {
-            if !p.finished() {
-                return Err(CopyError("stream ended before its trailer").into());
+    let mut current: Option<(usize, CopyParser, Vec<ColumnKind>)> = None;
+    let finish = |cur: &Option<(usize, CopyParser, Vec<ColumnKind>)>| -> Result<(), SnapshotError> {
+        match cur {
+            Some((_, p, _)) if !p.finished() => {
+                Err(CopyError("stream ended before its trailer").into())
             }
-            tracing::info!(table = %t.schema.qualified_name(), rows = p.rows(), "snapshot: copied");
-            crate::failpoint::hit(crate::failpoint::MID_SNAPSHOT_COPY);
-            rows.insert(t.folder.clone(), p.rows());
+            _ => Ok(()),
         }
-        Ok(())
     };
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            Msg::Table(t) => {
-                finish_table(&current, &mut rows)?;
-                let kinds = t.schema.columns.iter().map(|c| c.kind).collect();
-                current = Some((t, CopyParser::new(), kinds));
-            }
             Msg::Chunk(chunk) => {
-                let Some((t, parser, kinds)) = current.as_mut() else {
+                finish(&current)?;
+                let t = &tables[chunk.table];
+                if chunk.first && t.supersede {
+                    let key = match t.schema.partition_column {
+                        None => PartitionKey::Processing(processing_date),
+                        Some(_) => PartitionKey::Column(None),
+                    };
+                    let marker = RowMeta {
+                        change_type: ChangeType::Truncate,
+                        seq: -1,
+                        ..meta
+                    };
+                    sink.append(&t.folder, &t.schema, key, |b, _| {
+                        b.append_all_null(&marker);
+                        Ok(())
+                    })?;
+                }
+                let kinds = t.schema.columns.iter().map(|c| c.kind).collect();
+                current = Some((chunk.table, CopyParser::new(), kinds));
+            }
+            Msg::Data(data) => {
+                let Some((ti, parser, kinds)) = current.as_mut() else {
                     continue;
                 };
-                parser.push(&chunk);
+                let t = &tables[*ti];
+                parser.push(&data);
+                let before = parser.rows();
                 parser.drain(|fields: &[Option<&[u8]>]| -> Result<(), SnapshotError> {
                     let key = PartitionKey::for_row(
                         &t.schema,
@@ -244,10 +457,151 @@ fn decode_worker(
                     })?;
                     Ok(())
                 })?;
+                progress.add(*ti, parser.rows() - before);
             }
         }
     }
-    finish_table(&current, &mut rows)?;
-    let files = sink.finish()?;
-    Ok(Copied { files, rows })
+    finish(&current)?;
+    crate::failpoint::hit(crate::failpoint::MID_SNAPSHOT_COPY);
+    Ok(sink.finish()?)
+}
+
+/// Rows copied per table, shared by the workers and the reporter.
+#[derive(Clone)]
+struct Progress {
+    names: Arc<Vec<String>>,
+    folders: Arc<Vec<String>>,
+    estimates: Arc<Vec<u64>>,
+    rows: Arc<Vec<AtomicU64>>,
+}
+
+struct Reporter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reporter {
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+impl Progress {
+    fn new(tables: &[SnapshotTable], estimates: &[i64]) -> Self {
+        Self {
+            names: Arc::new(tables.iter().map(|t| t.schema.qualified_name()).collect()),
+            folders: Arc::new(tables.iter().map(|t| t.folder.clone()).collect()),
+            estimates: Arc::new(estimates.iter().map(|e| (*e).max(0) as u64).collect()),
+            rows: Arc::new(tables.iter().map(|_| AtomicU64::new(0)).collect()),
+        }
+    }
+
+    fn add(&self, table: usize, n: u64) {
+        if let Some(r) = self.rows.get(table) {
+            r.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn rows(&self) -> BTreeMap<String, u64> {
+        self.folders
+            .iter()
+            .zip(self.rows.iter())
+            .map(|(f, r)| (f.clone(), r.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let tables: serde_json::Map<String, serde_json::Value> = self
+            .folders
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                (
+                    f.clone(),
+                    serde_json::json!({
+                        "rows": self.rows[i].load(Ordering::Relaxed),
+                        "estimated_rows": self.estimates[i],
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "updated_at": Utc::now(), "tables": tables })
+    }
+
+    /// Progress bars on a terminal, else a log line every 10 s; and the progress file.
+    fn spawn_reporter(&self, file: Option<(Lake, String)>) -> Reporter {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let bars = std::io::stderr().is_terminal().then(|| {
+                let multi = indicatif::MultiProgress::new();
+                let style = indicatif::ProgressStyle::with_template(
+                    "{prefix:>24} {bar:30} {human_pos:>11}/{human_len:<11} rows {per_sec:>12} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                me.names
+                    .iter()
+                    .zip(me.estimates.iter())
+                    .map(|(n, e)| {
+                        let b = multi.add(indicatif::ProgressBar::new(*e));
+                        b.set_style(style.clone());
+                        b.set_prefix(n.clone());
+                        b
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let mut tick = tokio::time::interval(Duration::from_millis(if bars.is_some() {
+                200
+            } else {
+                10_000
+            }));
+            let mut since_file = 0u32;
+            loop {
+                let done = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = &mut stopped => true,
+                };
+                match &bars {
+                    Some(bars) => {
+                        for (i, b) in bars.iter().enumerate() {
+                            let n = me.rows[i].load(Ordering::Relaxed);
+                            if n > b.length().unwrap_or(0) {
+                                b.set_length(n);
+                            }
+                            b.set_position(n);
+                            if done {
+                                b.finish();
+                            }
+                        }
+                    }
+                    None if !done => {
+                        for (i, name) in me.names.iter().enumerate() {
+                            tracing::info!(
+                                table = %name,
+                                rows = me.rows[i].load(Ordering::Relaxed),
+                                estimated_rows = me.estimates[i],
+                                "snapshot progress"
+                            );
+                        }
+                    }
+                    None => {}
+                }
+                since_file += 1;
+                if let Some((lake, key)) = &file {
+                    if done || bars.is_none() || since_file >= 25 {
+                        since_file = 0;
+                        let body = bytes::Bytes::from(me.json().to_string());
+                        if let Err(e) = lake.put(key, body).await {
+                            tracing::debug!(error = %e, "could not write snapshot progress");
+                        }
+                    }
+                }
+                if done {
+                    return;
+                }
+            }
+        });
+        Reporter { stop, task }
+    }
 }
