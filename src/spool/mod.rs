@@ -123,18 +123,15 @@ struct Mirror {
 }
 
 impl Spool {
-    /// Opens (creating) a spool directory and drops the unsealed segment a crash left.
+    /// Opens (creating) a spool directory.
+    ///
+    /// An unsealed `.open.seg` a crash left is not a segment: readers ignore it and the
+    /// next writer replaces it (its transactions are sent again by the slot). It is not
+    /// removed here, because another process (a `backfill` next to a running consumer)
+    /// may open the same spool.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, SpoolError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let open = dir.join(OPEN_NAME);
-        match fs::remove_file(&open) {
-            Ok(()) => {
-                tracing::info!(path = %open.display(), "dropped unsealed spool segment; the slot sends it again")
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&open)(e)),
-        }
         Ok(Self { dir, mirror: None })
     }
 

@@ -1,3 +1,4 @@
+mod backfill;
 mod check;
 #[cfg(feature = "failpoints")]
 mod crash;
