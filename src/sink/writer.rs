@@ -114,8 +114,11 @@ enum Out {
     },
 }
 
+/// A table (by its index in `Sink::folders`) and a partition.
+type PartId = (u32, PartitionKey);
+
 struct Part {
-    folder: String,
+    folder: Arc<str>,
     key: PartitionKey,
     batch: RowBatch,
     out: Option<Out>,
@@ -133,8 +136,10 @@ pub struct Sink {
     processed_at: DateTime<Utc>,
     processed_us: i64,
     lsn: Lsn,
-    parts: HashMap<(String, PartitionKey), Part>,
-    next_seq: HashMap<(String, PartitionKey), u32>,
+    parts: HashMap<PartId, Part>,
+    next_seq: HashMap<PartId, u32>,
+    /// Table folders seen, so parts are keyed by a number instead of a string per row.
+    folders: Vec<Arc<str>>,
     tick: u64,
     tmp_seq: u64,
     files: Vec<WrittenFile>,
@@ -176,6 +181,7 @@ impl Sink {
             lsn,
             parts: HashMap::new(),
             next_seq: HashMap::new(),
+            folders: Vec::new(),
             tick: 0,
             tmp_seq: 0,
             files: Vec::new(),
@@ -197,7 +203,14 @@ impl Sink {
         fill: impl FnOnce(&mut RowBatch, &mut Warnings) -> Result<(), DecodeError>,
     ) -> Result<(), SinkError> {
         self.tick += 1;
-        let id = (folder.to_string(), key);
+        let table = match self.folders.iter().position(|f| &**f == folder) {
+            Some(i) => i,
+            None => {
+                self.folders.push(Arc::from(folder));
+                self.folders.len() - 1
+            }
+        };
+        let id: PartId = (table as u32, key);
         let stale = self.parts.get(&id).is_some_and(|p| {
             !Arc::ptr_eq(p.batch.schema(), schema) && !p.batch.schema().same_columns(schema)
         });
@@ -212,7 +225,7 @@ impl Sink {
                 self.evict_lru()?;
             }
             let part = Part {
-                folder: folder.to_string(),
+                folder: self.folders[table].clone(),
                 key,
                 batch: RowBatch::new(schema.clone(), BATCH_ROWS),
                 out: None,
@@ -220,7 +233,7 @@ impl Sink {
                 file_rows: 0,
                 last_used: 0,
             };
-            self.parts.insert(id.clone(), part);
+            self.parts.insert(id, part);
         }
         let tick = self.tick;
         let Some(part) = self.parts.get_mut(&id) else {
@@ -239,20 +252,20 @@ impl Sink {
             .parts
             .iter()
             .min_by_key(|(_, p)| p.last_used)
-            .map(|(id, _)| id.clone());
+            .map(|(id, _)| *id);
         if let Some(part) = oldest.and_then(|id| self.parts.remove(&id)) {
             self.close_part(part)?;
         }
         Ok(())
     }
 
-    fn write_batch(&mut self, id: &(String, PartitionKey)) -> Result<(), SinkError> {
+    fn write_batch(&mut self, id: &PartId) -> Result<(), SinkError> {
         let Some(mut part) = self.parts.remove(id) else {
             return Ok(());
         };
         let result = self.write_part_batch(&mut part);
         let full = part.file_bytes >= self.opts.max_file_bytes;
-        self.parts.insert(id.clone(), part);
+        self.parts.insert(*id, part);
         result?;
         if full {
             self.close_file(id)?;
@@ -265,14 +278,15 @@ impl Sink {
             return Ok(());
         }
         if part.out.is_none() {
-            part.out = Some(self.open_file(&part.folder, part.key, part.batch.schema())?);
+            let folder = part.folder.clone();
+            part.out = Some(self.open_file(&folder, part.key, part.batch.schema())?);
         }
         part.file_bytes += part.batch.bytes() as u64;
         part.file_rows += part.batch.rows() as u64;
         let batch = part.batch.finish(self.processed_us);
         if let Some(Out::Write { writer, .. }) = part.out.as_mut() {
             writer.write(&batch).map_err(|source| SinkError::Parquet {
-                table: part.folder.clone(),
+                table: part.folder.to_string(),
                 source,
             })?;
         }
@@ -285,7 +299,12 @@ impl Sink {
         key: PartitionKey,
         schema: &Arc<TableSchema>,
     ) -> Result<Out, SinkError> {
-        let seq_slot = self.next_seq.entry((folder.to_string(), key)).or_insert(0);
+        let table = self
+            .folders
+            .iter()
+            .position(|f| &**f == folder)
+            .unwrap_or(0) as u32;
+        let seq_slot = self.next_seq.entry((table, key)).or_insert(0);
         let seq = *seq_slot;
         *seq_slot += 1;
         let name = FileName {
@@ -337,7 +356,7 @@ impl Sink {
         })
     }
 
-    fn close_file(&mut self, id: &(String, PartitionKey)) -> Result<(), SinkError> {
+    fn close_file(&mut self, id: &PartId) -> Result<(), SinkError> {
         let Some(part) = self.parts.get_mut(id) else {
             return Ok(());
         };
@@ -346,7 +365,7 @@ impl Sink {
         };
         let rows = std::mem::take(&mut part.file_rows);
         part.file_bytes = 0;
-        let (table, partition) = (part.folder.clone(), part.key);
+        let (table, partition) = (part.folder.to_string(), part.key);
         let file = match out {
             Out::Write {
                 writer,
@@ -391,8 +410,11 @@ impl Sink {
 
     fn close_part(&mut self, mut part: Part) -> Result<(), SinkError> {
         self.write_part_batch(&mut part)?;
-        let id = (part.folder.clone(), part.key);
-        self.parts.insert(id.clone(), part);
+        let id = match self.folders.iter().position(|f| *f == part.folder) {
+            Some(t) => (t as u32, part.key),
+            None => return Ok(()),
+        };
+        self.parts.insert(id, part);
         self.close_file(&id)?;
         self.parts.remove(&id);
         Ok(())
@@ -400,37 +422,42 @@ impl Sink {
 
     /// Keeps row groups in progress under the memory limit by flushing the biggest.
     fn enforce_memory(&mut self) -> Result<(), SinkError> {
-        loop {
-            let mut total = 0usize;
-            let mut biggest: Option<(&(String, PartitionKey), usize)> = None;
-            for (id, p) in &self.parts {
-                if let Some(Out::Write { writer, .. }) = &p.out {
-                    let size = writer.in_progress_size();
-                    total += size;
-                    if biggest.is_none_or(|(_, s)| size > s) {
-                        biggest = Some((id, size));
-                    }
+        // Encoders (page and dictionary buffers) plus rows waiting in builders.
+        let usage = |p: &Part| {
+            p.batch.bytes()
+                + match &p.out {
+                    Some(Out::Write { writer, .. }) => writer.memory_size(),
+                    _ => 0,
                 }
-            }
-            let Some((id, size)) = biggest else {
-                return Ok(());
-            };
-            if total <= self.opts.memory_limit || size == 0 {
-                return Ok(());
-            }
-            let id = id.clone();
+        };
+        let mut total: usize = self.parts.values().map(usage).sum();
+        let mut flushed = std::collections::HashSet::new();
+        while total > self.opts.memory_limit {
+            let biggest = self
+                .parts
+                .iter()
+                .filter(|(id, p)| {
+                    !flushed.contains(*id) && matches!(p.out, Some(Out::Write { .. }))
+                })
+                .max_by_key(|(_, p)| usage(p))
+                .map(|(id, _)| *id);
+            let Some(id) = biggest else { return Ok(()) };
+            flushed.insert(id);
             if let Some(Part {
                 out: Some(Out::Write { writer, .. }),
                 folder,
                 ..
             }) = self.parts.get_mut(&id)
             {
+                // Ends the row group: its pages go to the temp file, its buffers are freed.
                 writer.flush().map_err(|source| SinkError::Parquet {
-                    table: folder.clone(),
+                    table: folder.to_string(),
                     source,
                 })?;
             }
+            total = self.parts.values().map(usage).sum();
         }
+        Ok(())
     }
 
     /// Closes every file; returns all files written or found, in the order they closed.
