@@ -130,9 +130,10 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         Err(e) => add(Level::Fail, "server", e.to_string()),
     }
 
+    let types = introspect::type_catalog(&client).await.unwrap_or_default();
     for t in &config.tables {
         let what = format!("table {}", t.name);
-        match introspect::table_info(&client, t).await {
+        match introspect::table_info(&client, t, &types).await {
             Ok(info) if !info.has_identity() => add(Level::Fail, &what, identity_remedy(&t.name)),
             Ok(info) => {
                 let detail = format!(

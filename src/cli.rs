@@ -307,8 +307,9 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
                 Some(root) => root.display().to_string(),
                 None => config.output.url.clone(),
             };
+            let types = crate::source::introspect::type_catalog(&client).await?;
             for t in &config.tables {
-                let info = crate::source::introspect::table_info(&client, t).await?;
+                let info = crate::source::introspect::table_info(&client, t, &types).await?;
                 let table =
                     crate::catalog::CatalogTable::new(t.folder(), std::sync::Arc::new(info.schema));
                 let (athena, duckdb) =

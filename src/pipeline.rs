@@ -30,6 +30,7 @@ use crate::checkpoint::{
     SnapshotState, Watermark, WatermarkKind, FIRST_RUN,
 };
 use crate::config::{BinaryMode, Config, SnapshotMode};
+use crate::decode::{ColumnKind, TypeCatalog};
 use crate::failpoint;
 use crate::flush::{self, FlushError, Flushed};
 use crate::lsn::Lsn;
@@ -105,6 +106,8 @@ pub struct Pipeline {
     spool: Spool,
     tables: Vec<(String, TableInfo)>,
     binary: bool,
+    /// Domains, enums and arrays of the source; refreshed before each flush.
+    types: std::sync::RwLock<Arc<TypeCatalog>>,
 }
 
 impl Pipeline {
@@ -113,11 +116,20 @@ impl Pipeline {
         let client = source::connect(&config.source.url).await?;
         let server = introspect::server_info(&client).await?;
         server.require_logical()?;
+        let types = introspect::type_catalog(&client).await?;
         let mut tables = Vec::new();
         for t in &config.tables {
-            let info = introspect::table_info(&client, t).await?;
+            let info = introspect::table_info(&client, t, &types).await?;
             if !info.has_identity() {
                 return Err(RunError::State(identity_remedy(&t.name)));
+            }
+            for c in info
+                .schema
+                .columns
+                .iter()
+                .filter(|c| c.kind == ColumnKind::Other)
+            {
+                tracing::warn!(table = %t.name, column = %c.name, type_oid = c.type_oid, "no native mapping for this column's type: it is stored as its text form");
             }
             tables.push((t.folder().to_string(), info));
         }
@@ -138,6 +150,7 @@ impl Pipeline {
             spool,
             tables,
             binary,
+            types: std::sync::RwLock::new(Arc::new(types)),
         })
     }
 
@@ -232,6 +245,20 @@ impl Pipeline {
         let removed = self.spool.remove_flushed(cut).await?;
         tracing::debug!(segments = removed, "spool: removed flushed segments");
         Ok(catalog?)
+    }
+
+    /// The source's types, re-read so types created since startup are known; the last
+    /// known catalog when the source cannot be reached.
+    async fn refresh_types(&self) -> Arc<TypeCatalog> {
+        let fresh = match self.source.get().await {
+            Ok(c) => introspect::type_catalog(&c).await.ok(),
+            Err(_) => None,
+        };
+        let mut guard = self.types.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = fresh {
+            *guard = Arc::new(t);
+        }
+        guard.clone()
     }
 
     /// The configured tables as the catalog sees them.
@@ -808,8 +835,20 @@ impl Pipeline {
         let sink = self.sink(intent.processed_at, intent.cut, None)?;
         let tables = self.config.tables.clone();
         let job_intent = intent.clone();
+        let known: std::collections::HashMap<u32, crate::config::TableConfig> = self
+            .tables
+            .iter()
+            .filter_map(|(folder, info)| {
+                self.config
+                    .tables
+                    .iter()
+                    .find(|t| t.folder() == folder)
+                    .map(|t| (info.oid, t.clone()))
+            })
+            .collect();
+        let types = self.refresh_types().await;
         let flushed = tokio::task::spawn_blocking(move || {
-            flush::write_changes(&segments, &tables, &job_intent, sink)
+            flush::write_changes(&segments, &tables, known, types, &job_intent, sink)
         })
         .await
         .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;

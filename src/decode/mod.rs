@@ -3,8 +3,10 @@
 pub mod batch;
 pub mod relation;
 pub mod schema;
+pub mod types;
 pub mod value;
 
 pub use batch::{ChangeType, DecodeError, RowBatch, RowMeta, Warnings};
 pub use schema::{ColumnKind, ColumnSpec, TableSchema};
+pub use types::TypeCatalog;
 pub use value::Datum;

@@ -4,6 +4,7 @@
 //! pgoutput sends a Relation message before the first change of a table on every
 //! connection and again after any schema change, so the cache is rebuilt from the
 //! stream (and from the spool, which keeps those messages) rather than from the catalog.
+//! Configured tables are also known by OID, so a renamed table keeps its folder.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,16 +12,37 @@ use std::sync::Arc;
 use pg_walstream::ColumnInfo;
 
 use super::schema::{ColumnSpec, SchemaError, TableSchema};
+use super::types::TypeCatalog;
 use crate::config::TableConfig;
 
+/// A configured table as the flush writes it.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    /// Folder in the lake (from the config, even after a rename).
+    pub folder: String,
+    /// Columns as of the latest Relation message.
+    pub schema: Arc<TableSchema>,
+}
+
 /// Known relations by OID; `None` marks a published relation that is not configured.
-#[derive(Default)]
 pub struct RelationCache {
-    by_oid: HashMap<u32, Option<Arc<TableSchema>>>,
+    by_oid: HashMap<u32, Option<Relation>>,
+    /// Configured tables by OID (from the catalog at startup).
+    known: HashMap<u32, TableConfig>,
+    types: Arc<TypeCatalog>,
 }
 
 impl RelationCache {
-    /// Records a Relation message; returns the new schema when the relation is configured.
+    /// A cache resolving types through `types`; `known` maps table OIDs to their config.
+    pub fn new(known: HashMap<u32, TableConfig>, types: Arc<TypeCatalog>) -> Self {
+        Self {
+            by_oid: HashMap::new(),
+            known,
+            types,
+        }
+    }
+
+    /// Records a Relation message; returns the table when it is configured.
     pub fn apply(
         &mut self,
         relation_id: u32,
@@ -28,20 +50,42 @@ impl RelationCache {
         name: &str,
         columns: &[ColumnInfo],
         tables: &[TableConfig],
-    ) -> Result<Option<Arc<TableSchema>>, SchemaError> {
+    ) -> Result<Option<Relation>, SchemaError> {
         // pgoutput sends an empty namespace for pg_catalog relations only.
         let namespace = if namespace.is_empty() {
             "pg_catalog"
         } else {
             namespace
         };
-        let Some(table) = tables.iter().find(|t| t.qualified() == (namespace, name)) else {
+        let table = match self.known.get(&relation_id) {
+            Some(t) => {
+                if t.qualified() != (namespace, name) {
+                    tracing::warn!(
+                        table = %t.name,
+                        now = %format!("{namespace}.{name}"),
+                        "table was renamed; its changes still go to folder {}; update [[tables]] name",
+                        t.folder()
+                    );
+                }
+                Some(t)
+            }
+            None => tables.iter().find(|t| t.qualified() == (namespace, name)),
+        };
+        let Some(table) = table else {
             self.by_oid.insert(relation_id, None);
             return Ok(None);
         };
         let specs = columns
             .iter()
-            .map(|c| ColumnSpec::new(c.name.to_string(), c.type_id, c.type_modifier, c.is_key()))
+            .map(|c| {
+                ColumnSpec::resolved(
+                    c.name.to_string(),
+                    c.type_id,
+                    c.type_modifier,
+                    c.is_key(),
+                    &self.types,
+                )
+            })
             .collect();
         let schema = Arc::new(TableSchema::new(
             namespace,
@@ -49,13 +93,17 @@ impl RelationCache {
             specs,
             table.partition_column(),
         )?);
-        self.by_oid.insert(relation_id, Some(schema.clone()));
-        Ok(Some(schema))
+        let rel = Relation {
+            folder: table.folder().to_string(),
+            schema,
+        };
+        self.by_oid.insert(relation_id, Some(rel.clone()));
+        Ok(Some(rel))
     }
 
-    /// The schema of a relation: `Some(None)` for a relation that is not configured,
+    /// The table of a relation: `Some(None)` for a relation that is not configured,
     /// `None` when no Relation message has been seen for it.
-    pub fn get(&self, relation_id: u32) -> Option<Option<&Arc<TableSchema>>> {
+    pub fn get(&self, relation_id: u32) -> Option<Option<&Relation>> {
         self.by_oid.get(&relation_id).map(Option::as_ref)
     }
 }

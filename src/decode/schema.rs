@@ -51,6 +51,17 @@ pub mod oid {
     pub const NUMERIC: u32 = 1700;
     pub const UUID: u32 = 2950;
     pub const JSONB: u32 = 3802;
+    pub const XML: u32 = 142;
+    pub const TIME: u32 = 1083;
+    pub const TIMETZ: u32 = 1266;
+    pub const INTERVAL: u32 = 1186;
+    pub const MONEY: u32 = 790;
+    pub const BIT: u32 = 1560;
+    pub const VARBIT: u32 = 1562;
+    pub const INET: u32 = 869;
+    pub const CIDR: u32 = 650;
+    pub const MACADDR: u32 = 829;
+    pub const MACADDR8: u32 = 774;
 }
 
 /// How a PostgreSQL column is decoded and stored.
@@ -93,7 +104,24 @@ pub enum ColumnKind {
     Timestamp,
     /// `timestamptz` → TIMESTAMP(MICROS, UTC-adjusted)
     TimestampTz,
-    /// Any other type: its text form → STRING. Needs text format on the wire.
+    /// `time` → TIME(MICROS)
+    Time,
+    /// `timetz` → STRING as PostgreSQL prints it (Parquet TIME cannot keep the offset)
+    TimeTz,
+    /// `interval` → STRING as PostgreSQL prints it (`1 year 2 mons 3 days 04:05:06`)
+    Interval,
+    /// `money` → DECIMAL(19,2)
+    Money,
+    /// `bit(n)`, `bit varying` → STRING of 0 and 1
+    Bits,
+    /// `inet`, `cidr` → STRING
+    Inet,
+    /// `macaddr`, `macaddr8` → STRING
+    MacAddr,
+    /// A one-dimensional array → LIST of its element kind
+    List(&'static ColumnKind),
+    /// Any other type (ranges, geometry, extension types): its text form → STRING.
+    /// Needs text format on the wire.
     Other,
 }
 
@@ -118,13 +146,39 @@ impl ColumnKind {
             oid::DATE => Self::Date,
             oid::TIMESTAMP => Self::Timestamp,
             oid::TIMESTAMPTZ => Self::TimestampTz,
+            oid::XML => Self::Text,
+            oid::TIME => Self::Time,
+            oid::TIMETZ => Self::TimeTz,
+            oid::INTERVAL => Self::Interval,
+            oid::MONEY => Self::Money,
+            oid::BIT | oid::VARBIT => Self::Bits,
+            oid::INET | oid::CIDR => Self::Inet,
+            oid::MACADDR | oid::MACADDR8 => Self::MacAddr,
             _ => Self::Other,
         }
     }
 
+    /// An array of `elem` (one interned value per element kind, so kinds stay `Copy`).
+    pub fn list_of(elem: ColumnKind) -> ColumnKind {
+        use std::sync::{Mutex, OnceLock};
+        static KINDS: OnceLock<Mutex<Vec<&'static ColumnKind>>> = OnceLock::new();
+        let kinds = KINDS.get_or_init(|| Mutex::new(Vec::new()));
+        let mut kinds = kinds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kinds.iter().find(|k| ***k == elem) {
+            return ColumnKind::List(k);
+        }
+        let leaked: &'static ColumnKind = Box::leak(Box::new(elem));
+        kinds.push(leaked);
+        ColumnKind::List(leaked)
+    }
+
     /// Whether values of this kind can be decoded from PostgreSQL's binary format.
     pub fn decodes_binary(self) -> bool {
-        self != Self::Other
+        match self {
+            Self::Other => false,
+            Self::List(e) => e.decodes_binary(),
+            _ => true,
+        }
     }
 
     /// Whether this kind can serve as a `year=/month=/day=` partition column.
@@ -142,9 +196,23 @@ impl ColumnKind {
             Self::Float32 => DataType::Float32,
             Self::Float64 => DataType::Float64,
             Self::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
-            Self::NumericText | Self::Text | Self::Jsonb | Self::Uuid | Self::Other => {
-                DataType::Utf8
-            }
+            Self::NumericText
+            | Self::Text
+            | Self::Jsonb
+            | Self::Uuid
+            | Self::TimeTz
+            | Self::Interval
+            | Self::Bits
+            | Self::Inet
+            | Self::MacAddr
+            | Self::Other => DataType::Utf8,
+            Self::Money => DataType::Decimal128(19, 2),
+            Self::Time => DataType::Time64(TimeUnit::Microsecond),
+            Self::List(e) => DataType::List(std::sync::Arc::new(Field::new(
+                "element",
+                e.data_type(),
+                true,
+            ))),
             Self::Bytea => DataType::Binary,
             Self::Date => DataType::Date32,
             Self::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -192,13 +260,30 @@ pub struct ColumnSpec {
 }
 
 impl ColumnSpec {
-    /// A column from its catalog description.
+    /// A column of a built-in type.
     pub fn new(name: impl Into<String>, type_oid: u32, typmod: i32, is_key: bool) -> Self {
+        Self::resolved(
+            name,
+            type_oid,
+            typmod,
+            is_key,
+            &super::TypeCatalog::default(),
+        )
+    }
+
+    /// A column whose type is resolved through the database's types (domains, enums, arrays).
+    pub fn resolved(
+        name: impl Into<String>,
+        type_oid: u32,
+        typmod: i32,
+        is_key: bool,
+        types: &super::TypeCatalog,
+    ) -> Self {
         Self {
             name: name.into(),
             type_oid,
             typmod,
-            kind: ColumnKind::of(type_oid, typmod),
+            kind: types.resolve(type_oid, typmod),
             is_key,
         }
     }

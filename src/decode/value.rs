@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 
+use arrow_array::builder::Time64MicrosecondBuilder;
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
     Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder,
 };
 use arrow_array::ArrayRef;
+use arrow_buffer::{NullBufferBuilder, OffsetBuffer};
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 
 use super::schema::ColumnKind;
@@ -103,6 +105,26 @@ pub enum ColumnBuilder {
     Date(Date32Builder),
     /// TIMESTAMP(MICROS)
     Timestamp(TimestampMicrosecondBuilder),
+    /// TIME(MICROS)
+    Time(Time64MicrosecondBuilder),
+    /// LIST of one element kind
+    List(Box<ListColumn>),
+}
+
+/// A LIST column: element values, offsets and validity.
+pub struct ListColumn {
+    elem: ColumnKind,
+    values: ColumnBuilder,
+    offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
+}
+
+impl ListColumn {
+    fn push_end(&mut self, valid: bool) {
+        let end = i32::try_from(self.values.len()).unwrap_or(i32::MAX);
+        self.offsets.push(end);
+        self.nulls.append(valid);
+    }
 }
 
 impl ColumnBuilder {
@@ -128,9 +150,27 @@ impl ColumnBuilder {
             | ColumnKind::Text
             | ColumnKind::Jsonb
             | ColumnKind::Uuid
+            | ColumnKind::TimeTz
+            | ColumnKind::Interval
+            | ColumnKind::Bits
+            | ColumnKind::Inet
+            | ColumnKind::MacAddr
             | ColumnKind::Other => {
                 Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
             }
+            ColumnKind::Money => Self::Decimal(
+                Decimal128Builder::with_capacity(capacity)
+                    .with_precision_and_scale(19, 2)
+                    .unwrap_or_else(|_| Decimal128Builder::with_capacity(capacity)),
+                2,
+            ),
+            ColumnKind::Time => Self::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
+            ColumnKind::List(elem) => Self::List(Box::new(ListColumn {
+                elem: *elem,
+                values: ColumnBuilder::new(*elem, capacity),
+                offsets: vec![0],
+                nulls: NullBufferBuilder::new(capacity),
+            })),
             ColumnKind::Bytea => {
                 Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16))
             }
@@ -158,7 +198,34 @@ impl ColumnBuilder {
             Self::Binary(b) => b.append_null(),
             Self::Date(b) => b.append_null(),
             Self::Timestamp(b) => b.append_null(),
+            Self::Time(b) => b.append_null(),
+            Self::List(l) => l.push_end(false),
         }
+    }
+
+    /// Values appended so far.
+    pub fn len(&self) -> usize {
+        use arrow_array::builder::ArrayBuilder;
+        match self {
+            Self::Bool(b) => b.len(),
+            Self::Int16(b) => b.len(),
+            Self::Int32(b) => b.len(),
+            Self::Int64(b) => b.len(),
+            Self::Float32(b) => b.len(),
+            Self::Float64(b) => b.len(),
+            Self::Decimal(b, _) => b.len(),
+            Self::Utf8(b) => b.len(),
+            Self::Binary(b) => b.len(),
+            Self::Date(b) => b.len(),
+            Self::Timestamp(b) => b.len(),
+            Self::Time(b) => b.len(),
+            Self::List(l) => l.offsets.len() - 1,
+        }
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Decodes one non-null value of `kind` and appends it; on error nothing is appended.
@@ -175,6 +242,30 @@ impl ColumnBuilder {
 
     fn append_binary(&mut self, kind: ColumnKind, raw: &[u8]) -> Result<(), ValueError> {
         match (self, kind) {
+            (Self::Decimal(b, _), ColumnKind::Money) => {
+                b.append_value(i128::from(i64::from_be_bytes(fixed(raw)?)))
+            }
+            (Self::Utf8(b), ColumnKind::TimeTz) => {
+                let micros = i64::from_be_bytes(fixed(&raw[..8.min(raw.len())])?);
+                let zone = i32::from_be_bytes(fixed(raw.get(8..).unwrap_or_default())?);
+                b.append_value(format_timetz(micros, zone))
+            }
+            (Self::Utf8(b), ColumnKind::Interval) => {
+                let micros = i64::from_be_bytes(fixed(raw.get(..8).unwrap_or_default())?);
+                let days = i32::from_be_bytes(fixed(raw.get(8..12).unwrap_or_default())?);
+                let months = i32::from_be_bytes(fixed(raw.get(12..).unwrap_or_default())?);
+                b.append_value(format_interval(months, days, micros))
+            }
+            (Self::Utf8(b), ColumnKind::Bits) => b.append_value(format_bits(raw)?),
+            (Self::Utf8(b), ColumnKind::Inet) => b.append_value(format_inet(raw)?),
+            (Self::Utf8(b), ColumnKind::MacAddr) => b.append_value(
+                raw.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
+            (Self::Time(b), _) => b.append_value(i64::from_be_bytes(fixed(raw)?)),
+            (Self::List(l), _) => return l.append_binary(raw),
             (Self::Bool(b), _) => b.append_value(fixed::<1>(raw)?[0] != 0),
             (Self::Int16(b), _) => b.append_value(i16::from_be_bytes(fixed(raw)?)),
             (Self::Int32(b), _) => b.append_value(i32::from_be_bytes(fixed(raw)?)),
@@ -215,6 +306,11 @@ impl ColumnBuilder {
     fn append_text(&mut self, kind: ColumnKind, raw: &[u8]) -> Result<(), ValueError> {
         let s = utf8(raw)?;
         match self {
+            Self::Decimal(b, scale) if kind == ColumnKind::Money => {
+                b.append_value(Numeric::parse_text(&money_digits(s))?.to_scaled(*scale)?)
+            }
+            Self::Time(b) => b.append_value(parse_time_text(s)?),
+            Self::List(l) => return l.append_text(s),
             Self::Bool(b) => b.append_value(match s {
                 "t" | "true" => true,
                 "f" | "false" => false,
@@ -250,8 +346,272 @@ impl ColumnBuilder {
             Self::Binary(b) => Arc::new(b.finish()),
             Self::Date(b) => Arc::new(b.finish()),
             Self::Timestamp(b) => Arc::new(b.finish()),
+            Self::Time(b) => Arc::new(b.finish()),
+            Self::List(l) => {
+                let values = l.values.finish();
+                let offsets = std::mem::replace(&mut l.offsets, vec![0]);
+                let field = Arc::new(arrow_schema::Field::new(
+                    "element",
+                    l.elem.data_type(),
+                    true,
+                ));
+                Arc::new(arrow_array::ListArray::new(
+                    field,
+                    OffsetBuffer::new(offsets.into()),
+                    values,
+                    l.nulls.finish(),
+                ))
+            }
         }
     }
+}
+
+impl ListColumn {
+    /// PostgreSQL's binary array: ndim, has-null flag, element OID, (length, lower
+    /// bound) per dimension, then (length, bytes) per element. Several dimensions are
+    /// flattened in row-major order.
+    fn append_binary(&mut self, raw: &[u8]) -> Result<(), ValueError> {
+        let int = |at: usize| -> Result<i32, ValueError> {
+            Ok(i32::from_be_bytes(fixed(
+                raw.get(at..at + 4).unwrap_or_default(),
+            )?))
+        };
+        let ndim = int(0)?;
+        let mut at = 12;
+        let mut count: i64 = if ndim == 0 { 0 } else { 1 };
+        for _ in 0..ndim {
+            count *= i64::from(int(at)?);
+            at += 8;
+        }
+        let start = self.values.len();
+        for _ in 0..count {
+            let len = int(at)?;
+            at += 4;
+            if len < 0 {
+                self.values.append_null();
+                continue;
+            }
+            let end = at + len as usize;
+            let item = raw
+                .get(at..end)
+                .ok_or_else(|| bad_bin("array element past the end"))?;
+            if let Err(e) = self.values.append(self.elem, Datum::Binary(item)) {
+                self.truncate_to(start);
+                return Err(e);
+            }
+            at = end;
+        }
+        self.push_end(true);
+        Ok(())
+    }
+
+    /// PostgreSQL's array text form: `{1,2,NULL,"a b","q\"uote"}`.
+    fn append_text(&mut self, s: &str) -> Result<(), ValueError> {
+        // An explicit lower bound (`[0:2]={...}`) is dropped; values keep their order.
+        let s = match s.find("={") {
+            Some(i) if s.starts_with('[') => &s[i + 1..],
+            _ => s,
+        };
+        let items = parse_array_text(s)?;
+        let start = self.values.len();
+        for item in &items {
+            let r = match item {
+                None => {
+                    self.values.append_null();
+                    Ok(())
+                }
+                Some(v) => self.values.append(self.elem, Datum::Text(v.as_bytes())),
+            };
+            if let Err(e) = r {
+                self.truncate_to(start);
+                return Err(e);
+            }
+        }
+        self.push_end(true);
+        Ok(())
+    }
+
+    /// Builders cannot drop values: an element that failed leaves the row unusable, so
+    /// the error is reported before anything else is appended (callers stop on errors).
+    fn truncate_to(&mut self, _start: usize) {}
+}
+
+/// Splits a one- or many-dimensional array literal into its elements (flattened).
+fn parse_array_text(s: &str) -> Result<Vec<Option<String>>, ValueError> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    let mut depth = 0;
+    while let Some(c) = chars.next() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' | ' ' => {}
+            '"' => {
+                let mut v = String::new();
+                loop {
+                    match chars.next() {
+                        Some('\\') => v.extend(chars.next()),
+                        Some('"') => break,
+                        Some(x) => v.push(x),
+                        None => return Err(bad_text("unterminated quoted array element")),
+                    }
+                }
+                out.push(Some(v));
+            }
+            _ => {
+                let mut v = String::from(c);
+                while let Some(&x) = chars.peek() {
+                    if x == ',' || x == '}' {
+                        break;
+                    }
+                    v.push(x);
+                    chars.next();
+                }
+                let v = v.trim_end().to_string();
+                out.push(if v == "NULL" { None } else { Some(v) });
+            }
+        }
+    }
+    if depth != 0 {
+        return Err(bad_text("unbalanced braces in array"));
+    }
+    Ok(out)
+}
+
+/// `money`'s text form (`$1,234.56`, `-$1,234.56`) → a plain decimal.
+fn money_digits(s: &str) -> String {
+    let negative = s.contains('-') || s.starts_with('(');
+    let digits: String = s
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    if negative {
+        format!("-{digits}")
+    } else {
+        digits
+    }
+}
+
+fn parse_time_text(s: &str) -> Result<i64, ValueError> {
+    let t = NaiveTime::parse_from_str(s, "%H:%M:%S%.f")
+        .map_err(|_| bad_text(format!("{s:?} is not a time")))?;
+    use chrono::Timelike;
+    Ok(i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
+}
+
+/// Seconds with the fraction PostgreSQL prints (trailing zeros dropped).
+fn seconds(micros_of_minute: i64) -> String {
+    let (sec, frac) = (micros_of_minute / 1_000_000, micros_of_minute % 1_000_000);
+    if frac == 0 {
+        format!("{sec:02}")
+    } else {
+        let f = format!("{frac:06}");
+        format!("{sec:02}.{}", f.trim_end_matches('0'))
+    }
+}
+
+/// `timetz` as PostgreSQL prints it: `12:34:56.5+02`, `01:02:03-03:30`.
+fn format_timetz(micros: i64, zone_west_secs: i32) -> String {
+    let (h, m) = (micros / 3_600_000_000, micros / 60_000_000 % 60);
+    let offset = -zone_west_secs;
+    let sign = if offset < 0 { '-' } else { '+' };
+    let o = offset.unsigned_abs();
+    let mut tz = format!("{sign}{:02}", o / 3600);
+    if o % 3600 != 0 {
+        tz.push_str(&format!(":{:02}", o / 60 % 60));
+        if o % 60 != 0 {
+            tz.push_str(&format!(":{:02}", o % 60));
+        }
+    }
+    format!("{h:02}:{m:02}:{}{tz}", seconds(micros % 60_000_000))
+}
+
+/// `interval` as PostgreSQL prints it with `IntervalStyle = postgres`.
+fn format_interval(months: i32, days: i32, micros: i64) -> String {
+    let mut out = String::new();
+    let mut before_negative = false;
+    let mut zero = true;
+    for (v, unit) in [
+        (i64::from(months / 12), "year"),
+        (i64::from(months % 12), "mon"),
+        (i64::from(days), "day"),
+    ] {
+        if v != 0 {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            let plus = if before_negative && v > 0 { "+" } else { "" };
+            out.push_str(&format!(
+                "{plus}{v} {unit}{}",
+                if v == 1 { "" } else { "s" }
+            ));
+            before_negative = v < 0;
+            zero = false;
+        }
+    }
+    if zero || micros != 0 {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let sign = if micros < 0 {
+            "-"
+        } else if before_negative {
+            "+"
+        } else {
+            ""
+        };
+        let a = micros.unsigned_abs() as i64;
+        out.push_str(&format!(
+            "{sign}{:02}:{:02}:{}",
+            a / 3_600_000_000,
+            a / 60_000_000 % 60,
+            seconds(a % 60_000_000)
+        ));
+    }
+    out
+}
+
+/// `bit`/`varbit` binary (bit count, then bytes) → `0101…`.
+fn format_bits(raw: &[u8]) -> Result<String, ValueError> {
+    let n = usize::try_from(i32::from_be_bytes(fixed(raw.get(..4).unwrap_or_default())?))
+        .map_err(|_| bad_bin("negative bit length"))?;
+    let bytes = raw.get(4..).unwrap_or_default();
+    if bytes.len() * 8 < n {
+        return Err(bad_bin("bit string shorter than its length"));
+    }
+    Ok((0..n)
+        .map(|i| {
+            if bytes[i / 8] & (0x80 >> (i % 8)) != 0 {
+                '1'
+            } else {
+                '0'
+            }
+        })
+        .collect())
+}
+
+/// `inet`/`cidr` binary (family, bits, is_cidr, length, address) → their text form.
+fn format_inet(raw: &[u8]) -> Result<String, ValueError> {
+    let [family, bits, is_cidr, n] = fixed::<4>(raw.get(..4).unwrap_or_default())?;
+    let addr = raw
+        .get(4..4 + usize::from(n))
+        .ok_or_else(|| bad_bin("short inet"))?;
+    let (text, max) = match family {
+        2 => {
+            let a: [u8; 4] = fixed(addr)?;
+            (std::net::Ipv4Addr::from(a).to_string(), 32)
+        }
+        3 => {
+            let a: [u8; 16] = fixed(addr)?;
+            (std::net::Ipv6Addr::from(a).to_string(), 128)
+        }
+        _ => return Err(bad_bin("unknown inet family")),
+    };
+    Ok(if is_cidr != 0 || bits != max {
+        format!("{text}/{bits}")
+    } else {
+        text
+    })
 }
 
 /// The date of a date-like value, for `year=/month=/day=` partitions (timestamptz: in UTC).
@@ -303,8 +663,9 @@ fn parse_float(s: &str) -> Result<f64, ValueError> {
 
 fn date_from_pg_days(days: i32) -> Result<i32, ValueError> {
     match days {
-        i32::MAX => Err(ValueError::Unrepresentable("date 'infinity'")),
-        i32::MIN => Err(ValueError::Unrepresentable("date '-infinity'")),
+        // ±infinity: DuckDB's sentinels (±(2^31 - 1) days), which it reads back as ±infinity.
+        i32::MAX => Ok(i32::MAX),
+        i32::MIN => Ok(-i32::MAX),
         d => d
             .checked_add(PG_EPOCH_DAYS)
             .ok_or(ValueError::Unrepresentable("date out of range")),
@@ -313,8 +674,8 @@ fn date_from_pg_days(days: i32) -> Result<i32, ValueError> {
 
 fn micros_from_pg(us: i64) -> Result<i64, ValueError> {
     match us {
-        i64::MAX => Err(ValueError::Unrepresentable("timestamp 'infinity'")),
-        i64::MIN => Err(ValueError::Unrepresentable("timestamp '-infinity'")),
+        i64::MAX => Ok(i64::MAX),
+        i64::MIN => Ok(-i64::MAX),
         us => us
             .checked_add(PG_EPOCH_MICROS)
             .ok_or(ValueError::Unrepresentable("timestamp out of range")),
@@ -401,16 +762,16 @@ fn parse_naive_date(s: &str) -> Result<NaiveDate, ValueError> {
 
 fn parse_date_text(s: &str) -> Result<i32, ValueError> {
     match s {
-        "infinity" => Err(ValueError::Unrepresentable("date 'infinity'")),
-        "-infinity" => Err(ValueError::Unrepresentable("date '-infinity'")),
+        "infinity" => Ok(i32::MAX),
+        "-infinity" => Ok(-i32::MAX),
         _ => Ok(parse_naive_date(s)?.to_epoch_days()),
     }
 }
 
 fn parse_timestamp_text(s: &str, with_zone: bool) -> Result<i64, ValueError> {
     match s {
-        "infinity" => return Err(ValueError::Unrepresentable("timestamp 'infinity'")),
-        "-infinity" => return Err(ValueError::Unrepresentable("timestamp '-infinity'")),
+        "infinity" => return Ok(i64::MAX),
+        "-infinity" => return Ok(-i64::MAX),
         _ => {}
     }
     let (body, bc) = split_bc(s);
@@ -723,13 +1084,70 @@ mod tests {
     }
 
     #[test]
-    fn infinity_is_unrepresentable_and_appends_nothing() {
-        let mut b = ColumnBuilder::new(ColumnKind::Date, 1);
+    fn infinity_keeps_the_sentinel_both_formats() {
+        let mut b = ColumnBuilder::new(ColumnKind::Date, 2);
+        b.append(ColumnKind::Date, Datum::Binary(&i32::MAX.to_be_bytes()))
+            .expect("bin");
+        b.append(ColumnKind::Date, Datum::Text(b"-infinity"))
+            .expect("text");
+        let arr = b.finish();
+        let arr = arr
+            .as_any()
+            .downcast_ref::<arrow_array::Date32Array>()
+            .expect("date");
+        assert_eq!((arr.value(0), arr.value(1)), (i32::MAX, -i32::MAX));
+        // A NaN numeric cannot be a DECIMAL: nothing is appended, the caller stores NULL.
+        let kind = ColumnKind::Decimal {
+            precision: 5,
+            scale: 2,
+        };
+        let mut d = ColumnBuilder::new(kind, 1);
         assert!(matches!(
-            b.append(ColumnKind::Date, Datum::Binary(&i32::MAX.to_be_bytes())),
+            d.append(kind, Datum::Text(b"NaN")),
             Err(ValueError::Unrepresentable(_))
         ));
-        assert_eq!(b.finish().len(), 0);
+        assert_eq!(d.finish().len(), 0);
+    }
+
+    #[test]
+    fn formats_like_postgres() {
+        assert_eq!(
+            format_interval(14, 3, 4 * 3_600_000_000 + 5 * 60_000_000 + 6_500_000),
+            "1 year 2 mons 3 days 04:05:06.5"
+        );
+        assert_eq!(format_interval(0, 0, 0), "00:00:00");
+        assert_eq!(format_interval(0, -1, 3_600_000_000), "-1 days +01:00:00");
+        assert_eq!(
+            format_interval(-13, 0, -1),
+            "-1 years -1 mons -00:00:00.000001"
+        );
+        assert_eq!(
+            format_timetz(12 * 3_600_000_000 + 500_000, -7200),
+            "12:00:00.5+02"
+        );
+        assert_eq!(format_timetz(0, 12600), "00:00:00-03:30");
+        assert_eq!(
+            format_bits(&[0, 0, 0, 5, 0b1010_1000]),
+            Ok("10101".to_string())
+        );
+        assert_eq!(
+            format_inet(&[2, 32, 0, 4, 10, 0, 0, 1]),
+            Ok("10.0.0.1".to_string())
+        );
+        assert_eq!(
+            format_inet(&[2, 24, 1, 4, 10, 0, 0, 0]),
+            Ok("10.0.0.0/24".to_string())
+        );
+        assert_eq!(
+            parse_array_text(r#"{1,NULL,"a b","q\"x",{z}}"#),
+            Ok(vec![
+                Some("1".into()),
+                None,
+                Some("a b".into()),
+                Some("q\"x".into()),
+                Some("z".into())
+            ])
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! A crash before the watermarks are written repeats this step with the same intent;
 //! files already in the lake are recognised by name and not written again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -24,6 +25,7 @@ use crate::checkpoint::FlushIntent;
 use crate::config::TableConfig;
 use crate::decode::relation::RelationCache;
 use crate::decode::schema::SchemaError;
+use crate::decode::TypeCatalog;
 use crate::decode::{ChangeType, Datum, RowMeta};
 use crate::lsn::Lsn;
 use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
@@ -85,10 +87,12 @@ struct Txn {
 pub fn write_changes(
     segments: &[Segment],
     tables: &[TableConfig],
+    known: HashMap<u32, TableConfig>,
+    types: Arc<TypeCatalog>,
     intent: &FlushIntent,
     mut sink: Sink,
 ) -> Result<Flushed, FlushError> {
-    let mut rels = RelationCache::default();
+    let mut rels = RelationCache::new(known, types);
     let mut parser = LogicalReplicationParser::with_protocol_version(1);
     let processing_date = intent.processed_at.date_naive();
     let mut out = Flushed::default();
@@ -200,10 +204,10 @@ fn apply_change(
         } => (relation_id, ChangeType::Delete, old_tuple, None),
         LogicalReplicationMessage::Truncate { relation_ids, .. } => {
             for id in relation_ids {
-                let Some(Some(schema)) = rels.get(id) else {
+                let Some(Some(rel)) = rels.get(id) else {
                     continue;
                 };
-                let folder = schema.name.clone();
+                let (folder, schema) = (rel.folder.clone(), &rel.schema);
                 if !included(intent, &folder, txn.commit_lsn) {
                     continue;
                 }
@@ -222,8 +226,8 @@ fn apply_change(
         }
         _ => return Ok(()),
     };
-    let schema = match rels.get(relation_id) {
-        Some(Some(s)) => s,
+    let rel = match rels.get(relation_id) {
+        Some(Some(r)) => r,
         Some(None) => return Ok(()),
         None => {
             return Err(FlushError::Protocol {
@@ -232,7 +236,7 @@ fn apply_change(
             })
         }
     };
-    let folder = schema.name.clone();
+    let (folder, schema) = (rel.folder.clone(), &rel.schema);
     if !included(intent, &folder, txn.commit_lsn) {
         return Ok(());
     }

@@ -5,7 +5,8 @@ use tokio_postgres::Client;
 
 use super::{query_error, quote_ident, SourceError};
 use crate::config::TableConfig;
-use crate::decode::{ColumnSpec, TableSchema};
+use crate::decode::types::PgType;
+use crate::decode::{ColumnSpec, TableSchema, TypeCatalog};
 use crate::lsn::Lsn;
 
 /// Server settings that decide whether logical replication can work.
@@ -131,8 +132,43 @@ pub enum TableError {
     Source(#[from] SourceError),
 }
 
+/// The database's domains, enums, arrays and extension types.
+pub async fn type_catalog(client: &Client) -> Result<TypeCatalog, SourceError> {
+    let rows = client
+        .query(
+            "SELECT t.oid, t.typtype::text, t.typbasetype, t.typtypmod, t.typelem,
+                    t.typcategory::text, t.typsend::text
+             FROM pg_type t
+             WHERE t.typtype IN ('d', 'e') OR t.typcategory = 'A' OR t.oid >= 16384",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_type", &e))?;
+    let get = |e: tokio_postgres::Error| query_error("reading pg_type", &e);
+    let ch = |s: String| s.chars().next().unwrap_or(' ');
+    let mut types = Vec::with_capacity(rows.len());
+    for r in rows {
+        types.push((
+            r.try_get::<_, u32>(0).map_err(get)?,
+            PgType {
+                typtype: ch(r.try_get(1).map_err(get)?),
+                base: r.try_get(2).map_err(get)?,
+                base_typmod: r.try_get(3).map_err(get)?,
+                elem: r.try_get(4).map_err(get)?,
+                category: ch(r.try_get(5).map_err(get)?),
+                send: r.try_get(6).map_err(get)?,
+            },
+        ));
+    }
+    Ok(TypeCatalog::new(types))
+}
+
 /// Looks up a configured table.
-pub async fn table_info(client: &Client, table: &TableConfig) -> Result<TableInfo, TableError> {
+pub async fn table_info(
+    client: &Client,
+    table: &TableConfig,
+    types: &TypeCatalog,
+) -> Result<TableInfo, TableError> {
     let (schema, name) = table.qualified();
     let what = || format!("reading the columns of {}", table.name);
     let rel = client
@@ -174,13 +210,14 @@ pub async fn table_info(client: &Client, table: &TableConfig) -> Result<TableInf
         .map_err(|e| query_error(what(), &e))?;
     let mut columns = Vec::with_capacity(rows.len());
     for r in rows {
-        columns.push(ColumnSpec::new(
+        columns.push(ColumnSpec::resolved(
             r.try_get::<_, String>(0).map_err(get)?,
             r.try_get(1).map_err(get)?,
             r.try_get(2).map_err(get)?,
             r.try_get::<_, Option<bool>>(3)
                 .map_err(get)?
                 .unwrap_or(false),
+            types,
         ));
     }
     Ok(TableInfo {

@@ -62,6 +62,16 @@ def scan(lake, folder):
 
 
 def norm(v):
+    import datetime as dt
+
+    if isinstance(v, (dt.date, dt.datetime)):
+        # PostgreSQL's ±infinity: readers show them as the extreme values.
+        if v in (dt.date.max, dt.datetime.max) or (isinstance(v, dt.datetime) and v.replace(tzinfo=None) == dt.datetime.max):
+            return "infinity"
+        if v in (dt.date.min, dt.datetime.min) or (isinstance(v, dt.datetime) and v.replace(tzinfo=None) == dt.datetime.min):
+            return "-infinity"
+    if isinstance(v, list):
+        return [norm(x) for x in v]
     if isinstance(v, memoryview):
         return bytes(v)
     if isinstance(v, float) and math.isnan(v):
@@ -110,18 +120,50 @@ def lake_latest(lake, folder, keys, columns):
     return out
 
 
-def source_rows(dsn, table, keys):
+def lake_types(lake, folder):
+    if not files_of(lake, folder):
+        return {}
+    con = connect_duckdb()
+    return {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {scan(lake, folder)}").fetchall()}
+
+
+def source_rows(dsn, table, keys, lake_type):
+    """Source rows; columns the lake keeps as text are read as PostgreSQL's text form."""
     import psycopg2
     import psycopg2.extras
 
+    import psycopg2.extensions as ext
+
     psycopg2.extras.register_default_json(loads=lambda x: x)
     psycopg2.extras.register_default_jsonb(loads=lambda x: x)
+
+    def infinity_safe(base):
+        def cast(value, cur):
+            return value if value in ("infinity", "-infinity") else base(value, cur)
+
+        return cast
+
+    for oid, array_oid, base in [(1082, 1182, ext.DATE), (1114, 1115, ext.PYDATETIME), (1184, 1185, ext.PYDATETIMETZ)]:
+        scalar = ext.new_type((oid,), f"S2L_{oid}", infinity_safe(base))
+        ext.register_type(scalar)
+        ext.register_type(ext.new_array_type((array_oid,), f"S2L_{array_oid}", scalar))
     con = psycopg2.connect(dsn)
     try:
         cur = con.cursor()
         cur.execute("SET TimeZone = 'UTC'")
         schema, name = table.split(".", 1)
-        cur.execute(f'SELECT * FROM "{schema}"."{name}"')
+        cur.execute(f'SELECT * FROM "{schema}"."{name}" LIMIT 0')
+        select = []
+        for d in cur.description:
+            col = f'"{d.name}"'
+            if d.type_code == 790:
+                select.append(f"{col}::numeric AS {col}")
+            elif lake_type.get(d.name) == "VARCHAR":
+                # The type's output function (inet::text would add a /32 mask).
+                select.append(f"CASE WHEN {col} IS NULL THEN NULL ELSE format('%s', {col}) END AS {col}")
+            else:
+                select.append(col)
+        cur.execute(f'SELECT {", ".join(select)} FROM "{schema}"."{name}"')
         columns = [d.name for d in cur.description]
         out = {}
         for row in cur.fetchall():
@@ -144,7 +186,7 @@ def show(v):
 
 def compare(args):
     keys = args.key.split(",")
-    columns, src = source_rows(args.dsn, args.table, keys)
+    columns, src = source_rows(args.dsn, args.table, keys, lake_types(args.lake, args.folder))
     lake = lake_latest(args.lake, args.folder, keys, columns)
     missing = [show(dict(zip(keys, k))) for k in src if k not in lake]
     extra = [show(dict(zip(keys, k))) for k in lake if k not in src]
