@@ -134,7 +134,9 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     for t in &config.tables {
         let what = format!("table {}", t.name);
         match introspect::table_info(&client, t, &types).await {
-            Ok(info) if !info.has_identity() => add(Level::Fail, &what, identity_remedy(&t.name)),
+            Ok(info) if !info.has_identity() => {
+                add(Level::Fail, &what, identity_remedy(&t.name, info.replica_identity))
+            }
             Ok(info) => {
                 let detail = format!(
                     "{} columns, replica identity {}, about {} rows",
@@ -158,6 +160,43 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                                 col.name, t.name
                             ),
                         );
+                    }
+                }
+                for c in &info.schema.columns {
+                    let odd = c.name.starts_with('_')
+                        || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                    let clash = info
+                        .schema
+                        .columns
+                        .iter()
+                        .any(|o| o.name != c.name && o.name.eq_ignore_ascii_case(&c.name));
+                    if odd || clash {
+                        add(
+                            Level::Warn,
+                            &what,
+                            format!(
+                                "column {:?} {}: Athena needs it quoted or cannot tell it apart; rename it (ALTER TABLE {} RENAME COLUMN \"{}\" TO ...;)",
+                                c.name,
+                                if clash { "differs from another column only in case" } else { "starts with '_' or has characters other than letters, digits and '_'" },
+                                t.name,
+                                c.name
+                            ),
+                        );
+                    }
+                }
+                if info.replica_identity != 'f' {
+                    match toastable_columns(&client, info.oid).await {
+                        Ok(cols) if !cols.is_empty() => add(
+                            Level::Warn,
+                            &what,
+                            format!(
+                                "column(s) {} can hold values large enough to be TOASTed; an UPDATE that leaves such a value unchanged does not send it, and without REPLICA IDENTITY FULL slot2lake must write NULL for it; run ALTER TABLE {} REPLICA IDENTITY FULL;",
+                                cols.join(", "),
+                                t.name
+                            ),
+                        ),
+                        Ok(_) => {}
+                        Err(e) => add(Level::Warn, &what, e.to_string()),
                     }
                 }
                 let other: Vec<&str> = info
@@ -223,4 +262,22 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         Err(e) => add(Level::Fail, "slot", e.to_string()),
     }
     out
+}
+
+/// Columns whose values can be stored out of line (TOAST): unbounded varlena types.
+async fn toastable_columns(
+    client: &tokio_postgres::Client,
+    table: u32,
+) -> Result<Vec<String>, crate::source::SourceError> {
+    let rows = client
+        .query(
+            "SELECT attname::text FROM pg_attribute
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+               AND attstorage IN ('x', 'e') AND (atttypmod < 0 OR atttypmod > 2004)
+             ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .map_err(|e| source::query_error("reading column storage", &e))?;
+    Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
 }

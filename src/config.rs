@@ -187,6 +187,10 @@ pub struct OutputConfig {
     pub sse: Option<String>,
     /// KMS key id or ARN for `sse = "aws:kms"` (default: the account's S3 key).
     pub sse_kms_key_id: Option<String>,
+    /// Prefix of slot2lake's own columns (`change_type`, …), for tables that have a
+    /// column of the same name: e.g. `"s2l_"` gives `s2l_change_type`.
+    #[serde(default)]
+    pub metadata_column_prefix: String,
     /// S3: retries of a failed request, with exponential backoff, before the flush fails.
     #[serde(default = "default_max_retries")]
     pub max_retries: usize,
@@ -351,6 +355,9 @@ pub struct TableConfig {
     pub partition_by: String,
     /// SQL condition limiting the first snapshot, e.g. `order_date >= current_date - 30`.
     pub snapshot_where: Option<String>,
+    /// `output.metadata_column_prefix`, copied here when the config is loaded.
+    #[serde(skip)]
+    pub meta_prefix: String,
 }
 
 impl TableConfig {
@@ -530,9 +537,12 @@ impl Config {
         let mut value: toml::Value = toml::from_str(text)
             .map_err(|e| parse_err(e.message().to_string() + &location(text, e.span())))?;
         expand_env(&mut value, "", env)?;
-        let config: Config = value
+        let mut config: Config = value
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
+        for t in &mut config.tables {
+            t.meta_prefix = config.output.metadata_column_prefix.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -576,6 +586,9 @@ impl Config {
         }
         if o.max_file_size.0 < MB {
             return Err(invalid("output.max_file_size", "must be at least 1MB"));
+        }
+        if !o.metadata_column_prefix.is_empty() {
+            check_identifier("output.metadata_column_prefix", &o.metadata_column_prefix, true)?;
         }
         if o.row_group_rows == 0 {
             return Err(invalid("output.row_group_rows", "must be at least 1"));

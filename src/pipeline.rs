@@ -121,7 +121,7 @@ impl Pipeline {
         for t in &config.tables {
             let info = introspect::table_info(&client, t, &types).await?;
             if !info.has_identity() {
-                return Err(RunError::State(identity_remedy(&t.name)));
+                return Err(RunError::State(identity_remedy(&t.name, info.replica_identity)));
             }
             for c in info
                 .schema
@@ -944,8 +944,13 @@ pub async fn open_spool(config: &Config, lake: &Lake) -> Result<Spool, SpoolErro
 }
 
 /// The error (and fix) for a table whose updates and deletes cannot be replicated.
-pub fn identity_remedy(table: &str) -> String {
+pub fn identity_remedy(table: &str, replica_identity: char) -> String {
+    let why = if replica_identity == 'n' {
+        "has REPLICA IDENTITY NOTHING"
+    } else {
+        "has no primary key and no replica identity"
+    };
     format!(
-        "table {table} has no primary key and no replica identity, so its UPDATEs and DELETEs cannot be replicated (PostgreSQL rejects them once the table is published); add a primary key, or run ALTER TABLE {table} REPLICA IDENTITY FULL;"
+        "table {table} {why}, so its UPDATEs and DELETEs cannot be replicated (PostgreSQL rejects them once the table is published); add a primary key and run ALTER TABLE {table} REPLICA IDENTITY DEFAULT;, or run ALTER TABLE {table} REPLICA IDENTITY FULL;"
     )
 }

@@ -19,6 +19,7 @@ use arrow_schema::DataType;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CatalogKind, Config};
+use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, COMMIT_TS};
 use crate::decode::TableSchema;
 use crate::sink::{Lake, LakeError, PartitionKey, WrittenFile};
 
@@ -180,21 +181,26 @@ pub fn latest_state_views(
         .iter()
         .map(|c| format!("\"{}\"", c.name))
         .collect();
+    let m = |c: &str| format!("\"{}\"", table.schema.meta(c));
     let body = |source: &str| {
         format!(
             "WITH t AS (SELECT * FROM {source}),\n\
-             cut AS (SELECT coalesce(max(change_lsn), -1) AS slot2lake_cut_lsn FROM t WHERE change_type = 'TRUNCATE'),\n\
-             cut_seq AS (SELECT coalesce(max(change_seq), -1) AS slot2lake_cut_seq FROM t, cut\n\
-             \x20           WHERE change_type = 'TRUNCATE' AND change_lsn = slot2lake_cut_lsn),\n\
+             cut AS (SELECT coalesce(max({cl}), -1) AS slot2lake_cut_lsn FROM t WHERE {ct} = 'TRUNCATE'),\n\
+             cut_seq AS (SELECT coalesce(max({cs}), -1) AS slot2lake_cut_seq FROM t, cut\n\
+             \x20           WHERE {ct} = 'TRUNCATE' AND {cl} = slot2lake_cut_lsn),\n\
              ranked AS (\n\
-             \x20 SELECT t.*, row_number() OVER (PARTITION BY {keys} ORDER BY change_lsn DESC, change_seq DESC) AS slot2lake_rank\n\
+             \x20 SELECT t.*, row_number() OVER (PARTITION BY {keys} ORDER BY {cl} DESC, {cs} DESC) AS slot2lake_rank\n\
              \x20 FROM t, cut, cut_seq\n\
-             \x20 WHERE change_type <> 'TRUNCATE'\n\
-             \x20   AND (change_lsn > slot2lake_cut_lsn OR (change_lsn = slot2lake_cut_lsn AND change_seq > slot2lake_cut_seq))\n\
+             \x20 WHERE {ct} <> 'TRUNCATE'\n\
+             \x20   AND ({cl} > slot2lake_cut_lsn OR ({cl} = slot2lake_cut_lsn AND {cs} > slot2lake_cut_seq))\n\
              )\n\
-             SELECT {cols}, change_lsn, change_seq, commit_ts FROM ranked WHERE slot2lake_rank = 1 AND change_type <> 'DELETE'",
+             SELECT {cols}, {cl}, {cs}, {cts} FROM ranked WHERE slot2lake_rank = 1 AND {ct} <> 'DELETE'",
             keys = keys.join(", "),
-            cols = cols.join(", ")
+            cols = cols.join(", "),
+            ct = m(CHANGE_TYPE),
+            cl = m(CHANGE_LSN),
+            cs = m(CHANGE_SEQ),
+            cts = m(COMMIT_TS),
         )
     };
     let athena = format!(

@@ -87,11 +87,12 @@ impl RelationCache {
                 )
             })
             .collect();
-        let schema = Arc::new(TableSchema::new(
+        let schema = Arc::new(TableSchema::with_meta_prefix(
             namespace,
             name,
             specs,
             table.partition_column(),
+            &table.meta_prefix,
         )?);
         let rel = Relation {
             folder: table.folder().to_string(),

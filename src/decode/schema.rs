@@ -309,7 +309,7 @@ pub enum SchemaError {
         column: String,
     },
     /// A source column has the name of a metadata column.
-    #[error("table {table}: column {column:?} collides with slot2lake's metadata column of that name; rename it in the source")]
+    #[error("table {table}: column {column:?} collides with slot2lake's metadata column of that name; set output.metadata_column_prefix (e.g. \"s2l_\") or rename the column")]
     ReservedColumn {
         /// `schema.table`
         table: String,
@@ -329,6 +329,8 @@ pub struct TableSchema {
     pub columns: Vec<ColumnSpec>,
     /// Index into `columns` of the partition column, if partitioned by a column.
     pub partition_column: Option<usize>,
+    /// Prefix of the metadata columns' names.
+    pub meta_prefix: String,
     /// Source columns followed by the metadata columns.
     pub arrow: SchemaRef,
 }
@@ -341,10 +343,21 @@ impl TableSchema {
         columns: Vec<ColumnSpec>,
         partition_by: Option<&str>,
     ) -> Result<Self, SchemaError> {
+        Self::with_meta_prefix(schema, name, columns, partition_by, "")
+    }
+
+    /// Builds the schema with metadata columns named `<prefix>change_type` and so on.
+    pub fn with_meta_prefix(
+        schema: &str,
+        name: &str,
+        columns: Vec<ColumnSpec>,
+        partition_by: Option<&str>,
+        meta_prefix: &str,
+    ) -> Result<Self, SchemaError> {
         let qualified = format!("{schema}.{name}");
         if let Some(c) = columns
             .iter()
-            .find(|c| METADATA_COLUMNS.contains(&c.name.as_str()))
+            .find(|c| METADATA_COLUMNS.iter().any(|m| c.name == format!("{meta_prefix}{m}")))
         {
             return Err(SchemaError::ReservedColumn {
                 table: qualified,
@@ -373,18 +386,25 @@ impl TableSchema {
             .iter()
             .map(|c| Field::new(&c.name, c.kind.data_type(), true))
             .collect();
-        fields.push(Field::new(CHANGE_TYPE, DataType::Utf8, false));
-        fields.push(Field::new(CHANGE_LSN, DataType::Int64, false));
-        fields.push(Field::new(CHANGE_SEQ, DataType::Int64, false));
-        fields.push(Field::new(COMMIT_TS, utc_timestamp(), false));
-        fields.push(Field::new(ETL_PROCESSED_AT, utc_timestamp(), false));
+        let m = |n: &str| format!("{meta_prefix}{n}");
+        fields.push(Field::new(m(CHANGE_TYPE), DataType::Utf8, false));
+        fields.push(Field::new(m(CHANGE_LSN), DataType::Int64, false));
+        fields.push(Field::new(m(CHANGE_SEQ), DataType::Int64, false));
+        fields.push(Field::new(m(COMMIT_TS), utc_timestamp(), false));
+        fields.push(Field::new(m(ETL_PROCESSED_AT), utc_timestamp(), false));
         Ok(Self {
             schema: schema.to_string(),
             name: name.to_string(),
             columns,
             partition_column,
+            meta_prefix: meta_prefix.to_string(),
             arrow: Arc::new(Schema::new(fields)),
         })
+    }
+
+    /// The name of a metadata column in this table's files (with the configured prefix).
+    pub fn meta(&self, column: &str) -> String {
+        format!("{}{column}", self.meta_prefix)
     }
 
     /// `schema.table`

@@ -224,7 +224,13 @@ pub async fn table_info(
         oid,
         replica_identity,
         has_primary_key: rel.try_get(3).map_err(get)?,
-        schema: TableSchema::new(schema, name, columns, table.partition_column())?,
+        schema: TableSchema::with_meta_prefix(
+            schema,
+            name,
+            columns,
+            table.partition_column(),
+            &table.meta_prefix,
+        )?,
         estimated_rows: rel.try_get(4).map_err(get)?,
     })
 }
