@@ -134,9 +134,11 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     for t in &config.tables {
         let what = format!("table {}", t.name);
         match introspect::table_info(&client, t, &types).await {
-            Ok(info) if !info.has_identity() => {
-                add(Level::Fail, &what, identity_remedy(&t.name, info.replica_identity))
-            }
+            Ok(info) if !info.has_identity() => add(
+                Level::Fail,
+                &what,
+                identity_remedy(&t.name, info.replica_identity),
+            ),
             Ok(info) => {
                 let detail = format!(
                     "{} columns, replica identity {}, about {} rows",
@@ -164,7 +166,10 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                 }
                 for c in &info.schema.columns {
                     let odd = c.name.starts_with('_')
-                        || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                        || !c
+                            .name
+                            .chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
                     let clash = info
                         .schema
                         .columns

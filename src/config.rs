@@ -355,6 +355,9 @@ pub struct TableConfig {
     pub partition_by: String,
     /// SQL condition limiting the first snapshot, e.g. `order_date >= current_date - 30`.
     pub snapshot_where: Option<String>,
+    /// Folder (and Glue table) name; default: the table's name. Set it to keep the old
+    /// folder after renaming the table in PostgreSQL.
+    pub folder: Option<String>,
     /// `output.metadata_column_prefix`, copied here when the config is loaded.
     #[serde(skip)]
     pub meta_prefix: String,
@@ -371,7 +374,7 @@ impl TableConfig {
 
     /// The folder under the output, and the name used in file names and watermarks.
     pub fn folder(&self) -> &str {
-        self.qualified().1
+        self.folder.as_deref().unwrap_or(self.qualified().1)
     }
 
     /// The partition column, when partitioned by a column rather than flush time.
@@ -588,7 +591,11 @@ impl Config {
             return Err(invalid("output.max_file_size", "must be at least 1MB"));
         }
         if !o.metadata_column_prefix.is_empty() {
-            check_identifier("output.metadata_column_prefix", &o.metadata_column_prefix, true)?;
+            check_identifier(
+                "output.metadata_column_prefix",
+                &o.metadata_column_prefix,
+                true,
+            )?;
         }
         if o.row_group_rows == 0 {
             return Err(invalid("output.row_group_rows", "must be at least 1"));
@@ -697,6 +704,10 @@ impl Config {
             let (schema, name) = t.qualified();
             check_identifier(&format!("{key}.name"), schema, false)?;
             check_identifier(&format!("{key}.name"), name, false)?;
+            if let Some(f) = &t.folder {
+                check_identifier(&format!("{key}.folder"), f, false)?;
+            }
+            let name = t.folder();
             if name.starts_with('_') || name.starts_with('.') {
                 return Err(invalid(
                     format!("{key}.name"),

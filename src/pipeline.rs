@@ -30,6 +30,7 @@ use crate::checkpoint::{
     SnapshotState, Watermark, WatermarkKind, FIRST_RUN,
 };
 use crate::config::{BinaryMode, Config, SnapshotMode};
+use crate::decode::relation::KnownTable;
 use crate::decode::{ColumnKind, TypeCatalog};
 use crate::failpoint;
 use crate::flush::{self, FlushError, Flushed};
@@ -121,7 +122,10 @@ impl Pipeline {
         for t in &config.tables {
             let info = introspect::table_info(&client, t, &types).await?;
             if !info.has_identity() {
-                return Err(RunError::State(identity_remedy(&t.name, info.replica_identity)));
+                return Err(RunError::State(identity_remedy(
+                    &t.name,
+                    info.replica_identity,
+                )));
             }
             for c in info
                 .schema
@@ -835,7 +839,7 @@ impl Pipeline {
         let sink = self.sink(intent.processed_at, intent.cut, None)?;
         let tables = self.config.tables.clone();
         let job_intent = intent.clone();
-        let known: std::collections::HashMap<u32, crate::config::TableConfig> = self
+        let known: std::collections::HashMap<u32, KnownTable> = self
             .tables
             .iter()
             .filter_map(|(folder, info)| {
@@ -843,7 +847,16 @@ impl Pipeline {
                     .tables
                     .iter()
                     .find(|t| t.folder() == folder)
-                    .map(|t| (info.oid, t.clone()))
+                    .map(|t| {
+                        let keyless = !info.has_primary_key && info.replica_identity == 'f';
+                        (
+                            info.oid,
+                            KnownTable {
+                                config: t.clone(),
+                                keyless,
+                            },
+                        )
+                    })
             })
             .collect();
         let types = self.refresh_types().await;

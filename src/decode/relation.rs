@@ -22,19 +22,30 @@ pub struct Relation {
     pub folder: String,
     /// Columns as of the latest Relation message.
     pub schema: Arc<TableSchema>,
+    /// No primary key: rows are identified by all their columns (REPLICA IDENTITY FULL).
+    pub keyless: bool,
+}
+
+/// A configured table known by OID at startup.
+#[derive(Debug, Clone)]
+pub struct KnownTable {
+    /// Its `[[tables]]` entry.
+    pub config: TableConfig,
+    /// Whether it has no primary key.
+    pub keyless: bool,
 }
 
 /// Known relations by OID; `None` marks a published relation that is not configured.
 pub struct RelationCache {
     by_oid: HashMap<u32, Option<Relation>>,
     /// Configured tables by OID (from the catalog at startup).
-    known: HashMap<u32, TableConfig>,
+    known: HashMap<u32, KnownTable>,
     types: Arc<TypeCatalog>,
 }
 
 impl RelationCache {
     /// A cache resolving types through `types`; `known` maps table OIDs to their config.
-    pub fn new(known: HashMap<u32, TableConfig>, types: Arc<TypeCatalog>) -> Self {
+    pub fn new(known: HashMap<u32, KnownTable>, types: Arc<TypeCatalog>) -> Self {
         Self {
             by_oid: HashMap::new(),
             known,
@@ -57,7 +68,8 @@ impl RelationCache {
         } else {
             namespace
         };
-        let table = match self.known.get(&relation_id) {
+        let keyless = self.known.get(&relation_id).is_some_and(|k| k.keyless);
+        let table = match self.known.get(&relation_id).map(|k| &k.config) {
             Some(t) => {
                 if t.qualified() != (namespace, name) {
                     tracing::warn!(
@@ -97,6 +109,7 @@ impl RelationCache {
         let rel = Relation {
             folder: table.folder().to_string(),
             schema,
+            keyless,
         };
         self.by_oid.insert(relation_id, Some(rel.clone()));
         Ok(Some(rel))

@@ -355,10 +355,11 @@ impl TableSchema {
         meta_prefix: &str,
     ) -> Result<Self, SchemaError> {
         let qualified = format!("{schema}.{name}");
-        if let Some(c) = columns
-            .iter()
-            .find(|c| METADATA_COLUMNS.iter().any(|m| c.name == format!("{meta_prefix}{m}")))
-        {
+        if let Some(c) = columns.iter().find(|c| {
+            METADATA_COLUMNS
+                .iter()
+                .any(|m| c.name == format!("{meta_prefix}{m}"))
+        }) {
             return Err(SchemaError::ReservedColumn {
                 table: qualified,
                 column: c.name.clone(),

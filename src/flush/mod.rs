@@ -23,7 +23,7 @@ use pg_walstream::{ColumnData, LogicalReplicationMessage, LogicalReplicationPars
 
 use crate::checkpoint::FlushIntent;
 use crate::config::TableConfig;
-use crate::decode::relation::RelationCache;
+use crate::decode::relation::{KnownTable, RelationCache};
 use crate::decode::schema::SchemaError;
 use crate::decode::TypeCatalog;
 use crate::decode::{ChangeType, Datum, RowMeta};
@@ -87,7 +87,7 @@ struct Txn {
 pub fn write_changes(
     segments: &[Segment],
     tables: &[TableConfig],
-    known: HashMap<u32, TableConfig>,
+    known: HashMap<u32, KnownTable>,
     types: Arc<TypeCatalog>,
     intent: &FlushIntent,
     mut sink: Sink,
@@ -241,30 +241,63 @@ fn apply_change(
         return Ok(());
     }
     let filled = fill_unchanged(tuple, old.as_ref());
+    if rel.keyless && change_type == ChangeType::Update {
+        if let Some(old) = &old {
+            // Without a primary key a row is identified by all its columns: the old
+            // version is deleted, so the latest state does not keep it.
+            append_row(
+                sink,
+                &folder,
+                schema,
+                processing_date,
+                old,
+                meta(ChangeType::Delete),
+            )?;
+            *out.rows.entry(folder.clone()).or_default() += 1;
+        }
+    }
+    let qualified = schema.qualified_name();
+    for (c, spec) in filled.columns.iter().zip(&schema.columns) {
+        if c.is_unchanged() {
+            sink.warnings().once(
+                &qualified,
+                &spec.name,
+                "an UPDATE left this TOASTed value unchanged and pgoutput did not send it; written as NULL (set REPLICA IDENTITY FULL on the table to keep it)",
+            );
+        }
+    }
+    append_row(
+        sink,
+        &folder,
+        schema,
+        processing_date,
+        &filled,
+        meta(change_type),
+    )?;
+    *out.rows.entry(folder).or_default() += 1;
+    Ok(())
+}
+
+fn append_row(
+    sink: &mut Sink,
+    folder: &str,
+    schema: &Arc<crate::decode::TableSchema>,
+    processing_date: NaiveDate,
+    tuple: &TupleData,
+    m: RowMeta,
+) -> Result<(), FlushError> {
     let key = PartitionKey::for_row(
         schema,
         processing_date,
         schema
             .partition_column
-            .and_then(|i| filled.columns.get(i))
+            .and_then(|i| tuple.columns.get(i))
             .map(datum),
     )
     .map_err(SinkError::from)?;
-    let m = meta(change_type);
-    let qualified = schema.qualified_name();
-    sink.append(&folder, schema, key, |batch, warnings| {
-        for (c, spec) in filled.columns.iter().zip(&schema.columns) {
-            if c.is_unchanged() {
-                warnings.once(
-                    &qualified,
-                    &spec.name,
-                    "an UPDATE left this TOASTed value unchanged and pgoutput did not send it; written as NULL (set REPLICA IDENTITY FULL on the table to keep it)",
-                );
-            }
-        }
-        batch.append(filled.columns.iter().map(datum), &m, warnings)
+    sink.append(folder, schema, key, |batch, warnings| {
+        batch.append(tuple.columns.iter().map(datum), &m, warnings)
     })?;
-    *out.rows.entry(folder).or_default() += 1;
     Ok(())
 }
 

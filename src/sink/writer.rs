@@ -189,6 +189,11 @@ impl Sink {
         })
     }
 
+    /// Warnings logged once per table and column.
+    pub fn warnings(&mut self) -> &mut Warnings {
+        &mut self.warnings
+    }
+
     /// The flush time stamped into `etl_processed_at` and file names.
     pub fn processed_at(&self) -> DateTime<Utc> {
         self.processed_at

@@ -279,10 +279,11 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
     }))
 }
 
-/// The server's current WAL write position.
+/// The server's current WAL insert position (ahead of the write position under
+/// asynchronous commit).
 pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, SourceError> {
     let row = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .map_err(|e| query_error("reading the current WAL position", &e))?;
     let s: String = row

@@ -2,6 +2,7 @@ mod backfill;
 mod check;
 #[cfg(feature = "failpoints")]
 mod crash;
+mod fidelity;
 mod once;
 mod s3;
 mod service;

@@ -140,7 +140,12 @@ async fn everything_round_trip(binary: &str, with_text_only: bool) {
     let db = database(&format!("everything_{binary}")).await;
     // Builds without libxml (the PostgreSQL 18 wheel) reject xml values: test text there.
     let xml = db.client.batch_execute("SELECT '<a/>'::xml").await.is_ok();
-    db.exec(&if xml { ALL_TYPES.to_string() } else { ALL_TYPES.replace(" x xml,", " x text,") }).await;
+    db.exec(&if xml {
+        ALL_TYPES.to_string()
+    } else {
+        ALL_TYPES.replace(" x xml,", " x text,")
+    })
+    .await;
     if !with_text_only {
         db.exec("ALTER TABLE everything DROP COLUMN rng, DROP COLUMN pt, DROP COLUMN tsv")
             .await;
