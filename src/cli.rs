@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         table: String,
     },
+    /// Compare the lake with the source at one consistent point; exit 1 on a difference.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this table (folder name); repeatable.
+        #[arg(long)]
+        table: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Slot lag, WAL retained, watermarks, spooled changes.
     Status {
         #[command(flatten)]
@@ -224,6 +235,43 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("backfill {t}: {n} rows, in place behind a TRUNCATE marker; the table's watermark moved to the snapshot");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            config,
+            table,
+            json,
+        } => {
+            let config = load(&config)?;
+            let pipeline = Pipeline::open(config).await?;
+            let report = crate::verify::verify(pipeline, &table)
+                .await
+                .context("verify")?;
+            let ok = report.tables.iter().all(|t| t.ok());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("verified at {}", report.consistent_point);
+                for t in &report.tables {
+                    println!(
+                        "{:<7} {}: source {} rows, lake {} rows; missing {}, extra {}, different {}",
+                        if t.ok() { "ok" } else { "DIFFERS" },
+                        t.table,
+                        t.source_rows,
+                        t.lake_rows,
+                        t.missing,
+                        t.extra,
+                        t.different
+                    );
+                    for e in &t.examples {
+                        println!("        {e}");
+                    }
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            })
         }
         Command::Status { config, json } => {
             let config = load(&config)?;

@@ -25,3 +25,4 @@ pub mod source;
 pub mod spool;
 pub mod status;
 pub mod telemetry;
+pub mod verify;

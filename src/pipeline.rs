@@ -73,6 +73,9 @@ pub enum RunError {
     /// The catalog step (data is committed).
     #[error("catalog (the data is committed; the next flush retries): {0}")]
     Catalog(#[from] CatalogError),
+    /// A COPY stream that does not parse.
+    #[error(transparent)]
+    Copy(#[from] crate::source::copy::CopyError),
     /// The lake and the slot disagree in a way slot2lake will not resolve alone.
     #[error("{0}")]
     State(String),

@@ -387,7 +387,8 @@ impl Worker {
     }
 }
 
-fn copy_datum(kind: ColumnKind, field: Option<&[u8]>) -> Datum<'_> {
+/// A COPY binary field as a datum (columns without a binary decoder were selected as text).
+pub fn copy_datum(kind: ColumnKind, field: Option<&[u8]>) -> Datum<'_> {
     match field {
         None => Datum::Null,
         // Columns without a binary decoder were selected as ::text.

@@ -7,3 +7,4 @@ mod once;
 mod s3;
 mod service;
 mod types;
+mod verify;

@@ -1,0 +1,420 @@
+//! `slot2lake verify`: the lake against the source, at one consistent point.
+//!
+//! ```text
+//!  temporary slot + exported snapshot ──▶ consistent point CP
+//!  catch the lake up past CP: the running consumer's /flush, or `run --once` here
+//!  source @ CP : COPY (FORMAT binary) under the snapshot ─▶ key ─▶ row hash
+//!  lake   @ CP : every file of the table, rows with change_lsn < CP (snapshot rows ≤ CP)
+//!                ─▶ latest version per key by (change_lsn, change_seq), deletes and rows
+//!                   before a TRUNCATE removed ─▶ key ─▶ row hash
+//!  compare: missing (in the source, not the lake), extra, different
+//! ```
+//!
+//! Because every lake row carries its commit LSN, the lake's state at any LSN it covers
+//! can be rebuilt, so the comparison needs no quiet database. Both sides are turned into
+//! Arrow values and formatted the same way before hashing, so a row's hash does not
+//! depend on where it was read; the source side uses slot2lake's own value decoders
+//! (their correctness is what the test suite checks with DuckDB and psycopg2 — `verify`
+//! checks what the pipeline did with the rows: lost, duplicated, stale, resurrected).
+//! Memory: one entry per key of the table being verified.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use futures::StreamExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+
+use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE};
+use crate::decode::{ChangeType, RowBatch, RowMeta, TableSchema, Warnings};
+use crate::lsn::Lsn;
+use crate::pipeline::{Pipeline, RunError};
+use crate::sink::Lake;
+use crate::source::copy::CopyParser;
+use crate::source::replication::{ReplicationStream, StreamOptions};
+use crate::source::snapshot::copy_datum;
+use crate::source::{self, introspect, query_error, quote_ident, quote_literal};
+
+/// Keys listed per kind of difference, at most.
+const SHOWN: usize = 20;
+
+/// How one table compares.
+#[derive(Debug, Default, Serialize)]
+pub struct TableReport {
+    /// Table folder.
+    pub table: String,
+    /// Rows in the source at the consistent point.
+    pub source_rows: u64,
+    /// Live rows in the lake's latest state at the consistent point.
+    pub lake_rows: u64,
+    /// Keys in the source but not in the lake.
+    pub missing: u64,
+    /// Keys in the lake but not in the source.
+    pub extra: u64,
+    /// Keys whose latest row differs.
+    pub different: u64,
+    /// Examples of each, as `column=value` lists.
+    pub examples: Vec<String>,
+}
+
+impl TableReport {
+    /// Whether the lake equals the source.
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.extra == 0 && self.different == 0
+    }
+}
+
+/// The outcome of `verify`.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    /// The position both sides were compared at.
+    pub consistent_point: Lsn,
+    /// Per table.
+    pub tables: Vec<TableReport>,
+}
+
+struct Latest {
+    lsn: i64,
+    seq: i64,
+    live: bool,
+    hash: u64,
+}
+
+/// Compares `tables` (all configured tables when empty) with the source.
+pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyReport, RunError> {
+    let config = pipeline.config().clone();
+    let selected: Vec<(String, Arc<TableSchema>)> = pipeline
+        .catalog_tables()
+        .into_iter()
+        .filter(|t| tables.is_empty() || tables.contains(&t.folder))
+        .map(|t| (t.folder, t.schema))
+        .collect();
+    if selected.is_empty() {
+        return Err(RunError::State(format!(
+            "no configured table named {}",
+            tables.join(", ")
+        )));
+    }
+    let temp_slot = format!("{}_verify_{}", config.source.slot, std::process::id());
+    let mut repl = ReplicationStream::connect(
+        &config.source.url,
+        &StreamOptions {
+            slot: temp_slot.clone(),
+            publication: config.source.publication.clone(),
+            binary: true,
+            export_snapshot: true,
+            temporary: true,
+        },
+    )
+    .await?;
+    let snapshot = repl.create_slot_exporting().await?;
+    let client = source::connect(&config.source.url).await?;
+    let cp = introspect::slot_info(&client, &temp_slot)
+        .await?
+        .and_then(|s| s.confirmed_flush)
+        .ok_or_else(|| RunError::State("the temporary slot reports no consistent point".into()))?;
+    tracing::info!(consistent_point = %cp, "verify: catching the lake up");
+    catch_up(&mut pipeline, cp).await?;
+
+    let mut source_client = source::connect(&config.source.url).await?;
+    let txn = source_client
+        .transaction()
+        .await
+        .map_err(|e| query_error("starting the verify transaction", &e))?;
+    txn.batch_execute(&format!(
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(&snapshot)
+    ))
+    .await
+    .map_err(|e| query_error("importing the verify snapshot", &e))?;
+
+    let mut reports = Vec::new();
+    for (folder, schema) in &selected {
+        let mut latest = lake_state(pipeline.lake(), folder, schema, cp).await?;
+        let mut report = TableReport {
+            table: folder.clone(),
+            lake_rows: latest.values().filter(|l| l.live).count() as u64,
+            ..Default::default()
+        };
+        let cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let query = format!(
+            "COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT binary)",
+            cols.join(", "),
+            quote_ident(&schema.schema),
+            quote_ident(&schema.name)
+        );
+        let stream = txn
+            .copy_out(&query)
+            .await
+            .map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut parser = CopyParser::new();
+        let mut batch = RowBatch::new(schema.clone(), 8192);
+        let mut warnings = Warnings::default();
+        let meta = RowMeta {
+            change_type: ChangeType::Snapshot,
+            lsn: 0,
+            seq: 0,
+            commit_us: 0,
+        };
+        let kinds: Vec<_> = schema.columns.iter().map(|c| c.kind).collect();
+        while let Some(data) = stream.next().await {
+            let data =
+                data.map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
+            parser.push(&data);
+            parser.drain(|fields: &[Option<&[u8]>]| -> Result<(), RunError> {
+                batch
+                    .append(
+                        kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
+                        &meta,
+                        &mut warnings,
+                    )
+                    .map_err(|e| RunError::State(e.to_string()))
+            })?;
+            if batch.rows() >= 8192 {
+                compare_source(&batch.finish(0), schema, &mut latest, &mut report)?;
+            }
+        }
+        if batch.rows() > 0 {
+            compare_source(&batch.finish(0), schema, &mut latest, &mut report)?;
+        }
+        for (key, l) in &latest {
+            if l.live {
+                report.extra += 1;
+                if report.examples.len() < SHOWN * 3 {
+                    report.examples.push(format!("extra in the lake: {key}"));
+                }
+            }
+        }
+        tracing::info!(table = %folder, ok = report.ok(), "verified");
+        reports.push(report);
+    }
+    txn.commit()
+        .await
+        .map_err(|e| query_error("ending the verify transaction", &e))?;
+    drop(repl);
+    Ok(VerifyReport {
+        consistent_point: cp,
+        tables: reports,
+    })
+}
+
+/// Makes sure every change committed before `cp` is in the lake.
+async fn catch_up(pipeline: &mut Pipeline, cp: Lsn) -> Result<(), RunError> {
+    let listen = pipeline.config().admin.listen.clone();
+    match crate::service::admin::request_flush(&listen).await {
+        Ok(answer) => {
+            let cut: Option<Lsn> = answer["cut"].as_str().and_then(|s| s.parse().ok());
+            if cut.is_some_and(|c| c >= cp) {
+                return Ok(());
+            }
+            Err(RunError::State(format!(
+                "the running consumer flushed only to {:?}, before the consistent point {cp}; run verify again",
+                cut
+            )))
+        }
+        Err(crate::service::admin::FlushClientError::NotRunning(_)) => {
+            let report = pipeline.run_once().await?;
+            match report.acked {
+                Some(a) if a >= cp => Ok(()),
+                other => Err(RunError::State(format!(
+                    "catching up reached {other:?}, before the consistent point {cp}"
+                ))),
+            }
+        }
+        Err(e) => Err(RunError::State(e.to_string())),
+    }
+}
+
+/// Each value formatted the same way whichever side it came from.
+fn cell(
+    formatters: &[Option<ArrayFormatter<'_>>],
+    columns: &[ArrayRef],
+    col: usize,
+    row: usize,
+) -> String {
+    match &formatters[col] {
+        Some(f) if columns[col].is_valid(row) => f.value(row).to_string(),
+        _ => "\u{2400}".to_string(),
+    }
+}
+
+fn key_and_hash(
+    schema: &TableSchema,
+    formatters: &[Option<ArrayFormatter<'_>>],
+    columns: &[ArrayRef],
+    row: usize,
+) -> (String, u64) {
+    let keyless = !schema.columns.iter().any(|c| c.is_key);
+    let mut key = String::new();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (i, c) in schema.columns.iter().enumerate() {
+        let v = cell(formatters, columns, i, row);
+        if c.is_key || keyless {
+            if !key.is_empty() {
+                key.push_str(", ");
+            }
+            key.push_str(&format!("{}={v}", c.name));
+        }
+        v.hash(&mut hasher);
+    }
+    (key, hasher.finish())
+}
+
+/// The source's columns from a batch (missing ones as NULL), cast to the source's types.
+fn aligned(batch: &RecordBatch, schema: &TableSchema) -> Result<Vec<ArrayRef>, RunError> {
+    schema
+        .columns
+        .iter()
+        .map(|c| {
+            let want = c.kind.data_type();
+            match batch.column_by_name(&c.name) {
+                Some(a) if a.data_type() == &want => Ok(a.clone()),
+                Some(a) => arrow_cast::cast(a, &want)
+                    .map_err(|e| RunError::State(format!("column {}: {e}", c.name))),
+                None => Ok(arrow_array::new_null_array(&want, batch.num_rows())),
+            }
+        })
+        .collect()
+}
+
+fn formatters<'a>(
+    columns: &'a [ArrayRef],
+    options: &'a FormatOptions<'a>,
+) -> Vec<Option<ArrayFormatter<'a>>> {
+    columns
+        .iter()
+        .map(|a| ArrayFormatter::try_new(a.as_ref(), options).ok())
+        .collect()
+}
+
+fn compare_source(
+    batch: &RecordBatch,
+    schema: &TableSchema,
+    latest: &mut HashMap<String, Latest>,
+    report: &mut TableReport,
+) -> Result<(), RunError> {
+    let columns = aligned(batch, schema)?;
+    let options = FormatOptions::default();
+    let f = formatters(&columns, &options);
+    for row in 0..batch.num_rows() {
+        report.source_rows += 1;
+        let (key, hash) = key_and_hash(schema, &f, &columns, row);
+        match latest.remove(&key) {
+            Some(l) if l.live && l.hash == hash => {}
+            Some(l) if l.live => {
+                report.different += 1;
+                if report.examples.len() < SHOWN * 3 {
+                    report.examples.push(format!("different: {key}"));
+                }
+            }
+            _ => {
+                report.missing += 1;
+                if report.examples.len() < SHOWN * 3 {
+                    report
+                        .examples
+                        .push(format!("missing from the lake: {key}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lake's latest version of every key, as of `cp`.
+async fn lake_state(
+    lake: &Lake,
+    folder: &str,
+    schema: &TableSchema,
+    cp: Lsn,
+) -> Result<HashMap<String, Latest>, RunError> {
+    let mut latest: HashMap<String, Latest> = HashMap::new();
+    let mut truncated: Option<(i64, i64)> = None;
+    let tmp = tempfile_dir()?;
+    let cp = cp.as_i64();
+    for obj in lake.list(&format!("{folder}/")).await? {
+        let key = obj.location.to_string();
+        if !key.ends_with(".parquet") {
+            continue;
+        }
+        let path = match lake.local_path(&key) {
+            Some(p) => p,
+            None => {
+                let bytes = lake.get(&key).await?.unwrap_or_default();
+                let p = tmp.join("file.parquet");
+                std::fs::write(&p, &bytes)
+                    .map_err(|e| RunError::State(format!("{}: {e}", p.display())))?;
+                p
+            }
+        };
+        let file =
+            std::fs::File::open(&path).map_err(|e| RunError::State(format!("{key}: {e}")))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| RunError::State(format!("{key}: {e}")))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| RunError::State(format!("{key}: {e}")))?;
+            let col = |name: &str| batch.column_by_name(&schema.meta(name)).cloned();
+            let (Some(ct), Some(lsn), Some(seq)) =
+                (col(CHANGE_TYPE), col(CHANGE_LSN), col(CHANGE_SEQ))
+            else {
+                continue;
+            };
+            let (Some(ct), Some(lsn), Some(seq)) = (
+                ct.as_any().downcast_ref::<StringArray>(),
+                lsn.as_any().downcast_ref::<Int64Array>(),
+                seq.as_any().downcast_ref::<Int64Array>(),
+            ) else {
+                continue;
+            };
+            let columns = aligned(&batch, schema)?;
+            let options = FormatOptions::default();
+            let f = formatters(&columns, &options);
+            for row in 0..batch.num_rows() {
+                let (t, l, s) = (ct.value(row), lsn.value(row), seq.value(row));
+                let at_snapshot = t == "SNAPSHOT" || (t == "TRUNCATE" && s < 0);
+                if l > cp || (l == cp && !at_snapshot) {
+                    continue;
+                }
+                if t == "TRUNCATE" {
+                    if truncated.is_none_or(|cut| (l, s) > cut) {
+                        truncated = Some((l, s));
+                    }
+                    continue;
+                }
+                let (k, hash) = key_and_hash(schema, &f, &columns, row);
+                let newer = latest.get(&k).is_none_or(|e| (l, s) > (e.lsn, e.seq));
+                if newer {
+                    latest.insert(
+                        k,
+                        Latest {
+                            lsn: l,
+                            seq: s,
+                            live: t != "DELETE",
+                            hash,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    if let Some(cut) = truncated {
+        latest.retain(|_, l| (l.lsn, l.seq) > cut);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(latest)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, RunError> {
+    let dir = std::env::temp_dir().join(format!("slot2lake-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| RunError::State(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}
