@@ -4,6 +4,12 @@
 //! abort (no destructors, no flushing: like `kill -9`) when it reaches that point.
 //! Without the feature, [`hit`] compiles to nothing.
 
+/// Inside a transaction being written to the spool (not sealed).
+pub const MID_SPOOL_WRITE: &str = "mid-spool-write";
+/// A Parquet file is complete in its temp folder and not yet moved or uploaded.
+pub const MID_PARQUET_WRITE: &str = "mid-parquet-write";
+/// The slot acknowledged; the catalog not told and the spool not cleaned.
+pub const AFTER_ACK: &str = "after-ack";
 /// Spool segments sealed; nothing of this run is in the lake yet.
 pub const AFTER_SPOOL_SEAL: &str = "after-spool-seal";
 /// Two Parquet files of a flush (or of a snapshot, in staging) are closed, not all.

@@ -237,6 +237,7 @@ impl Pipeline {
         repl.ack(cut).await?;
         report.acked = Some(cut);
         self.wait_for_ack(cut).await;
+        failpoint::hit(failpoint::AFTER_ACK);
         self.after_commit(cut, &report.files).await?;
         Ok(report)
     }

@@ -368,6 +368,7 @@ impl Consumer {
     async fn seal_and_ack(&mut self) -> Result<(), RunError> {
         let durable = self.writer.seal()?;
         self.pipeline.spool().make_durable().await?;
+        crate::failpoint::hit(crate::failpoint::AFTER_SPOOL_SEAL);
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
         if durable > self.acked {

@@ -382,6 +382,7 @@ impl Sink {
                     table: table.clone(),
                     source,
                 })?;
+                crate::failpoint::hit(crate::failpoint::MID_PARQUET_WRITE);
                 let lake = self.lake.clone();
                 let wk = written_key.clone();
                 let published = self

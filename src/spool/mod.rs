@@ -429,6 +429,9 @@ impl SpoolWriter {
                 self.txn_changes += 1;
                 self.changes_written += 1;
                 self.write(Record::Change(Change { pgoutput: msg }))?;
+                if self.txn_changes == 2 {
+                    crate::failpoint::hit(crate::failpoint::MID_SPOOL_WRITE);
+                }
                 Ok(Received::Other)
             }
             b'M' => parse_message(&msg).ok_or(SpoolError::Malformed('M')),

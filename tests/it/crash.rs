@@ -64,7 +64,7 @@ async fn crash_during_flush(point: &str) {
     .await;
     let confirmed = db.slot_confirmed(&db.name).await;
     crash_run(&config, point).await;
-    if point != fp::AFTER_WATERMARKS {
+    if point != fp::AFTER_WATERMARKS && point != fp::AFTER_ACK {
         assert_eq!(
             db.slot_confirmed(&db.name).await,
             confirmed,
@@ -84,6 +84,21 @@ async fn crash_during_flush(point: &str) {
         );
     }
     assert_exactly_once(&lake, &db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_writing_the_spool() {
+    crash_during_flush(fp::MID_SPOOL_WRITE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_a_parquet_file_is_written() {
+    crash_during_flush(fp::MID_PARQUET_WRITE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_ack_before_the_catalog() {
+    crash_during_flush(fp::AFTER_ACK).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
