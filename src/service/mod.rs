@@ -322,8 +322,8 @@ impl Consumer {
             self.want_flush = Some(Lsn::ZERO);
         }
         if !self.writer.in_transaction() {
-            let ack_due =
-                self.last_ack.elapsed() >= self.ack_interval && self.writer.last_end() > self.acked;
+            let ack_due = self.last_ack.elapsed() >= self.ack_interval
+                && (self.writer.last_end() > self.acked || self.repl.received_lsn() > self.acked);
             let flush_due = self.in_flight.is_none()
                 && self
                     .want_flush
@@ -371,6 +371,14 @@ impl Consumer {
         crate::failpoint::hit(crate::failpoint::AFTER_SPOOL_SEAL);
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
+        // Between transactions with everything received sealed, nothing before the last
+        // position the server reported is owed: acknowledging it releases WAL written by
+        // unpublished tables, and lets a shutting-down server see us caught up.
+        let durable = if self.writer.in_transaction() {
+            durable
+        } else {
+            durable.max(self.repl.received_lsn())
+        };
         if durable > self.acked {
             self.repl.ack(durable).await?;
             self.acked = durable;

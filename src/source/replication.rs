@@ -155,6 +155,11 @@ impl ReplicationStream {
         }
     }
 
+    /// The newest WAL position received (data or keepalive).
+    pub fn received_lsn(&self) -> Lsn {
+        Lsn(self.inner.current_lsn())
+    }
+
     /// Tells the server everything before `lsn` is durable, so it may drop that WAL.
     pub async fn ack(&mut self, lsn: Lsn) -> Result<(), SourceError> {
         let feedback = &self.inner.shared_lsn_feedback;

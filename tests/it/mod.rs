@@ -6,5 +6,6 @@ mod fidelity;
 mod once;
 mod s3;
 mod service;
+mod soak;
 mod types;
 mod verify;
