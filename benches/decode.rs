@@ -190,6 +190,7 @@ fn bench(c: &mut Criterion) {
                     tmp_dir: lake_dir.path().join("tmp"),
                     staging_prefix: None,
                     part: None,
+                    defer_publish: false,
                 };
                 let sink =
                     Sink::new(lake, rt.handle().clone(), opts, Utc::now(), cut).expect("sink");
@@ -200,7 +201,7 @@ fn bench(c: &mut Criterion) {
                     from: Default::default(),
                 };
                 let out = slot2lake::flush::write_changes(
-                    &segments,
+                    segments.iter().cloned(),
                     &[table()],
                     HashMap::new(),
                     Arc::new(TypeCatalog::default()),

@@ -36,6 +36,7 @@ use crate::failpoint;
 use crate::flush::{self, FlushError, Flushed};
 use crate::lsn::Lsn;
 use crate::sink::lake::INTERNAL_DIR;
+use crate::sink::writer::publish_deferred;
 use crate::sink::{Lake, LakeError, Published, Sink, SinkError, SinkOptions, WrittenFile};
 use crate::source::introspect::{self, TableError, TableInfo};
 use crate::source::replication::{ReplicationStream, StreamOptions};
@@ -97,6 +98,9 @@ pub struct RunReport {
     /// Where the lake is.
     pub lake: String,
 }
+
+/// `run --once` seals spool segments at least this often, so flushing overlaps streaming.
+const PIPELINE_SEGMENT: u64 = 8 * 1024 * 1024;
 
 /// How long a run waits for a slot held by a consumer that may have just died.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -172,28 +176,12 @@ impl Pipeline {
         }
     }
 
-    fn sink(
-        &self,
-        processed_at: DateTime<Utc>,
-        lsn: Lsn,
-        staging: Option<String>,
-    ) -> Result<Sink, SinkError> {
-        self.sink_with(processed_at, lsn, staging, None, 1, self.tmp_dir())
-    }
-
-    /// A sink for one of `share` writers working at once (memory and open files split).
-    fn sink_with(
-        &self,
-        processed_at: DateTime<Utc>,
-        lsn: Lsn,
-        staging: Option<String>,
-        part: Option<u32>,
-        share: usize,
-        tmp_dir: PathBuf,
-    ) -> Result<Sink, SinkError> {
+    /// Sink options for one of `share` writers working at once (memory and open files
+    /// split), publishing straight into the lake.
+    fn sink_options(&self, share: usize, tmp_dir: PathBuf) -> SinkOptions {
         let o = &self.config.output;
         let share = share.max(1);
-        let opts = SinkOptions {
+        SinkOptions {
             compression: o.compression,
             max_file_bytes: o.max_file_size.0,
             row_group_rows: o.row_group_rows,
@@ -201,9 +189,18 @@ impl Pipeline {
                 .unwrap_or(usize::MAX),
             max_open_files: (self.config.flush.max_open_files / share).max(1),
             tmp_dir,
-            staging_prefix: staging,
-            part,
-        };
+            staging_prefix: None,
+            part: None,
+            defer_publish: false,
+        }
+    }
+
+    fn sink(
+        &self,
+        opts: SinkOptions,
+        processed_at: DateTime<Utc>,
+        lsn: Lsn,
+    ) -> Result<Sink, SinkError> {
         Sink::new(
             self.lake.clone(),
             tokio::runtime::Handle::current(),
@@ -222,23 +219,67 @@ impl Pipeline {
     }
 
     /// Catches up with the slot to the WAL position current at start, flushes, commits.
+    ///
+    /// Decoding and Parquet encoding overlap with streaming: segments are sealed every
+    /// few megabytes and flushed into the temp folder as they seal. The flush's names are
+    /// fixed by the marker's LSN (its cut) and the start time; its intent is written,
+    /// and its files moved into place, only once everything before the marker is durable
+    /// in the spool, so a crash at any point repeats the same flush from the spool.
     pub async fn run_once(&mut self) -> Result<RunReport, RunError> {
         let mut report = RunReport {
             lake: self.lake.url().to_string(),
             ..Default::default()
         };
         let (mut repl, start) = self.prepare(&mut report).await?;
-        let cut = self.stream_to_marker(&mut repl, start, &mut report).await?;
-        let flushed = self.flush_to(cut).await?;
-        if let Some(f) = flushed {
-            report.flushed_rows = f.rows;
-            report.files.extend(f.files);
+        repl.start(start).await?;
+        let marker = introspect::emit_marker(
+            &*self.source.get().await?,
+            &format!("run --once at {}", Utc::now().to_rfc3339()),
+        )
+        .await?;
+        tracing::info!(from = %start, to = %marker, "catching up with the slot");
+        let from: BTreeMap<String, Lsn> = self
+            .watermarks()
+            .await?
+            .into_iter()
+            .map(|(f, w)| (f, w.map_or(Lsn::ZERO, |w| w.lsn)))
+            .collect();
+        let intent = FlushIntent {
+            version: 1,
+            cut: marker,
+            processed_at: Utc::now(),
+            from,
+        };
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for seg in self.spool.segments()? {
+            let _ = tx.send(seg);
         }
-        repl.ack(cut).await?;
-        report.acked = Some(cut);
-        self.wait_for_ack(cut).await;
+        let worker = self.spawn_flush_worker(&intent, rx, true).await?;
+        self.stream_to_marker(&mut repl, start, marker, &tx, &mut report)
+            .await?;
+        drop(tx);
+        let mut flushed = worker
+            .await
+            .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        if !flushed.files.is_empty() {
+            // Once everything before the marker is durable in the spool (and its mirror,
+            // which a new machine recovers from), an intent can fix the names.
+            self.spool.make_durable().await?;
+            self.checkpoints.write_flush_intent(&intent).await?;
+            publish_deferred(&self.lake, &mut flushed.files).await?;
+            self.commit_flush(&intent, &flushed, started).await?;
+        } else {
+            tracing::info!(cut = %intent.cut, "flush: no rows for the configured tables; watermarks unchanged");
+        }
+        report.flushed_rows = flushed.rows;
+        report.files.extend(flushed.files);
+        // The slot stops at the watermark; the spool keeps what came after the marker.
+        repl.ack(intent.cut).await?;
+        report.acked = Some(intent.cut);
+        self.wait_for_ack(intent.cut).await;
         failpoint::hit(failpoint::AFTER_ACK);
-        self.after_commit(cut, &report.files).await?;
+        self.after_commit(intent.cut, &report.files).await?;
         Ok(report)
     }
 
@@ -352,6 +393,12 @@ impl Pipeline {
             }
         }
         let watermarks = self.watermarks().await?;
+        let server = introspect::current_wal_lsn(&*self.source.get().await?).await?;
+        ahead_of_server(
+            "the lake's watermarks",
+            watermarks.values().flatten().map(|w| w.lsn).max(),
+            server,
+        )?;
         let unmarked: Vec<String> = watermarks
             .iter()
             .filter(|(_, w)| w.is_none())
@@ -367,6 +414,14 @@ impl Pipeline {
         if resnapshot {
             tracing::error!(slot = self.slot(), "the slot is missing: changes since it was dropped are lost; taking a new snapshot of every table that supersedes the lake's rows (snapshot = \"when_needed\")");
         }
+        if slot.is_none() {
+            self.discard_orphaned_spool().await?;
+        }
+        ahead_of_server(
+            &format!("the spool in {}", self.spool.dir().display()),
+            self.spool.durable_end()?,
+            server,
+        )?;
         let first_run = slot.is_none() && mode != SnapshotMode::Never;
         let mut repl = ReplicationStream::connect(
             &self.config.source.url,
@@ -409,6 +464,25 @@ impl Pipeline {
             .max()
             .unwrap_or(Lsn::ZERO);
         Ok((repl, start))
+    }
+
+    /// Without the slot, spooled segments belong to an earlier slot of the same name: one
+    /// that was dropped (the new snapshot supersedes them), or one on another cluster,
+    /// whose LSNs mean nothing here and would make the stream wait for a position this
+    /// server has not reached.
+    async fn discard_orphaned_spool(&self) -> Result<(), RunError> {
+        let segments = self.spool.segments()?;
+        if let (Some(first), Some(last)) = (segments.first(), segments.last()) {
+            tracing::warn!(
+                segments = segments.len(),
+                from = %first.start,
+                to = %last.end,
+                spool = %self.spool.dir().display(),
+                "the spool holds segments of a slot that no longer exists; discarding them"
+            );
+            self.spool.clear().await?;
+        }
+        Ok(())
     }
 
     fn clean_tmp(&self) {
@@ -599,14 +673,12 @@ impl Pipeline {
             )),
         };
         let copied = snapshot::copy_tables(plan, |worker| {
-            self.sink_with(
-                processed_at,
-                cp,
-                Some(staging.clone()),
-                Some(worker),
-                workers,
-                tmp_dir.clone(),
-            )
+            let opts = SinkOptions {
+                staging_prefix: Some(staging.clone()),
+                part: Some(worker),
+                ..self.sink_options(workers, tmp_dir.clone())
+            };
+            self.sink(opts, processed_at, cp)
         })
         .await?;
         let total: u64 = copied.rows.values().sum();
@@ -724,15 +796,14 @@ impl Pipeline {
     }
 
     /// A spool writer continuing after `start`.
-    pub fn spool_writer(&self, start: Lsn) -> SpoolWriter {
+    pub fn spool_writer(&self, start: Lsn, segment_size: u64) -> SpoolWriter {
         let header = SegmentHeader {
             format_version: spool::FORMAT_VERSION,
             slot: self.slot().to_string(),
             protocol_version: 1,
             binary: self.binary,
         };
-        self.spool
-            .writer(header, start, self.config.spool.segment_size.0)
+        self.spool.writer(header, start, segment_size)
     }
 
     /// The configuration.
@@ -765,21 +836,19 @@ impl Pipeline {
         .await?)
     }
 
-    /// Streams from `start` until every transaction committed before now is spooled.
+    /// Streams until every transaction committed before `marker` is spooled; each
+    /// sealed segment goes to `sealed` (the flush worker).
     async fn stream_to_marker(
         &mut self,
         repl: &mut ReplicationStream,
         start: Lsn,
+        marker: Lsn,
+        sealed: &std::sync::mpsc::Sender<crate::spool::Segment>,
         report: &mut RunReport,
-    ) -> Result<Lsn, RunError> {
-        repl.start(start).await?;
-        let marker = introspect::emit_marker(
-            &*self.source.get().await?,
-            &format!("run --once at {}", Utc::now().to_rfc3339()),
-        )
-        .await?;
-        tracing::info!(from = %start, to = %marker, "catching up with the slot");
-        let mut writer = self.spool_writer(start);
+    ) -> Result<(), RunError> {
+        let segment_size = self.config.spool.segment_size.0.min(PIPELINE_SEGMENT);
+        let mut writer = self.spool_writer(start, segment_size);
+        writer.keep_sealed();
         let mut last_log = Instant::now();
         let never = pg_walstream::CancellationToken::new();
         loop {
@@ -787,6 +856,9 @@ impl Pipeline {
                 continue;
             };
             if let Received::Committed { end, .. } = writer.receive(msg)? {
+                for seg in writer.take_sealed() {
+                    let _ = sealed.send(seg);
+                }
                 // Commits arrive in commit order: once one ends past the marker, every
                 // transaction that committed before the marker was written is spooled.
                 if end > marker {
@@ -799,9 +871,12 @@ impl Pipeline {
             }
         }
         report.changes_received = writer.changes_written();
-        let sealed = writer.seal()?;
+        writer.seal()?;
+        for seg in writer.take_sealed() {
+            let _ = sealed.send(seg);
+        }
         failpoint::hit(failpoint::AFTER_SPOOL_SEAL);
-        Ok(sealed)
+        Ok(())
     }
 
     /// Flushes everything spooled before `cut`; `None` when nothing was due.
@@ -834,13 +909,32 @@ impl Pipeline {
     /// Writes the files an intent names, then the watermarks; removes the intent.
     async fn execute_flush(&self, intent: FlushIntent) -> Result<Flushed, RunError> {
         let started = Instant::now();
-        let segments: Vec<_> = self
-            .spool
-            .segments()?
-            .into_iter()
-            .filter(|s| s.start < intent.cut)
-            .collect();
-        let sink = self.sink(intent.processed_at, intent.cut, None)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        for seg in self.spool.segments()? {
+            let _ = tx.send(seg);
+        }
+        drop(tx);
+        let flushed = self
+            .spawn_flush_worker(&intent, rx, false)
+            .await?
+            .await
+            .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        self.commit_flush(&intent, &flushed, started).await?;
+        Ok(flushed)
+    }
+
+    /// Decodes and encodes the segments arriving on `segments` on a blocking thread.
+    async fn spawn_flush_worker(
+        &self,
+        intent: &FlushIntent,
+        segments: std::sync::mpsc::Receiver<crate::spool::Segment>,
+        defer_publish: bool,
+    ) -> Result<tokio::task::JoinHandle<Result<Flushed, FlushError>>, RunError> {
+        let opts = SinkOptions {
+            defer_publish,
+            ..self.sink_options(1, self.tmp_dir())
+        };
+        let sink = self.sink(opts, intent.processed_at, intent.cut)?;
         let tables = self.config.tables.clone();
         let job_intent = intent.clone();
         let known: std::collections::HashMap<u32, KnownTable> = self
@@ -853,22 +947,24 @@ impl Pipeline {
                     .find(|t| t.folder() == folder)
                     .map(|t| {
                         let keyless = !info.has_primary_key && info.replica_identity == 'f';
-                        (
-                            info.oid,
-                            KnownTable {
-                                config: t.clone(),
-                                keyless,
-                            },
-                        )
+                        let config = t.clone();
+                        (info.oid, KnownTable { config, keyless })
                     })
             })
             .collect();
         let types = self.refresh_types().await;
-        let flushed = tokio::task::spawn_blocking(move || {
-            flush::write_changes(&segments, &tables, known, types, &job_intent, sink)
-        })
-        .await
-        .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        Ok(tokio::task::spawn_blocking(move || {
+            flush::write_changes(segments, &tables, known, types, &job_intent, sink)
+        }))
+    }
+
+    /// The flush's files are in place: writes the watermarks and removes the intent.
+    async fn commit_flush(
+        &self,
+        intent: &FlushIntent,
+        flushed: &Flushed,
+        started: Instant,
+    ) -> Result<(), RunError> {
         failpoint::hit(failpoint::AFTER_FLUSH_FILES);
         let written = flushed
             .files
@@ -879,6 +975,9 @@ impl Pipeline {
             tracing::info!(cut = %intent.cut, "flush: no rows for the configured tables; watermarks unchanged");
         } else if let Some((_, commit_time)) = flushed.last_commit {
             for (folder, info) in &self.tables {
+                if intent.from.get(folder).is_some_and(|f| *f >= intent.cut) {
+                    continue;
+                }
                 let wm = Watermark {
                     version: 1,
                     table: info.schema.qualified_name(),
@@ -891,9 +990,6 @@ impl Pipeline {
                     files: flushed.files.iter().filter(|f| &f.table == folder).count() as u64,
                     slot: self.slot().to_string(),
                 };
-                if intent.from.get(folder).is_some_and(|f| *f >= intent.cut) {
-                    continue;
-                }
                 self.checkpoints.write_watermark(folder, &wm).await?;
             }
         }
@@ -908,7 +1004,7 @@ impl Pipeline {
             seconds = started.elapsed().as_secs_f64(),
             "flush committed"
         );
-        Ok(flushed)
+        Ok(())
     }
 
     /// Waits (briefly) until the server shows the acknowledgement.
@@ -935,6 +1031,18 @@ impl Pipeline {
     }
 }
 
+/// LSNs from another cluster (a lake or spool reused after moving to a new server) would
+/// make the stream wait for a position this server has not reached, and order the old
+/// rows after every new one.
+fn ahead_of_server(what: &str, lsn: Option<Lsn>, server: Lsn) -> Result<(), RunError> {
+    match lsn {
+        Some(lsn) if lsn > server => Err(RunError::State(format!(
+            "{what} reached {lsn}, past this server's WAL position {server}: they were written from another cluster; give this server a new [output] url (and [spool] dir)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The spool directory: `[spool] dir`, `_slot2lake/<slot>/spool` in a `file://` lake, or a
 /// temp folder (the working copy of a spool kept in an `s3://` lake).
 pub fn spool_dir(config: &Config, lake: &Lake) -> PathBuf {
@@ -943,8 +1051,14 @@ pub fn spool_dir(config: &Config, lake: &Lake) -> PathBuf {
     }
     match lake.local_root() {
         Some(r) => r.join(INTERNAL_DIR).join(&config.source.slot).join("spool"),
+        // Keyed by the lake too: two instances on one machine may use the same slot name
+        // for different databases.
         None => std::env::temp_dir()
-            .join(format!("slot2lake-{}", config.source.slot))
+            .join(format!(
+                "slot2lake-{}-{:08x}",
+                config.source.slot,
+                crc32fast::hash(config.output.url.as_bytes())
+            ))
             .join("spool"),
     }
 }

@@ -85,7 +85,7 @@ struct Txn {
 ///
 /// Runs on a blocking thread (decoding and encoding are CPU work).
 pub fn write_changes(
-    segments: &[Segment],
+    segments: impl IntoIterator<Item = Segment>,
     tables: &[TableConfig],
     known: HashMap<u32, KnownTable>,
     types: Arc<TypeCatalog>,
@@ -97,8 +97,8 @@ pub fn write_changes(
     let processing_date = intent.processed_at.date_naive();
     let mut out = Flushed::default();
     let mut txn: Option<Txn> = None;
-    'segments: for seg in segments.iter().filter(|s| s.start < intent.cut) {
-        let mut reader = SegmentReader::open(seg)?;
+    'segments: for seg in segments.into_iter().filter(|s| s.start < intent.cut) {
+        let mut reader = SegmentReader::open(&seg)?;
         while let Some(rec) = reader.next_record()? {
             match rec {
                 Record::Header(_) => {}

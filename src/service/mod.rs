@@ -140,7 +140,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     );
     let mut repl = repl;
     repl.start(start).await?;
-    let writer = pipeline.spool_writer(start);
+    let writer = pipeline.spool_writer(start, config.spool.segment_size.0);
     let spool_bytes = spool_size(&pipeline);
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let consumer = Consumer {

@@ -82,6 +82,8 @@ pub struct SinkOptions {
     pub staging_prefix: Option<String>,
     /// Number of this writer among several writing the same partitions (in file names).
     pub part: Option<u32>,
+    /// Keep finished files in the temp folder; [`publish_deferred`] moves them later.
+    pub defer_publish: bool,
 }
 
 /// A file the sink closed.
@@ -99,6 +101,18 @@ pub struct WrittenFile {
     pub rows: u64,
     /// Whether it was written now or found from an earlier attempt.
     pub published: Published,
+    /// The finished file, while its publishing is deferred.
+    pub pending: Option<PathBuf>,
+}
+
+/// Publishes files a sink with `defer_publish` left in its temp folder.
+pub async fn publish_deferred(lake: &Lake, files: &mut [WrittenFile]) -> Result<(), LakeError> {
+    for f in files.iter_mut() {
+        if let Some(tmp) = f.pending.take() {
+            f.published = lake.publish(&tmp, &f.written_key).await?;
+        }
+    }
+    Ok(())
 }
 
 enum Out {
@@ -383,11 +397,16 @@ impl Sink {
                     source,
                 })?;
                 crate::failpoint::hit(crate::failpoint::MID_PARQUET_WRITE);
-                let lake = self.lake.clone();
-                let wk = written_key.clone();
-                let published = self
-                    .handle
-                    .block_on(async move { lake.publish(&tmp, &wk).await })?;
+                let (published, pending) = if self.opts.defer_publish {
+                    (Published::Written, Some(tmp))
+                } else {
+                    let lake = self.lake.clone();
+                    let wk = written_key.clone();
+                    let p = self
+                        .handle
+                        .block_on(async move { lake.publish(&tmp, &wk).await })?;
+                    (p, None)
+                };
                 WrittenFile {
                     table,
                     partition,
@@ -395,6 +414,7 @@ impl Sink {
                     written_key,
                     rows,
                     published,
+                    pending,
                 }
             }
             Out::Skip { key, written_key } => WrittenFile {
@@ -404,6 +424,7 @@ impl Sink {
                 written_key,
                 rows,
                 published: Published::AlreadyThere,
+                pending: None,
             },
         };
         tracing::debug!(key = %file.key, rows = file.rows, published = ?file.published, "closed parquet file");

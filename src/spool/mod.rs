@@ -230,6 +230,11 @@ impl Spool {
         self.remove_through(lsn)
     }
 
+    /// Deletes every segment here and in the mirror.
+    pub async fn clear(&self) -> Result<usize, SpoolError> {
+        self.remove_flushed(Lsn(u64::MAX)).await
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -294,6 +299,7 @@ impl Spool {
             committed_len: 0,
             changes_written: 0,
             txn_first_change: 0,
+            sealed: None,
         }
     }
 }
@@ -343,9 +349,20 @@ pub struct SpoolWriter {
     committed_len: u64,
     changes_written: u64,
     txn_first_change: u64,
+    sealed: Option<Vec<Segment>>,
 }
 
 impl SpoolWriter {
+    /// Starts keeping the segments this writer seals, for [`SpoolWriter::take_sealed`].
+    pub fn keep_sealed(&mut self) {
+        self.sealed.get_or_insert_with(Vec::new);
+    }
+
+    /// Segments sealed since the last call, oldest first (none unless kept).
+    pub fn take_sealed(&mut self) -> Vec<Segment> {
+        self.sealed.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// End LSN of the last commit received (durable only once sealed).
     pub fn last_end(&self) -> Lsn {
         self.last_end
@@ -533,6 +550,14 @@ impl SpoolWriter {
         fs::rename(&open, &sealed).map_err(io_err(&sealed))?;
         sync_dir(&self.dir)?;
         tracing::debug!(segment = %sealed.display(), bytes = self.seg_bytes, "sealed spool segment");
+        if let Some(kept) = &mut self.sealed {
+            kept.push(Segment {
+                start: self.seg_start,
+                end: self.last_end,
+                path: sealed,
+                bytes: self.seg_bytes,
+            });
+        }
         self.seg_start = self.last_end;
         self.seg_bytes = 0;
         Ok(self.last_end)

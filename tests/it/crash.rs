@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use slot2lake::failpoint as fp;
 
-use crate::support::{database, run_once, slot2lake_env, Lake, TestDb, SEED_TABLES};
+use crate::support::{database, run_once, slot2lake, slot2lake_env, Lake, TestDb, SEED_TABLES};
 
 /// Every data file with its modification time.
 fn data_files(lake: &Lake) -> BTreeMap<String, SystemTime> {
@@ -165,4 +165,65 @@ async fn crash_after_the_snapshot_is_staged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_while_moving_the_snapshot_into_place() {
     crash_during_first_run(fp::MID_SNAPSHOT_PUBLISH, true, false).await;
+}
+
+async fn current_lsn(db: &TestDb) -> slot2lake::lsn::Lsn {
+    let text: String = db
+        .client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+    text.parse().expect("lsn")
+}
+
+/// A spool directory reused by a new deployment (same slot name, another cluster) holds
+/// segments whose LSNs are ahead of the new server: they are discarded, not streamed
+/// towards or flushed into the new lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_left_by_a_slot_on_another_cluster_is_discarded() {
+    let new_cluster = slot2lake::demo::TempCluster::start(&[]).expect("cluster");
+    let new_db = crate::support::database_on(&new_cluster, "moved_new").await;
+    new_db.seed(20, 100).await;
+    let old_db = database("moved_old").await;
+    old_db.seed(20, 100).await;
+    // The old segments must lie ahead of everything the new cluster writes.
+    let target = current_lsn(&new_db).await.0 + (64 << 20);
+    while current_lsn(&old_db).await.0 < target {
+        old_db
+            .exec("SELECT pg_logical_emit_message(false, 'pad', 'x'); SELECT pg_switch_wal();")
+            .await;
+    }
+    let spool = tempfile::tempdir().expect("spool dir");
+    let extra = format!("[spool]\ndir = \"{}\"\n", spool.path().display());
+    let old_lake = Lake::new();
+    let old_config = old_lake.config_with(&old_db.url, "moved", SEED_TABLES, &extra);
+    run_once(&old_config).await;
+    old_db
+        .exec("UPDATE orders SET quantity = 99 WHERE order_id < 10; DELETE FROM orders WHERE order_id = 50;")
+        .await;
+    crash_run(&old_config, fp::AFTER_SPOOL_SEAL).await;
+    let segments = || {
+        std::fs::read_dir(spool.path())
+            .expect("spool")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .count()
+    };
+    let left = segments();
+    assert!(left > 0, "the crash left no spooled segment");
+
+    // The old lake on the new server: one clear error, and nothing is touched.
+    let reused = old_lake.config_with(&new_db.url, "moved", SEED_TABLES, &extra);
+    let run = slot2lake(&["run", "--once", "--config", &reused.display().to_string()]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("another cluster"), "{}", run.stderr);
+    assert_eq!(segments(), left);
+    assert_eq!(new_db.slot_confirmed("moved").await, None);
+
+    let new_lake = Lake::new();
+    let new_config = new_lake.config_with(&new_db.url, "moved", SEED_TABLES, &extra);
+    let run = run_once(&new_config).await;
+    assert!(run.stderr.contains("discarding them"), "{}", run.stderr);
+    assert_exactly_once(&new_lake, &new_db);
 }

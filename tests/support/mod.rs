@@ -335,24 +335,37 @@ pub async fn slot2lake(args: &[&str]) -> Run {
 
 /// Runs the slot2lake binary with extra environment variables.
 pub async fn slot2lake_env(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slot2lake"))
+    // Output goes to files, so a run that overstays its deadline still shows what it did.
+    let stdout = tempfile::tempfile().expect("stdout file");
+    let stderr = tempfile::tempfile().expect("stderr file");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slot2lake"))
         .args(args)
         .envs(AWS_TEST_ENV.iter().copied())
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn,slot2lake=info")
         .kill_on_drop(true)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout.try_clone().expect("stdout file"))
+        .stderr(stderr.try_clone().expect("stderr file"))
         .spawn()
         .expect("spawn slot2lake");
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-        .await
-        .expect("slot2lake did not finish within 300 s")
-        .expect("slot2lake output");
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let _ = f.rewind();
+        let _ = f.read_to_string(&mut text);
+        text
+    };
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(300), child.wait()).await else {
+        let _ = child.kill().await;
+        panic!(
+            "slot2lake {args:?} did not finish within 300 s; its log:\n{}",
+            read(stderr)
+        );
+    };
     Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.expect("slot2lake status").code().unwrap_or(-1),
+        stdout: read(stdout),
+        stderr: read(stderr),
     }
 }
 
