@@ -3,7 +3,7 @@
 //!
 //! * streaming: a backlog (default 1M order inserts in 1,000-row transactions, 200k
 //!   updates, 100k customer inserts) drained from two slots created before the workload:
-//!   `pg_recvlogical` (pgoutput, to /dev/null) and `slot2lake run --once` (to committed
+//!   `pg_recvlogical` (pgoutput binary values, to /dev/null) and `slot2lake run --once` (to committed
 //!   Parquet);
 //! * snapshot: `COPY orders TO STDOUT (FORMAT binary)` to /dev/null vs slot2lake's first
 //!   run (snapshot of `orders` to committed Parquet), and `pg2parquet export` when it is
@@ -300,6 +300,10 @@ fn main() {
                         "proto_version=1",
                         "-o",
                         "publication_names=bench",
+                        // The same server-side work as slot2lake, which asks for binary
+                        // values when every column has a binary decoder.
+                        "-o",
+                        "binary=true",
                         "-f",
                         "/dev/null",
                     ]),

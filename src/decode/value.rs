@@ -614,8 +614,11 @@ fn format_inet(raw: &[u8]) -> Result<String, ValueError> {
     })
 }
 
-/// The date of a date-like value, for `year=/month=/day=` partitions (timestamptz: in UTC).
-pub fn datum_date(kind: ColumnKind, datum: Datum<'_>) -> Result<Option<NaiveDate>, ValueError> {
+/// The day (since 1970-01-01) of a date-like value, for `year=/month=/day=` partitions
+/// (timestamptz: in UTC).
+pub fn datum_epoch_day(kind: ColumnKind, datum: Datum<'_>) -> Result<Option<i32>, ValueError> {
+    const FIRST: i32 = NaiveDate::MIN.to_epoch_days();
+    const LAST: i32 = NaiveDate::MAX.to_epoch_days();
     let days = match (kind, datum) {
         (_, Datum::Null | Datum::Unchanged) => return Ok(None),
         (ColumnKind::Date, Datum::Binary(raw)) => {
@@ -628,7 +631,8 @@ pub fn datum_date(kind: ColumnKind, datum: Datum<'_>) -> Result<Option<NaiveDate
             .map(|us| us.div_euclid(86_400_000_000) as i32),
     };
     match days {
-        Ok(d) => Ok(NaiveDate::from_epoch_days(d)),
+        // Dates beyond chrono's range cannot be rendered as a partition path.
+        Ok(d) => Ok((FIRST..=LAST).contains(&d).then_some(d)),
         // Infinite dates have no partition; the caller files them under the default partition.
         Err(ValueError::Unrepresentable(_)) => Ok(None),
         Err(e) => Err(e),

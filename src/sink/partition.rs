@@ -13,9 +13,10 @@ pub const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
 pub enum PartitionKey {
     /// `processing_year=/processing_month=/processing_day=` of the flush.
     Processing(NaiveDate),
-    /// `year=/month=/day=` of a column's value; `None` when NULL or unknown (a DELETE
-    /// without the column in its replica identity).
-    Column(Option<NaiveDate>),
+    /// `year=/month=/day=` of a column's value, in days since 1970-01-01 (a date is only
+    /// built to render the path); `None` when NULL or unknown (a DELETE without the
+    /// column in its replica identity).
+    Column(Option<i32>),
 }
 
 impl PartitionKey {
@@ -28,12 +29,15 @@ impl PartitionKey {
                 d.month(),
                 d.day()
             ),
-            Self::Column(Some(d)) => format!(
-                "year={:04}/month={:02}/day={:02}",
-                d.year(),
-                d.month(),
-                d.day()
-            ),
+            Self::Column(Some(days)) => match NaiveDate::from_epoch_days(*days) {
+                Some(d) => format!(
+                    "year={:04}/month={:02}/day={:02}",
+                    d.year(),
+                    d.month(),
+                    d.day()
+                ),
+                None => Self::Column(None).path(),
+            },
             Self::Column(None) => format!("year={HIVE_NULL}/month={HIVE_NULL}/day={HIVE_NULL}"),
         }
     }
@@ -96,7 +100,7 @@ impl PartitionKey {
         };
         let kind = schema.columns[idx].kind;
         let datum = value.unwrap_or(crate::decode::Datum::Null);
-        crate::decode::value::datum_date(kind, datum)
+        crate::decode::value::datum_epoch_day(kind, datum)
             .map(Self::Column)
             .map_err(|source| crate::decode::DecodeError::Value {
                 table: schema.qualified_name(),
@@ -119,7 +123,7 @@ mod tests {
             "processing_year=2025/processing_month=07/processing_day=24"
         );
         assert_eq!(
-            PartitionKey::Column(Some(d)).path(),
+            PartitionKey::Column(Some(d.to_epoch_days())).path(),
             "year=2025/month=07/day=24"
         );
         let name = FileName {

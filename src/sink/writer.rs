@@ -24,12 +24,17 @@ use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as Codec, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use super::lake::{Lake, LakeError, Published};
 use super::partition::{FileName, PartitionKey};
 use crate::config::Compression;
 use crate::decode::{DecodeError, RowBatch, TableSchema, Warnings};
 use crate::lsn::Lsn;
+
+/// Parts are looked up once per row: SipHash's DoS resistance is not needed for keys
+/// that are table numbers and dates.
+type FastHash = foldhash::fast::FixedState;
 
 /// Rows collected per partition before they are handed to the Parquet encoder.
 const BATCH_ROWS: usize = 8192;
@@ -150,8 +155,8 @@ pub struct Sink {
     processed_at: DateTime<Utc>,
     processed_us: i64,
     lsn: Lsn,
-    parts: HashMap<PartId, Part>,
-    next_seq: HashMap<PartId, u32>,
+    parts: HashMap<PartId, Part, FastHash>,
+    next_seq: HashMap<PartId, u32, FastHash>,
     /// Table folders seen, so parts are keyed by a number instead of a string per row.
     folders: Vec<Arc<str>>,
     tick: u64,
@@ -193,14 +198,30 @@ impl Sink {
             processed_at,
             processed_us: processed_at.timestamp_micros(),
             lsn,
-            parts: HashMap::new(),
-            next_seq: HashMap::new(),
+            parts: HashMap::default(),
+            next_seq: HashMap::default(),
             folders: Vec::new(),
             tick: 0,
             tmp_seq: 0,
             files: Vec::new(),
             warnings: Warnings::default(),
         })
+    }
+
+    /// The writer settings for one table's file.
+    fn props_for(&self, schema: &TableSchema) -> WriterProperties {
+        let mut keys = schema.columns.iter().filter(|c| c.is_key);
+        match (keys.next(), keys.next()) {
+            // A one-column key is (nearly) unique per row: a dictionary for it only fills
+            // up and is dropped, after hashing every value.
+            (Some(key), None) => self
+                .props
+                .clone()
+                .into_builder()
+                .set_column_dictionary_enabled(ColumnPath::from(key.name.as_str()), false)
+                .build(),
+            _ => self.props.clone(),
+        }
     }
 
     /// Warnings logged once per table and column.
@@ -230,39 +251,38 @@ impl Sink {
             }
         };
         let id: PartId = (table as u32, key);
-        let stale = self.parts.get(&id).is_some_and(|p| {
-            !Arc::ptr_eq(p.batch.schema(), schema) && !p.batch.schema().same_columns(schema)
-        });
-        if stale {
+        let tick = self.tick;
+        // The hot path: the row's part is open and its schema unchanged (one lookup).
+        if let Some(part) = self.parts.get_mut(&id) {
+            if Arc::ptr_eq(part.batch.schema(), schema) || part.batch.schema().same_columns(schema)
+            {
+                part.last_used = tick;
+                fill(&mut part.batch, &mut self.warnings)?;
+                if part.batch.rows() >= BATCH_ROWS {
+                    self.write_batch(&id)?;
+                }
+                return Ok(());
+            }
             // The table's columns changed: later rows go to a new file with the new schema.
             if let Some(part) = self.parts.remove(&id) {
                 self.close_part(part)?;
             }
         }
-        if !self.parts.contains_key(&id) {
-            if self.parts.len() >= self.opts.max_open_files {
-                self.evict_lru()?;
-            }
-            let part = Part {
-                folder: self.folders[table].clone(),
-                key,
-                batch: RowBatch::new(schema.clone(), BATCH_ROWS),
-                out: None,
-                file_bytes: 0,
-                file_rows: 0,
-                last_used: 0,
-            };
-            self.parts.insert(id, part);
+        if self.parts.len() >= self.opts.max_open_files {
+            self.evict_lru()?;
         }
-        let tick = self.tick;
-        let Some(part) = self.parts.get_mut(&id) else {
-            return Ok(());
+        let mut batch = RowBatch::new(schema.clone(), BATCH_ROWS);
+        fill(&mut batch, &mut self.warnings)?;
+        let part = Part {
+            folder: self.folders[table].clone(),
+            key,
+            batch,
+            out: None,
+            file_bytes: 0,
+            file_rows: 0,
+            last_used: tick,
         };
-        part.last_used = tick;
-        fill(&mut part.batch, &mut self.warnings)?;
-        if part.batch.rows() >= BATCH_ROWS {
-            self.write_batch(&id)?;
-        }
+        self.parts.insert(id, part);
         Ok(())
     }
 
@@ -361,7 +381,7 @@ impl Sink {
         let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(256 * 1024, file),
             schema.arrow.clone(),
-            Some(self.props.clone()),
+            Some(self.props_for(schema)),
         )
         .map_err(|source| SinkError::Parquet {
             table: folder.to_string(),
