@@ -5,6 +5,7 @@ pub mod copy;
 pub mod introspect;
 pub mod replication;
 pub mod snapshot;
+pub mod tls;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
@@ -89,14 +90,28 @@ pub fn target(url: &SecretUrl) -> String {
 
 /// Opens a regular (non-replication) connection.
 pub async fn connect(url: &SecretUrl) -> Result<Client, SourceError> {
-    let (client, conn) = tokio_postgres::connect(url.expose(), NoTls)
-        .await
-        .map_err(|e| connect_error(url, &e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "source connection closed");
+    let how = tls::prepare(url)?;
+    let closed = |e: tokio_postgres::Error| tracing::debug!(error = %e, "source connection closed");
+    let client = match how.tls {
+        Some(tls) => {
+            let (client, conn) = how
+                .config
+                .connect(tls)
+                .await
+                .map_err(|e| connect_error(url, &e))?;
+            tokio::spawn(async move { conn.await.map_err(closed) });
+            client
         }
-    });
+        None => {
+            let (client, conn) = how
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(|e| connect_error(url, &e))?;
+            tokio::spawn(async move { conn.await.map_err(closed) });
+            client
+        }
+    };
     Ok(client)
 }
 
@@ -109,10 +124,15 @@ fn connect_error(url: &SecretUrl, e: &tokio_postgres::Error) -> SourceError {
             format!("password authentication failed for user {user:?}; check the password in source.url")
         }
         Some(c) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
-            format!(
-            "the server rejected user {user:?} ({}); check pg_hba.conf and the user in source.url",
-            e.as_db_error().map(|d| d.message()).unwrap_or("not authorized")
-        )
+            let why = e
+                .as_db_error()
+                .map(|d| d.message())
+                .unwrap_or("not authorized");
+            if why.contains("no encryption") {
+                format!("the server requires TLS ({why}); add sslmode=verify-full&sslrootcert=<CA bundle PEM> (or sslmode=require) to source.url")
+            } else {
+                format!("the server rejected user {user:?} ({why}); check pg_hba.conf and the user in source.url")
+            }
         }
         Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
             "the database does not exist; check the database name in source.url".to_string()
@@ -128,6 +148,8 @@ fn connect_error(url: &SecretUrl, e: &tokio_postgres::Error) -> SourceError {
                 "the host name does not resolve; check the host in source.url".to_string()
             } else if cause.contains("timed out") || text.contains("timed out") {
                 "the connection timed out; check the host, port and firewall".to_string()
+            } else if cause.contains("peer certificate") || text.contains("peer certificate") {
+                format!("{text}; the server's certificate must be signed by a CA in sslrootcert and, with verify-full, name the host in source.url")
             } else if let Some(db) = e.as_db_error() {
                 db.message().to_string()
             } else if cause.is_empty() {

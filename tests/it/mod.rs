@@ -7,5 +7,6 @@ mod once;
 mod s3;
 mod service;
 mod soak;
+mod tls;
 mod types;
 mod verify;
