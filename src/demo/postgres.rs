@@ -101,7 +101,11 @@ impl TempCluster {
 
     /// Starts a cluster with extra `postgresql.conf` lines (e.g. `wal_level = replica`).
     pub fn start(settings: &[&str]) -> Result<Self, ClusterError> {
-        let bindir = find_bindir()?;
+        Self::start_in(find_bindir()?, settings)
+    }
+
+    /// Like [`TempCluster::start`], with the server binaries in `bindir`.
+    pub fn start_in(bindir: PathBuf, settings: &[&str]) -> Result<Self, ClusterError> {
         let base = std::env::temp_dir().join(format!(
             "slot2lake-pg-{}-{}",
             std::process::id(),

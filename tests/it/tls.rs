@@ -1,9 +1,10 @@
 //! TLS to the source: `sslmode` and `sslrootcert` as libpq reads them, against a server
 //! that refuses unencrypted connections from slot2lake's user.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use slot2lake::demo::postgres::find_bindir;
 use slot2lake::demo::TempCluster;
 
 use crate::support::{database_on, run_once, slot2lake, Lake, SEED_TABLES};
@@ -98,16 +99,42 @@ fn certificates() -> tempfile::TempDir {
     dir
 }
 
+fn has_tls(bindir: &Path) -> bool {
+    Command::new(bindir.join("pg_config"))
+        .arg("--configure")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ssl"))
+}
+
+/// The PyPI build of PostgreSQL 18 (the suite's second pass) has no TLS; the client side
+/// is what this tests, so it then runs on the system's PostgreSQL.
+fn bindir_with_tls() -> PathBuf {
+    let default = find_bindir().expect("PostgreSQL binaries");
+    if has_tls(&default) {
+        return default;
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .find(|d| has_tls(d))
+        .expect("no PostgreSQL with TLS support: install Debian's postgresql (scripts/ensure-deps)")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_modes_follow_libpq_and_verify_full_replicates() {
     let certs = certificates();
     let c = |f: &str| certs.path().join(f).display().to_string();
-    let cluster = TempCluster::start(&[
-        "ssl = on",
-        &format!("ssl_cert_file = '{}'", c("server.pem")),
-        &format!("ssl_key_file = '{}'", c("server.key")),
-        &format!("hba_file = '{}'", c("pg_hba.conf")),
-    ])
+    let cluster = TempCluster::start_in(
+        bindir_with_tls(),
+        &[
+            "ssl = on",
+            &format!("ssl_cert_file = '{}'", c("server.pem")),
+            &format!("ssl_key_file = '{}'", c("server.key")),
+            &format!("hba_file = '{}'", c("pg_hba.conf")),
+        ],
+    )
     .expect("cluster with TLS");
     let db = database_on(&cluster, "tls").await;
     db.seed(10, 50).await;
