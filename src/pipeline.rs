@@ -238,12 +238,7 @@ impl Pipeline {
         )
         .await?;
         tracing::info!(from = %start, to = %marker, "catching up with the slot");
-        let from: BTreeMap<String, Lsn> = self
-            .watermarks()
-            .await?
-            .into_iter()
-            .map(|(f, w)| (f, w.map_or(Lsn::ZERO, |w| w.lsn)))
-            .collect();
+        let from = self.watermark_lsns().await?;
         let intent = FlushIntent {
             version: 1,
             cut: marker,
@@ -464,6 +459,16 @@ impl Pipeline {
             .max()
             .unwrap_or(Lsn::ZERO);
         Ok((repl, start))
+    }
+
+    /// Each table's watermark LSN (zero before its first flush): where a flush starts.
+    async fn watermark_lsns(&self) -> Result<BTreeMap<String, Lsn>, RunError> {
+        Ok(self
+            .watermarks()
+            .await?
+            .into_iter()
+            .map(|(f, w)| (f, w.map_or(Lsn::ZERO, |w| w.lsn)))
+            .collect())
     }
 
     /// Without the slot, spooled segments belong to an earlier slot of the same name: one
@@ -887,12 +892,7 @@ impl Pipeline {
             tracing::warn!(cut = %intent.cut, "finishing a flush that did not complete");
             self.execute_flush(intent).await?;
         }
-        let from: BTreeMap<String, Lsn> = self
-            .watermarks()
-            .await?
-            .into_iter()
-            .map(|(f, w)| (f, w.map_or(Lsn::ZERO, |w| w.lsn)))
-            .collect();
+        let from = self.watermark_lsns().await?;
         if from.values().all(|l| *l >= cut) {
             return Ok(None);
         }

@@ -236,8 +236,8 @@ fn apply_change(
             })
         }
     };
-    let (folder, schema) = (rel.folder.clone(), &rel.schema);
-    if !included(intent, &folder, txn.commit_lsn) {
+    let (folder, schema) = (rel.folder.as_str(), &rel.schema);
+    if !included(intent, folder, txn.commit_lsn) {
         return Ok(());
     }
     let filled = fill_unchanged(tuple, old.as_ref());
@@ -247,20 +247,19 @@ fn apply_change(
             // version is deleted, so the latest state does not keep it.
             append_row(
                 sink,
-                &folder,
+                folder,
                 schema,
                 processing_date,
                 old,
                 meta(ChangeType::Delete),
             )?;
-            *out.rows.entry(folder.clone()).or_default() += 1;
+            count_row(&mut out.rows, folder);
         }
     }
-    let qualified = schema.qualified_name();
     for (c, spec) in filled.columns.iter().zip(&schema.columns) {
         if c.is_unchanged() {
             sink.warnings().once(
-                &qualified,
+                &schema.qualified_name(),
                 &spec.name,
                 "an UPDATE left this TOASTed value unchanged and pgoutput did not send it; written as NULL (set REPLICA IDENTITY FULL on the table to keep it)",
             );
@@ -268,14 +267,23 @@ fn apply_change(
     }
     append_row(
         sink,
-        &folder,
+        folder,
         schema,
         processing_date,
         &filled,
         meta(change_type),
     )?;
-    *out.rows.entry(folder).or_default() += 1;
+    count_row(&mut out.rows, folder);
     Ok(())
+}
+
+fn count_row(rows: &mut BTreeMap<String, u64>, folder: &str) {
+    match rows.get_mut(folder) {
+        Some(n) => *n += 1,
+        None => {
+            rows.insert(folder.to_string(), 1);
+        }
+    }
 }
 
 fn append_row(
