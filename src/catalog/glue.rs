@@ -180,6 +180,28 @@ fn columns(table: &CatalogTable) -> Result<Vec<Column>, CatalogError> {
         .collect()
 }
 
+/// Whether Hive type `new` reads every value of `old` (Athena reads Parquet columns of
+/// the narrower type through the wider table type).
+fn widens(old: &str, new: &str) -> bool {
+    let decimal = |t: &str| -> Option<(u32, u32)> {
+        let (p, s) = t
+            .strip_prefix("decimal(")?
+            .strip_suffix(')')?
+            .split_once(',')?;
+        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+    };
+    match (old, new) {
+        ("tinyint", "smallint" | "int" | "bigint")
+        | ("smallint", "int" | "bigint")
+        | ("int", "bigint")
+        | ("float", "double") => true,
+        _ => match (decimal(old), decimal(new)) {
+            (Some((p1, s1)), Some((p2, s2))) => s1 == s2 && p2 >= p1,
+            _ => false,
+        },
+    }
+}
+
 fn storage(location: String, columns: Vec<Column>) -> StorageDescriptor {
     StorageDescriptor::builder()
         .set_columns(Some(columns))
@@ -244,18 +266,36 @@ pub async fn update(
         let changed = match &existing {
             None => true,
             Some(t) => {
-                // Keep columns Glue knows (readers of old files need them); add new ones.
-                let old: Vec<Column> = t
+                // Keep columns Glue knows (readers of old files need them); add new ones;
+                // widen a column whose type grew.
+                let mut changed = false;
+                let mut merged: Vec<Column> = Vec::new();
+                for o in t
                     .storage_descriptor()
-                    .map(|sd| sd.columns().to_vec())
-                    .unwrap_or_default();
-                let added: Vec<Column> = cols
-                    .iter()
-                    .filter(|c| !old.iter().any(|o| o.name() == c.name()))
-                    .cloned()
-                    .collect();
-                let changed = !added.is_empty();
-                cols = old.into_iter().chain(added).collect();
+                    .map(|sd| sd.columns())
+                    .unwrap_or_default()
+                {
+                    let now = cols.iter().find(|c| c.name() == o.name());
+                    match now.and_then(|c| c.r#type()).zip(o.r#type()) {
+                        Some((new, old)) if new != old && widens(old, new) => {
+                            tracing::info!(table = %table.folder, column = o.name(), from = old, to = new, "widening the column in the Glue table");
+                            merged.push(now.cloned().unwrap_or_else(|| o.clone()));
+                            changed = true;
+                        }
+                        Some((new, old)) if new != old => {
+                            tracing::warn!(table = %table.folder, column = o.name(), glue = old, files = new, "the column's type changed in a way Athena cannot read across old and new files; the Glue table keeps the old type: rename the column in PostgreSQL, or recreate the Glue table and re-snapshot (slot2lake backfill)");
+                            merged.push(o.clone());
+                        }
+                        _ => merged.push(o.clone()),
+                    }
+                }
+                for c in &cols {
+                    if !merged.iter().any(|m| m.name() == c.name()) {
+                        merged.push(c.clone());
+                        changed = true;
+                    }
+                }
+                cols = merged;
                 changed
             }
         };
@@ -389,5 +429,20 @@ pub async fn check(config: &Config) -> (crate::check::Level, String) {
             format!("crawler {name:?} does not exist: create it, or set catalog.create = true and catalog.role"),
         ),
         Err(e) => (Level::Fail, format!("Glue is not reachable: {}", DisplayErrorContext(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::widens;
+
+    #[test]
+    fn only_widening_type_changes_are_taken() {
+        assert!(widens("int", "bigint"));
+        assert!(widens("float", "double"));
+        assert!(widens("decimal(10,2)", "decimal(18,2)"));
+        assert!(!widens("bigint", "int"));
+        assert!(!widens("decimal(10,2)", "decimal(12,4)"));
+        assert!(!widens("int", "string"));
     }
 }

@@ -115,6 +115,38 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
         .collect();
     assert_eq!(glue_parts, lake_parts);
     assert!(glue_parts.contains("year=2024/month=02/day=29"));
+
+    // A column that widens (int → bigint) is widened in Glue, so Athena reads old and new
+    // files through it; a new column is added.
+    db.exec("ALTER TABLE orders ALTER COLUMN quantity TYPE bigint; ALTER TABLE orders ADD COLUMN note text; INSERT INTO orders (customer_id, quantity, note) VALUES (1, 5000000000, 'big');").await;
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+    let cols = glue
+        .get_table()
+        .database_name(&db.name)
+        .name("orders")
+        .send()
+        .await
+        .expect("orders table")
+        .table()
+        .and_then(|t| t.storage_descriptor())
+        .map(|sd| {
+            sd.columns()
+                .iter()
+                .map(|c| (c.name().to_string(), c.r#type().unwrap_or("").to_string()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for want in [
+        ("quantity", "bigint"),
+        ("note", "string"),
+        ("order_id", "int"),
+    ] {
+        assert!(
+            cols.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} not in {cols:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
