@@ -41,6 +41,25 @@ fn assert_exact(lake: &Lake, db: &TestDb) {
     );
 }
 
+/// Asserts the Glue table has these (column, Hive type) pairs.
+fn assert_columns(table: &aws_sdk_glue::types::Table, want: &[(&str, &str)]) {
+    let cols: Vec<(String, String)> = table
+        .storage_descriptor()
+        .map(|sd| {
+            sd.columns()
+                .iter()
+                .map(|c| (c.name().to_string(), c.r#type().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, ty) in want {
+        assert!(
+            cols.contains(&(name.to_string(), ty.to_string())),
+            "({name}, {ty}) not in {cols:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
     let moto = moto();
@@ -68,25 +87,16 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
         .await
         .expect("orders table");
     let table = table.table().expect("table");
-    let cols: Vec<(String, String)> = table
-        .storage_descriptor()
-        .expect("sd")
-        .columns()
-        .iter()
-        .map(|c| (c.name().to_string(), c.r#type().unwrap_or("").to_string()))
-        .collect();
-    for want in [
-        ("order_id", "int"),
-        ("price", "decimal(10,2)"),
-        ("order_date", "date"),
-        ("change_lsn", "bigint"),
-        ("commit_ts", "timestamp"),
-    ] {
-        assert!(
-            cols.contains(&(want.0.to_string(), want.1.to_string())),
-            "{want:?} not in {cols:?}"
-        );
-    }
+    assert_columns(
+        table,
+        &[
+            ("order_id", "int"),
+            ("price", "decimal(10,2)"),
+            ("order_date", "date"),
+            ("change_lsn", "bigint"),
+            ("commit_ts", "timestamp"),
+        ],
+    );
     let keys: Vec<&str> = table.partition_keys().iter().map(|c| c.name()).collect();
     assert_eq!(keys, ["year", "month", "day"]);
     assert!(table
@@ -121,32 +131,21 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
     db.exec("ALTER TABLE orders ALTER COLUMN quantity TYPE bigint; ALTER TABLE orders ADD COLUMN note text; INSERT INTO orders (customer_id, quantity, note) VALUES (1, 5000000000, 'big');").await;
     run_once(&config).await;
     assert_exact(&lake, &db);
-    let cols = glue
+    let table = glue
         .get_table()
         .database_name(&db.name)
         .name("orders")
         .send()
         .await
-        .expect("orders table")
-        .table()
-        .and_then(|t| t.storage_descriptor())
-        .map(|sd| {
-            sd.columns()
-                .iter()
-                .map(|c| (c.name().to_string(), c.r#type().unwrap_or("").to_string()))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for want in [
-        ("quantity", "bigint"),
-        ("note", "string"),
-        ("order_id", "int"),
-    ] {
-        assert!(
-            cols.contains(&(want.0.to_string(), want.1.to_string())),
-            "{want:?} not in {cols:?}"
-        );
-    }
+        .expect("orders table");
+    assert_columns(
+        table.table().expect("table"),
+        &[
+            ("quantity", "bigint"),
+            ("note", "string"),
+            ("order_id", "int"),
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
