@@ -41,6 +41,18 @@ fn assert_exact(lake: &Lake, db: &TestDb) {
     );
 }
 
+async fn glue_table(glue: &Glue, db: &str, name: &str) -> aws_sdk_glue::types::Table {
+    glue.get_table()
+        .database_name(db)
+        .name(name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("Glue table {db}.{name}: {e:?}"))
+        .table()
+        .cloned()
+        .expect("table")
+}
+
 /// Asserts the Glue table has these (column, Hive type) pairs.
 fn assert_columns(table: &aws_sdk_glue::types::Table, want: &[(&str, &str)]) {
     let cols: Vec<(String, String)> = table
@@ -79,16 +91,9 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
     assert_exact(&lake, &db);
 
     let glue = glue(moto).await;
-    let table = glue
-        .get_table()
-        .database_name(&db.name)
-        .name("orders")
-        .send()
-        .await
-        .expect("orders table");
-    let table = table.table().expect("table");
+    let table = glue_table(&glue, &db.name, "orders").await;
     assert_columns(
-        table,
+        &table,
         &[
             ("order_id", "int"),
             ("price", "decimal(10,2)"),
@@ -131,15 +136,8 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
     db.exec("ALTER TABLE orders ALTER COLUMN quantity TYPE bigint; ALTER TABLE orders ADD COLUMN note text; INSERT INTO orders (customer_id, quantity, note) VALUES (1, 5000000000, 'big');").await;
     run_once(&config).await;
     assert_exact(&lake, &db);
-    let table = glue
-        .get_table()
-        .database_name(&db.name)
-        .name("orders")
-        .send()
-        .await
-        .expect("orders table");
     assert_columns(
-        table.table().expect("table"),
+        &glue_table(&glue, &db.name, "orders").await,
         &[
             ("quantity", "bigint"),
             ("note", "string"),
