@@ -4,7 +4,7 @@
 #[cfg(feature = "failpoints")]
 use crate::support::slot2lake_env;
 use crate::support::{
-    database, free_addr, run_once, slot2lake, Consumer, Lake, TestDb, SEED_TABLES,
+    database, free_addr, run_once, with_config, Consumer, Lake, TestDb, SEED_TABLES,
 };
 
 fn assert_exact(lake: &Lake, db: &TestDb, table: &str, key: &str) {
@@ -109,13 +109,13 @@ async fn an_online_backfill_under_concurrent_writes_equals_the_source() {
             i
         })
     };
-    let cfg = config.display().to_string();
-    let run = slot2lake(&["backfill", "--table", "public.orders", "--config", &cfg]).await;
+    let _cfg = config.display().to_string();
+    let run = with_config(&["backfill", "--table", "public.orders"], &config).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let writes = writer.await.expect("writer");
     assert!(writes > 0);
-    let run = slot2lake(&["flush", "--config", &cfg]).await;
+    let run = with_config(&["flush"], &config).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, consumer.log());
     assert_exact(&lake, &db, "orders", "order_id");
     assert_eq!(
@@ -156,7 +156,7 @@ async fn a_backfill_killed_mid_copy_leaves_nothing_visible_and_runs_again() {
         "a partial backfill is visible"
     );
     db.exec("DELETE FROM orders WHERE order_id > 250;").await;
-    let run = slot2lake(&["backfill", "--table", "orders", "--config", &cfg]).await;
+    let run = with_config(&["backfill", "--table", "orders"], &config).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     run_once(&config).await;
     assert_exact(&lake, &db, "orders", "order_id");
@@ -181,8 +181,8 @@ async fn a_missing_slot_is_resnapshotted_only_when_needed() {
     // Changes the lake never hears of as changes: they must not survive as stale rows.
     db.exec("DELETE FROM orders WHERE order_id <= 30; UPDATE customers SET name = 'changed';")
         .await;
-    let cfg = config.display().to_string();
-    let run = slot2lake(&["run", "--once", "--config", &cfg]).await;
+    let _cfg = config.display().to_string();
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("when_needed"), "{}", run.stderr);
     let text = std::fs::read_to_string(&config).expect("config");

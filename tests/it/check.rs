@@ -1,12 +1,10 @@
 //! `check`, `status` and the errors a user meets first: one clear line, the right exit
 //! code, nothing created or acknowledged, and never a password in the output.
 
-use crate::support::{database, database_on, run_once, slot2lake, Lake, TestDb, SEED_TABLES};
+use crate::support::{
+    database, database_on, run_once, slot2lake, with_config, Lake, TestDb, SEED_TABLES,
+};
 use slot2lake::demo::TempCluster;
-
-fn cfg(path: &std::path::Path) -> String {
-    path.display().to_string()
-}
 
 async fn slot_exists(db: &TestDb) -> bool {
     db.slot_confirmed(&db.name).await.is_some()
@@ -18,7 +16,7 @@ async fn check_passes_and_says_what_will_be_created() {
     db.seed(2, 2).await;
     let lake = Lake::new();
     let config = lake.config(&db, SEED_TABLES);
-    let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let run = with_config(&["check"], &config).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("will be created"), "{}", run.stdout);
     // orders is partitioned by a non-key column without REPLICA IDENTITY FULL.
@@ -37,7 +35,7 @@ async fn a_table_without_identity_fails_check_and_run_with_the_fix() {
         .await;
     let lake = Lake::new();
     let config = lake.config(&db, "[[tables]]\nname = \"public.events\"\n");
-    let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let run = with_config(&["check"], &config).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stdout
@@ -45,7 +43,7 @@ async fn a_table_without_identity_fails_check_and_run_with_the_fix() {
         "{}",
         run.stdout
     );
-    let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains("REPLICA IDENTITY FULL"),
@@ -94,7 +92,7 @@ async fn a_missing_table_and_an_unwritable_output_are_reported() {
         ),
     )
     .expect("config");
-    let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let run = with_config(&["check"], &config).await;
     assert_eq!(run.code, 1);
     assert!(
         run.stdout.contains("public.nope does not exist"),
@@ -108,7 +106,7 @@ async fn a_missing_table_and_an_unwritable_output_are_reported() {
         "{}",
         run.stdout
     );
-    let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     assert!(!slot_exists(&db).await);
 }
@@ -126,7 +124,7 @@ async fn a_role_without_replication_is_told_what_to_grant() {
     let lake = Lake::new();
     let url = db.url.replace("postgres@", &format!("{role}@"));
     let config = lake.config_with(&url, &db.name, SEED_TABLES, "");
-    let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let run = with_config(&["check"], &config).await;
     assert_eq!(run.code, 1);
     assert!(
         run.stdout
@@ -134,7 +132,7 @@ async fn a_role_without_replication_is_told_what_to_grant() {
         "{}",
         run.stdout
     );
-    let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("WITH REPLICATION"), "{}", run.stderr);
     assert!(!slot_exists(&db).await);
@@ -147,14 +145,14 @@ async fn wal_level_replica_is_one_clear_error() {
     db.seed(1, 1).await;
     let lake = Lake::new();
     let config = lake.config(&db, SEED_TABLES);
-    let run = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let run = with_config(&["check"], &config).await;
     assert_eq!(run.code, 1);
     assert!(
         run.stdout.contains("ALTER SYSTEM SET wal_level = logical"),
         "{}",
         run.stdout
     );
-    let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     let errors: Vec<&str> = run
         .stderr
@@ -183,14 +181,13 @@ async fn passwords_never_reach_logs_or_errors() {
     // Trust authentication ignores the password, so the whole pipeline runs with it in the URL.
     let url = db.url.replace("postgres@", &format!("postgres:{secret}@"));
     let config = lake.config_with(&url, &db.name, SEED_TABLES, "");
-    let cfg_path = cfg(&config);
     let mut outputs = vec![];
     for args in [
-        vec!["-v", "run", "--once", "--config", &cfg_path],
-        vec!["-v", "status", "--json", "--config", &cfg_path],
-        vec!["-v", "check", "--config", &cfg_path],
+        vec!["-v", "run", "--once"],
+        vec!["-v", "status", "--json"],
+        vec!["-v", "check"],
     ] {
-        let run = slot2lake(&args).await;
+        let run = with_config(&args, &config).await;
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         outputs.push(run);
     }
@@ -207,7 +204,7 @@ async fn passwords_never_reach_logs_or_errors() {
         ":1/",
     );
     let config = lake.config_with(&bad, &db.name, SEED_TABLES, "");
-    let run = slot2lake(&["run", "--once", "--config", &cfg(&config)]).await;
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("connection refused"), "{}", run.stderr);
     assert!(run.stderr.contains("127.0.0.1:1"), "{}", run.stderr);
@@ -226,7 +223,7 @@ async fn passwords_never_reach_logs_or_errors() {
 async fn config_mistakes_exit_2_and_name_the_key() {
     let lake = Lake::new();
     let missing = lake.path().join("absent.toml");
-    let run = slot2lake(&["run", "--once", "--config", &cfg(&missing)]).await;
+    let run = with_config(&["run", "--once"], &missing).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("config example"), "{}", run.stderr);
 
@@ -236,7 +233,7 @@ async fn config_mistakes_exit_2_and_name_the_key() {
         "[source]\nurl = \"postgres://u@127.0.0.1/db\"\nslott = \"x\"\n[output]\nurl = \"file:///tmp/x\"\n[[tables]]\nname = \"t\"\n",
     )
     .expect("write");
-    let run = slot2lake(&["check", "--config", &cfg(&typo)]).await;
+    let run = with_config(&["check"], &typo).await;
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("slott"), "{}", run.stderr);
 
@@ -246,7 +243,7 @@ async fn config_mistakes_exit_2_and_name_the_key() {
         "[source]\nurl = \"postgres://u@127.0.0.1/db\"\n[output]\nurl = \"file:///tmp/x\"\n[flush]\nmax_open_files = 0\n[[tables]]\nname = \"t\"\n",
     )
     .expect("write");
-    let run = slot2lake(&["status", "--config", &cfg(&bad)]).await;
+    let run = with_config(&["status"], &bad).await;
     assert_eq!(run.code, 2);
     assert!(
         run.stderr.contains("flush.max_open_files"),
@@ -263,14 +260,14 @@ async fn status_reports_slot_lag_and_watermarks() {
     db.seed(3, 3).await;
     let lake = Lake::new();
     let config = lake.config(&db, SEED_TABLES);
-    let run = slot2lake(&["status", "--json", "--config", &cfg(&config)]).await;
+    let run = with_config(&["status", "--json"], &config).await;
     let before: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
     assert_eq!(before["slot"]["exists"], false);
     assert!(before["tables"]["orders"].is_null());
     run_once(&config).await;
     db.exec("INSERT INTO orders (customer_id) SELECT 1 FROM generate_series(1, 100)")
         .await;
-    let run = slot2lake(&["status", "--json", "--config", &cfg(&config)]).await;
+    let run = with_config(&["status", "--json"], &config).await;
     let after: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
     assert_eq!(after["slot"]["exists"], true);
     assert!(
@@ -288,7 +285,7 @@ async fn status_reports_slot_lag_and_watermarks() {
         lsn(&after["slot"]["confirmed_flush_lsn"]) >= lsn(&after["tables"]["orders"]["lsn"]),
         "{after}"
     );
-    let run = slot2lake(&["status", "--config", &cfg(&config)]).await;
+    let run = with_config(&["status"], &config).await;
     assert!(
         run.stdout.contains("table orders: watermark"),
         "{}",
@@ -319,7 +316,7 @@ async fn a_wrong_password_is_one_line_without_the_password() {
     let url = db.url.replace("postgres@", &format!("{role}:{secret}@"));
     let config = lake.config_with(&url, &db.name, SEED_TABLES, "");
     for args in [["run", "--once"], ["status", "--json"]] {
-        let run = slot2lake(&[args[0], args[1], "--config", &cfg(&config)]).await;
+        let run = with_config(&[args[0], args[1]], &config).await;
         assert_eq!(run.code, 1, "{}", run.stderr);
         let errors: Vec<&str> = run
             .stderr

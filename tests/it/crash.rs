@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use slot2lake::failpoint as fp;
 
-use crate::support::{database, run_once, slot2lake, slot2lake_env, Lake, TestDb, SEED_TABLES};
+use crate::support::{database, run_once, slot2lake_env, with_config, Lake, TestDb, SEED_TABLES};
 
 /// Every data file with its modification time.
 fn data_files(lake: &Lake) -> BTreeMap<String, SystemTime> {
@@ -215,7 +215,7 @@ async fn a_spool_left_by_a_slot_on_another_cluster_is_discarded() {
 
     // The old lake on the new server: one clear error, and nothing is touched.
     let reused = old_lake.config_with(&new_db.url, "moved", SEED_TABLES, &extra);
-    let run = slot2lake(&["run", "--once", "--config", &reused.display().to_string()]).await;
+    let run = with_config(&["run", "--once"], &reused).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("another cluster"), "{}", run.stderr);
     assert_eq!(segments(), left);

@@ -1,14 +1,10 @@
 //! Fidelity while tables change: schema changes mid-stream, renamed tables, TOASTed
 //! values, tables without a primary key, and names that collide with slot2lake's columns.
 
-use crate::support::{database, free_addr, run_once, slot2lake, Consumer, Lake, TestDb};
-
-fn cfg(p: &std::path::Path) -> String {
-    p.display().to_string()
-}
+use crate::support::{database, free_addr, run_once, with_config, Consumer, Lake, TestDb};
 
 async fn flush(config: &std::path::Path) {
-    let run = slot2lake(&["flush", "--config", &cfg(config)]).await;
+    let run = with_config(&["flush"], config).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
 }
 
@@ -142,7 +138,7 @@ async fn without_full_identity_check_says_so_and_the_gap_is_never_silent() {
     toast_table(&db, false).await;
     let lake = Lake::new();
     let config = lake.config(&db, "[[tables]]\nname = \"public.docs\"\n");
-    let check = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let check = with_config(&["check"], &config).await;
     assert!(
         check
             .stdout
@@ -178,7 +174,7 @@ async fn tables_without_a_primary_key_replicate_with_full_or_index_identity() {
     .await;
     let lake = Lake::new();
     let bad = lake.config(&db, "[[tables]]\nname = \"public.nothing\"\n");
-    let check = slot2lake(&["check", "--config", &cfg(&bad)]).await;
+    let check = with_config(&["check"], &bad).await;
     assert_eq!(check.code, 1);
     assert!(
         check.stdout.contains("REPLICA IDENTITY NOTHING")
@@ -217,7 +213,7 @@ async fn a_column_named_like_a_metadata_column_needs_the_prefix() {
     db.exec("CREATE TABLE audit (id int PRIMARY KEY, change_type text, \"_hidden\" int); INSERT INTO audit VALUES (1, 'mine', 0);").await;
     let lake = Lake::new();
     let config = lake.config(&db, "[[tables]]\nname = \"public.audit\"\n");
-    let check = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let check = with_config(&["check"], &config).await;
     assert_eq!(check.code, 1);
     assert!(
         check.stdout.contains("metadata_column_prefix"),
@@ -239,7 +235,7 @@ async fn a_column_named_like_a_metadata_column_needs_the_prefix() {
         ),
     )
     .expect("config");
-    let check = slot2lake(&["check", "--config", &cfg(&config)]).await;
+    let check = with_config(&["check"], &config).await;
     assert_eq!(check.code, 0, "{}", check.stdout);
     assert!(check.stdout.contains("\"_hidden\""), "{}", check.stdout);
     run_once(&config).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aws_sdk_glue::Client as Glue;
 
 use crate::support::{
-    database, moto, run_once, slot2lake, Lake, Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
+    database, moto, run_once, with_config, Lake, Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
 };
 
 async fn glue(moto: &Moto) -> Glue {
@@ -282,7 +282,7 @@ async fn s3_errors_end_in_a_retried_flush_without_duplicate_files() {
     db.exec("UPDATE orders SET quantity = quantity + 5 WHERE order_id % 2 = 0; DELETE FROM orders WHERE order_id % 7 = 0;").await;
     let confirmed = db.slot_confirmed(&db.name).await;
     fail.store(-1, Ordering::SeqCst);
-    let run = slot2lake(&["run", "--once", "--config", &config.display().to_string()]).await;
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(db.slot_confirmed(&db.name).await, confirmed);
     // ...then the endpoint recovers and the retried flush completes, with no duplicates.
@@ -305,7 +305,7 @@ async fn a_failing_catalog_keeps_the_data_and_is_retried_next_flush() {
         )
     };
     let config = s3_config(&lake, &db, &catalog(dead));
-    let run = slot2lake(&["run", "--once", "--config", &config.display().to_string()]).await;
+    let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains("the data is committed"),
@@ -338,15 +338,15 @@ async fn the_local_catalog_and_the_duckdb_view_describe_a_real_lake() {
     run_once(&config).await;
     db.exec("UPDATE orders SET quantity = 0 WHERE order_id < 5; DELETE FROM orders WHERE order_id BETWEEN 5 AND 9; TRUNCATE customers; INSERT INTO customers (name) VALUES ('after truncate');").await;
     run_once(&config).await;
-    let cfg = config.display().to_string();
-    let tables = slot2lake(&["catalog", "tables", "--config", &cfg]).await;
+    let _cfg = config.display().to_string();
+    let tables = with_config(&["catalog", "tables"], &config).await;
     assert_eq!(
         tables.stdout.lines().collect::<Vec<_>>(),
         ["customers", "orders"],
         "{}",
         tables.stderr
     );
-    let describe = slot2lake(&["catalog", "describe", "orders", "--config", &cfg]).await;
+    let describe = with_config(&["catalog", "describe", "orders"], &config).await;
     assert!(
         describe.stdout.contains("price") && describe.stdout.contains("decimal(10,2)"),
         "{}",
@@ -357,7 +357,7 @@ async fn the_local_catalog_and_the_duckdb_view_describe_a_real_lake() {
         "{}",
         describe.stdout
     );
-    let parts = slot2lake(&["catalog", "partitions", "orders", "--config", &cfg]).await;
+    let parts = with_config(&["catalog", "partitions", "orders"], &config).await;
     let expected = lake.query_i64(
         "orders",
         "SELECT count(DISTINCT (year, month, day)) FROM {t}",
@@ -375,7 +375,7 @@ async fn the_local_catalog_and_the_duckdb_view_describe_a_real_lake() {
     );
 
     // The DuckDB view, run by DuckDB itself, equals the source table.
-    let views = slot2lake(&["catalog", "views", "--config", &cfg]).await;
+    let views = with_config(&["catalog", "views"], &config).await;
     assert_eq!(views.code, 0, "{}", views.stderr);
     for (table, key) in [("orders", "order_id"), ("customers", "customer_id")] {
         let sql = views

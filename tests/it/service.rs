@@ -4,7 +4,7 @@ use slot2lake::demo::TempCluster;
 use slot2lake::lsn::Lsn;
 
 use crate::support::{
-    database, database_on, free_addr, run_once, slot2lake, wait_until, Consumer, Lake, TestDb,
+    database, database_on, free_addr, run_once, wait_until, with_config, Consumer, Lake, TestDb,
     SEED_TABLES,
 };
 
@@ -18,7 +18,7 @@ fn service_config(lake: &Lake, db: &TestDb, admin: &str, spool: &str) -> std::pa
 }
 
 async fn flush(config: &std::path::Path) -> crate::support::Run {
-    let run = slot2lake(&["flush", "--config", &config.display().to_string()]).await;
+    let run = with_config(&["flush"], config).await;
     assert_eq!(run.code, 0, "flush failed: {}{}", run.stdout, run.stderr);
     run
 }
@@ -276,7 +276,7 @@ async fn flush_without_a_consumer_is_one_clear_error() {
     let lake = Lake::new();
     let admin = free_addr();
     let config = service_config(&lake, &db, &admin, "");
-    let run = slot2lake(&["flush", "--config", &config.display().to_string()]).await;
+    let run = with_config(&["flush"], &config).await;
     assert_eq!(run.code, 1);
     assert!(
         run.stderr

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use slot2lake::demo::TempCluster;
 
-use crate::support::{database_on, free_addr, slot2lake, Consumer, Lake, TestDb, SEED_TABLES};
+use crate::support::{
+    database_on, free_addr, slot2lake, with_config, Consumer, Lake, TestDb, SEED_TABLES,
+};
 
 /// A small deterministic generator (no extra dependency, reproducible from a seed).
 struct Rng(u64);
@@ -138,7 +140,7 @@ async fn soak_kill_and_restart_lose_and_duplicate_nothing() {
     writer.await.expect("writer");
     // A clean run flushes everything, then the independent reader and verify judge.
     let consumer = Consumer::start(&config, &admin).await;
-    let run = slot2lake(&["flush", "--config", &config.display().to_string()]).await;
+    let run = with_config(&["flush"], &config).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, consumer.log());
     assert_eq!(consumer.stop().await, 0);
     let db = TestDb {
@@ -170,6 +172,6 @@ async fn soak_kill_and_restart_lose_and_duplicate_nothing() {
     );
     assert_eq!((lost, duplicated), (0, 0));
     assert_eq!(lake_events, events, "every committed event exactly once");
-    let verify = slot2lake(&["verify", "--config", &config.display().to_string()]).await;
+    let verify = with_config(&["verify"], &config).await;
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 }

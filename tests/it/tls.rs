@@ -7,7 +7,7 @@ use std::process::Command;
 use slot2lake::demo::postgres::find_bindir;
 use slot2lake::demo::TempCluster;
 
-use crate::support::{database_on, run_once, slot2lake, Lake, SEED_TABLES};
+use crate::support::{database_on, run_once, with_config, Lake, SEED_TABLES};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -146,7 +146,7 @@ async fn tls_modes_follow_libpq_and_verify_full_replicates() {
     let fails = |params: &str| {
         let path = config(params);
         async move {
-            let run = slot2lake(&["run", "--once", "--config", &path.display().to_string()]).await;
+            let run = with_config(&["run", "--once"], &path).await;
             assert_eq!(run.code, 1, "{}", run.stderr);
             run.stderr
         }

@@ -1,10 +1,8 @@
 //! `slot2lake verify`: agrees with an exact lake, and finds what a damaged one lacks.
 
-use crate::support::{database, free_addr, moto, run_once, slot2lake, Consumer, Lake, SEED_TABLES};
-
-fn cfg(p: &std::path::Path) -> String {
-    p.display().to_string()
-}
+use crate::support::{
+    database, free_addr, moto, run_once, with_config, Consumer, Lake, SEED_TABLES,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_agrees_with_an_exact_lake_and_finds_a_damaged_one() {
@@ -19,7 +17,7 @@ async fn verify_agrees_with_an_exact_lake_and_finds_a_damaged_one() {
     )
     .await;
     // Changes not flushed yet: verify catches the lake up first (no consumer: run --once).
-    let run = slot2lake(&["verify", "--config", &cfg(&config)]).await;
+    let run = with_config(&["verify"], &config).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("ok      orders: source"),
@@ -47,15 +45,7 @@ async fn verify_agrees_with_an_exact_lake_and_finds_a_damaged_one() {
     for f in &files {
         std::fs::remove_file(f).expect("remove");
     }
-    let run = slot2lake(&[
-        "verify",
-        "--table",
-        "orders",
-        "--json",
-        "--config",
-        &cfg(&config),
-    ])
-    .await;
+    let run = with_config(&["verify", "--table", "orders", "--json"], &config).await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
     let t = &report["tables"][0];
@@ -84,7 +74,7 @@ async fn verify_works_with_a_running_consumer_and_an_s3_lake() {
     );
     let consumer = Consumer::start(&config, &admin).await;
     db.exec("UPDATE orders SET quantity = 3 WHERE order_id < 40; DELETE FROM customers WHERE customer_id = 2;").await;
-    let run = slot2lake(&["verify", "--config", &cfg(&config)]).await;
+    let run = with_config(&["verify"], &config).await;
     assert_eq!(
         run.code,
         0,

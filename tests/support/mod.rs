@@ -369,9 +369,17 @@ pub async fn slot2lake_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// `slot2lake <args> --config <config>`, whatever its outcome.
+pub async fn with_config(args: &[&str], config: &Path) -> Run {
+    let path = config.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--config", &path]);
+    slot2lake(&all).await
+}
+
 /// `run --once` with a config file; asserts success.
 pub async fn run_once(config: &Path) -> Run {
-    let run = slot2lake(&["run", "--once", "--config", &config.display().to_string()]).await;
+    let run = with_config(&["run", "--once"], config).await;
     run.ok();
     run
 }
