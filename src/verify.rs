@@ -35,8 +35,8 @@ use crate::pipeline::{Pipeline, RunError};
 use crate::sink::Lake;
 use crate::source::copy::CopyParser;
 use crate::source::replication::{ReplicationStream, StreamOptions};
-use crate::source::snapshot::copy_datum;
-use crate::source::{self, introspect, query_error, quote_ident, quote_literal};
+use crate::source::snapshot::{copy_datum, copy_query, import};
+use crate::source::{self, introspect, query_error};
 
 /// Keys listed per kind of difference, at most.
 const SHOWN: usize = 20;
@@ -120,16 +120,7 @@ pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyR
     catch_up(&mut pipeline, cp).await?;
 
     let mut source_client = source::connect(&config.source.url).await?;
-    let txn = source_client
-        .transaction()
-        .await
-        .map_err(|e| query_error("starting the verify transaction", &e))?;
-    txn.batch_execute(&format!(
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        quote_literal(&snapshot)
-    ))
-    .await
-    .map_err(|e| query_error("importing the verify snapshot", &e))?;
+    let txn = import(&mut source_client, &snapshot).await?;
 
     let mut reports = Vec::new();
     for (folder, schema) in &selected {
@@ -139,17 +130,7 @@ pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyR
             lake_rows: latest.values().filter(|l| l.live).count() as u64,
             ..Default::default()
         };
-        let cols: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
-        let query = format!(
-            "COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT binary)",
-            cols.join(", "),
-            quote_ident(&schema.schema),
-            quote_ident(&schema.name)
-        );
+        let query = copy_query(schema, &[]);
         let stream = txn
             .copy_out(&query)
             .await
@@ -337,26 +318,17 @@ async fn lake_state(
 ) -> Result<HashMap<String, Latest>, RunError> {
     let mut latest: HashMap<String, Latest> = HashMap::new();
     let mut truncated: Option<(i64, i64)> = None;
-    let tmp = tempfile_dir()?;
     let cp = cp.as_i64();
     for obj in lake.list(&format!("{folder}/")).await? {
         let key = obj.location.to_string();
         if !key.ends_with(".parquet") {
             continue;
         }
-        let path = match lake.local_path(&key) {
-            Some(p) => p,
-            None => {
-                let bytes = lake.get(&key).await?.unwrap_or_default();
-                let p = tmp.join("file.parquet");
-                std::fs::write(&p, &bytes)
-                    .map_err(|e| RunError::State(format!("{}: {e}", p.display())))?;
-                p
-            }
-        };
-        let file =
-            std::fs::File::open(&path).map_err(|e| RunError::State(format!("{key}: {e}")))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        let bytes = lake
+            .get(&key)
+            .await?
+            .ok_or_else(|| RunError::State(format!("{key}: listed, then not found")))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
             .map_err(|e| RunError::State(format!("{key}: {e}")))?;
         for batch in reader {
@@ -408,13 +380,5 @@ async fn lake_state(
     if let Some(cut) = truncated {
         latest.retain(|_, l| (l.lsn, l.seq) > cut);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(latest)
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf, RunError> {
-    let dir = std::env::temp_dir().join(format!("slot2lake-verify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| RunError::State(format!("{}: {e}", dir.display())))?;
-    Ok(dir)
 }

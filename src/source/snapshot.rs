@@ -120,7 +120,8 @@ struct Chunk {
     pages: Option<(i64, Option<i64>)>,
 }
 
-async fn import<'c>(
+/// Opens a read-only transaction on an exported snapshot.
+pub async fn import<'c>(
     client: &'c mut Client,
     snapshot_name: &str,
 ) -> Result<Transaction<'c>, SourceError> {
@@ -142,9 +143,24 @@ async fn import<'c>(
     Ok(txn)
 }
 
-fn copy_query(t: &SnapshotTable, pages: Option<(i64, Option<i64>)>) -> String {
-    let cols: Vec<String> = t
-        .schema
+fn chunk_query(t: &SnapshotTable, pages: Option<(i64, Option<i64>)>) -> String {
+    let mut conds = Vec::new();
+    if let Some((from, to)) = pages {
+        conds.push(format!("ctid >= '({from},0)'::tid"));
+        if let Some(to) = to {
+            conds.push(format!("ctid < '({to},0)'::tid"));
+        }
+    }
+    if let Some(w) = &t.where_clause {
+        conds.push(format!("({w})"));
+    }
+    copy_query(&t.schema, &conds)
+}
+
+/// `COPY (SELECT … FROM table [WHERE conds]) TO STDOUT (FORMAT binary)`; columns without
+/// a binary decoder are selected as text, which [`copy_datum`] expects.
+pub fn copy_query(schema: &TableSchema, conds: &[String]) -> String {
+    let cols: Vec<String> = schema
         .columns
         .iter()
         .map(|c| {
@@ -156,21 +172,11 @@ fn copy_query(t: &SnapshotTable, pages: Option<(i64, Option<i64>)>) -> String {
             }
         })
         .collect();
-    let mut conds = Vec::new();
-    if let Some((from, to)) = pages {
-        conds.push(format!("ctid >= '({from},0)'::tid"));
-        if let Some(to) = to {
-            conds.push(format!("ctid < '({to},0)'::tid"));
-        }
-    }
-    if let Some(w) = &t.where_clause {
-        conds.push(format!("({w})"));
-    }
     let mut q = format!(
         "COPY (SELECT {} FROM {}.{}",
         cols.join(", "),
-        quote_ident(&t.schema.schema),
-        quote_ident(&t.schema.name)
+        quote_ident(&schema.schema),
+        quote_ident(&schema.name)
     );
     if !conds.is_empty() {
         q.push_str(&format!(" WHERE {}", conds.join(" AND ")));
@@ -341,7 +347,7 @@ impl Worker {
             let next = self.queue.lock().ok().and_then(|mut q| q.pop());
             let Some(chunk) = next else { break };
             let t = &self.tables[chunk.table];
-            let query = copy_query(t, chunk.pages);
+            let query = chunk_query(t, chunk.pages);
             if tx.send(Msg::Chunk(chunk)).await.is_err() {
                 stopped = true;
                 break;
