@@ -254,9 +254,7 @@ impl Pipeline {
         self.stream_to_marker(&mut repl, start, marker, &tx, &mut report)
             .await?;
         drop(tx);
-        let mut flushed = worker
-            .await
-            .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        let mut flushed = join_flush(worker).await?;
         if !flushed.files.is_empty() {
             // Once everything before the marker is durable in the spool (and its mirror,
             // which a new machine recovers from), an intent can fix the names.
@@ -561,10 +559,7 @@ impl Pipeline {
             // A backfill that stopped while copying left only invisible staging files.
             let name = backfill_state(f);
             if let Some(old) = self.checkpoints.snapshot_state(&name).await? {
-                for obj in self.lake.list(&old.staging).await? {
-                    self.lake.delete(obj.location.as_ref()).await?;
-                }
-                self.checkpoints.clear_snapshot_state(&name).await?;
+                self.discard_staged(&name, &old).await?;
             }
         }
         let temp_slot = format!("{}_backfill_{}", self.slot(), std::process::id());
@@ -793,10 +788,15 @@ impl Pipeline {
         if slot_exists {
             self.drop_slot(self.slot()).await?;
         }
+        self.discard_staged(FIRST_RUN, state).await
+    }
+
+    /// Deletes a snapshot's staging files (invisible to readers) and forgets its state.
+    async fn discard_staged(&self, name: &str, state: &SnapshotState) -> Result<(), RunError> {
         for obj in self.lake.list(&state.staging).await? {
             self.lake.delete(obj.location.as_ref()).await?;
         }
-        self.checkpoints.clear_snapshot_state(FIRST_RUN).await?;
+        self.checkpoints.clear_snapshot_state(name).await?;
         Ok(())
     }
 
@@ -909,16 +909,10 @@ impl Pipeline {
     /// Writes the files an intent names, then the watermarks; removes the intent.
     async fn execute_flush(&self, intent: FlushIntent) -> Result<Flushed, RunError> {
         let started = Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for seg in self.spool.segments()? {
-            let _ = tx.send(seg);
-        }
-        drop(tx);
-        let flushed = self
-            .spawn_flush_worker(&intent, rx, false)
-            .await?
-            .await
-            .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??;
+        let worker = self
+            .spawn_flush_worker(&intent, self.spool.segments()?, false)
+            .await?;
+        let flushed = join_flush(worker).await?;
         self.commit_flush(&intent, &flushed, started).await?;
         Ok(flushed)
     }
@@ -927,7 +921,7 @@ impl Pipeline {
     async fn spawn_flush_worker(
         &self,
         intent: &FlushIntent,
-        segments: std::sync::mpsc::Receiver<crate::spool::Segment>,
+        segments: impl IntoIterator<Item = crate::spool::Segment> + Send + 'static,
         defer_publish: bool,
     ) -> Result<tokio::task::JoinHandle<Result<Flushed, FlushError>>, RunError> {
         let opts = SinkOptions {
@@ -1029,6 +1023,14 @@ impl Pipeline {
         }
         tracing::warn!(lsn = %lsn, "the server has not confirmed the acknowledgement yet; the next run repeats it");
     }
+}
+
+async fn join_flush(
+    worker: tokio::task::JoinHandle<Result<Flushed, FlushError>>,
+) -> Result<Flushed, RunError> {
+    Ok(worker
+        .await
+        .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??)
 }
 
 /// LSNs from another cluster (a lake or spool reused after moving to a new server) would

@@ -258,12 +258,14 @@ impl ColumnBuilder {
             }
             (Self::Utf8(b), ColumnKind::Bits) => b.append_value(format_bits(raw)?),
             (Self::Utf8(b), ColumnKind::Inet) => b.append_value(format_inet(raw)?),
-            (Self::Utf8(b), ColumnKind::MacAddr) => b.append_value(
-                raw.iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":"),
-            ),
+            (Self::Utf8(b), ColumnKind::MacAddr) => {
+                // Written straight into the builder; the empty append ends the value.
+                for (i, x) in raw.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ":" };
+                    let _ = std::fmt::Write::write_fmt(b, format_args!("{sep}{x:02x}"));
+                }
+                b.append_value("")
+            }
             (Self::Time(b), _) => b.append_value(i64::from_be_bytes(fixed(raw)?)),
             (Self::List(l), _) => return l.append_binary(raw),
             (Self::Bool(b), _) => b.append_value(fixed::<1>(raw)?[0] != 0),
@@ -383,7 +385,8 @@ impl ListColumn {
             count *= i64::from(int(at)?);
             at += 8;
         }
-        let start = self.values.len();
+        // Builders cannot drop values: a failed element leaves the row unusable, and the
+        // caller stops at the error before anything else is appended.
         for _ in 0..count {
             let len = int(at)?;
             at += 4;
@@ -395,10 +398,7 @@ impl ListColumn {
             let item = raw
                 .get(at..end)
                 .ok_or_else(|| bad_bin("array element past the end"))?;
-            if let Err(e) = self.values.append(self.elem, Datum::Binary(item)) {
-                self.truncate_to(start);
-                return Err(e);
-            }
+            self.values.append(self.elem, Datum::Binary(item))?;
             at = end;
         }
         self.push_end(true);
@@ -412,28 +412,15 @@ impl ListColumn {
             Some(i) if s.starts_with('[') => &s[i + 1..],
             _ => s,
         };
-        let items = parse_array_text(s)?;
-        let start = self.values.len();
-        for item in &items {
-            let r = match item {
-                None => {
-                    self.values.append_null();
-                    Ok(())
-                }
-                Some(v) => self.values.append(self.elem, Datum::Text(v.as_bytes())),
-            };
-            if let Err(e) = r {
-                self.truncate_to(start);
-                return Err(e);
+        for item in parse_array_text(s)? {
+            match item {
+                None => self.values.append_null(),
+                Some(v) => self.values.append(self.elem, Datum::Text(v.as_bytes()))?,
             }
         }
         self.push_end(true);
         Ok(())
     }
-
-    /// Builders cannot drop values: an element that failed leaves the row unusable, so
-    /// the error is reported before anything else is appended (callers stop on errors).
-    fn truncate_to(&mut self, _start: usize) {}
 }
 
 /// Splits a one- or many-dimensional array literal into its elements (flattened).

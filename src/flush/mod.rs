@@ -207,20 +207,12 @@ fn apply_change(
                 let Some(Some(rel)) = rels.get(id) else {
                     continue;
                 };
-                let (folder, schema) = (rel.folder.clone(), &rel.schema);
-                if !included(intent, &folder, txn.commit_lsn) {
+                if !included(intent, &rel.folder, txn.commit_lsn) {
                     continue;
                 }
-                let key = match schema.partition_column {
-                    None => PartitionKey::Processing(processing_date),
-                    Some(_) => PartitionKey::Column(None),
-                };
                 let m = meta(ChangeType::Truncate);
-                sink.append(&folder, schema, key, |batch, _| {
-                    batch.append_all_null(&m);
-                    Ok(())
-                })?;
-                *out.rows.entry(folder).or_default() += 1;
+                sink.append_truncate(&rel.folder, &rel.schema, processing_date, &m)?;
+                count_row(&mut out.rows, &rel.folder);
             }
             return Ok(());
         }

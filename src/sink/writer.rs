@@ -29,7 +29,7 @@ use parquet::schema::types::ColumnPath;
 use super::lake::{Lake, LakeError, Published};
 use super::partition::{FileName, PartitionKey};
 use crate::config::Compression;
-use crate::decode::{DecodeError, RowBatch, TableSchema, Warnings};
+use crate::decode::{DecodeError, RowBatch, RowMeta, TableSchema, Warnings};
 use crate::lsn::Lsn;
 
 /// Parts are looked up once per row: SipHash's DoS resistance is not needed for keys
@@ -137,8 +137,9 @@ enum Out {
 type PartId = (u32, PartitionKey);
 
 struct Part {
+    /// Its key in `Sink::parts`: the table's index in `Sink::folders` and the partition.
+    id: PartId,
     folder: Arc<str>,
-    key: PartitionKey,
     batch: RowBatch,
     out: Option<Out>,
     file_bytes: u64,
@@ -274,8 +275,8 @@ impl Sink {
         let mut batch = RowBatch::new(schema.clone(), BATCH_ROWS);
         fill(&mut batch, &mut self.warnings)?;
         let part = Part {
+            id,
             folder: self.folders[table].clone(),
-            key,
             batch,
             out: None,
             file_bytes: 0,
@@ -284,6 +285,25 @@ impl Sink {
         };
         self.parts.insert(id, part);
         Ok(())
+    }
+
+    /// A TRUNCATE row (every source column NULL). It has no date of its own: it goes to
+    /// a date-partitioned table's NULL partition, or to the processing date.
+    pub fn append_truncate(
+        &mut self,
+        folder: &str,
+        schema: &Arc<TableSchema>,
+        processing_date: chrono::NaiveDate,
+        meta: &RowMeta,
+    ) -> Result<(), SinkError> {
+        let key = match schema.partition_column {
+            None => PartitionKey::Processing(processing_date),
+            Some(_) => PartitionKey::Column(None),
+        };
+        self.append(folder, schema, key, |batch, _| {
+            batch.append_all_null(meta);
+            Ok(())
+        })
     }
 
     fn evict_lru(&mut self) -> Result<(), SinkError> {
@@ -318,7 +338,7 @@ impl Sink {
         }
         if part.out.is_none() {
             let folder = part.folder.clone();
-            part.out = Some(self.open_file(&folder, part.key, part.batch.schema())?);
+            part.out = Some(self.open_file(part.id, &folder, part.batch.schema())?);
         }
         part.file_bytes += part.batch.bytes() as u64;
         part.file_rows += part.batch.rows() as u64;
@@ -334,16 +354,12 @@ impl Sink {
 
     fn open_file(
         &mut self,
+        id: PartId,
         folder: &str,
-        key: PartitionKey,
         schema: &Arc<TableSchema>,
     ) -> Result<Out, SinkError> {
-        let table = self
-            .folders
-            .iter()
-            .position(|f| &**f == folder)
-            .unwrap_or(0) as u32;
-        let seq_slot = self.next_seq.entry((table, key)).or_insert(0);
+        let key = id.1;
+        let seq_slot = self.next_seq.entry(id).or_insert(0);
         let seq = *seq_slot;
         *seq_slot += 1;
         let name = FileName {
@@ -404,7 +420,7 @@ impl Sink {
         };
         let rows = std::mem::take(&mut part.file_rows);
         part.file_bytes = 0;
-        let (table, partition) = (part.folder.to_string(), part.key);
+        let (table, partition) = (part.folder.to_string(), part.id.1);
         let file = match out {
             Out::Write {
                 writer,
@@ -457,10 +473,7 @@ impl Sink {
 
     fn close_part(&mut self, mut part: Part) -> Result<(), SinkError> {
         self.write_part_batch(&mut part)?;
-        let id = match self.folders.iter().position(|f| *f == part.folder) {
-            Some(t) => (t as u32, part.key),
-            None => return Ok(()),
-        };
+        let id = part.id;
         self.parts.insert(id, part);
         self.close_file(&id)?;
         self.parts.remove(&id);
@@ -490,19 +503,18 @@ impl Sink {
                 .map(|(id, _)| *id);
             let Some(id) = biggest else { return Ok(()) };
             flushed.insert(id);
-            if let Some(Part {
-                out: Some(Out::Write { writer, .. }),
-                folder,
-                ..
-            }) = self.parts.get_mut(&id)
-            {
+            let Some(part) = self.parts.get_mut(&id) else {
+                return Ok(());
+            };
+            let before = usage(part);
+            if let Some(Out::Write { writer, .. }) = &mut part.out {
                 // Ends the row group: its pages go to the temp file, its buffers are freed.
                 writer.flush().map_err(|source| SinkError::Parquet {
-                    table: folder.to_string(),
+                    table: part.folder.to_string(),
                     source,
                 })?;
             }
-            total = self.parts.values().map(usage).sum();
+            total = (total + usage(part)).saturating_sub(before);
         }
         Ok(())
     }

@@ -239,7 +239,6 @@ async fn plan_chunks(
             });
         }
     }
-    // Biggest work first keeps workers busy at the end.
     Ok((chunks, estimates))
 }
 
@@ -433,19 +432,12 @@ fn decode(
                 finish(&current)?;
                 let t = &tables[chunk.table];
                 if chunk.first && t.supersede {
-                    let key = match t.schema.partition_column {
-                        None => PartitionKey::Processing(processing_date),
-                        Some(_) => PartitionKey::Column(None),
-                    };
                     let marker = RowMeta {
                         change_type: ChangeType::Truncate,
                         seq: -1,
                         ..meta
                     };
-                    sink.append(&t.folder, &t.schema, key, |b, _| {
-                        b.append_all_null(&marker);
-                        Ok(())
-                    })?;
+                    sink.append_truncate(&t.folder, &t.schema, processing_date, &marker)?;
                 }
                 let kinds = t.schema.columns.iter().map(|c| c.kind).collect();
                 current = Some((chunk.table, CopyParser::new(), kinds));

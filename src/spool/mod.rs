@@ -88,6 +88,13 @@ pub struct Segment {
     pub bytes: u64,
 }
 
+impl Segment {
+    /// Its file name, which is also its name in the mirror.
+    pub fn name(&self) -> String {
+        segment_name(self.start, self.end)
+    }
+}
+
 fn segment_name(start: Lsn, end: Lsn) -> String {
     format!("{:016X}-{:016X}.seg", start.0, end.0)
 }
@@ -143,11 +150,8 @@ impl Spool {
         prefix: String,
     ) -> Result<Self, SpoolError> {
         let mut spool = Self::open(dir)?;
-        let local: std::collections::HashSet<String> = spool
-            .segments()?
-            .iter()
-            .filter_map(|s| s.path.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect();
+        let local: std::collections::HashSet<String> =
+            spool.segments()?.iter().map(Segment::name).collect();
         let mut uploaded = std::collections::HashSet::new();
         for obj in lake.list(&prefix).await.map_err(SpoolError::Mirror)? {
             let key = obj.location.to_string();
@@ -183,11 +187,7 @@ impl Spool {
     pub async fn make_durable(&self) -> Result<(), SpoolError> {
         let Some(m) = &self.mirror else { return Ok(()) };
         for seg in self.segments()? {
-            let name = seg
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = seg.name();
             let done = m
                 .uploaded
                 .lock()
