@@ -80,12 +80,7 @@ async fn an_online_backfill_under_concurrent_writes_equals_the_source() {
     db.seed(20, 300).await;
     let lake = Lake::new();
     let admin = free_addr();
-    let config = lake.config_with(
-        &db.url,
-        &db.name,
-        SEED_TABLES,
-        &format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"),
-    );
+    let config = lake.consumer_config(&db, SEED_TABLES, &admin);
     let consumer = Consumer::start(&config, &admin).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {

@@ -18,12 +18,7 @@ async fn schema_changes_while_streaming_keep_the_lake_readable() {
     .await;
     let lake = Lake::new();
     let admin = free_addr();
-    let config = lake.config_with(
-        &db.url,
-        &db.name,
-        "[[tables]]\nname = \"public.items\"\n",
-        &format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"),
-    );
+    let config = lake.consumer_config(&db, "[[tables]]\nname = \"public.items\"\n", &admin);
     let consumer = Consumer::start(&config, &admin).await;
     db.exec(
         "UPDATE items SET qty = qty + 1 WHERE id <= 5;

@@ -53,6 +53,21 @@ async fn glue_table(glue: &Glue, db: &str, name: &str) -> aws_sdk_glue::types::T
         .expect("table")
 }
 
+async fn glue_partitions(
+    glue: &Glue,
+    db: &str,
+    table: &str,
+) -> Vec<aws_sdk_glue::types::Partition> {
+    glue.get_partitions()
+        .database_name(db)
+        .table_name(table)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("Glue partitions of {db}.{table}: {e:?}"))
+        .partitions()
+        .to_vec()
+}
+
 /// Asserts the Glue table has these (column, Hive type) pairs.
 fn assert_columns(table: &aws_sdk_glue::types::Table, want: &[(&str, &str)]) {
     let cols: Vec<(String, String)> = table
@@ -108,15 +123,8 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
         .storage_descriptor()
         .and_then(|s| s.location())
         .is_some_and(|l| l.ends_with("/lake/orders/")));
-    let parts = glue
-        .get_partitions()
-        .database_name(&db.name)
-        .table_name("orders")
-        .send()
-        .await
-        .expect("partitions");
+    let parts = glue_partitions(&glue, &db.name, "orders").await;
     let glue_parts: std::collections::BTreeSet<String> = parts
-        .partitions()
         .iter()
         .map(|p| {
             let v = p.values();
@@ -316,15 +324,9 @@ async fn a_failing_catalog_keeps_the_data_and_is_retried_next_flush() {
     let config = s3_config(&lake, &db, &catalog(&moto.endpoint()));
     run_once(&config).await;
     let glue = glue(moto).await;
-    let parts = glue
-        .get_partitions()
-        .database_name(&db.name)
-        .table_name("orders")
-        .send()
-        .await
-        .expect("partitions");
+    let parts = glue_partitions(&glue, &db.name, "orders").await;
     assert!(
-        !parts.partitions().is_empty(),
+        !parts.is_empty(),
         "partitions from the failed run were not added"
     );
 }

@@ -2,7 +2,7 @@
 //! and after streaming, in binary and in text pgoutput mode, with the Parquet types
 //! Athena, DuckDB and pyarrow read without casts.
 
-use crate::support::{database, run_once, Lake};
+use crate::support::{database, run_once, Lake, TestDb};
 
 const TABLE: &str = "CREATE TABLE typed (
     id bigint PRIMARY KEY,
@@ -29,6 +29,15 @@ fn rows(offset: i64) -> String {
     })
 }
 
+/// A config for one table with `[source] binary` set.
+fn binary_config(lake: &Lake, db: &TestDb, table: &str, binary: &str) -> std::path::PathBuf {
+    let config = lake.config(db, &format!("[[tables]]\nname = \"{table}\"\n"));
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace("[output]", &format!("binary = \"{binary}\"\n\n[output]"));
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
 async fn round_trip(binary: &str) {
     let db = database(&format!("types_{binary}")).await;
     db.exec(TABLE).await;
@@ -41,13 +50,7 @@ async fn round_trip(binary: &str) {
     db.exec(&format!("INSERT INTO typed VALUES {}", rows(0)))
         .await;
     let lake = Lake::new();
-    let config = lake.config(&db, "[[tables]]\nname = \"public.typed\"\n");
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace("[output]", &format!("binary = \"{binary}\"\n\n[output]")),
-    )
-    .expect("config");
+    let config = binary_config(&lake, &db, "public.typed", binary);
     run_once(&config).await;
     lake.assert_matches(&db, "public.typed", "typed", "id");
     // The same rows again through the stream.
@@ -161,13 +164,7 @@ async fn everything_round_trip(binary: &str, with_text_only: bool) {
     db.exec(&format!("INSERT INTO everything VALUES {}", rows(0)))
         .await;
     let lake = Lake::new();
-    let config = lake.config(&db, "[[tables]]\nname = \"public.everything\"\n");
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace("[output]", &format!("binary = \"{binary}\"\n\n[output]")),
-    )
-    .expect("config");
+    let config = binary_config(&lake, &db, "public.everything", binary);
     run_once(&config).await;
     db.exec(&format!("INSERT INTO everything VALUES {}", rows(100)))
         .await;

@@ -66,12 +66,7 @@ async fn verify_works_with_a_running_consumer_and_an_s3_lake() {
     db.seed(20, 100).await;
     let lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
     let admin = free_addr();
-    let config = lake.config_with(
-        &db.url,
-        &db.name,
-        SEED_TABLES,
-        &format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"),
-    );
+    let config = lake.consumer_config(&db, SEED_TABLES, &admin);
     let consumer = Consumer::start(&config, &admin).await;
     db.exec("UPDATE orders SET quantity = 3 WHERE order_id < 40; DELETE FROM customers WHERE customer_id = 2;").await;
     let run = with_config(&["verify"], &config).await;

@@ -157,6 +157,12 @@ impl Lake {
         self.config_with(&db.url, &db.name, tables, "")
     }
 
+    /// A config for a consumer (`slot2lake run`): acks every second, admin API on `admin`.
+    pub fn consumer_config(&self, db: &TestDb, tables: &str, admin: &str) -> PathBuf {
+        let extra = format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n");
+        self.config_with(&db.url, &db.name, tables, &extra)
+    }
+
     /// Writes a config with extra TOML appended.
     pub fn config_with(&self, url: &str, slot: &str, tables: &str, extra: &str) -> PathBuf {
         let output = match &self.s3 {
