@@ -186,11 +186,12 @@ fn bench(c: &mut Criterion) {
                     max_file_bytes: 256 << 20,
                     row_group_rows: 1_000_000,
                     memory_limit: 128 << 20,
-                    max_open_files: 128,
+                    encoders: 1,
                     tmp_dir: lake_dir.path().join("tmp"),
                     staging_prefix: None,
                     part: None,
                     defer_publish: false,
+                    may_exist: false,
                 };
                 let sink =
                     Sink::new(lake, rt.handle().clone(), opts, Utc::now(), cut).expect("sink");

@@ -133,7 +133,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     let types = introspect::type_catalog(&client).await.unwrap_or_default();
     for t in &config.tables {
         let what = format!("table {}", t.name);
-        match introspect::table_info(&client, t, &types).await {
+        match introspect::table_info(&client, t, &types, &config.source.publication).await {
             Ok(info) if !info.has_identity() => add(
                 Level::Fail,
                 &what,
@@ -195,7 +195,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                             Level::Warn,
                             &what,
                             format!(
-                                "column(s) {} can hold values large enough to be TOASTed; an UPDATE that leaves such a value unchanged does not send it, and without REPLICA IDENTITY FULL slot2lake must write NULL for it; run ALTER TABLE {} REPLICA IDENTITY FULL;",
+                                "column(s) {} can hold values large enough to be TOASTed; an UPDATE that leaves such a value unchanged does not send it, so without REPLICA IDENTITY FULL the row lists it in unchanged_columns and readers take it from the previous version (the latest-state views, verify); ALTER TABLE {} REPLICA IDENTITY FULL; makes every row complete on its own",
                                 cols.join(", "),
                                 t.name
                             ),
@@ -203,6 +203,36 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                         Ok(_) => {}
                         Err(e) => add(Level::Warn, &what, e.to_string()),
                     }
+                }
+                if info.partitioned {
+                    match introspect::publication_info(&client, &config.source.publication).await {
+                        Ok(Some(p)) if !p.via_root => add(
+                            Level::Fail,
+                            &what,
+                            format!(
+                                "partitioned, but publication {:?} sends its changes under each partition's name, which slot2lake cannot place: run {}",
+                                config.source.publication,
+                                introspect::via_root_remedy(&config.source.publication)
+                            ),
+                        ),
+                        Ok(_) => add(
+                            Level::Ok,
+                            &what,
+                            "partitioned: its partitions' changes arrive as the table's (publish_via_partition_root); after ATTACH, DETACH or DROP PARTITION slot2lake copies the rows PostgreSQL does not send; a TRUNCATE of a single partition is not replicated at all: run `slot2lake backfill` after one".into(),
+                        ),
+                        Err(e) => add(Level::Fail, &what, e.to_string()),
+                    }
+                }
+                if !info.unpublished_generated.is_empty() {
+                    add(
+                        Level::Warn,
+                        &what,
+                        format!(
+                            "generated column(s) {} are not in the lake: PostgreSQL publishes stored generated columns from version 18 on (ALTER PUBLICATION {} SET (publish_generated_columns = stored);), never virtual ones; compute them in a view over the lake",
+                            info.unpublished_generated.join(", "),
+                            config.source.publication
+                        ),
+                    );
                 }
                 let other: Vec<&str> = info
                     .schema

@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         table: String,
     },
+    /// Merge each partition's small files into right-sized ones (crash-safe; rerun to resume).
+    Compact {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this table (folder or name); repeatable.
+        #[arg(long)]
+        table: Vec<String>,
+        /// Only partitions dated before this day (YYYY-MM-DD).
+        #[arg(long)]
+        before: Option<chrono::NaiveDate>,
+    },
     /// Compare the lake with the source at one consistent point; exit 1 on a difference.
     Verify {
         #[command(flatten)]
@@ -236,6 +247,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Compact {
+            config,
+            table,
+            before,
+        } => {
+            let config = load(&config)?;
+            let lake = crate::sink::Lake::open(&config.output).await?;
+            let report = crate::compact::compact(&config, &lake, &table, before)
+                .await
+                .context("compact (run it again to finish)")?;
+            println!(
+                "compact: {} partitions, {} small files merged into {}",
+                report.partitions, report.files_in, report.files_out
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             config,
             table,
@@ -357,7 +384,13 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
             };
             let types = crate::source::introspect::type_catalog(&client).await?;
             for t in &config.tables {
-                let info = crate::source::introspect::table_info(&client, t, &types).await?;
+                let info = crate::source::introspect::table_info(
+                    &client,
+                    t,
+                    &types,
+                    &config.source.publication,
+                )
+                .await?;
                 let table =
                     crate::catalog::CatalogTable::new(t.folder(), std::sync::Arc::new(info.schema));
                 let (athena, duckdb) =

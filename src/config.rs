@@ -26,8 +26,6 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 1_000_000;
 /// Memory for row groups being built, over all open files.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
-/// Files a flush keeps open at once (one per table partition being written).
-pub const DEFAULT_MAX_OPEN_FILES: usize = 128;
 /// How often the slot is acknowledged while changes arrive.
 pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_secs(60);
 /// A spool segment is sealed once it holds this many bytes.
@@ -286,12 +284,12 @@ pub struct FlushConfig {
     /// Cron expression, UTC.
     #[serde(default = "default_schedule")]
     pub schedule: String,
-    /// Memory for row groups being built, over all open files.
+    /// Memory for rows waiting to be encoded and row groups being built.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
-    /// Files kept open at once while flushing.
-    #[serde(default = "default_max_open_files")]
-    pub max_open_files: usize,
+    /// No longer used (partitions are written one at a time); accepted so older configs load.
+    #[serde(default)]
+    pub max_open_files: Option<usize>,
 }
 
 impl Default for FlushConfig {
@@ -299,7 +297,7 @@ impl Default for FlushConfig {
         Self {
             schedule: default_schedule(),
             memory_limit: default_memory_limit(),
-            max_open_files: DEFAULT_MAX_OPEN_FILES,
+            max_open_files: None,
         }
     }
 }
@@ -403,9 +401,6 @@ fn default_row_group_rows() -> usize {
 }
 fn default_memory_limit() -> ByteSize {
     ByteSize(DEFAULT_MEMORY_LIMIT)
-}
-fn default_max_open_files() -> usize {
-    DEFAULT_MAX_OPEN_FILES
 }
 fn default_ack_interval() -> Duration {
     DEFAULT_ACK_INTERVAL
@@ -599,9 +594,6 @@ impl Config {
         }
         if o.row_group_rows == 0 {
             return Err(invalid("output.row_group_rows", "must be at least 1"));
-        }
-        if self.flush.max_open_files == 0 {
-            return Err(invalid("flush.max_open_files", "must be at least 1"));
         }
         if self.flush.memory_limit.0 < MB {
             return Err(invalid("flush.memory_limit", "must be at least 1MB"));
@@ -923,11 +915,11 @@ name = "public.customers"
             .expect_err("bad column")
             .to_string();
         assert!(err.starts_with("tables[0].partition_by"), "{err}");
-        let text = MINIMAL.replace("[output]", "[flush]\nmax_open_files = 0\n[output]");
+        let text = MINIMAL.replace("[output]", "[flush]\nmemory_limit = \"1KB\"\n[output]");
         let err = Config::parse(&text, "t.toml", &env)
-            .expect_err("zero")
+            .expect_err("too small")
             .to_string();
-        assert!(err.starts_with("flush.max_open_files"), "{err}");
+        assert!(err.starts_with("flush.memory_limit"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub const MID_SNAPSHOT_COPY: &str = "mid-snapshot-copy";
 pub const AFTER_SNAPSHOT_STAGED: &str = "after-snapshot-staged";
 /// Some staged snapshot files moved into place, not all.
 pub const MID_SNAPSHOT_PUBLISH: &str = "mid-snapshot-publish";
+/// A compaction published a merged file; its partition's small files are not all deleted.
+pub const MID_COMPACT_PUBLISH: &str = "mid-compact-publish";
+/// A compaction deleted one small file of a partition.
+pub const MID_COMPACT_DELETE: &str = "mid-compact-delete";
 
 /// Aborts the process if `name` is the configured failure point.
 #[inline]

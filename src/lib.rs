@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod decode;
 pub mod demo;

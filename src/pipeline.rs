@@ -26,8 +26,9 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{self, CatalogError, CatalogTable};
 use crate::checkpoint::{
-    backfill_state, seed_timestamp, CheckpointError, Checkpoints, FlushIntent, SnapshotPhase,
-    SnapshotState, Watermark, WatermarkKind, FIRST_RUN,
+    backfill_state, partition_action, seed_timestamp, CheckpointError, Checkpoints, FileSizes,
+    FlushIntent, PartitionAction, PartitionRef, SnapshotPhase, SnapshotState, Watermark,
+    WatermarkKind, FIRST_RUN,
 };
 use crate::config::{BinaryMode, Config, SnapshotMode};
 use crate::decode::relation::KnownTable;
@@ -125,9 +126,19 @@ impl Pipeline {
         let server = introspect::server_info(&client).await?;
         server.require_logical()?;
         let types = introspect::type_catalog(&client).await?;
+        let publication = introspect::publication_info(&client, &config.source.publication).await?;
         let mut tables = Vec::new();
         for t in &config.tables {
-            let info = introspect::table_info(&client, t, &types).await?;
+            let info =
+                introspect::table_info(&client, t, &types, &config.source.publication).await?;
+            if info.partitioned && publication.is_some_and(|p| !p.via_root) {
+                return Err(RunError::State(format!(
+                    "table {} is partitioned, but publication {:?} sends its changes under each partition's name, which slot2lake cannot place: run {}",
+                    t.name,
+                    config.source.publication,
+                    introspect::via_root_remedy(&config.source.publication)
+                )));
+            }
             if !info.has_identity() {
                 return Err(RunError::State(identity_remedy(
                     &t.name,
@@ -187,11 +198,13 @@ impl Pipeline {
             row_group_rows: o.row_group_rows,
             memory_limit: usize::try_from(self.config.flush.memory_limit.0 / share as u64)
                 .unwrap_or(usize::MAX),
-            max_open_files: (self.config.flush.max_open_files / share).max(1),
+            // One sink per snapshot worker shares the cores; a flush's one sink takes them.
+            encoders: (self.config.source.parallelism() / share).max(1),
             tmp_dir,
             staging_prefix: None,
             part: None,
             defer_publish: false,
+            may_exist: false,
         }
     }
 
@@ -250,7 +263,7 @@ impl Pipeline {
         for seg in self.spool.segments()? {
             let _ = tx.send(seg);
         }
-        let worker = self.spawn_flush_worker(&intent, rx, true).await?;
+        let worker = self.spawn_flush_worker(&intent, rx, true, false).await?;
         self.stream_to_marker(&mut repl, start, marker, &tx, &mut report)
             .await?;
         drop(tx);
@@ -264,6 +277,9 @@ impl Pipeline {
             self.commit_flush(&intent, &flushed, started).await?;
         } else {
             tracing::info!(cut = %intent.cut, "flush: no rows for the configured tables; watermarks unchanged");
+            self.checkpoints
+                .add_unplaced(intent.cut, &flushed.unplaced.0)
+                .await?;
         }
         report.flushed_rows = flushed.rows;
         report.files.extend(flushed.files);
@@ -286,7 +302,71 @@ impl Pipeline {
             catalog::after_flush(&self.config, &self.lake, &self.catalog_tables(), files).await;
         let removed = self.spool.remove_flushed(cut).await?;
         tracing::debug!(segments = removed, "spool: removed flushed segments");
+        let copied = self.follow_partition_changes().await?;
+        if !copied.is_empty() {
+            catalog::after_flush(&self.config, &self.lake, &self.catalog_tables(), &copied).await?;
+        }
         Ok(catalog?)
+    }
+
+    /// Partitioned tables whose partitions changed since the lake last looked (ATTACH,
+    /// DETACH, DROP or CREATE … PARTITION OF): PostgreSQL sends no rows for those, so the
+    /// rows are copied from a snapshot ([`partition_action`] says how much).
+    pub async fn follow_partition_changes(&self) -> Result<Vec<WrittenFile>, RunError> {
+        let mut written = Vec::new();
+        for (folder, info) in self.tables.iter().filter(|(_, i)| i.partitioned) {
+            let Some(mut wm) = self.checkpoints.watermark(folder).await? else {
+                continue;
+            };
+            let client = self.source.get().await?;
+            let current = introspect::leaf_partitions(&client, info.oid).await?;
+            let Some(known) = wm.partitions.clone() else {
+                // A lake from before partitions were recorded: start recording.
+                wm.partitions = Some(current);
+                self.checkpoints.write_watermark(folder, &wm).await?;
+                continue;
+            };
+            if known == current {
+                continue;
+            }
+            let removed: Vec<PartitionRef> = known
+                .iter()
+                .filter(|p| !current.contains(p))
+                .cloned()
+                .collect();
+            let mut added_with_rows = Vec::new();
+            for p in current.iter().filter(|p| !known.contains(p)) {
+                if introspect::has_rows(&client, &p.name).await? {
+                    added_with_rows.push(p.name.clone());
+                }
+            }
+            let keyless = !info.schema.columns.iter().any(|c| c.is_key);
+            let action = partition_action(keyless, &added_with_rows, &removed);
+            tracing::warn!(
+                table = %info.schema.qualified_name(),
+                added = %added_with_rows.join(", "),
+                removed = %removed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                action = ?action,
+                "the table's partitions changed; PostgreSQL sends no rows for ATTACH, DETACH or DROP PARTITION"
+            );
+            match action {
+                PartitionAction::Record => {
+                    wm.partitions = Some(current);
+                    self.checkpoints.write_watermark(folder, &wm).await?;
+                }
+                PartitionAction::Refresh(leaves) => {
+                    let (_, files) = self
+                        .backfill_partitions(std::slice::from_ref(folder), Some(&leaves))
+                        .await?;
+                    written.extend(files);
+                }
+                PartitionAction::Resnapshot => {
+                    let (_, files) = self.backfill(std::slice::from_ref(folder)).await?;
+                    written.extend(files);
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// The source's types, re-read so types created since startup are known; the last
@@ -311,6 +391,14 @@ impl Pipeline {
             .collect()
     }
 
+    /// What the catalog said about a configured table (by folder) at startup.
+    pub fn table_info(&self, folder: &str) -> Option<&TableInfo> {
+        self.tables
+            .iter()
+            .find(|(f, _)| f == folder)
+            .map(|(_, i)| i)
+    }
+
     /// The lake.
     pub fn lake(&self) -> &Lake {
         &self.lake
@@ -328,7 +416,7 @@ impl Pipeline {
         self.clean_tmp();
         if let Some(intent) = self.checkpoints.flush_intent().await? {
             tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
-            let done = self.execute_flush(intent).await?;
+            let done = self.execute_flush(intent, true).await?;
             report.files.extend(done.files);
         }
         let mut slot = self.slot_when_free().await?;
@@ -529,6 +617,7 @@ impl Pipeline {
                 supersede,
                 FIRST_RUN,
                 self.tmp_dir(),
+                None,
             )
             .await?;
         report.snapshot_rows = state.rows.clone();
@@ -549,6 +638,17 @@ impl Pipeline {
     pub async fn backfill(
         &self,
         folders: &[String],
+    ) -> Result<(BTreeMap<String, u64>, Vec<WrittenFile>), RunError> {
+        self.backfill_partitions(folders, None).await
+    }
+
+    /// [`backfill`](Self::backfill), or with `only_partitions` a refresh: those
+    /// partitions' rows are copied on top of the table's, with no TRUNCATE row and the
+    /// watermark left where it is (other partitions' changes may still be in the spool).
+    async fn backfill_partitions(
+        &self,
+        folders: &[String],
+        only_partitions: Option<&[String]>,
     ) -> Result<(BTreeMap<String, u64>, Vec<WrittenFile>), RunError> {
         for f in folders {
             if !self.tables.iter().any(|(t, _)| t == f) {
@@ -595,9 +695,10 @@ impl Pipeline {
                     std::slice::from_ref(f),
                     &snapshot_name,
                     cp,
-                    true,
+                    only_partitions.is_none(),
                     &name,
                     tmp.clone(),
+                    only_partitions,
                 )
                 .await?;
             rows.extend(state.rows.clone());
@@ -611,6 +712,7 @@ impl Pipeline {
     }
 
     /// Copies `folders` under an exported snapshot into staging; returns the staged state.
+    #[allow(clippy::too_many_arguments)]
     async fn snapshot_to_staging(
         &self,
         folders: &[String],
@@ -619,6 +721,7 @@ impl Pipeline {
         supersede: bool,
         state_name: &str,
         tmp_dir: PathBuf,
+        only_partitions: Option<&[String]>,
     ) -> Result<(SnapshotState, Vec<WrittenFile>), RunError> {
         let processed_at = Utc::now();
         let staging = self.lake.internal_key(
@@ -638,6 +741,9 @@ impl Pipeline {
             staging: staging.clone(),
             files: vec![],
             rows: BTreeMap::new(),
+            file_sizes: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            refresh: only_partitions.is_some(),
         };
         self.checkpoints
             .write_snapshot_state(state_name, &state)
@@ -655,7 +761,9 @@ impl Pipeline {
                     .iter()
                     .find(|t| t.folder() == folder)
                     .and_then(|t| t.snapshot_where.clone()),
+                row_filter: info.row_filter.clone(),
                 supersede,
+                only_partitions: only_partitions.map(<[String]>::to_vec),
             })
             .collect();
         let workers = self.config.source.parallelism();
@@ -696,6 +804,19 @@ impl Pipeline {
             .map(|f| (f.written_key.clone(), f.key.clone()))
             .collect();
         state.rows = copied.rows.clone();
+        state.partitions = copied.partitions.clone();
+        for f in folders {
+            let sizes = FileSizes::of(
+                copied
+                    .files
+                    .iter()
+                    .filter(|w| &w.table == f)
+                    .map(|w| w.bytes),
+            );
+            if let Some(sizes) = sizes {
+                state.file_sizes.insert(f.clone(), sizes);
+            }
+        }
         // Tables with no rows still get their watermark.
         for f in folders {
             state.rows.entry(f.clone()).or_insert(0);
@@ -737,6 +858,15 @@ impl Pipeline {
                 .find(|(f, _)| f == folder)
                 .map(|(_, i)| i.schema.qualified_name())
                 .unwrap_or_else(|| folder.clone());
+            let partitions = state.partitions.get(folder).cloned();
+            if state.refresh {
+                // Rows restated on top of the table's: only the partitions are recorded.
+                if let Some(mut wm) = self.checkpoints.watermark(folder).await? {
+                    wm.partitions = partitions;
+                    self.checkpoints.write_watermark(folder, &wm).await?;
+                }
+                continue;
+            }
             let wm = Watermark {
                 version: 1,
                 table: qualified,
@@ -748,7 +878,11 @@ impl Pipeline {
                 rows: *rows,
                 files: files_per_table.get(folder).copied().unwrap_or(0),
                 slot: self.slot().to_string(),
+                unresolved_values: 0,
+                file_sizes: state.file_sizes.get(folder).copied(),
+                partitions,
             };
+            record_file_metrics(folder, wm.files, wm.file_sizes);
             let ahead = self
                 .checkpoints
                 .watermark(folder)
@@ -890,7 +1024,7 @@ impl Pipeline {
     pub async fn flush_to(&self, cut: Lsn) -> Result<Option<Flushed>, RunError> {
         if let Some(intent) = self.checkpoints.flush_intent().await? {
             tracing::warn!(cut = %intent.cut, "finishing a flush that did not complete");
-            self.execute_flush(intent).await?;
+            self.execute_flush(intent, true).await?;
         }
         let from = self.watermark_lsns().await?;
         if from.values().all(|l| *l >= cut) {
@@ -903,14 +1037,15 @@ impl Pipeline {
             from,
         };
         self.checkpoints.write_flush_intent(&intent).await?;
-        Ok(Some(self.execute_flush(intent).await?))
+        Ok(Some(self.execute_flush(intent, false).await?))
     }
 
     /// Writes the files an intent names, then the watermarks; removes the intent.
-    async fn execute_flush(&self, intent: FlushIntent) -> Result<Flushed, RunError> {
+    /// `resumed`: an earlier attempt of this intent may have written some of its files.
+    async fn execute_flush(&self, intent: FlushIntent, resumed: bool) -> Result<Flushed, RunError> {
         let started = Instant::now();
         let worker = self
-            .spawn_flush_worker(&intent, self.spool.segments()?, false)
+            .spawn_flush_worker(&intent, self.spool.segments()?, false, resumed)
             .await?;
         let flushed = join_flush(worker).await?;
         self.commit_flush(&intent, &flushed, started).await?;
@@ -923,9 +1058,11 @@ impl Pipeline {
         intent: &FlushIntent,
         segments: impl IntoIterator<Item = crate::spool::Segment> + Send + 'static,
         defer_publish: bool,
+        resumed: bool,
     ) -> Result<tokio::task::JoinHandle<Result<Flushed, FlushError>>, RunError> {
         let opts = SinkOptions {
             defer_publish,
+            may_exist: resumed,
             ..self.sink_options(1, self.tmp_dir())
         };
         let sink = self.sink(opts, intent.processed_at, intent.cut)?;
@@ -940,9 +1077,15 @@ impl Pipeline {
                     .iter()
                     .find(|t| t.folder() == folder)
                     .map(|t| {
-                        let keyless = !info.has_primary_key && info.replica_identity == 'f';
+                        let keys = info
+                            .schema
+                            .columns
+                            .iter()
+                            .filter(|c| c.is_key)
+                            .map(|c| c.name.clone())
+                            .collect();
                         let config = t.clone();
-                        (info.oid, KnownTable { config, keyless })
+                        (info.oid, KnownTable { config, keys })
                     })
             })
             .collect();
@@ -972,6 +1115,7 @@ impl Pipeline {
                 if intent.from.get(folder).is_some_and(|f| *f >= intent.cut) {
                     continue;
                 }
+                let previous = self.checkpoints.watermark(folder).await?;
                 let wm = Watermark {
                     version: 1,
                     table: info.schema.qualified_name(),
@@ -983,10 +1127,24 @@ impl Pipeline {
                     rows: flushed.rows.get(folder).copied().unwrap_or(0),
                     files: flushed.files.iter().filter(|f| &f.table == folder).count() as u64,
                     slot: self.slot().to_string(),
+                    unresolved_values: previous.as_ref().map_or(0, |p| p.unresolved_values)
+                        + flushed.unresolved.get(folder).copied().unwrap_or(0),
+                    file_sizes: FileSizes::of(
+                        flushed
+                            .files
+                            .iter()
+                            .filter(|f| &f.table == folder)
+                            .map(|f| f.bytes),
+                    ),
+                    partitions: previous.and_then(|p| p.partitions),
                 };
+                record_file_metrics(folder, wm.files, wm.file_sizes);
                 self.checkpoints.write_watermark(folder, &wm).await?;
             }
         }
+        self.checkpoints
+            .add_unplaced(intent.cut, &flushed.unplaced.0)
+            .await?;
         failpoint::hit(failpoint::AFTER_WATERMARKS);
         self.checkpoints.clear_flush_intent().await?;
         tracing::info!(
@@ -1022,6 +1180,18 @@ impl Pipeline {
             }
         }
         tracing::warn!(lsn = %lsn, "the server has not confirmed the acknowledgement yet; the next run repeats it");
+    }
+}
+
+/// Files per table and their sizes, for `/metrics` (small files show up here first).
+fn record_file_metrics(folder: &str, files: u64, sizes: Option<FileSizes>) {
+    use crate::telemetry::metric;
+    metrics::gauge!(metric::LAST_FLUSH_FILES, "table" => folder.to_string()).set(files as f64);
+    if let Some(s) = sizes {
+        metrics::gauge!(metric::LAST_FLUSH_FILE_MIN_BYTES, "table" => folder.to_string())
+            .set(s.min_bytes as f64);
+        metrics::gauge!(metric::LAST_FLUSH_FILE_MEDIAN_BYTES, "table" => folder.to_string())
+            .set(s.median_bytes as f64);
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Status {
     pub flush_in_progress: Option<FlushIntent>,
     /// Rows copied so far by a snapshot or backfill that is running (or was interrupted).
     pub snapshot_in_progress: Option<serde_json::Value>,
+    /// Changes of published relations that no configured table takes.
+    pub unplaced_changes: crate::checkpoint::UnplacedChanges,
 }
 
 /// Gathers the status.
@@ -100,6 +102,7 @@ pub async fn gather(config: &Config) -> Result<Status, RunError> {
         },
         flush_in_progress: cps.flush_intent().await?,
         snapshot_in_progress: snapshot_progress(&cps, &lake, &config.source.slot).await?,
+        unplaced_changes: cps.unplaced().await?,
     })
 }
 
@@ -155,11 +158,32 @@ impl Status {
         for (table, wm) in &self.tables {
             match wm {
                 Some(w) => s.push_str(&format!(
-                    "table {table}: watermark {} at {} ({:?}, {} rows in the last flush)\n",
-                    w.lsn, w.timestamp, w.kind, w.rows
+                    "table {table}: watermark {} at {} ({:?}, {} rows in {} files in the last flush{})\n",
+                    w.lsn,
+                    w.timestamp,
+                    w.kind,
+                    w.rows,
+                    w.files,
+                    w.file_sizes
+                        .map(|f| format!(
+                            ", smallest {} bytes, median {} bytes",
+                            f.min_bytes, f.median_bytes
+                        ))
+                        .unwrap_or_default()
                 )),
                 None => s.push_str(&format!("table {table}: no watermark yet\n")),
             }
+            if let Some(w) = wm.as_ref().filter(|w| w.unresolved_values > 0) {
+                s.push_str(&format!(
+                    "  WARNING: {} rows hold a value that could not be resolved (a key change left a TOASTed value unchanged); run `slot2lake backfill --table {table}`\n",
+                    w.unresolved_values
+                ));
+            }
+        }
+        for (relation, n) in &self.unplaced_changes.relations {
+            s.push_str(&format!(
+                "WARNING: {n} changes of {relation} were not written: it is published but no [[tables]] entry takes it (a partition: configure its parent and set publish_via_partition_root = true)\n"
+            ));
         }
         s.push_str(&format!(
             "spool: {} segments, {} bytes in {}\n",

@@ -38,10 +38,21 @@ pub mod metric {
     pub const LAST_FLUSH_DURATION: &str = "slot2lake_last_flush_duration_seconds";
     /// Rows written to Parquet, label `table`.
     pub const ROWS_WRITTEN: &str = "slot2lake_rows_written_total";
+    /// Files the last flush (or snapshot) wrote, label `table`.
+    pub const LAST_FLUSH_FILES: &str = "slot2lake_last_flush_files";
+    /// The smallest file the last flush wrote, label `table`.
+    pub const LAST_FLUSH_FILE_MIN_BYTES: &str = "slot2lake_last_flush_file_min_bytes";
+    /// The median file the last flush wrote, label `table`.
+    pub const LAST_FLUSH_FILE_MEDIAN_BYTES: &str = "slot2lake_last_flush_file_median_bytes";
     /// Flushes, label `result`: ok or error.
     pub const FLUSHES: &str = "slot2lake_flushes_total";
     /// Errors, label `stage`: source, spool, flush, catalog.
     pub const ERRORS: &str = "slot2lake_errors_total";
+    /// Changes of published relations that are not configured tables, label `relation`.
+    pub const UNPLACED_CHANGES: &str = "slot2lake_unplaced_changes_total";
+    /// Rows written with a value nothing could resolve (a key change that left a TOASTed
+    /// value unchanged), label `table`.
+    pub const UNRESOLVED_VALUES: &str = "slot2lake_unresolved_values_total";
     /// Reconnections to the source after a lost connection.
     pub const RECONNECTS: &str = "slot2lake_reconnects_total";
 }

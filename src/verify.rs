@@ -22,13 +22,13 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, Int64Array, ListArray, RecordBatch, StringArray};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
-use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE};
+use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, UNCHANGED_COLUMNS};
 use crate::decode::{ChangeType, RowBatch, RowMeta, TableSchema, Warnings};
 use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, RunError};
@@ -76,11 +76,43 @@ pub struct VerifyReport {
     pub tables: Vec<TableReport>,
 }
 
+/// The newest version of a key in the lake.
 struct Latest {
     lsn: i64,
     seq: i64,
     live: bool,
-    hash: u64,
+    /// Hash of the columns that cannot be TOASTed, as the newest version has them.
+    fixed: u64,
+    /// Per TOASTable column: the newest version that carried it (not listed in
+    /// `unchanged_columns`), and its value's hash.
+    carried: Vec<Option<(i64, i64, u64)>>,
+}
+
+impl Latest {
+    fn hash(&self) -> u64 {
+        combine(
+            self.fixed,
+            self.carried.iter().map(|c| c.map_or(0, |c| c.2)),
+        )
+    }
+}
+
+/// What the lake holds for one table at the consistent point.
+enum LakeState {
+    /// The newest version of every key.
+    Keyed(HashMap<String, Latest>),
+    /// Without a key, the multiset of rows: copies of each row value (inserted minus deleted).
+    Keyless(HashMap<String, i64>),
+}
+
+/// One row's hash from the hashes of its columns that cannot be TOASTed and those that can.
+fn combine(fixed: u64, toasted: impl Iterator<Item = u64>) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    fixed.hash(&mut hasher);
+    for h in toasted {
+        h.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Compares `tables` (all configured tables when empty) with the source.
@@ -127,10 +159,20 @@ pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyR
         let mut latest = lake_state(pipeline.lake(), folder, schema, cp).await?;
         let mut report = TableReport {
             table: folder.clone(),
-            lake_rows: latest.values().filter(|l| l.live).count() as u64,
+            lake_rows: match &latest {
+                LakeState::Keyed(m) => m.values().filter(|l| l.live).count() as u64,
+                LakeState::Keyless(m) => m.values().filter(|n| **n > 0).map(|n| *n as u64).sum(),
+            },
             ..Default::default()
         };
-        let query = copy_query(schema, &[]);
+        // The rows the publication publishes, as the snapshot copies them.
+        let filter: Vec<String> = pipeline
+            .table_info(folder)
+            .and_then(|i| i.row_filter.clone())
+            .map(|f| format!("({f})"))
+            .into_iter()
+            .collect();
+        let query = copy_query(schema, &filter);
         let stream = txn
             .copy_out(&query)
             .await
@@ -166,12 +208,22 @@ pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyR
         if batch.rows() > 0 {
             compare_source(&batch.finish(0), schema, &mut latest, &mut report)?;
         }
-        for (key, l) in &latest {
-            if l.live {
-                report.extra += 1;
-                if report.examples.len() < SHOWN * 3 {
-                    report.examples.push(format!("extra in the lake: {key}"));
-                }
+        let left: Vec<(&String, u64)> = match &latest {
+            LakeState::Keyed(m) => m
+                .iter()
+                .filter(|(_, l)| l.live)
+                .map(|(k, _)| (k, 1))
+                .collect(),
+            LakeState::Keyless(m) => m
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k, *n as u64))
+                .collect(),
+        };
+        for (key, n) in left {
+            report.extra += n;
+            if report.examples.len() < SHOWN * 3 {
+                report.examples.push(format!("extra in the lake: {key}"));
             }
         }
         tracing::info!(table = %folder, ok = report.ok(), "verified");
@@ -227,15 +279,18 @@ fn cell(
     }
 }
 
+/// A row's identity and the hashes of its values: the key (all columns without a key),
+/// the hash of the columns that cannot be TOASTed, and each TOASTable column's hash.
 fn key_and_hash(
     schema: &TableSchema,
     formatters: &[Option<ArrayFormatter<'_>>],
     columns: &[ArrayRef],
     row: usize,
-) -> (String, u64) {
+) -> (String, u64, Vec<u64>) {
     let keyless = !schema.columns.iter().any(|c| c.is_key);
     let mut key = String::new();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut fixed = std::collections::hash_map::DefaultHasher::new();
+    let mut toasted = Vec::new();
     for (i, c) in schema.columns.iter().enumerate() {
         let v = cell(formatters, columns, i, row);
         if c.is_key || keyless {
@@ -244,9 +299,15 @@ fn key_and_hash(
             }
             key.push_str(&format!("{}={v}", c.name));
         }
-        v.hash(&mut hasher);
+        if c.kind.may_be_toasted() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v.hash(&mut h);
+            toasted.push(h.finish());
+        } else {
+            v.hash(&mut fixed);
+        }
     }
-    (key, hasher.finish())
+    (key, fixed.finish(), toasted)
 }
 
 /// The source's columns from a batch (missing ones as NULL), cast to the source's types.
@@ -279,7 +340,7 @@ fn formatters<'a>(
 fn compare_source(
     batch: &RecordBatch,
     schema: &TableSchema,
-    latest: &mut HashMap<String, Latest>,
+    latest: &mut LakeState,
     report: &mut TableReport,
 ) -> Result<(), RunError> {
     let columns = aligned(batch, schema)?;
@@ -287,9 +348,26 @@ fn compare_source(
     let f = formatters(&columns, &options);
     for row in 0..batch.num_rows() {
         report.source_rows += 1;
-        let (key, hash) = key_and_hash(schema, &f, &columns, row);
+        let (key, fixed, toasted) = key_and_hash(schema, &f, &columns, row);
+        let latest = match latest {
+            LakeState::Keyed(m) => m,
+            LakeState::Keyless(m) => {
+                let n = m.entry(key.clone()).or_default();
+                *n -= 1;
+                if *n < 0 {
+                    report.missing += 1;
+                    if report.examples.len() < SHOWN * 3 {
+                        report
+                            .examples
+                            .push(format!("missing from the lake: {key}"));
+                    }
+                }
+                continue;
+            }
+        };
+        let hash = combine(fixed, toasted.into_iter());
         match latest.remove(&key) {
-            Some(l) if l.live && l.hash == hash => {}
+            Some(l) if l.live && l.hash() == hash => {}
             Some(l) if l.live => {
                 report.different += 1;
                 if report.examples.len() < SHOWN * 3 {
@@ -309,16 +387,110 @@ fn compare_source(
     Ok(())
 }
 
-/// The lake's latest version of every key, as of `cp`.
+/// The lake's latest state of a table as of `cp`.
 async fn lake_state(
     lake: &Lake,
     folder: &str,
     schema: &TableSchema,
     cp: Lsn,
-) -> Result<HashMap<String, Latest>, RunError> {
-    let mut latest: HashMap<String, Latest> = HashMap::new();
-    let mut truncated: Option<(i64, i64)> = None;
+) -> Result<LakeState, RunError> {
     let cp = cp.as_i64();
+    let keyless = !schema.columns.iter().any(|c| c.is_key);
+    // Without a key a row value's copies are counted, which needs the last TRUNCATE
+    // before counting: a first pass finds it. With a key, superseded keys are dropped
+    // at the end.
+    let mut truncated: Option<(i64, i64)> = None;
+    if keyless {
+        for_each_row(lake, folder, schema, cp, |row| {
+            if row.change_type == "TRUNCATE" {
+                truncated = truncated.max(Some((row.lsn, row.seq)));
+            }
+        })
+        .await?;
+        let mut copies: HashMap<String, i64> = HashMap::new();
+        // A row version seen twice (while `compact` swaps files) counts once.
+        let mut seen = std::collections::HashSet::new();
+        for_each_row(lake, folder, schema, cp, |row| {
+            if row.change_type == "TRUNCATE" || truncated.is_some_and(|c| (row.lsn, row.seq) <= c) {
+                return;
+            }
+            if !seen.insert((row.lsn, row.seq)) {
+                return;
+            }
+            let (key, _, _) = key_and_hash(schema, row.formatters, row.columns, row.index);
+            *copies.entry(key).or_default() += if row.change_type == "DELETE" { -1 } else { 1 };
+        })
+        .await?;
+        return Ok(LakeState::Keyless(copies));
+    }
+    let toasted: Vec<usize> = schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.kind.may_be_toasted())
+        .map(|(i, _)| i)
+        .collect();
+    let mut latest: HashMap<String, Latest> = HashMap::new();
+    for_each_row(lake, folder, schema, cp, |row| {
+        let (l, s) = (row.lsn, row.seq);
+        if row.change_type == "TRUNCATE" {
+            truncated = truncated.max(Some((l, s)));
+            return;
+        }
+        let (k, fixed, hashes) = key_and_hash(schema, row.formatters, row.columns, row.index);
+        let entry = latest.entry(k).or_insert_with(|| Latest {
+            lsn: i64::MIN,
+            seq: i64::MIN,
+            live: false,
+            fixed: 0,
+            carried: vec![None; toasted.len()],
+        });
+        if (l, s) > (entry.lsn, entry.seq) {
+            entry.lsn = l;
+            entry.seq = s;
+            entry.live = row.change_type != "DELETE";
+            entry.fixed = fixed;
+        }
+        if row.change_type == "DELETE" {
+            return;
+        }
+        for (slot, (col, h)) in entry.carried.iter_mut().zip(toasted.iter().zip(hashes)) {
+            let name = &schema.columns[*col].name;
+            if row.unchanged.contains(name) {
+                continue;
+            }
+            if slot.is_none_or(|(sl, ss, _)| (l, s) > (sl, ss)) {
+                *slot = Some((l, s, h));
+            }
+        }
+    })
+    .await?;
+    if let Some(cut) = truncated {
+        latest.retain(|_, l| (l.lsn, l.seq) > cut);
+    }
+    Ok(LakeState::Keyed(latest))
+}
+
+/// One lake row as [`for_each_row`] hands it out.
+struct LakeRow<'a> {
+    change_type: &'a str,
+    lsn: i64,
+    seq: i64,
+    /// Columns the change did not carry.
+    unchanged: Vec<String>,
+    formatters: &'a [Option<ArrayFormatter<'a>>],
+    columns: &'a [ArrayRef],
+    index: usize,
+}
+
+/// Calls `f` for every row of the table's files that the lake held at `cp`.
+async fn for_each_row(
+    lake: &Lake,
+    folder: &str,
+    schema: &TableSchema,
+    cp: i64,
+    mut f: impl FnMut(LakeRow<'_>),
+) -> Result<(), RunError> {
     for obj in lake.list(&format!("{folder}/")).await? {
         let key = obj.location.to_string();
         if !key.ends_with(".parquet") {
@@ -346,39 +518,41 @@ async fn lake_state(
             ) else {
                 continue;
             };
+            let unchanged = col(UNCHANGED_COLUMNS);
+            let unchanged = unchanged
+                .as_ref()
+                .and_then(|a| a.as_any().downcast_ref::<ListArray>());
             let columns = aligned(&batch, schema)?;
             let options = FormatOptions::default();
-            let f = formatters(&columns, &options);
+            let formatters = formatters(&columns, &options);
             for row in 0..batch.num_rows() {
                 let (t, l, s) = (ct.value(row), lsn.value(row), seq.value(row));
                 let at_snapshot = t == "SNAPSHOT" || (t == "TRUNCATE" && s < 0);
                 if l > cp || (l == cp && !at_snapshot) {
                     continue;
                 }
-                if t == "TRUNCATE" {
-                    if truncated.is_none_or(|cut| (l, s) > cut) {
-                        truncated = Some((l, s));
+                let unchanged = match unchanged {
+                    Some(list) if list.is_valid(row) => {
+                        let names = list.value(row);
+                        names
+                            .as_any()
+                            .downcast_ref::<StringArray>()
+                            .map(|a| a.iter().flatten().map(str::to_string).collect())
+                            .unwrap_or_default()
                     }
-                    continue;
-                }
-                let (k, hash) = key_and_hash(schema, &f, &columns, row);
-                let newer = latest.get(&k).is_none_or(|e| (l, s) > (e.lsn, e.seq));
-                if newer {
-                    latest.insert(
-                        k,
-                        Latest {
-                            lsn: l,
-                            seq: s,
-                            live: t != "DELETE",
-                            hash,
-                        },
-                    );
-                }
+                    _ => Vec::new(),
+                };
+                f(LakeRow {
+                    change_type: t,
+                    lsn: l,
+                    seq: s,
+                    unchanged,
+                    formatters: &formatters,
+                    columns: &columns,
+                    index: row,
+                });
             }
         }
     }
-    if let Some(cut) = truncated {
-        latest.retain(|_, l| (l.lsn, l.seq) > cut);
-    }
-    Ok(latest)
+    Ok(())
 }

@@ -19,7 +19,7 @@ use arrow_schema::DataType;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CatalogKind, Config};
-use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, COMMIT_TS};
+use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, COMMIT_TS, UNCHANGED_COLUMNS};
 use crate::decode::TableSchema;
 use crate::sink::{Lake, LakeError, PartitionKey, WrittenFile};
 
@@ -150,72 +150,137 @@ pub fn hive_type(t: &DataType) -> String {
     }
 }
 
-/// The latest-state view of a table: one row per key, deletes removed, rows before the
-/// last TRUNCATE removed; in Athena (Trino) SQL and in DuckDB SQL.
+/// SQL dialects the latest-state views are printed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    /// Athena engine 3 / Trino.
+    Athena,
+    /// DuckDB.
+    DuckDb,
+}
+
+/// The latest-state view of a table (what the source holds), in Athena (Trino) SQL and in
+/// DuckDB SQL.
+///
+/// Rows before the last TRUNCATE are dropped. With a key: the newest version of each key
+/// (by `change_lsn`, `change_seq`) unless it is a DELETE, and a value the newest version
+/// lists in `unchanged_columns` comes from the newest older version that carried it.
+/// Without a key every column identifies the row and duplicates are real: the view is
+/// the multiset of row values, each kept as often as it was inserted minus deleted. Every
+/// row version has its own `(change_lsn, change_seq)`, so a version seen twice (while
+/// `compact` swaps files) counts once.
 pub fn latest_state_views(
     table: &CatalogTable,
     database: &str,
     lake_location: &str,
 ) -> (String, String) {
-    let keys: Vec<String> = table
-        .schema
-        .columns
-        .iter()
-        .filter(|c| c.is_key)
-        .map(|c| format!("\"{}\"", c.name))
-        .collect();
-    let keys = if keys.is_empty() {
-        // Without a key every column identifies the row (REPLICA IDENTITY FULL).
-        table
-            .schema
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.name))
-            .collect()
-    } else {
-        keys
-    };
-    let cols: Vec<String> = table
-        .schema
-        .columns
-        .iter()
-        .map(|c| format!("\"{}\"", c.name))
-        .collect();
-    let m = |c: &str| format!("\"{}\"", table.schema.meta(c));
-    let body = |source: &str| {
-        format!(
-            "WITH t AS (SELECT * FROM {source}),\n\
-             cut AS (SELECT coalesce(max({cl}), -1) AS slot2lake_cut_lsn FROM t WHERE {ct} = 'TRUNCATE'),\n\
-             cut_seq AS (SELECT coalesce(max({cs}), -1) AS slot2lake_cut_seq FROM t, cut\n\
-             \x20           WHERE {ct} = 'TRUNCATE' AND {cl} = slot2lake_cut_lsn),\n\
-             ranked AS (\n\
-             \x20 SELECT t.*, row_number() OVER (PARTITION BY {keys} ORDER BY {cl} DESC, {cs} DESC) AS slot2lake_rank\n\
-             \x20 FROM t, cut, cut_seq\n\
-             \x20 WHERE {ct} <> 'TRUNCATE'\n\
-             \x20   AND ({cl} > slot2lake_cut_lsn OR ({cl} = slot2lake_cut_lsn AND {cs} > slot2lake_cut_seq))\n\
-             )\n\
-             SELECT {cols}, {cl}, {cs}, {cts} FROM ranked WHERE slot2lake_rank = 1 AND {ct} <> 'DELETE'",
-            keys = keys.join(", "),
-            cols = cols.join(", "),
-            ct = m(CHANGE_TYPE),
-            cl = m(CHANGE_LSN),
-            cs = m(CHANGE_SEQ),
-            cts = m(COMMIT_TS),
-        )
-    };
     let athena = format!(
         "CREATE OR REPLACE VIEW \"{database}\".\"{name}_latest\" AS\n{};",
-        body(&format!("\"{database}\".\"{}\"", table.folder)),
+        latest_state_sql(
+            table,
+            &format!("\"{database}\".\"{}\"", table.folder),
+            Dialect::Athena
+        ),
         name = table.folder
     );
     let duckdb = format!(
         "CREATE OR REPLACE VIEW {name}_latest AS\n{};",
-        body(&format!(
-            "read_parquet('{}/{}/**/*.parquet', hive_partitioning = true, union_by_name = true)",
-            lake_location.trim_end_matches('/'),
-            table.folder
-        )),
+        latest_state_sql(
+            table,
+            &format!(
+                "read_parquet('{}/{}/**/*.parquet', hive_partitioning = true, union_by_name = true)",
+                lake_location.trim_end_matches('/'),
+                table.folder
+            ),
+            Dialect::DuckDb
+        ),
         name = table.folder
     );
     (athena, duckdb)
+}
+
+fn latest_state_sql(table: &CatalogTable, source: &str, dialect: Dialect) -> String {
+    let q = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+    let schema = &table.schema;
+    let m = |c: &str| q(&schema.meta(c));
+    let (ct, cl, cs, cts) = (m(CHANGE_TYPE), m(CHANGE_LSN), m(CHANGE_SEQ), m(COMMIT_TS));
+    let unchanged = m(UNCHANGED_COLUMNS);
+    let cols: Vec<String> = schema.columns.iter().map(|c| q(&c.name)).collect();
+    let keys: Vec<String> = schema
+        .columns
+        .iter()
+        .filter(|c| c.is_key)
+        .map(|c| q(&c.name))
+        .collect();
+    let head = format!(
+        "WITH t AS (SELECT * FROM {source}),\n\
+         cut AS (SELECT coalesce(max({cl}), -1) AS slot2lake_cut_lsn FROM t WHERE {ct} = 'TRUNCATE'),\n\
+         cut_seq AS (SELECT coalesce(max({cs}), -1) AS slot2lake_cut_seq FROM t, cut\n\
+         \x20           WHERE {ct} = 'TRUNCATE' AND {cl} = slot2lake_cut_lsn),\n\
+         live AS (\n\
+         \x20 SELECT t.* FROM t, cut, cut_seq\n\
+         \x20 WHERE {ct} <> 'TRUNCATE'\n\
+         \x20   AND ({cl} > slot2lake_cut_lsn OR ({cl} = slot2lake_cut_lsn AND {cs} > slot2lake_cut_seq))\n\
+         ),\n"
+    );
+    if keys.is_empty() {
+        let cols = cols.join(", ");
+        let copies = "slot2lake_copies";
+        let expand = match dialect {
+            Dialect::Athena => format!(
+                "SELECT {cols} FROM counted CROSS JOIN UNNEST(sequence(1, {copies})) AS slot2lake_copy(n) WHERE {copies} > 0"
+            ),
+            Dialect::DuckDb => format!(
+                "SELECT {cols} FROM counted, range({copies}) AS slot2lake_copy(n) WHERE {copies} > 0"
+            ),
+        };
+        return format!(
+            "{head}counted AS (\n\
+             \x20 SELECT {cols}, CAST(sum(CASE WHEN {ct} = 'DELETE' THEN -1 ELSE 1 END) AS BIGINT) AS {copies}\n\
+             \x20 FROM (SELECT DISTINCT {cols}, {ct}, {cl}, {cs} FROM live) AS versions GROUP BY {cols}\n\
+             )\n{expand}"
+        );
+    }
+    let window = format!(
+        "PARTITION BY {} ORDER BY {cl} DESC, {cs} DESC",
+        keys.join(", ")
+    );
+    let listed = |col: &str| match dialect {
+        Dialect::Athena => format!("coalesce(contains({unchanged}, '{col}'), false)"),
+        Dialect::DuckDb => format!("coalesce(list_contains({unchanged}, '{col}'), false)"),
+    };
+    let mut prev = String::new();
+    let mut out_cols = Vec::new();
+    for c in &schema.columns {
+        let name = q(&c.name);
+        if !c.kind.may_be_toasted() {
+            out_cols.push(name);
+            continue;
+        }
+        let lit = c.name.replace('\'', "''");
+        let carried = format!(
+            "CASE WHEN {ct} <> 'DELETE' AND NOT {} THEN {name} END",
+            listed(&lit)
+        );
+        let prev_name = q(&format!("slot2lake_prev_{}", c.name));
+        let first = match dialect {
+            Dialect::Athena => format!("first_value({carried}) IGNORE NULLS"),
+            Dialect::DuckDb => format!("first_value({carried} IGNORE NULLS)"),
+        };
+        prev.push_str(&format!(
+            ",\n    {first} OVER ({window} ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS {prev_name}"
+        ));
+        out_cols.push(format!(
+            "CASE WHEN {} THEN {prev_name} ELSE {name} END AS {name}",
+            listed(&lit)
+        ));
+    }
+    format!(
+        "{head}ranked AS (\n\
+         \x20 SELECT live.*, row_number() OVER ({window}) AS slot2lake_rank{prev}\n\
+         \x20 FROM live\n\
+         )\n\
+         SELECT {}, {cl}, {cs}, {cts} FROM ranked WHERE slot2lake_rank = 1 AND {ct} <> 'DELETE'",
+        out_cols.join(", ")
+    )
 }

@@ -15,6 +15,45 @@ use serde::{Deserialize, Serialize};
 use crate::lsn::Lsn;
 use crate::sink::{Lake, LakeError};
 
+/// A partition of a partitioned table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionRef {
+    /// Its OID (names can be reused after a DROP).
+    pub oid: u32,
+    /// Its name, as `regclass` prints it.
+    pub name: String,
+}
+
+/// What to do about a partitioned table whose partitions changed since the lake last
+/// looked: PostgreSQL sends no rows for ATTACH, DETACH or DROP of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionAction {
+    /// Nothing the lake lacks: record the partitions as they are.
+    Record,
+    /// Copy these added partitions' rows on top of the table's (a table with a key:
+    /// a row the stream also sent is simply restated at the snapshot's position).
+    Refresh(Vec<String>),
+    /// Snapshot the whole table again behind a TRUNCATE row: removed partitions' rows
+    /// must go, and a keyless table cannot restate rows without counting them twice.
+    Resnapshot,
+}
+
+/// Decides what a change of partitions needs. `added_with_rows` are the added partitions
+/// that hold rows now (an added partition that is empty has nothing the stream missed).
+pub fn partition_action(
+    keyless: bool,
+    added_with_rows: &[String],
+    removed: &[PartitionRef],
+) -> PartitionAction {
+    if !removed.is_empty() || (keyless && !added_with_rows.is_empty()) {
+        PartitionAction::Resnapshot
+    } else if !added_with_rows.is_empty() {
+        PartitionAction::Refresh(added_with_rows.to_vec())
+    } else {
+        PartitionAction::Record
+    }
+}
+
 /// Watermark file name under `etl-metadata/<table>/`.
 pub const WATERMARK_FILE: &str = "watermark.json";
 /// The seed's watermark file, kept for its users.
@@ -84,6 +123,54 @@ pub struct Watermark {
     pub files: u64,
     /// The slot the changes came from.
     pub slot: String,
+    /// Rows written since the table's last snapshot with a value nothing could resolve
+    /// (an UPDATE that changed the key and left a TOASTed value unchanged); a backfill
+    /// of the table repairs them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unresolved_values: u64,
+    /// Sizes of the files that flush wrote for this table, to see small files coming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_sizes: Option<FileSizes>,
+    /// A partitioned table's partitions as of its last snapshot (or last check): rows
+    /// ATTACH and DETACH PARTITION add or remove are never sent by PostgreSQL, so a
+    /// change here is answered by snapshotting them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<PartitionRef>>,
+}
+
+/// The smallest and the median size of a set of files, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSizes {
+    /// The smallest file.
+    pub min_bytes: u64,
+    /// The median file.
+    pub median_bytes: u64,
+}
+
+impl FileSizes {
+    /// The sizes of `bytes` (files found from an earlier attempt, size 0, left out).
+    pub fn of(bytes: impl IntoIterator<Item = u64>) -> Option<Self> {
+        let mut b: Vec<u64> = bytes.into_iter().filter(|b| *b > 0).collect();
+        b.sort_unstable();
+        Some(FileSizes {
+            min_bytes: *b.first()?,
+            median_bytes: b[b.len() / 2],
+        })
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// `_slot2lake/<slot>/unplaced.json`: changes of published relations no configured table
+/// takes, per relation, since slot2lake started counting (never silently dropped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnplacedChanges {
+    /// Changes per `schema.relation`.
+    pub relations: BTreeMap<String, u64>,
+    /// The last flush that found any.
+    pub last_cut: Option<Lsn>,
 }
 
 /// `_slot2lake/<slot>/flush.json`: a flush in progress.
@@ -128,6 +215,16 @@ pub struct SnapshotState {
     pub files: Vec<(String, String)>,
     /// Rows per table folder.
     pub rows: BTreeMap<String, u64>,
+    /// Sizes of the staged files per table folder.
+    #[serde(default)]
+    pub file_sizes: BTreeMap<String, FileSizes>,
+    /// Partitions of each partitioned table as the snapshot saw them.
+    #[serde(default)]
+    pub partitions: BTreeMap<String, Vec<PartitionRef>>,
+    /// Only some partitions were copied, on top of the table's rows (an ATTACH): the
+    /// table's watermark stays where it is.
+    #[serde(default)]
+    pub refresh: bool,
 }
 
 /// Reads and writes checkpoints of one slot in one lake.
@@ -228,6 +325,31 @@ impl Checkpoints {
         Ok(self.lake.delete(&self.internal("flush.json")).await?)
     }
 
+    /// Changes no configured table took, as counted by earlier flushes.
+    pub async fn unplaced(&self) -> Result<UnplacedChanges, CheckpointError> {
+        Ok(self
+            .read(&self.internal("unplaced.json"))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Adds a flush's unplaced changes to the record.
+    pub async fn add_unplaced(
+        &self,
+        cut: Lsn,
+        found: &BTreeMap<String, u64>,
+    ) -> Result<(), CheckpointError> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.unplaced().await?;
+        for (relation, n) in found {
+            *all.relations.entry(relation.clone()).or_default() += n;
+        }
+        all.last_cut = Some(cut);
+        self.write(&self.internal("unplaced.json"), &all).await
+    }
+
     /// A snapshot in progress, if any: [`FIRST_RUN`] or [`backfill_state`]'s name.
     pub async fn snapshot_state(
         &self,
@@ -281,4 +403,54 @@ pub fn backfill_state(table: &str) -> String {
 /// Formats a time the way `last_processed_timestamp.txt` holds it.
 pub fn seed_timestamp(t: DateTime<Utc>) -> String {
     t.format(TIMESTAMP_FORMAT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_changes_get_the_least_work_that_keeps_the_lake_exact() {
+        let p = |n: &str| PartitionRef {
+            oid: 1,
+            name: n.into(),
+        };
+        let s = |n: &str| n.to_string();
+        // (keyless, added with rows, removed) -> action
+        let cases = [
+            (false, vec![], vec![], PartitionAction::Record),
+            (
+                false,
+                vec![s("ev_2026")],
+                vec![],
+                PartitionAction::Refresh(vec![s("ev_2026")]),
+            ),
+            (
+                true,
+                vec![s("ev_2026")],
+                vec![],
+                PartitionAction::Resnapshot,
+            ),
+            (
+                false,
+                vec![],
+                vec![p("ev_2019")],
+                PartitionAction::Resnapshot,
+            ),
+            (
+                false,
+                vec![s("ev_2026")],
+                vec![p("ev_2019")],
+                PartitionAction::Resnapshot,
+            ),
+            (true, vec![], vec![], PartitionAction::Record),
+        ];
+        for (keyless, added, removed, want) in cases {
+            assert_eq!(
+                partition_action(keyless, &added, &removed),
+                want,
+                "keyless {keyless}, added {added:?}, removed {removed:?}"
+            );
+        }
+    }
 }

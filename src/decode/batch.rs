@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch, TimestampMicrosecondArray};
 
 use super::schema::TableSchema;
@@ -102,6 +102,7 @@ pub struct RowBatch {
     change_lsn: Int64Builder,
     change_seq: Int64Builder,
     commit_ts: TimestampMicrosecondBuilder,
+    unchanged: ListBuilder<StringBuilder>,
     rows: usize,
     bytes: usize,
 }
@@ -121,6 +122,9 @@ impl RowBatch {
             change_lsn: Int64Builder::with_capacity(capacity),
             change_seq: Int64Builder::with_capacity(capacity),
             commit_ts: TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            unchanged: ListBuilder::new(StringBuilder::new()).with_field(Arc::new(
+                arrow_schema::Field::new("element", arrow_schema::DataType::Utf8, true),
+            )),
             rows: 0,
             bytes: 0,
         }
@@ -144,7 +148,9 @@ impl RowBatch {
     /// Appends one row; `datums` yields one value per source column, in table order.
     ///
     /// A value the Parquet type cannot hold is stored as NULL with a one-time warning;
-    /// a malformed value is an error, after which the batch must be discarded.
+    /// a malformed value is an error, after which the batch must be discarded. A value
+    /// the change did not carry ([`Datum::Unchanged`]) is stored as NULL and its column
+    /// named in `unchanged_columns`, so readers take the row's previous value instead.
     pub fn append<'a>(
         &mut self,
         datums: impl ExactSizeIterator<Item = Datum<'a>>,
@@ -158,6 +164,7 @@ impl RowBatch {
                 got: datums.len(),
             });
         }
+        let mut unchanged = false;
         for ((builder, spec), datum) in self
             .columns
             .iter_mut()
@@ -165,6 +172,10 @@ impl RowBatch {
             .zip(datums)
         {
             self.bytes += datum.len();
+            if matches!(datum, Datum::Unchanged) {
+                self.unchanged.values().append_value(&spec.name);
+                unchanged = true;
+            }
             match builder.append(spec.kind, datum) {
                 Ok(()) => {}
                 Err(ValueError::Unrepresentable(what)) => {
@@ -184,6 +195,7 @@ impl RowBatch {
                 }
             }
         }
+        self.unchanged.append(unchanged);
         self.append_meta(meta);
         Ok(())
     }
@@ -193,6 +205,7 @@ impl RowBatch {
         for b in &mut self.columns {
             b.append_null();
         }
+        self.unchanged.append(false);
         self.append_meta(meta);
     }
 
@@ -217,6 +230,7 @@ impl RowBatch {
         arrays.push(Arc::new(
             TimestampMicrosecondArray::from(vec![processed_at_us; rows]).with_timezone("UTC"),
         ));
+        arrays.push(Arc::new(self.unchanged.finish()));
         self.rows = 0;
         self.bytes = 0;
         // The builders were made from this schema's own field types: a mismatch is a bug.

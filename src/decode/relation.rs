@@ -22,8 +22,9 @@ pub struct Relation {
     pub folder: String,
     /// Columns as of the latest Relation message.
     pub schema: Arc<TableSchema>,
-    /// No primary key: rows are identified by all their columns (REPLICA IDENTITY FULL).
-    pub keyless: bool,
+    /// Per column: part of the table's key (none for a keyless table, whose rows are
+    /// identified by all their columns).
+    pub is_key: Vec<bool>,
 }
 
 /// A configured table known by OID at startup.
@@ -31,13 +32,17 @@ pub struct Relation {
 pub struct KnownTable {
     /// Its `[[tables]]` entry.
     pub config: TableConfig,
-    /// Whether it has no primary key.
-    pub keyless: bool,
+    /// The key's columns: the primary key or the replica identity index; empty for a
+    /// keyless table. pgoutput flags every column as a key under REPLICA IDENTITY FULL,
+    /// so the catalog, not the Relation message, says what the key is.
+    pub keys: Vec<String>,
 }
 
 /// Known relations by OID; `None` marks a published relation that is not configured.
 pub struct RelationCache {
     by_oid: HashMap<u32, Option<Relation>>,
+    /// `schema.name` of every relation seen.
+    names: HashMap<u32, String>,
     /// Configured tables by OID (from the catalog at startup).
     known: HashMap<u32, KnownTable>,
     types: Arc<TypeCatalog>,
@@ -48,6 +53,7 @@ impl RelationCache {
     pub fn new(known: HashMap<u32, KnownTable>, types: Arc<TypeCatalog>) -> Self {
         Self {
             by_oid: HashMap::new(),
+            names: HashMap::new(),
             known,
             types,
         }
@@ -68,7 +74,9 @@ impl RelationCache {
         } else {
             namespace
         };
-        let keyless = self.known.get(&relation_id).is_some_and(|k| k.keyless);
+        self.names
+            .insert(relation_id, format!("{namespace}.{name}"));
+        let keys = self.known.get(&relation_id).map(|k| &k.keys);
         let table = match self.known.get(&relation_id).map(|k| &k.config) {
             Some(t) => {
                 if t.qualified() != (namespace, name) {
@@ -87,18 +95,23 @@ impl RelationCache {
             self.by_oid.insert(relation_id, None);
             return Ok(None);
         };
-        let specs = columns
+        let specs: Vec<ColumnSpec> = columns
             .iter()
             .map(|c| {
+                let is_key = match keys {
+                    Some(keys) => keys.iter().any(|k| **k == *c.name),
+                    None => c.is_key(),
+                };
                 ColumnSpec::resolved(
                     c.name.to_string(),
                     c.type_id,
                     c.type_modifier,
-                    c.is_key(),
+                    is_key,
                     &self.types,
                 )
             })
             .collect();
+        let is_key = specs.iter().map(|c| c.is_key).collect();
         let schema = Arc::new(TableSchema::with_meta_prefix(
             namespace,
             name,
@@ -109,10 +122,15 @@ impl RelationCache {
         let rel = Relation {
             folder: table.folder().to_string(),
             schema,
-            keyless,
+            is_key,
         };
         self.by_oid.insert(relation_id, Some(rel.clone()));
         Ok(Some(rel))
+    }
+
+    /// The `schema.name` of a relation seen in a Relation message.
+    pub fn name(&self, relation_id: u32) -> Option<String> {
+        self.names.get(&relation_id).cloned()
     }
 
     /// The table of a relation: `Some(None)` for a relation that is not configured,

@@ -19,13 +19,17 @@ pub const CHANGE_SEQ: &str = "change_seq";
 pub const COMMIT_TS: &str = "commit_ts";
 /// Name of the metadata column holding the flush time (UTC).
 pub const ETL_PROCESSED_AT: &str = "etl_processed_at";
+/// Name of the metadata column listing the columns whose value the change did not carry
+/// (TOASTed values an UPDATE left unchanged): their value is the row's previous one.
+pub const UNCHANGED_COLUMNS: &str = "unchanged_columns";
 /// All metadata column names, in file order after the source columns.
-pub const METADATA_COLUMNS: [&str; 5] = [
+pub const METADATA_COLUMNS: [&str; 6] = [
     CHANGE_TYPE,
     CHANGE_LSN,
     CHANGE_SEQ,
     COMMIT_TS,
     ETL_PROCESSED_AT,
+    UNCHANGED_COLUMNS,
 ];
 
 /// Built-in type OIDs slot2lake decodes natively.
@@ -104,7 +108,8 @@ pub enum ColumnKind {
     Timestamp,
     /// `timestamptz` → TIMESTAMP(MICROS, UTC-adjusted)
     TimestampTz,
-    /// `time` → TIME(MICROS)
+    /// `time` → STRING as PostgreSQL prints it (Athena has no TIME type and Spark reads
+    /// none by default)
     Time,
     /// `timetz` → STRING as PostgreSQL prints it (Parquet TIME cannot keep the offset)
     TimeTz,
@@ -181,6 +186,21 @@ impl ColumnKind {
         }
     }
 
+    /// Whether PostgreSQL can store values of this kind out of line (TOAST), so that an
+    /// UPDATE may leave them unchanged without sending them.
+    pub fn may_be_toasted(self) -> bool {
+        matches!(
+            self,
+            Self::Text
+                | Self::Jsonb
+                | Self::Bytea
+                | Self::NumericText
+                | Self::Bits
+                | Self::List(_)
+                | Self::Other
+        )
+    }
+
     /// Whether this kind can serve as a `year=/month=/day=` partition column.
     pub fn is_datelike(self) -> bool {
         matches!(self, Self::Date | Self::Timestamp | Self::TimestampTz)
@@ -200,6 +220,7 @@ impl ColumnKind {
             | Self::Text
             | Self::Jsonb
             | Self::Uuid
+            | Self::Time
             | Self::TimeTz
             | Self::Interval
             | Self::Bits
@@ -207,7 +228,6 @@ impl ColumnKind {
             | Self::MacAddr
             | Self::Other => DataType::Utf8,
             Self::Money => DataType::Decimal128(19, 2),
-            Self::Time => DataType::Time64(TimeUnit::Microsecond),
             Self::List(e) => DataType::List(std::sync::Arc::new(Field::new(
                 "element",
                 e.data_type(),
@@ -242,6 +262,11 @@ fn numeric_kind(typmod: i32) -> ColumnKind {
 /// `TIMESTAMP(MICROS)` adjusted to UTC.
 pub fn utc_timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The type of [`UNCHANGED_COLUMNS`]: a list of column names, NULL when every value was sent.
+pub fn unchanged_columns_type() -> DataType {
+    DataType::List(Arc::new(Field::new("element", DataType::Utf8, true)))
 }
 
 /// One source column.
@@ -393,6 +418,11 @@ impl TableSchema {
         fields.push(Field::new(m(CHANGE_SEQ), DataType::Int64, false));
         fields.push(Field::new(m(COMMIT_TS), utc_timestamp(), false));
         fields.push(Field::new(m(ETL_PROCESSED_AT), utc_timestamp(), false));
+        fields.push(Field::new(
+            m(UNCHANGED_COLUMNS),
+            unchanged_columns_type(),
+            true,
+        ));
         Ok(Self {
             schema: schema.to_string(),
             name: name.to_string(),

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::Time64MicrosecondBuilder;
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
     Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
@@ -105,8 +104,6 @@ pub enum ColumnBuilder {
     Date(Date32Builder),
     /// TIMESTAMP(MICROS)
     Timestamp(TimestampMicrosecondBuilder),
-    /// TIME(MICROS)
-    Time(Time64MicrosecondBuilder),
     /// LIST of one element kind
     List(Box<ListColumn>),
 }
@@ -150,6 +147,7 @@ impl ColumnBuilder {
             | ColumnKind::Text
             | ColumnKind::Jsonb
             | ColumnKind::Uuid
+            | ColumnKind::Time
             | ColumnKind::TimeTz
             | ColumnKind::Interval
             | ColumnKind::Bits
@@ -164,7 +162,6 @@ impl ColumnBuilder {
                     .unwrap_or_else(|_| Decimal128Builder::with_capacity(capacity)),
                 2,
             ),
-            ColumnKind::Time => Self::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
             ColumnKind::List(elem) => Self::List(Box::new(ListColumn {
                 elem: *elem,
                 values: ColumnBuilder::new(*elem, capacity),
@@ -198,7 +195,6 @@ impl ColumnBuilder {
             Self::Binary(b) => b.append_null(),
             Self::Date(b) => b.append_null(),
             Self::Timestamp(b) => b.append_null(),
-            Self::Time(b) => b.append_null(),
             Self::List(l) => l.push_end(false),
         }
     }
@@ -218,7 +214,6 @@ impl ColumnBuilder {
             Self::Binary(b) => b.len(),
             Self::Date(b) => b.len(),
             Self::Timestamp(b) => b.len(),
-            Self::Time(b) => b.len(),
             Self::List(l) => l.offsets.len() - 1,
         }
     }
@@ -266,7 +261,9 @@ impl ColumnBuilder {
                 }
                 b.append_value("")
             }
-            (Self::Time(b), _) => b.append_value(i64::from_be_bytes(fixed(raw)?)),
+            (Self::Utf8(b), ColumnKind::Time) => {
+                b.append_value(format_time(i64::from_be_bytes(fixed(raw)?)))
+            }
             (Self::List(l), _) => return l.append_binary(raw),
             (Self::Bool(b), _) => b.append_value(fixed::<1>(raw)?[0] != 0),
             (Self::Int16(b), _) => b.append_value(i16::from_be_bytes(fixed(raw)?)),
@@ -311,7 +308,6 @@ impl ColumnBuilder {
             Self::Decimal(b, scale) if kind == ColumnKind::Money => {
                 b.append_value(Numeric::parse_text(&money_digits(s))?.to_scaled(*scale)?)
             }
-            Self::Time(b) => b.append_value(parse_time_text(s)?),
             Self::List(l) => return l.append_text(s),
             Self::Bool(b) => b.append_value(match s {
                 "t" | "true" => true,
@@ -348,7 +344,6 @@ impl ColumnBuilder {
             Self::Binary(b) => Arc::new(b.finish()),
             Self::Date(b) => Arc::new(b.finish()),
             Self::Timestamp(b) => Arc::new(b.finish()),
-            Self::Time(b) => Arc::new(b.finish()),
             Self::List(l) => {
                 let values = l.values.finish();
                 let offsets = std::mem::replace(&mut l.offsets, vec![0]);
@@ -479,13 +474,6 @@ fn money_digits(s: &str) -> String {
     }
 }
 
-fn parse_time_text(s: &str) -> Result<i64, ValueError> {
-    let t = NaiveTime::parse_from_str(s, "%H:%M:%S%.f")
-        .map_err(|_| bad_text(format!("{s:?} is not a time")))?;
-    use chrono::Timelike;
-    Ok(i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
-}
-
 /// Seconds with the fraction PostgreSQL prints (trailing zeros dropped).
 fn seconds(micros_of_minute: i64) -> String {
     let (sec, frac) = (micros_of_minute / 1_000_000, micros_of_minute % 1_000_000);
@@ -495,6 +483,12 @@ fn seconds(micros_of_minute: i64) -> String {
         let f = format!("{frac:06}");
         format!("{sec:02}.{}", f.trim_end_matches('0'))
     }
+}
+
+/// `time` as PostgreSQL prints it: `12:34:56`, `12:34:56.5`, `24:00:00`.
+fn format_time(micros: i64) -> String {
+    let (h, m) = (micros / 3_600_000_000, micros / 60_000_000 % 60);
+    format!("{h:02}:{m:02}:{}", seconds(micros % 60_000_000))
 }
 
 /// `timetz` as PostgreSQL prints it: `12:34:56.5+02`, `01:02:03-03:30`.
@@ -652,11 +646,22 @@ fn parse_float(s: &str) -> Result<f64, ValueError> {
     }
 }
 
+/// `date 'infinity'`: 9999-12-31, the last day every reader (Athena, Spark, Trino,
+/// DuckDB, pyarrow) supports, in days since 1970-01-01.
+pub const DATE_INFINITY: i32 = 2_932_896;
+/// `date '-infinity'`: 0001-01-01.
+pub const DATE_NEG_INFINITY: i32 = -719_162;
+/// `timestamp 'infinity'`: 9999-12-31 23:59:59.999999, in microseconds since 1970.
+pub const TIMESTAMP_INFINITY: i64 = 253_402_300_799_999_999;
+/// `timestamp '-infinity'`: 0001-01-01 00:00:00.
+pub const TIMESTAMP_NEG_INFINITY: i64 = -62_135_596_800_000_000;
+
 fn date_from_pg_days(days: i32) -> Result<i32, ValueError> {
     match days {
-        // ±infinity: DuckDB's sentinels (±(2^31 - 1) days), which it reads back as ±infinity.
-        i32::MAX => Ok(i32::MAX),
-        i32::MIN => Ok(-i32::MAX),
+        // ±infinity: the extremes every reader can hold (Spark cannot hold DuckDB's
+        // ±(2^31 - 1) days), so comparisons with real dates keep their result.
+        i32::MAX => Ok(DATE_INFINITY),
+        i32::MIN => Ok(DATE_NEG_INFINITY),
         d => d
             .checked_add(PG_EPOCH_DAYS)
             .ok_or(ValueError::Unrepresentable("date out of range")),
@@ -665,8 +670,8 @@ fn date_from_pg_days(days: i32) -> Result<i32, ValueError> {
 
 fn micros_from_pg(us: i64) -> Result<i64, ValueError> {
     match us {
-        i64::MAX => Ok(i64::MAX),
-        i64::MIN => Ok(-i64::MAX),
+        i64::MAX => Ok(TIMESTAMP_INFINITY),
+        i64::MIN => Ok(TIMESTAMP_NEG_INFINITY),
         us => us
             .checked_add(PG_EPOCH_MICROS)
             .ok_or(ValueError::Unrepresentable("timestamp out of range")),
@@ -753,16 +758,16 @@ fn parse_naive_date(s: &str) -> Result<NaiveDate, ValueError> {
 
 fn parse_date_text(s: &str) -> Result<i32, ValueError> {
     match s {
-        "infinity" => Ok(i32::MAX),
-        "-infinity" => Ok(-i32::MAX),
+        "infinity" => Ok(DATE_INFINITY),
+        "-infinity" => Ok(DATE_NEG_INFINITY),
         _ => Ok(parse_naive_date(s)?.to_epoch_days()),
     }
 }
 
 fn parse_timestamp_text(s: &str, with_zone: bool) -> Result<i64, ValueError> {
     match s {
-        "infinity" => return Ok(i64::MAX),
-        "-infinity" => return Ok(-i64::MAX),
+        "infinity" => return Ok(TIMESTAMP_INFINITY),
+        "-infinity" => return Ok(TIMESTAMP_NEG_INFINITY),
         _ => {}
     }
     let (body, bc) = split_bc(s);
@@ -1075,7 +1080,7 @@ mod tests {
     }
 
     #[test]
-    fn infinity_keeps_the_sentinel_both_formats() {
+    fn infinity_is_the_readers_extreme_in_both_formats() {
         let mut b = ColumnBuilder::new(ColumnKind::Date, 2);
         b.append(ColumnKind::Date, Datum::Binary(&i32::MAX.to_be_bytes()))
             .expect("bin");
@@ -1086,7 +1091,35 @@ mod tests {
             .as_any()
             .downcast_ref::<arrow_array::Date32Array>()
             .expect("date");
-        assert_eq!((arr.value(0), arr.value(1)), (i32::MAX, -i32::MAX));
+        assert_eq!(
+            (arr.value(0), arr.value(1)),
+            (DATE_INFINITY, DATE_NEG_INFINITY)
+        );
+        let last = chrono::NaiveDate::from_ymd_opt(9999, 12, 31).expect("date");
+        let first = chrono::NaiveDate::from_ymd_opt(1, 1, 1).expect("date");
+        assert_eq!(last.to_epoch_days(), DATE_INFINITY);
+        assert_eq!(first.to_epoch_days(), DATE_NEG_INFINITY);
+        let end = last
+            .and_hms_micro_opt(23, 59, 59, 999_999)
+            .expect("time")
+            .and_utc();
+        assert_eq!(end.timestamp_micros(), TIMESTAMP_INFINITY);
+        let start = first.and_hms_opt(0, 0, 0).expect("time").and_utc();
+        assert_eq!(start.timestamp_micros(), TIMESTAMP_NEG_INFINITY);
+        let mut t = ColumnBuilder::new(ColumnKind::Time, 2);
+        t.append(
+            ColumnKind::Time,
+            Datum::Binary(&(45_296_500_000i64).to_be_bytes()),
+        )
+        .expect("bin");
+        t.append(ColumnKind::Time, Datum::Text(b"24:00:00"))
+            .expect("text");
+        let t = t.finish();
+        let t = t
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .expect("string");
+        assert_eq!((t.value(0), t.value(1)), ("12:34:56.5", "24:00:00"));
         // A NaN numeric cannot be a DECIMAL: nothing is appended, the caller stores NULL.
         let kind = ColumnKind::Decimal {
             precision: 5,

@@ -31,6 +31,10 @@ use crate::lsn::Lsn;
 use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
 use crate::spool::{Record, Segment, SegmentReader, SpoolError};
 
+pub mod rows;
+
+use rows::{update_rows, OldKind};
+
 /// A flush that could not write its files.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -64,6 +68,31 @@ pub struct Flushed {
     pub last_commit: Option<(Lsn, DateTime<Utc>)>,
     /// Transactions read.
     pub transactions: u64,
+    /// Changes of published relations that are not configured tables.
+    pub unplaced: Unplaced,
+    /// Rows per table folder with a value that could not be resolved (see [`rows`]).
+    pub unresolved: BTreeMap<String, u64>,
+}
+
+/// Changes the flush could not place in any table, per relation name: a published table
+/// that is not in `[[tables]]`, or a partition arriving under its own name (a publication
+/// without `publish_via_partition_root`). They are never dropped silently.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unplaced(pub BTreeMap<String, u64>);
+
+impl Unplaced {
+    fn record(&mut self, rels: &RelationCache, relation_id: u32) {
+        let name = rels
+            .name(relation_id)
+            .unwrap_or_else(|| format!("relation {relation_id}"));
+        let n = self.0.entry(name.clone()).or_default();
+        if *n == 0 {
+            tracing::warn!(relation = %name, "changes of a published relation that is not a configured table are not written; add it to [[tables]] (a partition: configure its parent and publish with publish_via_partition_root = true) or remove it from the publication");
+        }
+        *n += 1;
+        metrics::counter!(crate::telemetry::metric::UNPLACED_CHANGES, "relation" => name)
+            .increment(1);
+    }
 }
 
 fn datum(c: &ColumnData) -> Datum<'_> {
@@ -172,15 +201,16 @@ fn apply_change(
     rels: &RelationCache,
     intent: &FlushIntent,
     processing_date: NaiveDate,
-    txn: &Txn,
+    txn: &mut Txn,
     msg: LogicalReplicationMessage,
     out: &mut Flushed,
 ) -> Result<(), FlushError> {
-    let meta = |change_type| RowMeta {
+    let commit = (txn.commit_lsn.as_i64(), txn.commit_us);
+    let meta = |change_type, seq| RowMeta {
         change_type,
-        lsn: txn.commit_lsn.as_i64(),
-        seq: txn.seq,
-        commit_us: txn.commit_us,
+        lsn: commit.0,
+        seq,
+        commit_us: commit.1,
     };
     let (relation_id, change_type, tuple, old) = match msg {
         LogicalReplicationMessage::Insert { relation_id, tuple } => {
@@ -192,9 +222,12 @@ fn apply_change(
             new_tuple,
             key_type,
         } => {
-            // With REPLICA IDENTITY FULL ('O') the old row is complete and can supply
-            // TOASTed values the update left unchanged.
-            let old = old_tuple.filter(|_| key_type == Some('O'));
+            let kind = match key_type {
+                Some('O') => Some(OldKind::Full),
+                Some('K') => Some(OldKind::Key),
+                _ => None,
+            };
+            let old = kind.zip(old_tuple);
             (relation_id, ChangeType::Update, new_tuple, old)
         }
         LogicalReplicationMessage::Delete {
@@ -205,12 +238,13 @@ fn apply_change(
         LogicalReplicationMessage::Truncate { relation_ids, .. } => {
             for id in relation_ids {
                 let Some(Some(rel)) = rels.get(id) else {
+                    out.unplaced.record(rels, id);
                     continue;
                 };
                 if !included(intent, &rel.folder, txn.commit_lsn) {
                     continue;
                 }
-                let m = meta(ChangeType::Truncate);
+                let m = meta(ChangeType::Truncate, txn.seq);
                 sink.append_truncate(&rel.folder, &rel.schema, processing_date, &m)?;
                 count_row(&mut out.rows, &rel.folder);
             }
@@ -220,7 +254,10 @@ fn apply_change(
     };
     let rel = match rels.get(relation_id) {
         Some(Some(r)) => r,
-        Some(None) => return Ok(()),
+        Some(None) => {
+            out.unplaced.record(rels, relation_id);
+            return Ok(());
+        }
         None => {
             return Err(FlushError::Protocol {
                 lsn: txn.commit_lsn,
@@ -232,38 +269,43 @@ fn apply_change(
     if !included(intent, folder, txn.commit_lsn) {
         return Ok(());
     }
-    let filled = fill_unchanged(tuple, old.as_ref());
-    if rel.keyless && change_type == ChangeType::Update {
-        if let Some(old) = &old {
-            // Without a primary key a row is identified by all its columns: the old
-            // version is deleted, so the latest state does not keep it.
+    let tuple = if change_type == ChangeType::Update {
+        let rows = update_rows(&rel.is_key, old, tuple);
+        if rows.unresolvable {
+            count_row(&mut out.unresolved, folder);
+            metrics::counter!(crate::telemetry::metric::UNRESOLVED_VALUES, "table" => folder.to_string())
+                .increment(1);
+            sink.warnings().once(
+                &schema.qualified_name(),
+                "",
+                "an UPDATE changed the key and left a TOASTed value unchanged: pgoutput sent neither the value nor a full old row, so it cannot be resolved under the new key (written as unchanged_columns; run `slot2lake backfill` for this table, or set REPLICA IDENTITY FULL)",
+            );
+        }
+        if let Some(old) = rows.delete_old {
+            // The old key (or, without a key, the old version) ends here; the new row
+            // follows it in the transaction's order.
             append_row(
                 sink,
                 folder,
                 schema,
                 processing_date,
-                old,
-                meta(ChangeType::Delete),
+                &old,
+                meta(ChangeType::Delete, txn.seq),
             )?;
             count_row(&mut out.rows, folder);
+            txn.seq += 1;
         }
-    }
-    for (c, spec) in filled.columns.iter().zip(&schema.columns) {
-        if c.is_unchanged() {
-            sink.warnings().once(
-                &schema.qualified_name(),
-                &spec.name,
-                "an UPDATE left this TOASTed value unchanged and pgoutput did not send it; written as NULL (set REPLICA IDENTITY FULL on the table to keep it)",
-            );
-        }
-    }
+        rows.new
+    } else {
+        tuple
+    };
     append_row(
         sink,
         folder,
         schema,
         processing_date,
-        &filled,
-        meta(change_type),
+        &tuple,
+        meta(change_type, txn.seq),
     )?;
     count_row(&mut out.rows, folder);
     Ok(())
@@ -295,9 +337,7 @@ fn append_row(
             .map(datum),
     )
     .map_err(SinkError::from)?;
-    sink.append(folder, schema, key, |batch, warnings| {
-        batch.append(tuple.columns.iter().map(datum), &m, warnings)
-    })?;
+    sink.append(folder, schema, key, &m, tuple.columns.iter().map(datum))?;
     Ok(())
 }
 
@@ -306,18 +346,4 @@ fn included(intent: &FlushIntent, folder: &str, commit_lsn: Lsn) -> bool {
         .from
         .get(folder)
         .is_none_or(|from| commit_lsn >= *from)
-}
-
-/// Replaces unchanged-TOAST columns of a new tuple with the old tuple's values.
-fn fill_unchanged(mut new: TupleData, old: Option<&TupleData>) -> TupleData {
-    if let Some(old) = old {
-        for (i, c) in new.columns.iter_mut().enumerate() {
-            if c.is_unchanged() {
-                if let Some(o) = old.columns.get(i).filter(|o| !o.is_unchanged()) {
-                    *c = o.clone();
-                }
-            }
-        }
-    }
-    new
 }

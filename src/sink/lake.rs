@@ -180,6 +180,28 @@ impl Lake {
         Ok(())
     }
 
+    /// Writes a small object only if none of that name exists; `false` when one does.
+    pub async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, LakeError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&ObjPath::from(key), PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => {
+                if let Some(path) = self.local_path(key) {
+                    fsync_file_and_dir(&path)?;
+                }
+                Ok(true)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(source) => Err(store_err("create", key, source)),
+        }
+    }
+
     /// Deletes an object; a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), LakeError> {
         match self.store.delete(&ObjPath::from(key)).await {

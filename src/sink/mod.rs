@@ -2,6 +2,7 @@
 
 pub mod lake;
 pub mod partition;
+pub mod spill;
 pub mod writer;
 
 pub use lake::{Lake, LakeError, Published};

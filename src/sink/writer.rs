@@ -1,23 +1,31 @@
-//! The partitioned Parquet writer: rows → one file per table partition, rolled over at
-//! `max_file_size`, with bounded memory and deterministic file names.
+//! The partitioned Parquet writer: rows → right-sized files, one partition at a time,
+//! whatever the number of partitions and the order rows arrive in.
 //!
 //! ```text
-//!  append(row) ─▶ RowBatch of its (table, partition) ─▶ every 8192 rows: ArrowWriter
-//!                                                          │ (row group in memory)
-//!               memory over limit: flush the biggest row group to its temp file
-//!               file over max_file_size, evicted (max_open_files) or finish():
-//!                   close ─▶ Lake::publish (rename / upload; an existing name is kept)
+//!  append(row) ─▶ partition key ─▶ spill: wire values grouped by partition
+//!                                   (memory: arena up to its budget; beyond it, run files)
+//!  finish():  for each partition, in (table, partition) order, on `encoders` threads:
+//!               its rows in arrival order ─▶ RowBatch (8192 rows) ─▶ ArrowWriter
+//!               row group at row_group_rows or when the memory share is used
+//!               file closed at max_file_size (wire bytes) or a schema change
+//!               ─▶ Lake::publish (rename / upload; uploads run concurrently)
 //! ```
 //!
+//! A partition is written as a whole, so it gets one file per `max_file_size` of data
+//! (per writer): never a file per row because partitions outnumber open files. Memory
+//! is the spill's arena plus, per encoder thread, one row group in progress, whatever the
+//! number of partitions or the size of the table.
+//!
 //! Which rows land in which file depends only on the input order and on sizes measured
-//! from the input (wire bytes), never on encoder output, so a retried flush over the
-//! same input produces the same files under the same names; files that already exist
-//! are skipped without being encoded again.
+//! from the input (wire bytes), never on memory or encoder output, so a retried flush
+//! over the same input produces the same files under the same names; with `may_exist`
+//! files that already exist are skipped without being encoded again.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +36,9 @@ use parquet::schema::types::ColumnPath;
 
 use super::lake::{Lake, LakeError, Published};
 use super::partition::{FileName, PartitionKey};
+use super::spill::{Spill, SpillError};
 use crate::config::Compression;
+use crate::decode::Datum;
 use crate::decode::{DecodeError, RowBatch, RowMeta, TableSchema, Warnings};
 use crate::lsn::Lsn;
 
@@ -36,8 +46,11 @@ use crate::lsn::Lsn;
 /// that are table numbers and dates.
 type FastHash = foldhash::fast::FixedState;
 
-/// Rows collected per partition before they are handed to the Parquet encoder.
+/// Rows collected before they are handed to the Parquet encoder.
 const BATCH_ROWS: usize = 8192;
+
+/// Uploads of finished files in flight at once, per sink (object stores only).
+const CONCURRENT_UPLOADS: usize = 16;
 
 /// A failure while writing Parquet.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +76,15 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// Rows could not be spilled to or read back from local disk.
+    #[error(transparent)]
+    Spill(#[from] SpillError),
     /// Publishing a finished file failed.
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// An encoder thread or upload task stopped unexpectedly.
+    #[error("parquet encoder failed: {0}")]
+    Worker(String),
 }
 
 /// Limits and settings for a [`Sink`].
@@ -77,11 +96,11 @@ pub struct SinkOptions {
     pub max_file_bytes: u64,
     /// Rows per row group, at most.
     pub row_group_rows: usize,
-    /// Memory for row groups in progress, over all open files.
+    /// Memory for rows waiting to be encoded and row groups in progress.
     pub memory_limit: usize,
-    /// Open files at once.
-    pub max_open_files: usize,
-    /// Local folder for files being written.
+    /// Threads encoding partitions at the end.
+    pub encoders: usize,
+    /// Local folder for files being written and spilled rows.
     pub tmp_dir: PathBuf,
     /// Written under this key prefix instead of the table folders (snapshot staging).
     pub staging_prefix: Option<String>,
@@ -89,6 +108,9 @@ pub struct SinkOptions {
     pub part: Option<u32>,
     /// Keep finished files in the temp folder; [`publish_deferred`] moves them later.
     pub defer_publish: bool,
+    /// An earlier attempt may have written some of these files (a resumed flush): look
+    /// for each before encoding it, and skip it when it exists.
+    pub may_exist: bool,
 }
 
 /// A file the sink closed.
@@ -104,6 +126,8 @@ pub struct WrittenFile {
     pub written_key: String,
     /// Rows in it.
     pub rows: u64,
+    /// Its size in bytes (0 when it was found from an earlier attempt).
+    pub bytes: u64,
     /// Whether it was written now or found from an earlier attempt.
     pub published: Published,
     /// The finished file, while its publishing is deferred.
@@ -120,49 +144,20 @@ pub async fn publish_deferred(lake: &Lake, files: &mut [WrittenFile]) -> Result<
     Ok(())
 }
 
-enum Out {
-    Write {
-        writer: Box<ArrowWriter<BufWriter<File>>>,
-        tmp: PathBuf,
-        key: String,
-        written_key: String,
-    },
-    Skip {
-        key: String,
-        written_key: String,
-    },
-}
-
-/// A table (by its index in `Sink::folders`) and a partition.
+/// One table partition: its folder (by number) and key.
 type PartId = (u32, PartitionKey);
-
-struct Part {
-    /// Its key in `Sink::parts`: the table's index in `Sink::folders` and the partition.
-    id: PartId,
-    folder: Arc<str>,
-    batch: RowBatch,
-    out: Option<Out>,
-    file_bytes: u64,
-    file_rows: u64,
-    last_used: u64,
-}
 
 /// Writes rows of many tables and partitions as Parquet files.
 pub struct Sink {
-    lake: Lake,
-    handle: tokio::runtime::Handle,
-    opts: SinkOptions,
-    props: WriterProperties,
-    processed_at: DateTime<Utc>,
-    processed_us: i64,
-    lsn: Lsn,
-    parts: HashMap<PartId, Part, FastHash>,
-    next_seq: HashMap<PartId, u32, FastHash>,
+    encoder: Encoder,
+    spill: Spill,
+    part_ids: HashMap<PartId, u32, FastHash>,
+    parts: Vec<PartId>,
     /// Table folders seen, so parts are keyed by a number instead of a string per row.
     folders: Vec<Arc<str>>,
-    tick: u64,
-    tmp_seq: u64,
-    files: Vec<WrittenFile>,
+    /// Schemas rows were written with, by number; per folder the latest one's number.
+    schemas: Vec<Arc<TableSchema>>,
+    latest_schema: HashMap<u32, u32, FastHash>,
     warnings: Warnings,
 }
 
@@ -191,24 +186,248 @@ impl Sink {
             .set_max_row_group_row_count(Some(opts.row_group_rows))
             .set_created_by(format!("slot2lake version {}", env!("CARGO_PKG_VERSION")))
             .build();
+        // Rows wait in the spill while they arrive; the encoders get the memory once they
+        // are all in.
+        let spill = Spill::new(&opts.tmp_dir, opts.memory_limit);
         Ok(Self {
-            lake,
-            handle,
-            opts,
-            props,
-            processed_at,
-            processed_us: processed_at.timestamp_micros(),
-            lsn,
-            parts: HashMap::default(),
-            next_seq: HashMap::default(),
+            encoder: Encoder {
+                lake,
+                handle,
+                opts,
+                props,
+                processed_at,
+                processed_us: processed_at.timestamp_micros(),
+                lsn,
+                closed: Arc::new(AtomicUsize::new(0)),
+            },
+            spill,
+            part_ids: HashMap::default(),
+            parts: Vec::new(),
             folders: Vec::new(),
-            tick: 0,
-            tmp_seq: 0,
-            files: Vec::new(),
+            schemas: Vec::new(),
+            latest_schema: HashMap::default(),
             warnings: Warnings::default(),
         })
     }
 
+    /// Warnings logged once per table and column.
+    pub fn warnings(&mut self) -> &mut Warnings {
+        &mut self.warnings
+    }
+
+    /// The flush time stamped into `etl_processed_at` and file names.
+    pub fn processed_at(&self) -> DateTime<Utc> {
+        self.encoder.processed_at
+    }
+
+    /// The part number of `(folder, key)` and the number of `schema`.
+    fn ids(&mut self, folder: &str, schema: &Arc<TableSchema>, key: PartitionKey) -> (u32, u32) {
+        let table = match self.folders.iter().position(|f| &**f == folder) {
+            Some(i) => i as u32,
+            None => {
+                self.folders.push(Arc::from(folder));
+                (self.folders.len() - 1) as u32
+            }
+        };
+        let schema_id = match self.latest_schema.get(&table) {
+            Some(&id)
+                if Arc::ptr_eq(&self.schemas[id as usize], schema)
+                    || self.schemas[id as usize].same_columns(schema) =>
+            {
+                id
+            }
+            _ => {
+                self.schemas.push(schema.clone());
+                let id = (self.schemas.len() - 1) as u32;
+                self.latest_schema.insert(table, id);
+                id
+            }
+        };
+        let id = (table, key);
+        let part = match self.part_ids.get(&id) {
+            Some(p) => *p,
+            None => {
+                self.parts.push(id);
+                let p = (self.parts.len() - 1) as u32;
+                self.part_ids.insert(id, p);
+                p
+            }
+        };
+        (part, schema_id)
+    }
+
+    /// Appends one row of `schema` to `(folder, key)`: one value per source column.
+    pub fn append<'a>(
+        &mut self,
+        folder: &str,
+        schema: &Arc<TableSchema>,
+        key: PartitionKey,
+        meta: &RowMeta,
+        values: impl Iterator<Item = Datum<'a>>,
+    ) -> Result<(), SinkError> {
+        let (part, schema_id) = self.ids(folder, schema, key);
+        Ok(self.spill.push(part, schema_id, meta, Some(values))?)
+    }
+
+    /// A TRUNCATE row (every source column NULL). It has no date of its own: it goes to
+    /// a date-partitioned table's NULL partition, or to the processing date.
+    pub fn append_truncate(
+        &mut self,
+        folder: &str,
+        schema: &Arc<TableSchema>,
+        processing_date: chrono::NaiveDate,
+        meta: &RowMeta,
+    ) -> Result<(), SinkError> {
+        let key = match schema.partition_column {
+            None => PartitionKey::Processing(processing_date),
+            Some(_) => PartitionKey::Column(None),
+        };
+        let (part, schema_id) = self.ids(folder, schema, key);
+        Ok(self
+            .spill
+            .push(part, schema_id, meta, None::<std::iter::Empty<Datum<'_>>>)?)
+    }
+
+    /// Encodes every partition and closes every file; returns all files written or
+    /// found, in (table, partition, sequence) order.
+    pub fn finish(mut self) -> Result<Vec<WrittenFile>, SinkError> {
+        self.spill.seal();
+        if self.spill.spilled_bytes() > 0 {
+            tracing::debug!(
+                bytes = self.spill.spilled_bytes(),
+                "rows were grouped by partition on local disk"
+            );
+        }
+        let mut order: Vec<u32> = self.spill.parts();
+        order.sort_by(|a, b| {
+            let (pa, pb) = (self.parts[*a as usize], self.parts[*b as usize]);
+            (&*self.folders[pa.0 as usize], pa.1).cmp(&(&*self.folders[pb.0 as usize], pb.1))
+        });
+        let threads = self.encoder.opts.encoders.clamp(1, order.len().max(1));
+        let memory = self.encoder.opts.memory_limit / threads;
+        let job = Job {
+            spill: &self.spill,
+            parts: &self.parts,
+            folders: &self.folders,
+            schemas: &self.schemas,
+            memory,
+        };
+        let mut warnings = std::mem::take(&mut self.warnings);
+        let encoder = &self.encoder;
+        let order = &order;
+        let job = &job;
+        // Each thread takes every `threads`-th part; names do not depend on which.
+        let encode =
+            |t: usize, warnings: &mut Warnings| -> Result<Vec<(usize, WrittenFile)>, SinkError> {
+                let mut uploads = Uploads::default();
+                let mut out = Vec::new();
+                for (i, p) in order.iter().enumerate().skip(t).step_by(threads) {
+                    for f in encoder.part(job, *p, warnings)? {
+                        match f {
+                            Closed::Done(f) => out.push((i, f)),
+                            Closed::Uploading(task) => {
+                                if uploads.tasks.len() >= CONCURRENT_UPLOADS {
+                                    out.extend(uploads.wait_one(&encoder.handle)?);
+                                }
+                                uploads.tasks.push_back((i, task));
+                            }
+                        }
+                    }
+                }
+                while !uploads.tasks.is_empty() {
+                    out.extend(uploads.wait_one(&encoder.handle)?);
+                }
+                Ok(out)
+            };
+        let mut results =
+            if threads == 1 {
+                encode(0, &mut warnings)?
+            } else {
+                let encode = &encode;
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|t| scope.spawn(move || encode(t, &mut Warnings::default())))
+                        .collect();
+                    let mut all = Vec::new();
+                    for h in handles {
+                        all.extend(h.join().map_err(|_| {
+                            SinkError::Worker("an encoder thread panicked".into())
+                        })??);
+                    }
+                    Ok::<_, SinkError>(all)
+                })?
+            };
+        results.sort_by(|(a, fa), (b, fb)| (a, &fa.key).cmp(&(b, &fb.key)));
+        Ok(results.into_iter().map(|(_, f)| f).collect())
+    }
+}
+
+/// What the encoder threads share.
+struct Job<'a> {
+    spill: &'a Spill,
+    parts: &'a [PartId],
+    folders: &'a [Arc<str>],
+    schemas: &'a [Arc<TableSchema>],
+    /// Memory for one thread's row group in progress.
+    memory: usize,
+}
+
+/// Uploads in flight (object stores): finished files are uploaded while encoding goes
+/// on, each tagged with its part's place in the sink's order.
+#[derive(Default)]
+struct Uploads {
+    tasks: std::collections::VecDeque<(
+        usize,
+        tokio::task::JoinHandle<Result<WrittenFile, LakeError>>,
+    )>,
+}
+
+impl Uploads {
+    /// Waits for the oldest upload.
+    fn wait_one(
+        &mut self,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<Option<(usize, WrittenFile)>, SinkError> {
+        let Some((i, task)) = self.tasks.pop_front() else {
+            return Ok(None);
+        };
+        let file = handle
+            .block_on(task)
+            .map_err(|e| SinkError::Worker(format!("upload task: {e}")))??;
+        Ok(Some((i, file)))
+    }
+}
+
+/// A file a part closed: published, or being uploaded.
+enum Closed {
+    Done(WrittenFile),
+    Uploading(tokio::task::JoinHandle<Result<WrittenFile, LakeError>>),
+}
+
+/// Writes one partition's rows as files: the settings every encoder thread shares.
+struct Encoder {
+    lake: Lake,
+    handle: tokio::runtime::Handle,
+    opts: SinkOptions,
+    props: WriterProperties,
+    processed_at: DateTime<Utc>,
+    processed_us: i64,
+    lsn: Lsn,
+    /// Files closed so far, over all threads (for the mid-flush failure point).
+    closed: Arc<AtomicUsize>,
+}
+
+/// The file being written for a part.
+struct OpenFile {
+    writer: ArrowWriter<BufWriter<File>>,
+    tmp: PathBuf,
+    key: String,
+    written_key: String,
+    bytes: u64,
+    rows: u64,
+}
+
+impl Encoder {
     /// The writer settings for one table's file.
     fn props_for(&self, schema: &TableSchema) -> WriterProperties {
         let mut keys = schema.columns.iter().filter(|c| c.is_key);
@@ -225,171 +444,164 @@ impl Sink {
         }
     }
 
-    /// Warnings logged once per table and column.
-    pub fn warnings(&mut self) -> &mut Warnings {
-        &mut self.warnings
-    }
-
-    /// The flush time stamped into `etl_processed_at` and file names.
-    pub fn processed_at(&self) -> DateTime<Utc> {
-        self.processed_at
-    }
-
-    /// Appends one row to `(folder, key)`; `fill` decodes the row into the batch.
-    pub fn append(
-        &mut self,
-        folder: &str,
-        schema: &Arc<TableSchema>,
-        key: PartitionKey,
-        fill: impl FnOnce(&mut RowBatch, &mut Warnings) -> Result<(), DecodeError>,
-    ) -> Result<(), SinkError> {
-        self.tick += 1;
-        let table = match self.folders.iter().position(|f| &**f == folder) {
-            Some(i) => i,
-            None => {
-                self.folders.push(Arc::from(folder));
-                self.folders.len() - 1
-            }
+    /// Writes every row of part `p` into its files.
+    fn part(
+        &self,
+        job: &Job<'_>,
+        p: u32,
+        warnings: &mut Warnings,
+    ) -> Result<Vec<Closed>, SinkError> {
+        let (table, key) = job.parts[p as usize];
+        let folder = &job.folders[table as usize];
+        let mut state = PartState {
+            folder,
+            key,
+            seq: 0,
+            batch: None,
+            schema: u32::MAX,
+            file: None,
+            skipping: None,
+            files: Vec::new(),
         };
-        let id: PartId = (table as u32, key);
-        let tick = self.tick;
-        // The hot path: the row's part is open and its schema unchanged (one lookup).
-        if let Some(part) = self.parts.get_mut(&id) {
-            if Arc::ptr_eq(part.batch.schema(), schema) || part.batch.schema().same_columns(schema)
-            {
-                part.last_used = tick;
-                fill(&mut part.batch, &mut self.warnings)?;
-                if part.batch.rows() >= BATCH_ROWS {
-                    self.write_batch(&id)?;
-                }
+        job.spill.for_each(p, |row| -> Result<(), SinkError> {
+            if row.schema != state.schema {
+                // The table's columns changed: later rows go to a new file.
+                self.write_batch(&mut state, job)?;
+                self.close_file(&mut state)?;
+                state.schema = row.schema;
+                state.batch = Some(RowBatch::new(
+                    job.schemas[row.schema as usize].clone(),
+                    BATCH_ROWS,
+                ));
+            }
+            let Some(batch) = state.batch.as_mut() else {
                 return Ok(());
+            };
+            match row.values {
+                Some(values) => batch.append(values.into_iter(), &row.meta, warnings)?,
+                None => batch.append_all_null(&row.meta),
             }
-            // The table's columns changed: later rows go to a new file with the new schema.
-            if let Some(part) = self.parts.remove(&id) {
-                self.close_part(part)?;
+            if batch.rows() >= BATCH_ROWS {
+                self.write_batch(&mut state, job)?;
             }
-        }
-        if self.parts.len() >= self.opts.max_open_files {
-            self.evict_lru()?;
-        }
-        let mut batch = RowBatch::new(schema.clone(), BATCH_ROWS);
-        fill(&mut batch, &mut self.warnings)?;
-        let part = Part {
-            id,
-            folder: self.folders[table].clone(),
-            batch,
-            out: None,
-            file_bytes: 0,
-            file_rows: 0,
-            last_used: tick,
-        };
-        self.parts.insert(id, part);
-        Ok(())
-    }
-
-    /// A TRUNCATE row (every source column NULL). It has no date of its own: it goes to
-    /// a date-partitioned table's NULL partition, or to the processing date.
-    pub fn append_truncate(
-        &mut self,
-        folder: &str,
-        schema: &Arc<TableSchema>,
-        processing_date: chrono::NaiveDate,
-        meta: &RowMeta,
-    ) -> Result<(), SinkError> {
-        let key = match schema.partition_column {
-            None => PartitionKey::Processing(processing_date),
-            Some(_) => PartitionKey::Column(None),
-        };
-        self.append(folder, schema, key, |batch, _| {
-            batch.append_all_null(meta);
             Ok(())
-        })
+        })?;
+        self.write_batch(&mut state, job)?;
+        self.close_file(&mut state)?;
+        state.files.into_iter().map(|f| self.publish(f)).collect()
     }
 
-    fn evict_lru(&mut self) -> Result<(), SinkError> {
-        let oldest = self
-            .parts
-            .iter()
-            .min_by_key(|(_, p)| p.last_used)
-            .map(|(id, _)| *id);
-        if let Some(part) = oldest.and_then(|id| self.parts.remove(&id)) {
-            self.close_part(part)?;
+    /// Moves a closed file into the lake: at once on a local disk, as an upload task on an
+    /// object store (uploads overlap with encoding), or not yet when publishing is deferred.
+    fn publish(&self, mut f: WrittenFile) -> Result<Closed, SinkError> {
+        if self.opts.defer_publish {
+            return Ok(Closed::Done(f));
         }
-        Ok(())
-    }
-
-    fn write_batch(&mut self, id: &PartId) -> Result<(), SinkError> {
-        let Some(mut part) = self.parts.remove(id) else {
-            return Ok(());
-        };
-        let result = self.write_part_batch(&mut part);
-        let full = part.file_bytes >= self.opts.max_file_bytes;
-        self.parts.insert(*id, part);
-        result?;
-        if full {
-            self.close_file(id)?;
-        }
-        self.enforce_memory()
-    }
-
-    fn write_part_batch(&mut self, part: &mut Part) -> Result<(), SinkError> {
-        if part.batch.rows() == 0 {
-            return Ok(());
-        }
-        if part.out.is_none() {
-            let folder = part.folder.clone();
-            part.out = Some(self.open_file(part.id, &folder, part.batch.schema())?);
-        }
-        part.file_bytes += part.batch.bytes() as u64;
-        part.file_rows += part.batch.rows() as u64;
-        let batch = part.batch.finish(self.processed_us);
-        if let Some(Out::Write { writer, .. }) = part.out.as_mut() {
-            writer.write(&batch).map_err(|source| SinkError::Parquet {
-                table: part.folder.to_string(),
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn open_file(
-        &mut self,
-        id: PartId,
-        folder: &str,
-        schema: &Arc<TableSchema>,
-    ) -> Result<Out, SinkError> {
-        let key = id.1;
-        let seq_slot = self.next_seq.entry(id).or_insert(0);
-        let seq = *seq_slot;
-        *seq_slot += 1;
-        let name = FileName {
-            table: folder.to_string(),
-            processed_at: self.processed_at,
-            lsn: self.lsn,
-            seq,
-            part: self.opts.part,
-        };
-        let final_key = format!("{folder}/{}/{name}", key.path());
-        let written_key = match &self.opts.staging_prefix {
-            Some(prefix) => format!("{prefix}/{final_key}"),
-            None => final_key.clone(),
+        let Some(tmp) = f.pending.take() else {
+            return Ok(Closed::Done(f));
         };
         let lake = self.lake.clone();
-        let (a, b) = (written_key.clone(), final_key.clone());
-        let exists = self.handle.block_on(async move {
-            Ok::<_, LakeError>(lake.exists(&a).await? || lake.exists(&b).await?)
-        })?;
-        if exists {
-            return Ok(Out::Skip {
-                key: final_key,
-                written_key,
-            });
+        let publish = async move {
+            f.published = lake.publish(&tmp, &f.written_key).await?;
+            Ok(f)
+        };
+        if self.lake.local_root().is_some() {
+            Ok(Closed::Done(self.handle.block_on(publish)?))
+        } else {
+            Ok(Closed::Uploading(self.handle.spawn(publish)))
         }
-        self.tmp_seq += 1;
-        let tmp = self
-            .opts
-            .tmp_dir
-            .join(format!("{name}.{}.tmp", self.tmp_seq));
+    }
+
+    /// Hands the batch to the part's file (opening one if needed); rolls the file over
+    /// at `max_file_size` and ends the row group when the memory share is used.
+    fn write_batch(&self, state: &mut PartState<'_>, job: &Job<'_>) -> Result<(), SinkError> {
+        let Some(batch) = state.batch.as_mut() else {
+            return Ok(());
+        };
+        if batch.rows() == 0 {
+            return Ok(());
+        }
+        let (rows, bytes) = (batch.rows() as u64, batch.bytes() as u64);
+        let schema = batch.schema().clone();
+        if state.file.is_none() && state.skipping.is_none() {
+            self.open(state, &schema)?;
+        }
+        let Some(batch) = state.batch.as_mut() else {
+            return Ok(());
+        };
+        let record = batch.finish(self.processed_us);
+        match (&mut state.file, &mut state.skipping) {
+            (Some(f), _) => {
+                f.writer
+                    .write(&record)
+                    .map_err(|source| SinkError::Parquet {
+                        table: state.folder.to_string(),
+                        source,
+                    })?;
+                f.bytes += bytes;
+                f.rows += rows;
+                if f.writer.memory_size() > job.memory {
+                    // Ends the row group: its pages go to the temp file, its buffers are freed.
+                    f.writer.flush().map_err(|source| SinkError::Parquet {
+                        table: state.folder.to_string(),
+                        source,
+                    })?;
+                }
+            }
+            (None, Some(s)) => {
+                s.bytes += bytes;
+                s.rows += rows;
+            }
+            (None, None) => {}
+        }
+        let full = state
+            .file
+            .as_ref()
+            .map(|f| f.bytes)
+            .or(state.skipping.as_ref().map(|s| s.bytes))
+            >= Some(self.opts.max_file_bytes);
+        if full {
+            self.close_file(state)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the part's next file, or notes that an earlier attempt already wrote it.
+    fn open(&self, state: &mut PartState<'_>, schema: &Arc<TableSchema>) -> Result<(), SinkError> {
+        let name = FileName {
+            table: state.folder.to_string(),
+            processed_at: self.processed_at,
+            lsn: self.lsn,
+            seq: state.seq,
+            part: self.opts.part,
+        };
+        state.seq += 1;
+        let key = format!("{}/{}/{name}", state.folder, state.key.path());
+        let written_key = match &self.opts.staging_prefix {
+            Some(prefix) => format!("{prefix}/{key}"),
+            None => key.clone(),
+        };
+        if self.opts.may_exist {
+            let lake = self.lake.clone();
+            let (a, b) = (written_key.clone(), key.clone());
+            let exists = self.handle.block_on(async move {
+                Ok::<_, LakeError>(lake.exists(&a).await? || lake.exists(&b).await?)
+            })?;
+            if exists {
+                state.skipping = Some(Skipped {
+                    key,
+                    written_key,
+                    bytes: 0,
+                    rows: 0,
+                });
+                return Ok(());
+            }
+        }
+        static TMP_SEQ: AtomicUsize = AtomicUsize::new(0);
+        let tmp = self.opts.tmp_dir.join(format!(
+            "{name}.{}.tmp",
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let file = File::create(&tmp).map_err(|source| SinkError::Tmp {
             path: tmp.clone(),
             source,
@@ -400,134 +612,87 @@ impl Sink {
             Some(self.props_for(schema)),
         )
         .map_err(|source| SinkError::Parquet {
-            table: folder.to_string(),
+            table: state.folder.to_string(),
             source,
         })?;
-        Ok(Out::Write {
-            writer: Box::new(writer),
+        state.file = Some(OpenFile {
+            writer,
             tmp,
-            key: final_key,
+            key,
             written_key,
-        })
+            bytes: 0,
+            rows: 0,
+        });
+        Ok(())
     }
 
-    fn close_file(&mut self, id: &PartId) -> Result<(), SinkError> {
-        let Some(part) = self.parts.get_mut(id) else {
-            return Ok(());
-        };
-        let Some(out) = part.out.take() else {
-            return Ok(());
-        };
-        let rows = std::mem::take(&mut part.file_rows);
-        part.file_bytes = 0;
-        let (table, partition) = (part.folder.to_string(), part.id.1);
-        let file = match out {
-            Out::Write {
-                writer,
-                tmp,
-                key,
-                written_key,
-            } => {
-                writer.close().map_err(|source| SinkError::Parquet {
-                    table: table.clone(),
+    /// Closes the part's current file (or skipped file) and records it.
+    fn close_file(&self, state: &mut PartState<'_>) -> Result<(), SinkError> {
+        let file = match (state.file.take(), state.skipping.take()) {
+            (Some(f), _) => {
+                let file = f.writer.into_inner().map_err(|source| SinkError::Parquet {
+                    table: state.folder.to_string(),
                     source,
                 })?;
+                let bytes = file
+                    .into_inner()
+                    .map_err(|e| SinkError::Tmp {
+                        path: f.tmp.clone(),
+                        source: e.into_error(),
+                    })?
+                    .metadata()
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 crate::failpoint::hit(crate::failpoint::MID_PARQUET_WRITE);
-                let (published, pending) = if self.opts.defer_publish {
-                    (Published::Written, Some(tmp))
-                } else {
-                    let lake = self.lake.clone();
-                    let wk = written_key.clone();
-                    let p = self
-                        .handle
-                        .block_on(async move { lake.publish(&tmp, &wk).await })?;
-                    (p, None)
-                };
                 WrittenFile {
-                    table,
-                    partition,
-                    key,
-                    written_key,
-                    rows,
-                    published,
-                    pending,
+                    table: state.folder.to_string(),
+                    partition: state.key,
+                    key: f.key,
+                    written_key: f.written_key,
+                    rows: f.rows,
+                    bytes,
+                    published: Published::Written,
+                    pending: Some(f.tmp),
                 }
             }
-            Out::Skip { key, written_key } => WrittenFile {
-                table,
-                partition,
-                key,
-                written_key,
-                rows,
+            (None, Some(s)) => WrittenFile {
+                table: state.folder.to_string(),
+                partition: state.key,
+                key: s.key,
+                written_key: s.written_key,
+                rows: s.rows,
+                bytes: 0,
                 published: Published::AlreadyThere,
                 pending: None,
             },
+            (None, None) => return Ok(()),
         };
-        tracing::debug!(key = %file.key, rows = file.rows, published = ?file.published, "closed parquet file");
-        self.files.push(file);
-        if self.files.len() == 2 {
+        tracing::debug!(key = %file.key, rows = file.rows, "closed parquet file");
+        state.files.push(file);
+        if self.closed.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
             crate::failpoint::hit(crate::failpoint::MID_FLUSH_FILES);
         }
         Ok(())
     }
+}
 
-    fn close_part(&mut self, mut part: Part) -> Result<(), SinkError> {
-        self.write_part_batch(&mut part)?;
-        let id = part.id;
-        self.parts.insert(id, part);
-        self.close_file(&id)?;
-        self.parts.remove(&id);
-        Ok(())
-    }
+/// A file an earlier attempt already wrote: its rows are counted, not encoded.
+struct Skipped {
+    key: String,
+    written_key: String,
+    bytes: u64,
+    rows: u64,
+}
 
-    /// Keeps row groups in progress under the memory limit by flushing the biggest.
-    fn enforce_memory(&mut self) -> Result<(), SinkError> {
-        // Encoders (page and dictionary buffers) plus rows waiting in builders.
-        let usage = |p: &Part| {
-            p.batch.bytes()
-                + match &p.out {
-                    Some(Out::Write { writer, .. }) => writer.memory_size(),
-                    _ => 0,
-                }
-        };
-        let mut total: usize = self.parts.values().map(usage).sum();
-        let mut flushed = std::collections::HashSet::new();
-        while total > self.opts.memory_limit {
-            let biggest = self
-                .parts
-                .iter()
-                .filter(|(id, p)| {
-                    !flushed.contains(*id) && matches!(p.out, Some(Out::Write { .. }))
-                })
-                .max_by_key(|(_, p)| usage(p))
-                .map(|(id, _)| *id);
-            let Some(id) = biggest else { return Ok(()) };
-            flushed.insert(id);
-            let Some(part) = self.parts.get_mut(&id) else {
-                return Ok(());
-            };
-            let before = usage(part);
-            if let Some(Out::Write { writer, .. }) = &mut part.out {
-                // Ends the row group: its pages go to the temp file, its buffers are freed.
-                writer.flush().map_err(|source| SinkError::Parquet {
-                    table: part.folder.to_string(),
-                    source,
-                })?;
-            }
-            total = (total + usage(part)).saturating_sub(before);
-        }
-        Ok(())
-    }
-
-    /// Closes every file; returns all files written or found, in the order they closed.
-    pub fn finish(mut self) -> Result<Vec<WrittenFile>, SinkError> {
-        let mut ids: Vec<_> = self.parts.keys().cloned().collect();
-        ids.sort();
-        for id in ids {
-            if let Some(part) = self.parts.remove(&id) {
-                self.close_part(part)?;
-            }
-        }
-        Ok(self.files)
-    }
+/// One part while its rows are encoded.
+struct PartState<'a> {
+    folder: &'a Arc<str>,
+    key: PartitionKey,
+    /// The next file's sequence number within the part.
+    seq: u32,
+    batch: Option<RowBatch>,
+    schema: u32,
+    file: Option<OpenFile>,
+    skipping: Option<Skipped>,
+    files: Vec<WrittenFile>,
 }

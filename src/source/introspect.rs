@@ -96,10 +96,57 @@ pub struct TableInfo {
     pub replica_identity: char,
     /// Whether a primary key exists.
     pub has_primary_key: bool,
-    /// Columns as pgoutput will send them (not dropped, not generated).
+    /// Columns as pgoutput will send them: not dropped, within the publication's column
+    /// list, generated ones only where the publication publishes them (PostgreSQL 18).
     pub schema: TableSchema,
     /// Estimated rows, from `pg_class.reltuples` (-1 when never analyzed).
     pub estimated_rows: i64,
+    /// A declaratively partitioned table (its changes need `publish_via_partition_root`).
+    pub partitioned: bool,
+    /// The publication's row filter for this table (PostgreSQL 15+), if any: snapshots
+    /// copy exactly the rows the stream publishes.
+    pub row_filter: Option<String>,
+    /// Generated columns the publication does not send.
+    pub unpublished_generated: Vec<String>,
+}
+
+/// The publication as the server has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicationInfo {
+    /// `publish_via_partition_root`: partitions' changes arrive as their root table's.
+    pub via_root: bool,
+    /// `publish_generated_columns = stored` (PostgreSQL 18).
+    pub generated: bool,
+}
+
+/// Reads the publication; `None` when it does not exist.
+pub async fn publication_info(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<PublicationInfo>, SourceError> {
+    // `pubgencols` exists from PostgreSQL 18 on; read through jsonb so older servers answer.
+    let row = client
+        .query_opt(
+            "SELECT p.pubviaroot, coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's'
+             FROM pg_publication p WHERE p.pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| query_error("reading the publication", &e))?;
+    let Some(row) = row else { return Ok(None) };
+    let get = |e: tokio_postgres::Error| query_error("reading the publication", &e);
+    Ok(Some(PublicationInfo {
+        via_root: row.try_get(0).map_err(get)?,
+        generated: row.try_get(1).map_err(get)?,
+    }))
+}
+
+/// The statement that makes a publication send partitions' changes as their root's.
+pub fn via_root_remedy(publication: &str) -> String {
+    format!(
+        "ALTER PUBLICATION {} SET (publish_via_partition_root = true);",
+        quote_ident(publication)
+    )
 }
 
 impl TableInfo {
@@ -163,11 +210,12 @@ pub async fn type_catalog(client: &Client) -> Result<TypeCatalog, SourceError> {
     Ok(TypeCatalog::new(types))
 }
 
-/// Looks up a configured table.
+/// Looks up a configured table, with the columns and rows `publication` publishes of it.
 pub async fn table_info(
     client: &Client,
     table: &TableConfig,
     types: &TypeCatalog,
+    publication: &str,
 ) -> Result<TableInfo, TableError> {
     let (schema, name) = table.qualified();
     let what = || format!("reading the columns of {}", table.name);
@@ -192,26 +240,65 @@ pub async fn table_info(
     if relkind != 'r' && relkind != 'p' {
         return Err(TableError::NotATable(table.name.clone(), relkind));
     }
+    let publication_info = publication_info(client, publication).await?;
+    // PostgreSQL 15+ lists the published columns and the row filter per table. Read
+    // through jsonb so older servers answer too.
+    let published = client
+        .query_opt(
+            "SELECT (SELECT array_agg(x) FROM jsonb_array_elements_text(to_jsonb(pt) -> 'attnames') x),
+                    to_jsonb(pt) ->> 'rowfilter'
+             FROM pg_publication_tables pt
+             WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
+            &[&publication, &schema, &name],
+        )
+        .await
+        .map_err(|e| query_error(what(), &e))?;
+    let (attnames, row_filter): (Option<Vec<String>>, Option<String>) = match &published {
+        Some(r) => (r.try_get(0).map_err(get)?, r.try_get(1).map_err(get)?),
+        None => (None, None),
+    };
+    let version = server_version(client).await?;
+    // Stored generated columns are sent from PostgreSQL 18 on when the publication says
+    // so (a publication slot2lake creates does); before 18 never, whatever attnames says.
+    let generated_published =
+        version >= 180000 && publication_info.map_or(true, |p| p.generated || attnames.is_some());
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid, a.atttypmod,
                     COALESCE(a.attnum = ANY (
                       SELECT unnest(i.indkey) FROM pg_index i
                       WHERE i.indrelid = a.attrelid
-                        AND ((c.relreplident = 'd' AND i.indisprimary)
-                          OR (c.relreplident = 'i' AND i.indisreplident))), false)
-                      OR c.relreplident = 'f'
+                        AND ((c.relreplident IN ('d', 'f') AND i.indisprimary)
+                          OR (c.relreplident = 'i' AND i.indisreplident))), false),
+                    a.attgenerated::text
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
             &[&oid],
         )
         .await
         .map_err(|e| query_error(what(), &e))?;
     let mut columns = Vec::with_capacity(rows.len());
+    let mut unpublished_generated = Vec::new();
     for r in rows {
+        let col: String = r.try_get(0).map_err(get)?;
+        let generated: String = r.try_get(4).map_err(get)?;
+        let listed = attnames.as_ref().is_none_or(|a| a.contains(&col));
+        let sent = match generated.as_str() {
+            "" => listed,
+            // Stored generated columns: from 18 on, when the publication sends them.
+            "s" => generated_published && listed,
+            // Virtual ones are never sent.
+            _ => false,
+        };
+        if !sent {
+            if !generated.is_empty() {
+                unpublished_generated.push(col);
+            }
+            continue;
+        }
         columns.push(ColumnSpec::resolved(
-            r.try_get::<_, String>(0).map_err(get)?,
+            col,
             r.try_get(1).map_err(get)?,
             r.try_get(2).map_err(get)?,
             r.try_get::<_, Option<bool>>(3)
@@ -232,7 +319,51 @@ pub async fn table_info(
             &table.meta_prefix,
         )?,
         estimated_rows: rel.try_get(4).map_err(get)?,
+        partitioned: relkind == 'p',
+        row_filter,
+        unpublished_generated,
     })
+}
+
+async fn server_version(client: &Client) -> Result<i32, SourceError> {
+    client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| query_error("reading the server version", &e))
+}
+
+/// The leaf partitions of a partitioned table, by OID.
+pub async fn leaf_partitions(
+    client: &Client,
+    table: u32,
+) -> Result<Vec<crate::checkpoint::PartitionRef>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT relid::oid, relid::regclass::text FROM pg_partition_tree($1::oid::regclass)
+             WHERE isleaf ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .map_err(|e| query_error("reading the table's partitions", &e))?;
+    rows.iter()
+        .map(|r| {
+            Ok(crate::checkpoint::PartitionRef {
+                oid: r.try_get(0)?,
+                name: r.try_get(1)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| query_error("reading the table's partitions", &e))
+}
+
+/// Whether a relation (a `regclass` name) holds any row.
+pub async fn has_rows(client: &Client, relation: &str) -> Result<bool, SourceError> {
+    client
+        .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {relation})"), &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| query_error(format!("reading {relation}"), &e))
 }
 
 /// The state of the replication slot.
@@ -311,49 +442,41 @@ pub async fn emit_marker(client: &Client, content: &str) -> Result<Lsn, SourceEr
 }
 
 /// Which configured tables the publication lacks; `None` when it does not exist.
+///
+/// A table is in it when it, or (for a partitioned table) any of its partitions, is
+/// listed in `pg_publication_tables`, which names the root or the partitions depending
+/// on `publish_via_partition_root` and covers `FOR ALL TABLES` and schema publications.
 pub async fn publication_missing(
     client: &Client,
     publication: &str,
     tables: &[TableConfig],
 ) -> Result<Option<Vec<TableConfig>>, SourceError> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(|e| query_error("reading the publication", &e))?
-        .is_some();
-    if !exists {
+    if publication_info(client, publication).await?.is_none() {
         return Ok(None);
     }
-    let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(|e| query_error("reading the publication's tables", &e))?;
-    let mut have = std::collections::HashSet::new();
-    for r in rows {
-        let s: String = r
-            .try_get(0)
-            .map_err(|e| query_error("reading the publication", &e))?;
-        let t: String = r
-            .try_get(1)
-            .map_err(|e| query_error("reading the publication", &e))?;
-        have.insert((s, t));
+    let mut missing = Vec::new();
+    for t in tables {
+        let (schema, name) = t.qualified();
+        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let member: bool = client
+            .query_one(
+                "SELECT EXISTS (
+                   SELECT 1 FROM pg_publication_tables pt
+                   JOIN pg_namespace n ON n.nspname = pt.schemaname
+                   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+                   WHERE pt.pubname = $1
+                     AND (c.oid = to_regclass($2)
+                          OR c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass($2)))))",
+                &[&publication, &qualified],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| query_error("reading the publication's tables", &e))?;
+        if !member {
+            missing.push(t.clone());
+        }
     }
-    Ok(Some(
-        tables
-            .iter()
-            .filter(|t| {
-                let (s, n) = t.qualified();
-                !have.contains(&(s.to_string(), n.to_string()))
-            })
-            .cloned()
-            .collect(),
-    ))
+    Ok(Some(missing))
 }
 
 /// Creates the publication for the configured tables, or adds the ones it lacks.
@@ -372,10 +495,17 @@ pub async fn ensure_publication(
             .join(", ")
     };
     let sql = match publication_missing(client, publication, tables).await? {
+        // Partitions' changes arrive as their root table's, the configured one; from
+        // PostgreSQL 18 on stored generated columns are sent too.
         None => format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true{})",
             quote_ident(publication),
-            list(tables)
+            list(tables),
+            if server_version(client).await? >= 180000 {
+                ", publish_generated_columns = stored"
+            } else {
+                ""
+            }
         ),
         Some(missing) if missing.is_empty() => return Ok(()),
         Some(missing) => format!(

@@ -99,6 +99,9 @@ impl ReplicationStream {
                     }
                     .into(),
                 ),
+                // Backfill and verify slots vanish with their connection, also when the
+                // process is killed: a forgotten slot would pin WAL on the source forever.
+                temporary: opts.temporary,
                 ..Default::default()
             });
         let inner = LogicalReplicationStream::new(&replication_url(url), config)

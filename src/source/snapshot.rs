@@ -15,8 +15,8 @@
 //!              `_slot2lake/<slot>/snapshot-progress.json` for `slot2lake status`
 //! ```
 //!
-//! Rows are tagged SNAPSHOT with `change_lsn` = CP and `change_seq` = 0, which sorts
-//! before any change committed at or after CP. A re-snapshot (backfill) also writes a
+//! Rows are tagged SNAPSHOT with `change_lsn` = CP and a `change_seq` of their own (from
+//! 0), which sorts before any change committed after CP. A re-snapshot (backfill) also writes a
 //! TRUNCATE row at (CP, -1), so every older row of the table is superseded. Files go to
 //! a staging prefix; the caller moves them into the table folders only once every chunk
 //! is copied, so a crash never leaves a partial snapshot where Athena reads.
@@ -37,6 +37,7 @@ use tokio_postgres::{Client, Transaction};
 
 use super::copy::{CopyError, CopyParser};
 use super::{connect, query_error, quote_ident, quote_literal, SourceError};
+use crate::checkpoint::PartitionRef;
 use crate::config::SecretUrl;
 use crate::decode::{ChangeType, ColumnKind, Datum, DecodeError, RowMeta, TableSchema};
 use crate::lsn::Lsn;
@@ -46,6 +47,9 @@ use crate::sink::{Lake, PartitionKey, Sink, SinkError, WrittenFile};
 const MIN_CHUNK_PAGES: i64 = 2_000;
 /// Bytes of COPY data handed from the network task to the decoder at once.
 const HANDOFF_BYTES: usize = 512 * 1024;
+/// Snapshot rows get distinct `change_seq`s: worker `w` numbers its rows from `w << 40`,
+/// so even identical rows of a keyless table are distinct row versions.
+const SEQ_WORKER_SHIFT: u32 = 40;
 /// Chunks per worker, for balance when tables differ in size.
 const CHUNKS_PER_WORKER: i64 = 4;
 
@@ -81,8 +85,12 @@ pub struct SnapshotTable {
     pub schema: Arc<TableSchema>,
     /// `snapshot_where`, if any.
     pub where_clause: Option<String>,
+    /// The publication's row filter, so the snapshot holds exactly the rows it publishes.
+    pub row_filter: Option<String>,
     /// A re-snapshot: a TRUNCATE row supersedes what the lake held before.
     pub supersede: bool,
+    /// Copy only these partitions (as `regclass` text) of a partitioned table.
+    pub only_partitions: Option<Vec<String>>,
 }
 
 /// What a snapshot wrote.
@@ -94,6 +102,15 @@ pub struct Copied {
     pub rows: BTreeMap<String, u64>,
     /// When the snapshot was taken (the rows' `commit_ts`).
     pub snapshot_time: DateTime<Utc>,
+    /// The partitions of each partitioned table as the snapshot saw them.
+    pub partitions: BTreeMap<String, Vec<PartitionRef>>,
+}
+
+/// What the planner found: the chunks, per table its estimated rows and partitions.
+struct Planned {
+    chunks: Vec<Chunk>,
+    estimates: Vec<i64>,
+    partitions: BTreeMap<String, Vec<PartitionRef>>,
 }
 
 /// Where and how to copy.
@@ -112,11 +129,13 @@ pub struct SnapshotPlan<'a> {
     pub progress: Option<(Lake, String)>,
 }
 
-/// A CTID page range of one table; `None` bounds are open.
+/// A CTID page range of one table (or of one partition of it); `None` bounds are open.
 #[derive(Debug, Clone)]
 struct Chunk {
     table: usize,
     first: bool,
+    /// The partition to read instead of the table, already quoted.
+    partition: Option<String>,
     pages: Option<(i64, Option<i64>)>,
 }
 
@@ -143,9 +162,9 @@ pub async fn import<'c>(
     Ok(txn)
 }
 
-fn chunk_query(t: &SnapshotTable, pages: Option<(i64, Option<i64>)>) -> String {
+fn chunk_query(t: &SnapshotTable, chunk: &Chunk) -> String {
     let mut conds = Vec::new();
-    if let Some((from, to)) = pages {
+    if let Some((from, to)) = chunk.pages {
         conds.push(format!("ctid >= '({from},0)'::tid"));
         if let Some(to) = to {
             conds.push(format!("ctid < '({to},0)'::tid"));
@@ -154,12 +173,28 @@ fn chunk_query(t: &SnapshotTable, pages: Option<(i64, Option<i64>)>) -> String {
     if let Some(w) = &t.where_clause {
         conds.push(format!("({w})"));
     }
-    copy_query(&t.schema, &conds)
+    if let Some(f) = &t.row_filter {
+        conds.push(format!("({f})"));
+    }
+    match &chunk.partition {
+        Some(p) => copy_query_from(&t.schema, p, &conds),
+        None => copy_query(&t.schema, &conds),
+    }
 }
 
 /// `COPY (SELECT … FROM table [WHERE conds]) TO STDOUT (FORMAT binary)`; columns without
 /// a binary decoder are selected as text, which [`copy_datum`] expects.
 pub fn copy_query(schema: &TableSchema, conds: &[String]) -> String {
+    let table = format!(
+        "{}.{}",
+        quote_ident(&schema.schema),
+        quote_ident(&schema.name)
+    );
+    copy_query_from(schema, &table, conds)
+}
+
+/// [`copy_query`] reading `relation` (a partition of the table) instead of the table.
+fn copy_query_from(schema: &TableSchema, relation: &str, conds: &[String]) -> String {
     let cols: Vec<String> = schema
         .columns
         .iter()
@@ -172,12 +207,7 @@ pub fn copy_query(schema: &TableSchema, conds: &[String]) -> String {
             }
         })
         .collect();
-    let mut q = format!(
-        "COPY (SELECT {} FROM {}.{}",
-        cols.join(", "),
-        quote_ident(&schema.schema),
-        quote_ident(&schema.name)
-    );
+    let mut q = format!("COPY (SELECT {} FROM {relation}", cols.join(", "));
     if !conds.is_empty() {
         q.push_str(&format!(" WHERE {}", conds.join(" AND ")));
     }
@@ -190,56 +220,93 @@ async fn plan_chunks(
     txn: &Transaction<'_>,
     tables: &[SnapshotTable],
     workers: usize,
-) -> Result<(Vec<Chunk>, Vec<i64>), SourceError> {
+) -> Result<Planned, SourceError> {
     let mut chunks = Vec::new();
     let mut estimates = Vec::new();
+    let mut partitions = BTreeMap::new();
     for (i, t) in tables.iter().enumerate() {
         let name = format!(
             "{}.{}",
             quote_ident(&t.schema.schema),
             quote_ident(&t.schema.name)
         );
-        let row = txn
-            .query_one(
-                "SELECT c.relkind::text,
-                        (pg_relation_size(c.oid) / current_setting('block_size')::bigint),
-                        greatest(c.reltuples, 0)::bigint
-                 FROM pg_class c WHERE c.oid = $1::text::regclass",
+        // A partitioned table is read partition by partition (its leaves hold the rows),
+        // so its partitions are copied in parallel and large ones split like tables.
+        let rows = txn
+            .query(
+                "WITH target AS (SELECT oid, relkind FROM pg_class WHERE oid = $1::text::regclass),
+                 leaves AS (
+                   SELECT t.relid::oid AS relid FROM target, pg_partition_tree(target.oid) t
+                   WHERE target.relkind = 'p' AND t.isleaf
+                   UNION ALL SELECT oid FROM target WHERE relkind <> 'p')
+                 SELECT CASE WHEN target.relkind = 'p' THEN l.relid::regclass::text END,
+                        (pg_relation_size(l.relid) / current_setting('block_size')::bigint),
+                        greatest(lc.reltuples, 0)::bigint,
+                        l.relid
+                 FROM target, leaves l JOIN pg_class lc ON lc.oid = l.relid
+                 ORDER BY l.relid",
                 &[&name],
             )
             .await
             .map_err(|e| query_error(format!("sizing {name}"), &e))?;
         let get = |e: tokio_postgres::Error| query_error(format!("sizing {name}"), &e);
-        let relkind: String = row.try_get(0).map_err(get)?;
-        let pages: i64 = row.try_get(1).map_err(get)?;
-        estimates.push(row.try_get::<_, i64>(2).map_err(get)?);
-        let n = if relkind != "r" || pages < MIN_CHUNK_PAGES {
-            1
-        } else {
-            (pages / MIN_CHUNK_PAGES)
-                .min(workers as i64 * CHUNKS_PER_WORKER)
-                .max(1)
-        };
-        if n == 1 {
-            chunks.push(Chunk {
+        let mut estimate = 0;
+        let first = chunks.len();
+        for row in rows {
+            let partition: Option<String> = row.try_get(0).map_err(get)?;
+            if let Some(name) = &partition {
+                partitions
+                    .entry(t.folder.clone())
+                    .or_insert_with(Vec::new)
+                    .push(PartitionRef {
+                        oid: row.try_get(3).map_err(get)?,
+                        name: name.clone(),
+                    });
+                if t.only_partitions
+                    .as_ref()
+                    .is_some_and(|o| !o.contains(name))
+                {
+                    continue;
+                }
+            }
+            let pages: i64 = row.try_get(1).map_err(get)?;
+            estimate += row.try_get::<_, i64>(2).map_err(get)?;
+            let n = if pages < MIN_CHUNK_PAGES {
+                1
+            } else {
+                (pages / MIN_CHUNK_PAGES)
+                    .min(workers as i64 * CHUNKS_PER_WORKER)
+                    .max(1)
+            };
+            let step = (pages + n - 1) / n;
+            for k in 0..n {
+                // The last range is open: it also covers pages the planner did not count.
+                let to = (k + 1 < n).then_some((k + 1) * step);
+                chunks.push(Chunk {
+                    table: i,
+                    first: false,
+                    partition: partition.clone(),
+                    pages: (n > 1).then_some((k * step, to)),
+                });
+            }
+        }
+        match chunks.get_mut(first) {
+            Some(c) => c.first = true,
+            // A partitioned table without partitions: one (empty) read keeps its TRUNCATE row.
+            None => chunks.push(Chunk {
                 table: i,
                 first: true,
+                partition: None,
                 pages: None,
-            });
-            continue;
+            }),
         }
-        let step = (pages + n - 1) / n;
-        for k in 0..n {
-            // The last range is open: it also covers pages the planner did not count.
-            let to = (k + 1 < n).then_some((k + 1) * step);
-            chunks.push(Chunk {
-                table: i,
-                first: k == 0,
-                pages: Some((k * step, to)),
-            });
-        }
+        estimates.push(estimate);
     }
-    Ok((chunks, estimates))
+    Ok(Planned {
+        chunks,
+        estimates,
+        partitions,
+    })
 }
 
 /// Copies every table with up to `max_parallel` workers; `make_sink(worker)` gives each
@@ -256,7 +323,11 @@ pub async fn copy_tables(
         .await
         .and_then(|r| r.try_get(0))
         .map_err(|e| query_error("reading the snapshot time", &e))?;
-    let (chunks, estimates) = plan_chunks(&txn, plan.tables, workers).await?;
+    let Planned {
+        chunks,
+        estimates,
+        partitions,
+    } = plan_chunks(&txn, plan.tables, workers).await?;
     let snapshot_time = DateTime::from_timestamp_micros(snapshot_us).unwrap_or_else(Utc::now);
     let progress = Progress::new(plan.tables, &estimates);
     let reporter = progress.spawn_reporter(plan.progress.clone());
@@ -274,6 +345,7 @@ pub async fn copy_tables(
     {
         let sink = make_sink(w as u32)?;
         let worker = Worker {
+            number: w as u32,
             url: plan.url.clone(),
             snapshot_name: plan.snapshot_name.to_string(),
             tables: plan.tables.to_vec(),
@@ -285,6 +357,7 @@ pub async fn copy_tables(
     }
     let mut copied = Copied {
         snapshot_time,
+        partitions,
         ..Copied::default()
     };
     let mut first_error = None;
@@ -315,6 +388,7 @@ pub async fn copy_tables(
 }
 
 struct Worker {
+    number: u32,
     url: SecretUrl,
     snapshot_name: String,
     tables: Vec<SnapshotTable>,
@@ -337,8 +411,9 @@ impl Worker {
             let tables = self.tables.clone();
             let progress = self.progress.clone();
             let (cp, snapshot_us) = self.meta;
+            let first_seq = i64::from(self.number) << SEQ_WORKER_SHIFT;
             tokio::task::spawn_blocking(move || {
-                decode(rx, sink, &tables, &progress, cp, snapshot_us)
+                decode(rx, sink, &tables, &progress, cp, snapshot_us, first_seq)
             })
         };
         let mut stopped = false;
@@ -346,7 +421,7 @@ impl Worker {
             let next = self.queue.lock().ok().and_then(|mut q| q.pop());
             let Some(chunk) = next else { break };
             let t = &self.tables[chunk.table];
-            let query = chunk_query(t, chunk.pages);
+            let query = chunk_query(t, &chunk);
             if tx.send(Msg::Chunk(chunk)).await.is_err() {
                 stopped = true;
                 break;
@@ -409,12 +484,13 @@ fn decode(
     progress: &Progress,
     cp: Lsn,
     snapshot_us: i64,
+    first_seq: i64,
 ) -> Result<Vec<WrittenFile>, SnapshotError> {
     let processing_date: NaiveDate = sink.processed_at().date_naive();
-    let meta = RowMeta {
+    let mut meta = RowMeta {
         change_type: ChangeType::Snapshot,
         lsn: cp.as_i64(),
-        seq: 0,
+        seq: first_seq,
         commit_us: snapshot_us,
     };
     let mut current: Option<(usize, CopyParser, Vec<ColumnKind>)> = None;
@@ -457,13 +533,14 @@ fn decode(
                             .partition_column
                             .and_then(|i| Some(copy_datum(kinds[i], *fields.get(i)?))),
                     )?;
-                    sink.append(&t.folder, &t.schema, key, |batch, warnings| {
-                        batch.append(
-                            kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
-                            &meta,
-                            warnings,
-                        )
-                    })?;
+                    sink.append(
+                        &t.folder,
+                        &t.schema,
+                        key,
+                        &meta,
+                        kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
+                    )?;
+                    meta.seq += 1;
                     Ok(())
                 })?;
                 progress.add(*ti, parser.rows() - before);

@@ -107,6 +107,16 @@ async fn an_online_backfill_under_concurrent_writes_equals_the_source() {
     let _cfg = config.display().to_string();
     let run = with_config(&["backfill", "--table", "public.orders"], &config).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // The backfill's slot was temporary: only the consumer's slot is left.
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND slot_name <> '{}'",
+            db.name
+        ))
+        .await,
+        0,
+        "backfill left a replication slot behind"
+    );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let writes = writer.await.expect("writer");
     assert!(writes > 0);

@@ -240,16 +240,12 @@ async fn config_mistakes_exit_2_and_name_the_key() {
     let bad = lake.path().join("bad.toml");
     std::fs::write(
         &bad,
-        "[source]\nurl = \"postgres://u@127.0.0.1/db\"\n[output]\nurl = \"file:///tmp/x\"\n[flush]\nmax_open_files = 0\n[[tables]]\nname = \"t\"\n",
+        "[source]\nurl = \"postgres://u@127.0.0.1/db\"\n[output]\nurl = \"file:///tmp/x\"\n[flush]\nmemory_limit = \"1KB\"\n[[tables]]\nname = \"t\"\n",
     )
     .expect("write");
     let run = with_config(&["status"], &bad).await;
     assert_eq!(run.code, 2);
-    assert!(
-        run.stderr.contains("flush.max_open_files"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("flush.memory_limit"), "{}", run.stderr);
     let run = slot2lake(&["run", "--bogus"]).await;
     assert_eq!(run.code, 2);
 }

@@ -3,9 +3,11 @@ mod check;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod fidelity;
+mod files;
 mod once;
 mod s3;
 mod service;
+mod shapes;
 mod soak;
 mod tls;
 mod types;

@@ -31,6 +31,17 @@ async fn verify_agrees_with_an_exact_lake_and_finds_a_damaged_one() {
         run.stdout
     );
 
+    // verify's own slot was temporary: nothing pins WAL once it is done.
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND slot_name <> '{}'",
+            db.name
+        ))
+        .await,
+        0,
+        "verify left a replication slot behind"
+    );
+
     // Lose the files holding the updates: verify must name the damage.
     let sql = format!(
         "SELECT DISTINCT filename FROM read_parquet('{}/orders/**/*.parquet', filename = true) WHERE change_type = 'UPDATE'",

@@ -4,8 +4,10 @@ psycopg2 reads the source, and the two are compared. Shares no code with slot2la
 
   lake_check.py compare --lake DIR --folder orders --table public.orders --key order_id --dsn DSN
       Reduces the lake to the latest row per key (by change_lsn, change_seq; DELETEs
-      and rows older than a TRUNCATE removed) and compares it with the source table.
-      Prints a JSON report; exits 1 when they differ.
+      and rows older than a TRUNCATE removed; values listed in unchanged_columns taken
+      from the key's previous version) and compares it with the source table. With
+      --key '' (a keyless table) the lake is a multiset: each row value counted as often
+      as it was inserted minus deleted. Prints a JSON report; exits 1 when they differ.
   lake_check.py query --lake DIR --folder orders --sql "SELECT count(*) FROM {t}"
       Runs SQL over the table ({t} is the table's files, Hive-partitioned); prints rows as JSON.
   lake_check.py summary --lake DIR --folder orders
@@ -91,33 +93,62 @@ def same(source, lake):
     return source == lake
 
 
-def lake_latest(lake, folder, keys, columns):
-    if not files_of(lake, folder):
-        return {}
+def lake_rows_after_truncate(lake, folder, columns):
+    """Every row after the last TRUNCATE, oldest first, as (values, change_type, unchanged set)."""
     con = connect_duckdb()
     rel = scan(lake, folder)
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()}
     cols = ", ".join(f'"{c}"' if c in have else f'NULL AS "{c}"' for c in columns)
-    key = ", ".join(f'"{k}"' for k in keys)
+    unchanged = "unchanged_columns" if "unchanged_columns" in have else "NULL::VARCHAR[]"
     sql = f"""
       WITH t AS (SELECT * FROM {rel}),
       cut AS (SELECT change_lsn AS lsn, change_seq AS seq FROM t WHERE change_type = 'TRUNCATE'
               ORDER BY change_lsn DESC, change_seq DESC LIMIT 1)
-      SELECT {cols}, change_type FROM t
+      SELECT {cols}, change_type, {unchanged} FROM t
       WHERE change_type <> 'TRUNCATE'
         AND (NOT EXISTS (SELECT 1 FROM cut)
              OR change_lsn > (SELECT lsn FROM cut)
              OR (change_lsn = (SELECT lsn FROM cut) AND change_seq > (SELECT seq FROM cut)))
-      QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY change_lsn DESC, change_seq DESC) = 1
+      ORDER BY change_lsn, change_seq
     """
-    out = {}
     for row in con.execute(sql).fetchall():
-        *values, change_type = row
+        *values, change_type, unchanged = row
+        yield [norm(v) for v in values], change_type, set(unchanged or [])
+
+
+def lake_latest(lake, folder, keys, columns):
+    """Latest row per key. A column the newest version lists in unchanged_columns takes
+    the value of the newest older version of that key that carried it."""
+    if not files_of(lake, folder):
+        return {}
+    latest = {}
+    for values, change_type, unchanged in lake_rows_after_truncate(lake, folder, columns):
+        rec = dict(zip(columns, values))
+        k = tuple(hashable(rec[c]) for c in keys)
+        prev = latest.get(k)
         if change_type == "DELETE":
+            latest[k] = None
             continue
-        rec = dict(zip(columns, (norm(v) for v in values)))
-        out[tuple(rec[k] for k in keys)] = rec
+        for c in unchanged:
+            rec[c] = prev[c] if prev is not None else None
+        latest[k] = rec
+    return {k: v for k, v in latest.items() if v is not None}
+
+
+def lake_multiset(lake, folder, columns):
+    """Without a key: each row value as often as it was inserted minus deleted."""
+    from collections import Counter
+
+    out = Counter()
+    if not files_of(lake, folder):
+        return out
+    for values, change_type, _ in lake_rows_after_truncate(lake, folder, columns):
+        out[tuple(hashable(v) for v in values)] += -1 if change_type == "DELETE" else 1
     return out
+
+
+def hashable(v):
+    return tuple(hashable(x) for x in v) if isinstance(v, list) else v
 
 
 def lake_types(lake, folder):
@@ -165,11 +196,10 @@ def source_rows(dsn, table, keys, lake_type):
                 select.append(col)
         cur.execute(f'SELECT {", ".join(select)} FROM "{schema}"."{name}"')
         columns = [d.name for d in cur.description]
-        out = {}
-        for row in cur.fetchall():
-            rec = dict(zip(columns, (norm(v) for v in row)))
-            out[tuple(rec[k] for k in keys)] = rec
-        return columns, out
+        recs = [dict(zip(columns, (norm(v) for v in row))) for row in cur.fetchall()]
+        if keys is None:
+            return columns, recs
+        return columns, {tuple(hashable(rec[k]) for k in keys): rec for rec in recs}
     finally:
         con.close()
 
@@ -184,10 +214,53 @@ def show(v):
     return str(v)
 
 
+def view_rows(args, columns):
+    """The rows of slot2lake's DuckDB latest-state view (its CREATE VIEW in --view-sql)."""
+    con = connect_duckdb()
+    con.execute(open(args.view_sql).read())
+    cols = ", ".join(f'"{c}"' for c in columns)
+    for row in con.execute(f"SELECT {cols} FROM {args.folder}_latest").fetchall():
+        yield dict(zip(columns, (norm(v) for v in row)))
+
+
+def compare_keyless(args):
+    from collections import Counter
+
+    columns, rows = source_rows(args.dsn, args.table, None, lake_types(args.lake, args.folder))
+    src = Counter(tuple(hashable(r[c]) for c in columns) for r in rows)
+    if args.view_sql:
+        lake = Counter(tuple(hashable(r[c]) for c in columns) for r in view_rows(args, columns))
+    else:
+        lake = lake_multiset(args.lake, args.folder, columns)
+    missing = [show(dict(zip(columns, k))) for k, n in src.items() if lake.get(k, 0) < n]
+    extra = [show(dict(zip(columns, k))) for k, n in lake.items() if n > src.get(k, 0)]
+    report = {
+        "ok": not (missing or extra),
+        "source_rows": sum(src.values()),
+        "lake_rows": sum(n for n in lake.values() if n > 0),
+        "missing": missing[:20],
+        "extra": extra[:20],
+        "different": [],
+    }
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
+
+
 def compare(args):
+    if not args.key:
+        return compare_keyless(args)
     keys = args.key.split(",")
     columns, src = source_rows(args.dsn, args.table, keys, lake_types(args.lake, args.folder))
-    lake = lake_latest(args.lake, args.folder, keys, columns)
+    if args.view_sql:
+        lake = {}
+        for rec in view_rows(args, columns):
+            k = tuple(hashable(rec[c]) for c in keys)
+            if k in lake:
+                print(json.dumps({"ok": False, "error": f"the view returns key {show(dict(zip(keys, k)))} twice"}))
+                return 1
+            lake[k] = rec
+    else:
+        lake = lake_latest(args.lake, args.folder, keys, columns)
     missing = [show(dict(zip(keys, k))) for k in src if k not in lake]
     extra = [show(dict(zip(keys, k))) for k in lake if k not in src]
     different = []
@@ -221,6 +294,10 @@ def summary(args):
             out["change_types"][ct] = n
         if args.key:
             key = ", ".join(f'"{k}"' for k in args.key.split(","))
+            nulls = " OR ".join(f'"{k}" IS NULL' for k in args.key.split(","))
+            out["null_keys"] = con.execute(
+                f"SELECT count(*) FROM {rel} WHERE change_type <> 'TRUNCATE' AND ({nulls})"
+            ).fetchone()[0]
             out["duplicates"] = con.execute(
                 f"SELECT count(*) FROM (SELECT {key}, change_lsn, change_seq FROM {rel} "
                 f"WHERE change_type <> 'TRUNCATE' GROUP BY ALL HAVING count(*) > 1)"
@@ -256,6 +333,7 @@ def main():
     c.add_argument("--table", required=True)
     c.add_argument("--key", required=True)
     c.add_argument("--dsn", required=True)
+    c.add_argument("--view-sql", help="compare slot2lake's DuckDB latest-state view (this file) instead")
     s = sub.add_parser("summary")
     s.add_argument("--lake", required=True)
     s.add_argument("--folder", required=True)

@@ -243,10 +243,69 @@ impl Lake {
         })
     }
 
-    /// Asserts the lake's latest state for `table` equals the source.
+    /// Asserts the lake's latest state for `table` equals the source. `key` is the key's
+    /// columns, comma-separated; empty for a keyless table (compared as a multiset).
     pub fn assert_matches(&self, db: &TestDb, table: &str, folder: &str, key: &str) {
         let report = self.compare(db, table, folder, key);
         assert_eq!(report["ok"], true, "lake differs from {table}: {report}");
+    }
+
+    /// Asserts that slot2lake's DuckDB latest-state view (`catalog views`), run by DuckDB,
+    /// equals the source table value for value.
+    pub async fn assert_view_matches(
+        &self,
+        config: &Path,
+        db: &TestDb,
+        table: &str,
+        folder: &str,
+        key: &str,
+    ) {
+        let views = with_config(&["catalog", "views"], config).await;
+        assert_eq!(views.code, 0, "{}{}", views.stdout, views.stderr);
+        let sql = views
+            .stdout
+            .split("-- ")
+            .find(|s| s.starts_with(&format!("{table}: DuckDB")))
+            .and_then(|s| s.split_once('\n'))
+            .map(|(_, sql)| sql.trim().to_string())
+            .unwrap_or_else(|| panic!("no DuckDB view for {table}:\n{}", views.stdout));
+        let file = self.dir.path().join(format!("{folder}_view.sql"));
+        std::fs::write(&file, &sql).expect("view sql");
+        let out = python(
+            &self.reader_env(),
+            &[
+                "compare",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--table",
+                table,
+                "--key",
+                key,
+                "--dsn",
+                &db.url,
+                "--view-sql",
+                &file.display().to_string(),
+            ],
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "lake_check compare --view-sql: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(
+            report["ok"], true,
+            "the view differs from {table}: {report}\n{sql}"
+        );
+    }
+
+    /// Asserts `slot2lake verify` finds the lake equal to the source.
+    pub async fn assert_verified(&self, config: &Path, folder: &str) {
+        let run = with_config(&["verify", "--table", folder, "--json"], config).await;
+        assert_eq!(run.code, 0, "verify {folder}: {}{}", run.stdout, run.stderr);
     }
 
     /// Rows per change type, partitions, duplicates and column types, via DuckDB and pyarrow.

@@ -1,0 +1,458 @@
+//! `slot2lake compact`: merges each partition's small files into right-sized ones.
+//!
+//! ```text
+//!  plan      list the table's committed files per partition (name LSN ≤ watermark);
+//!            a partition with two or more files under half of max_file_size is merged
+//!  intent    _slot2lake/<slot>/compact.json {time, partitions: inputs → output names},
+//!            created with a conditional put: one compaction at a time
+//!  per partition:
+//!            inputs, grouped by schema, copied row for row into new files (temp folder)
+//!            ─▶ published under the intent's names ─▶ the inputs deleted
+//!  done      intent removed
+//! ```
+//!
+//! Durable after each step, and what a rerun does: before the intent, nothing changed;
+//! after it, a rerun finishes the intent before planning anew: outputs already in place
+//! are kept (the rest are rewritten identically from the same inputs), then the inputs
+//! still there are deleted. Inputs are deleted only once all of a partition's outputs
+//! exist, so no row is ever missing; between an output's publication and its inputs'
+//! deletion a reader of the raw files sees those rows twice. The latest-state views and
+//! `verify` count a row version (`change_lsn`, `change_seq`) once, so what they return
+//! never changes. Files of a flush or snapshot not yet committed (their LSN is past the
+//! table's watermark) are never touched, so a retried flush finds its files where it
+//! left them. Partition folders stay as they are, so Glue partitions stay right.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+
+use arrow_array::RecordBatchReader;
+use arrow_schema::SchemaRef;
+use chrono::{DateTime, NaiveDate, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointError, Checkpoints};
+use crate::config::Config;
+use crate::lsn::Lsn;
+use crate::sink::{Lake, LakeError};
+
+/// Name of the intent under `_slot2lake/<slot>/`.
+const INTENT: &str = "compact.json";
+
+/// A compaction that could not finish; rerunning `compact` resumes it.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    /// The store failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// A watermark could not be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Reading or writing Parquet failed.
+    #[error("{key}: {source}")]
+    Parquet {
+        /// The file.
+        key: String,
+        /// The error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// A local temp file failed.
+    #[error("temporary file {path}: {source}")]
+    Tmp {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another compaction holds the intent.
+    #[error("another compaction started at the same moment ({key} appeared); let it finish, then run compact again")]
+    Busy {
+        /// The intent's key.
+        key: String,
+    },
+}
+
+/// One partition's merge: which files go in, which come out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMerge {
+    /// Table folder.
+    pub table: String,
+    /// Partition folder below the table (`year=2025/month=01/day=15`).
+    pub partition: String,
+    /// Keys of the small files, in the order their rows are copied.
+    pub inputs: Vec<String>,
+}
+
+/// `_slot2lake/<slot>/compact.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactIntent {
+    /// Format version.
+    pub version: u32,
+    /// The compaction's time: output names.
+    pub started: DateTime<Utc>,
+    /// Partitions to merge.
+    pub partitions: Vec<PartitionMerge>,
+}
+
+/// A file in the lake, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What `compact` did.
+#[derive(Debug, Default, Serialize)]
+pub struct CompactReport {
+    /// Partitions merged.
+    pub partitions: usize,
+    /// Small files merged (and deleted).
+    pub files_in: usize,
+    /// Files written.
+    pub files_out: usize,
+}
+
+/// The LSN in a data file's name (`<table>_<date>_<time>_<LSN>_<seq>.parquet`); `None`
+/// for compacted files, which hold only committed rows.
+fn name_lsn(key: &str) -> Option<Lsn> {
+    let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let mut parts = name.rsplit('_');
+    parts.next()?;
+    let lsn = parts.next()?;
+    u64::from_str_radix(lsn, 16).ok().map(Lsn)
+}
+
+/// The date of a partition folder, if it has one (`year=…/month=…/day=…`, or the
+/// `processing_…` form).
+fn partition_date(partition: &str) -> Option<NaiveDate> {
+    let mut ymd = [0u32; 3];
+    let parts: Vec<&str> = partition.split('/').collect();
+    if parts.len() != 3 {
+        return None;
+    }
+    for (slot, p) in ymd.iter_mut().zip(parts) {
+        *slot = p.split_once('=')?.1.parse().ok()?;
+    }
+    NaiveDate::from_ymd_opt(ymd[0] as i32, ymd[1], ymd[2])
+}
+
+/// Decides which partitions of a table to merge: those with at least two small files,
+/// counting only files of committed flushes (name LSN at or below the watermark) and,
+/// with `before`, only partitions dated before it.
+pub fn plan(
+    table: &str,
+    files: &[Listed],
+    watermark: Option<Lsn>,
+    small_below: u64,
+    before: Option<NaiveDate>,
+) -> Vec<PartitionMerge> {
+    let mut by_partition: BTreeMap<&str, Vec<&Listed>> = BTreeMap::new();
+    for f in files {
+        let Some(rest) = f.key.strip_prefix(&format!("{table}/")) else {
+            continue;
+        };
+        let Some((partition, name)) = rest.rsplit_once('/') else {
+            continue;
+        };
+        if !name.ends_with(".parquet") || f.size >= small_below {
+            continue;
+        }
+        let committed = match name_lsn(&f.key) {
+            Some(lsn) => watermark.is_some_and(|w| lsn <= w),
+            None => name.contains("_compacted_"),
+        };
+        if !committed {
+            continue;
+        }
+        if let Some(before) = before {
+            if partition_date(partition).is_none_or(|d| d >= before) {
+                continue;
+            }
+        }
+        by_partition.entry(partition).or_default().push(f);
+    }
+    by_partition
+        .into_iter()
+        .filter(|(_, fs)| fs.len() >= 2)
+        .map(|(partition, fs)| {
+            let mut inputs: Vec<String> = fs.iter().map(|f| f.key.clone()).collect();
+            inputs.sort();
+            PartitionMerge {
+                table: table.to_string(),
+                partition: partition.to_string(),
+                inputs,
+            }
+        })
+        .collect()
+}
+
+/// Finishes an interrupted compaction, then merges the small files of `tables` (all
+/// configured tables when empty).
+pub async fn compact(
+    config: &Config,
+    lake: &Lake,
+    tables: &[String],
+    before: Option<NaiveDate>,
+) -> Result<CompactReport, CompactError> {
+    let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
+    let key = lake.internal_key(&config.source.slot, INTENT);
+    let mut report = CompactReport::default();
+    if let Some(bytes) = lake.get(&key).await? {
+        let intent: CompactIntent =
+            serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Corrupt {
+                key: key.clone(),
+                source,
+            })?;
+        tracing::warn!(
+            partitions = intent.partitions.len(),
+            "finishing a compaction an earlier run left incomplete"
+        );
+        execute(config, lake, &intent, &mut report).await?;
+        lake.delete(&key).await?;
+    }
+    let small_below = config.output.max_file_size.0 / 2;
+    let mut partitions = Vec::new();
+    for t in &config.tables {
+        let folder = t.folder();
+        if !tables.is_empty() && !tables.iter().any(|x| x == folder || *x == t.name) {
+            continue;
+        }
+        let watermark = checkpoints.watermark(folder).await?.map(|w| w.lsn);
+        let files: Vec<Listed> = lake
+            .list(&format!("{folder}/"))
+            .await?
+            .into_iter()
+            .map(|o| Listed {
+                key: o.location.to_string(),
+                size: o.size,
+            })
+            .collect();
+        partitions.extend(plan(folder, &files, watermark, small_below, before));
+    }
+    if partitions.is_empty() {
+        return Ok(report);
+    }
+    let intent = CompactIntent {
+        version: 1,
+        started: Utc::now(),
+        partitions,
+    };
+    let body = serde_json::to_vec_pretty(&intent).map_err(|source| CheckpointError::Corrupt {
+        key: key.clone(),
+        source,
+    })?;
+    if !lake.create(&key, bytes::Bytes::from(body)).await? {
+        return Err(CompactError::Busy { key });
+    }
+    execute(config, lake, &intent, &mut report).await?;
+    lake.delete(&key).await?;
+    Ok(report)
+}
+
+/// Carries out an intent: merged files first, then the inputs deleted, per partition.
+async fn execute(
+    config: &Config,
+    lake: &Lake,
+    intent: &CompactIntent,
+    report: &mut CompactReport,
+) -> Result<(), CompactError> {
+    let tmp = std::env::temp_dir().join(format!("slot2lake-compact-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|source| CompactError::Tmp {
+        path: tmp.clone(),
+        source,
+    })?;
+    for p in &intent.partitions {
+        let remaining: Vec<&String> = {
+            let mut v = Vec::new();
+            for k in &p.inputs {
+                if lake.exists(k).await? {
+                    v.push(k);
+                }
+            }
+            v
+        };
+        // Some inputs already deleted: every output of this partition was in place.
+        if remaining.len() == p.inputs.len() {
+            let written = merge(config, lake, intent, p, &tmp).await?;
+            report.files_out += written;
+        }
+        for k in remaining {
+            lake.delete(k).await?;
+            crate::failpoint::hit(crate::failpoint::MID_COMPACT_DELETE);
+        }
+        report.partitions += 1;
+        report.files_in += p.inputs.len();
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Copies a partition's inputs into files of up to `max_file_size`, one schema per
+/// file, under names fixed by the intent; returns the files written.
+async fn merge(
+    config: &Config,
+    lake: &Lake,
+    intent: &CompactIntent,
+    p: &PartitionMerge,
+    tmp: &std::path::Path,
+) -> Result<usize, CompactError> {
+    let max = config.output.max_file_size.0;
+    let mut seq = 0u32;
+    let mut out: Option<(ArrowWriter<BufWriter<File>>, PathBuf, String, SchemaRef)> = None;
+    let mut written = 0;
+    for input in &p.inputs {
+        let bytes = lake
+            .get(input)
+            .await?
+            .ok_or_else(|| CompactError::Parquet {
+                key: input.clone(),
+                source: parquet::errors::ParquetError::General("listed, then gone".into()),
+            })?;
+        let perr = |source| CompactError::Parquet {
+            key: input.clone(),
+            source,
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(perr)?;
+        let schema = reader.schema();
+        for batch in reader {
+            let batch = batch.map_err(|e| perr(e.into()))?;
+            let full = out.as_ref().is_some_and(|(w, _, _, s)| {
+                s != &schema || w.bytes_written() + w.in_progress_size() >= max as usize
+            });
+            if full {
+                if let Some((w, path, key, _)) = out.take() {
+                    written += finish(lake, w, path, key).await?;
+                }
+            }
+            if out.is_none() {
+                let name = format!(
+                    "{}_{}_compacted_{seq:04}.parquet",
+                    p.table,
+                    intent.started.format("%Y%m%d_%H%M%S")
+                );
+                seq += 1;
+                let key = format!("{}/{}/{name}", p.table, p.partition);
+                let path = tmp.join(&name);
+                let file = File::create(&path).map_err(|source| CompactError::Tmp {
+                    path: path.clone(),
+                    source,
+                })?;
+                let writer = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), None)
+                    .map_err(|source| CompactError::Parquet {
+                        key: key.clone(),
+                        source,
+                    })?;
+                out = Some((writer, path, key, schema.clone()));
+            }
+            if let Some((w, _, key, _)) = out.as_mut() {
+                w.write(&batch).map_err(|source| CompactError::Parquet {
+                    key: key.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    if let Some((w, path, key, _)) = out.take() {
+        written += finish(lake, w, path, key).await?;
+    }
+    Ok(written)
+}
+
+/// Closes a merged file and publishes it (kept when a rerun finds it in place).
+async fn finish(
+    lake: &Lake,
+    writer: ArrowWriter<BufWriter<File>>,
+    path: PathBuf,
+    key: String,
+) -> Result<usize, CompactError> {
+    writer.close().map_err(|source| CompactError::Parquet {
+        key: key.clone(),
+        source,
+    })?;
+    lake.publish(&path, &key).await?;
+    crate::failpoint::hit(crate::failpoint::MID_COMPACT_PUBLISH);
+    Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(key: &str, size: u64) -> Listed {
+        Listed {
+            key: key.into(),
+            size,
+        }
+    }
+
+    #[test]
+    fn plans_merges_of_committed_small_files_only() {
+        let p = "orders/year=2024/month=01/day=15";
+        let q = "orders/year=2025/month=03/day=01";
+        let files = vec![
+            f(&format!("{p}/orders_20240116_010000_0000000000000100_0000.parquet"), 10),
+            f(&format!("{p}/orders_20240117_010000_0000000000000200_0000.parquet"), 10),
+            // A flush not committed yet (past the watermark): never touched.
+            f(&format!("{p}/orders_20240118_010000_0000000000000900_0000.parquet"), 10),
+            // Big enough already.
+            f(&format!("{p}/orders_20240119_010000_0000000000000300_0000.parquet"), 900),
+            // A snapshot worker's file and an earlier compaction's output.
+            f(&format!("{q}/orders_20250302_010000_0000000000000050_w01-0000.parquet"), 10),
+            f(&format!("{q}/orders_20250401_020000_compacted_0000.parquet"), 10),
+            // One small file alone is left alone.
+            f("orders/year=2025/month=04/day=01/orders_20250402_010000_0000000000000100_0000.parquet", 10),
+            // Not this table, not data.
+            f(&format!("customers/{}/c.parquet", "processing_year=2024/processing_month=01/processing_day=15"), 1),
+            f(&format!("{p}/notes.txt"), 1),
+        ];
+        let got = plan("orders", &files, Some(Lsn(0x500)), 500, None);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].partition, "year=2024/month=01/day=15");
+        assert_eq!(got[0].inputs.len(), 2);
+        assert!(got[0]
+            .inputs
+            .iter()
+            .all(|k| !k.contains("0900") && !k.contains("0300_")));
+        assert_eq!(got[1].inputs.len(), 2);
+        // Without a watermark no flush is committed: only compacted files count.
+        assert!(plan("orders", &files, None, 500, None).is_empty());
+        // --before keeps older partitions only.
+        let before = NaiveDate::from_ymd_opt(2025, 1, 1);
+        let old = plan("orders", &files, Some(Lsn(0x500)), 500, before);
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].partition, "year=2024/month=01/day=15");
+    }
+
+    #[test]
+    fn reads_lsns_and_dates_from_names() {
+        assert_eq!(
+            name_lsn("t/p=1/orders_20250725_010000_00000000016B3748_0003.parquet"),
+            Some(Lsn(0x16B3748))
+        );
+        assert_eq!(
+            name_lsn("t/p=1/orders_20250725_010000_00000000016B3748_w01-0003.parquet"),
+            Some(Lsn(0x16B3748))
+        );
+        assert_eq!(
+            name_lsn("t/p=1/orders_20250725_010000_compacted_0003.parquet"),
+            None
+        );
+        assert_eq!(
+            partition_date("processing_year=2025/processing_month=07/processing_day=24"),
+            NaiveDate::from_ymd_opt(2025, 7, 24)
+        );
+        assert_eq!(
+            partition_date("year=__HIVE_DEFAULT_PARTITION__/month=__HIVE_DEFAULT_PARTITION__/day=__HIVE_DEFAULT_PARTITION__"),
+            None
+        );
+    }
+}
