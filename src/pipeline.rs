@@ -302,22 +302,33 @@ impl Pipeline {
             catalog::after_flush(&self.config, &self.lake, &self.catalog_tables(), files).await;
         let removed = self.spool.remove_flushed(cut).await?;
         tracing::debug!(segments = removed, "spool: removed flushed segments");
-        let copied = self.follow_partition_changes().await?;
+        let copied = self.follow_source_changes().await?;
         if !copied.is_empty() {
             catalog::after_flush(&self.config, &self.lake, &self.catalog_tables(), &copied).await?;
         }
         Ok(catalog?)
     }
 
-    /// Partitioned tables whose partitions changed since the lake last looked (ATTACH,
-    /// DETACH, DROP or CREATE … PARTITION OF): PostgreSQL sends no rows for those, so the
-    /// rows are copied from a snapshot ([`partition_action`] says how much).
-    pub async fn follow_partition_changes(&self) -> Result<Vec<WrittenFile>, RunError> {
+    /// Changes of the source the stream cannot carry, answered with a snapshot: a table
+    /// a flush marked (a keyless table that gained columns), and partitioned tables whose
+    /// partitions changed since the lake last looked (ATTACH, DETACH, DROP or CREATE …
+    /// PARTITION OF), for which PostgreSQL sends no rows ([`partition_action`] says how
+    /// much to copy).
+    pub async fn follow_source_changes(&self) -> Result<Vec<WrittenFile>, RunError> {
         let mut written = Vec::new();
-        for (folder, info) in self.tables.iter().filter(|(_, i)| i.partitioned) {
+        for (folder, info) in &self.tables {
             let Some(mut wm) = self.checkpoints.watermark(folder).await? else {
                 continue;
             };
+            if let Some(reason) = &wm.resnapshot {
+                tracing::warn!(table = %info.schema.qualified_name(), reason = %reason, "taking a new snapshot of the table");
+                let (_, files) = self.backfill(std::slice::from_ref(folder)).await?;
+                written.extend(files);
+                continue;
+            }
+            if !info.partitioned {
+                continue;
+            }
             let client = self.source.get().await?;
             let current = introspect::leaf_partitions(&client, info.oid).await?;
             let Some(known) = wm.partitions.clone() else {
@@ -881,6 +892,12 @@ impl Pipeline {
                 unresolved_values: 0,
                 file_sizes: state.file_sizes.get(folder).copied(),
                 partitions,
+                resnapshot: None,
+                columns: self
+                    .tables
+                    .iter()
+                    .find(|(f, _)| f == folder)
+                    .map(|(_, i)| i.schema.columns.iter().map(|c| c.name.clone()).collect()),
             };
             record_file_metrics(folder, wm.files, wm.file_sizes);
             let ahead = self
@@ -1068,7 +1085,7 @@ impl Pipeline {
         let sink = self.sink(opts, intent.processed_at, intent.cut)?;
         let tables = self.config.tables.clone();
         let job_intent = intent.clone();
-        let known: std::collections::HashMap<u32, KnownTable> = self
+        let mut known: std::collections::HashMap<u32, KnownTable> = self
             .tables
             .iter()
             .filter_map(|(folder, info)| {
@@ -1085,10 +1102,24 @@ impl Pipeline {
                             .map(|c| c.name.clone())
                             .collect();
                         let config = t.clone();
-                        (info.oid, KnownTable { config, keys })
+                        let known = KnownTable {
+                            config,
+                            keys,
+                            lake_columns: None,
+                        };
+                        (info.oid, known)
                     })
             })
             .collect();
+        for (oid, k) in known.iter_mut() {
+            if let Some((folder, _)) = self.tables.iter().find(|(_, i)| i.oid == *oid) {
+                k.lake_columns = self
+                    .checkpoints
+                    .watermark(folder)
+                    .await?
+                    .and_then(|w| w.columns);
+            }
+        }
         let types = self.refresh_types().await;
         Ok(tokio::task::spawn_blocking(move || {
             flush::write_changes(segments, &tables, known, types, &job_intent, sink)
@@ -1136,7 +1167,17 @@ impl Pipeline {
                             .filter(|f| &f.table == folder)
                             .map(|f| f.bytes),
                     ),
-                    partitions: previous.and_then(|p| p.partitions),
+                    partitions: previous.as_ref().and_then(|p| p.partitions.clone()),
+                    resnapshot: flushed
+                        .reshaped_keyless
+                        .get(folder)
+                        .cloned()
+                        .or(previous.as_ref().and_then(|p| p.resnapshot.clone())),
+                    columns: flushed
+                        .columns
+                        .get(folder)
+                        .cloned()
+                        .or(previous.and_then(|p| p.columns)),
                 };
                 record_file_metrics(folder, wm.files, wm.file_sizes);
                 self.checkpoints.write_watermark(folder, &wm).await?;

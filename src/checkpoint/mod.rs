@@ -136,6 +136,13 @@ pub struct Watermark {
     /// change here is answered by snapshotting them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<Vec<PartitionRef>>,
+    /// Why the table needs a new snapshot that slot2lake takes after the flush (kept
+    /// until it is taken, so a crash in between does not lose it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resnapshot: Option<String>,
+    /// The table's columns as of this watermark, to tell later which were added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
 }
 
 /// The smallest and the median size of a set of files, in bytes.

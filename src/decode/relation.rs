@@ -36,6 +36,8 @@ pub struct KnownTable {
     /// keyless table. pgoutput flags every column as a key under REPLICA IDENTITY FULL,
     /// so the catalog, not the Relation message, says what the key is.
     pub keys: Vec<String>,
+    /// Its columns as the lake last recorded them (the last flush or snapshot).
+    pub lake_columns: Option<Vec<String>>,
 }
 
 /// Known relations by OID; `None` marks a published relation that is not configured.
@@ -126,6 +128,18 @@ impl RelationCache {
         };
         self.by_oid.insert(relation_id, Some(rel.clone()));
         Ok(Some(rel))
+    }
+
+    /// The columns a relation had before its latest Relation message: as that message's
+    /// predecessor said, or for the first one, as the lake last recorded them.
+    pub fn columns_before(&self, relation_id: u32) -> Option<Vec<String>> {
+        match self.by_oid.get(&relation_id) {
+            Some(Some(r)) => Some(r.schema.columns.iter().map(|c| c.name.clone()).collect()),
+            _ => self
+                .known
+                .get(&relation_id)
+                .and_then(|k| k.lake_columns.clone()),
+        }
     }
 
     /// The `schema.name` of a relation seen in a Relation message.

@@ -151,7 +151,7 @@ impl TempCluster {
             .map_err(|e| step("finding a free port", e))?;
         let mut conf = format!(
             "\n# slot2lake throwaway cluster\nport = {port}\nlisten_addresses = '127.0.0.1'\n\
-             unix_socket_directories = '{}'\nmax_replication_slots = 64\nmax_wal_senders = 64\n\
+             unix_socket_directories = '{}'\nmax_replication_slots = 256\nmax_wal_senders = 64\n\
              max_connections = 200\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
             base.display()
         );

@@ -72,6 +72,10 @@ pub struct Flushed {
     pub unplaced: Unplaced,
     /// Rows per table folder with a value that could not be resolved (see [`rows`]).
     pub unresolved: BTreeMap<String, u64>,
+    /// Keyless tables that gained columns, with why they need a new snapshot.
+    pub reshaped_keyless: BTreeMap<String, String>,
+    /// Each table's columns as of the flush's last Relation message for it.
+    pub columns: BTreeMap<String, Vec<String>>,
 }
 
 /// Changes the flush could not place in any table, per relation name: a published table
@@ -141,7 +145,37 @@ pub fn write_changes(
                         ..
                     } = parse(&mut parser, r.pgoutput, lsn)?
                     {
-                        rels.apply(relation_id, &namespace, &relation_name, &columns, tables)?;
+                        let before = rels.columns_before(relation_id);
+                        let now =
+                            rels.apply(relation_id, &namespace, &relation_name, &columns, tables)?;
+                        if let Some(now) = &now {
+                            out.columns.insert(
+                                now.folder.clone(),
+                                now.schema.columns.iter().map(|c| c.name.clone()).collect(),
+                            );
+                        }
+                        if let (Some(before), Some(now)) = (before, now) {
+                            let keyless = !now.is_key.iter().any(|k| *k);
+                            let added: Vec<&str> = now
+                                .schema
+                                .columns
+                                .iter()
+                                .filter(|c| !before.contains(&c.name))
+                                .map(|c| c.name.as_str())
+                                .collect();
+                            // Relation messages precede their transaction's Begin in the
+                            // spool, so this cannot be limited to the flush's range; a
+                            // transition already handled finds the lake's columns current.
+                            if keyless && !added.is_empty() {
+                                out.reshaped_keyless.insert(
+                                    now.folder.clone(),
+                                    format!(
+                                        "column(s) {} added to a table without a key: rows written before read them as NULL while PostgreSQL may give them a default, so their DELETEs could not be matched",
+                                        added.join(", ")
+                                    ),
+                                );
+                            }
+                        }
                     }
                 }
                 Record::Begin(b) => {

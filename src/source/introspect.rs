@@ -261,7 +261,7 @@ pub async fn table_info(
     // Stored generated columns are sent from PostgreSQL 18 on when the publication says
     // so (a publication slot2lake creates does); before 18 never, whatever attnames says.
     let generated_published =
-        version >= 180000 && publication_info.map_or(true, |p| p.generated || attnames.is_some());
+        version >= 180000 && publication_info.is_none_or(|p| p.generated || attnames.is_some());
     let rows = client
         .query(
             "SELECT a.attname::text, a.atttypid, a.atttypmod,
