@@ -29,6 +29,8 @@ struct Args {
     skip_snapshot: bool,
     debezium: bool,
     big_txn: u64,
+    /// Dates the orders are spread over (their `order_date` partitions).
+    spread: u64,
 }
 
 fn parse_args() -> Args {
@@ -43,6 +45,7 @@ fn parse_args() -> Args {
         skip_snapshot: false,
         debezium: false,
         big_txn: 0,
+        spread: 730,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -64,6 +67,7 @@ fn parse_args() -> Args {
                 a.customers *= f;
             }
             "--big-txn" => a.big_txn = num("--big-txn"),
+            "--spread" => a.spread = num("--spread").max(1),
             "--bin" => a.bin = PathBuf::from(it.next().expect("--bin needs a path")),
             "--stream-only" => a.skip_snapshot = true,
             "--debezium" => a.debezium = true,
@@ -73,7 +77,7 @@ fn parse_args() -> Args {
                 println!(
                     "scripts/bench [--runs 3] [--orders 1000000] [--updates 200000] [--customers 100000]\n\
                      \x20             [--scale N] [--payload BYTES] [--stream-only | --snapshot-only]\n\
-                     \x20             [--big-txn ROWS] [--debezium] [--bin PATH]"
+                     \x20             [--big-txn ROWS] [--debezium] [--bin PATH] [--spread DAYS (730)]"
                 );
                 std::process::exit(0);
             }
@@ -136,6 +140,28 @@ fn psql(cluster: &TempCluster, db: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Partition folders and Parquet files under a table folder, and the most files in one
+/// partition.
+fn file_counts(table_dir: &Path) -> (usize, usize, usize) {
+    let mut per_dir = std::collections::HashMap::<PathBuf, usize>::new();
+    let mut stack = vec![table_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                *per_dir.entry(dir.clone()).or_default() += 1;
+            }
+        }
+    }
+    (
+        per_dir.len(),
+        per_dir.values().sum(),
+        per_dir.values().copied().max().unwrap_or(0),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -178,7 +204,7 @@ fn load(cluster: &TempCluster, db: &str, a: &Args) {
                WHILE i < {orders} LOOP
                  INSERT INTO orders (customer_id, product_name, quantity, price, order_date{note_col})
                    SELECT 1 + g % 1000, 'Product ' || (g % 17), 1 + g % 5, (g % 1000) * 1.25 + 0.99,
-                          current_date - (g % 60)::int{payload}
+                          current_date - (g % {spread})::int{payload}
                    FROM generate_series(i + 1, least(i + 1000, {orders})) g;
                  COMMIT;
                  i := i + 1000;
@@ -201,6 +227,7 @@ fn load(cluster: &TempCluster, db: &str, a: &Args) {
             orders = a.orders,
             updates = a.updates,
             customers = a.customers,
+            spread = a.spread,
             note_col = if a.payload > 0 { ", notes" } else { "" },
         ),
     );
@@ -230,6 +257,8 @@ fn main() {
     let mut stream_rows: Vec<(f64, u64, f64, u64)> = vec![];
     let mut dbz_rows: Vec<(f64, u64)> = vec![];
     let mut snap_rows: Vec<(f64, f64, u64, Option<f64>)> = vec![];
+    let mut snap_files = (0, 0, 0);
+    let mut stream_files = (0, 0, 0);
     let changes = a.orders + a.updates + a.customers;
     let mut wal_mb = 0.0;
     let mut orders_rows = 0u64;
@@ -327,6 +356,7 @@ fn main() {
                 s2l_kib / 1024
             );
             stream_rows.push((recv_s, recv_kib, s2l_s, s2l_kib));
+            stream_files = file_counts(&work.path().join("s2l/lake/orders"));
             if a.debezium {
                 let script =
                     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/debezium_drain.py");
@@ -410,6 +440,7 @@ fn main() {
                     s
                 });
             eprintln!("run {run}: COPY binary {copy_s:.2} s, slot2lake snapshot {snap_s:.2} s ({} MB RSS)", snap_kib / 1024);
+            snap_files = file_counts(&work.path().join("snap/lake/orders"));
             snap_rows.push((copy_s, snap_s, snap_kib, pg2parquet));
         }
         if a.big_txn > 0 && run == 1 {
@@ -491,12 +522,19 @@ fn main() {
             "slot2lake time / pg_recvlogical time = {:.2} (target ≤ 1.2)",
             s2l / recv
         );
+        println!(
+            "orders over {} dates: {} partitions, {} files, at most {} in one partition",
+            a.spread, stream_files.0, stream_files.1, stream_files.2
+        );
     }
     if !snap_rows.is_empty() {
         let copy = median(snap_rows.iter().map(|r| r.0).collect());
         let snap = median(snap_rows.iter().map(|r| r.1).collect());
         let rss = snap_rows.iter().map(|r| r.2).max().unwrap_or(0) / 1024;
-        println!("\nSnapshot: orders, {orders_rows} rows");
+        println!(
+            "\nSnapshot: orders, {orders_rows} rows over {} dates: {} partitions, {} files, at most {} in one partition",
+            a.spread, snap_files.0, snap_files.1, snap_files.2
+        );
         println!("| reader | seconds | rows/s | peak RSS |");
         println!("|---|---|---|---|");
         println!(
