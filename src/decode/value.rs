@@ -653,8 +653,9 @@ pub const DATE_INFINITY: i32 = 2_932_896;
 pub const DATE_NEG_INFINITY: i32 = -719_162;
 /// `timestamp 'infinity'`: 9999-12-31 23:59:59.999999, in microseconds since 1970.
 pub const TIMESTAMP_INFINITY: i64 = 253_402_300_799_999_999;
-/// `timestamp '-infinity'`: 0001-01-01 00:00:00.
-pub const TIMESTAMP_NEG_INFINITY: i64 = -62_135_596_800_000_000;
+/// `timestamp '-infinity'`: 0001-01-02 00:00:00, the earliest instant PySpark converts
+/// (it turns 0001-01-01 into year 0 and fails).
+pub const TIMESTAMP_NEG_INFINITY: i64 = -62_135_510_400_000_000;
 
 fn date_from_pg_days(days: i32) -> Result<i32, ValueError> {
     match days {
@@ -1104,7 +1105,11 @@ mod tests {
             .expect("time")
             .and_utc();
         assert_eq!(end.timestamp_micros(), TIMESTAMP_INFINITY);
-        let start = first.and_hms_opt(0, 0, 0).expect("time").and_utc();
+        let start = chrono::NaiveDate::from_ymd_opt(1, 1, 2)
+            .expect("date")
+            .and_hms_opt(0, 0, 0)
+            .expect("time")
+            .and_utc();
         assert_eq!(start.timestamp_micros(), TIMESTAMP_NEG_INFINITY);
         let mut t = ColumnBuilder::new(ColumnKind::Time, 2);
         t.append(

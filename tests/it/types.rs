@@ -89,6 +89,7 @@ async fn round_trip(binary: &str) {
     for (col, ty) in expect {
         assert_eq!(types[col], ty, "column {col}: {s}");
     }
+    lake.assert_spark_reads(&config, "typed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +204,7 @@ async fn everything_round_trip(binary: &str, with_text_only: bool) {
         .await;
     let report = lake.compare(&db, "public.everything", "everything", "id");
     assert_eq!(report["ok"], true, "{report}");
+    lake.assert_spark_reads(&config, "everything").await;
     if with_text_only {
         for col in ["rng", "pt", "tsv"] {
             assert_eq!(types[col], "string", "{col}: {s}");

@@ -10,6 +10,9 @@ psycopg2 reads the source, and the two are compared. Shares no code with slot2la
       as it was inserted minus deleted. Prints a JSON report; exits 1 when they differ.
   lake_check.py query --lake DIR --folder orders --sql "SELECT count(*) FROM {t}"
       Runs SQL over the table ({t} is the table's files, Hive-partitioned); prints rows as JSON.
+  lake_check.py spark --lake DIR --folder orders --ddl "order_id int, ..."
+      Reads the table with Spark through the declared schema (default settings) and
+      compares it with DuckDB's reading, column by column.
   lake_check.py summary --lake DIR --folder orders
       Prints JSON: rows per change_type, files and rows per partition, duplicate
       (key, change_lsn, change_seq) count, and each column's Parquet/Arrow type.
@@ -70,7 +73,7 @@ def norm(v):
         # PostgreSQL's ±infinity: readers show them as the extreme values.
         if v in (dt.date.max, dt.datetime.max) or (isinstance(v, dt.datetime) and v.replace(tzinfo=None) == dt.datetime.max):
             return "infinity"
-        if v in (dt.date.min, dt.datetime.min) or (isinstance(v, dt.datetime) and v.replace(tzinfo=None) == dt.datetime.min):
+        if v == dt.date.min or (isinstance(v, dt.datetime) and v.replace(tzinfo=None) == dt.datetime(1, 1, 2)):
             return "-infinity"
     if isinstance(v, list):
         return [norm(x) for x in v]
@@ -324,6 +327,48 @@ def query(args):
     return 0
 
 
+def spark_check(args):
+    """Reads the table with Spark through a declared (catalog) schema, default settings,
+    and compares per column what DuckDB reads from the same files: row count, non-NULL
+    count, and for dates and timestamps their smallest and largest instant."""
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    path = os.path.join(args.lake, args.folder)
+    df = spark.read.schema(args.ddl).option("basePath", path).parquet(path)
+    out = {"ok": True, "rows": len(df.collect()), "problems": []}
+    con = connect_duckdb()
+    rel = scan(args.lake, args.folder)
+    if out["rows"] != con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]:
+        out["problems"].append("row count differs from DuckDB's")
+    for field in df.schema.fields:
+        c = field.name
+        spark_n = df.where(F.col(c).isNotNull()).count()
+        duck_n = con.execute(f'SELECT count("{c}") FROM {rel}').fetchone()[0]
+        if spark_n != duck_n:
+            out["problems"].append(f"{c}: {spark_n} non-NULL values in Spark, {duck_n} in DuckDB")
+        if isinstance(field.dataType, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+            if isinstance(field.dataType, T.DateType):
+                expr, duck = F.unix_date(F.col(c)), f'"{c}" - DATE \'1970-01-01\''
+            else:
+                expr, duck = F.unix_micros(F.col(c).cast("timestamp")), f'epoch_us("{c}")'
+            got = df.select(F.min(expr), F.max(expr)).collect()[0]
+            want = con.execute(f"SELECT min({duck}), max({duck}) FROM {rel}").fetchone()
+            if tuple(got) != tuple(want):
+                out["problems"].append(f"{c}: Spark reads {tuple(got)}, DuckDB {tuple(want)}")
+    out["ok"] = not out["problems"]
+    print(json.dumps(out))
+    return 0 if out["ok"] else 1
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -342,8 +387,12 @@ def main():
     q.add_argument("--lake", required=True)
     q.add_argument("--folder", required=True)
     q.add_argument("--sql", required=True)
+    k = sub.add_parser("spark")
+    k.add_argument("--lake", required=True)
+    k.add_argument("--folder", required=True)
+    k.add_argument("--ddl", required=True, help="the catalog's columns, Spark DDL")
     args = p.parse_args()
-    return {"compare": compare, "summary": summary, "query": query}[args.cmd](args)
+    return {"compare": compare, "summary": summary, "query": query, "spark": spark_check}[args.cmd](args)
 
 
 if __name__ == "__main__":

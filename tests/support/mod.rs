@@ -302,6 +302,43 @@ impl Lake {
         );
     }
 
+    /// Asserts Spark, with default settings, reads every file of a table through the
+    /// schema the catalog declares (`catalog describe`), as DuckDB reads them.
+    pub async fn assert_spark_reads(&self, config: &Path, folder: &str) {
+        let describe = with_config(&["catalog", "describe", folder], config).await;
+        assert_eq!(describe.code, 0, "{}{}", describe.stdout, describe.stderr);
+        let ddl: Vec<String> = describe
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(name, ty)| format!("`{}` {}", name.trim(), ty.trim()))
+            .collect();
+        let out = python(
+            &self.reader_env(),
+            &[
+                "spark",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--ddl",
+                &ddl.join(", "),
+            ],
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "lake_check spark: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(
+            report["ok"], true,
+            "Spark through the catalog's schema: {report}\n{ddl:?}"
+        );
+    }
+
     /// Asserts `slot2lake verify` finds the lake equal to the source.
     pub async fn assert_verified(&self, config: &Path, folder: &str) {
         let run = with_config(&["verify", "--table", folder, "--json"], config).await;
