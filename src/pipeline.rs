@@ -424,13 +424,22 @@ impl Pipeline {
         report: &mut RunReport,
     ) -> Result<(ReplicationStream, Lsn), RunError> {
         report.lake = self.lake.url().to_string();
+        // Another process streaming from the slot owns the lake: stop before touching
+        // the temp folder or finishing anything it may be finishing itself.
+        let mut slot = self.slot_when_free().await?;
+        if let Some(pid) = slot.as_ref().and_then(|s| s.active_pid) {
+            return Err(SourceError::SlotInUse {
+                slot: self.slot().to_string(),
+                pid,
+            }
+            .into());
+        }
         self.clean_tmp();
         if let Some(intent) = self.checkpoints.flush_intent().await? {
             tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
             let done = self.execute_flush(intent, true).await?;
             report.files.extend(done.files);
         }
-        let mut slot = self.slot_when_free().await?;
         if let Some(state) = self.checkpoints.snapshot_state(FIRST_RUN).await? {
             match state.phase {
                 SnapshotPhase::Staged => {
@@ -458,13 +467,6 @@ impl Pipeline {
         }
         let mode = self.config.source.snapshot;
         if let Some(s) = &slot {
-            if let Some(pid) = s.active_pid {
-                return Err(SourceError::SlotInUse {
-                    slot: self.slot().to_string(),
-                    pid,
-                }
-                .into());
-            }
             if s.plugin.as_deref() != Some("pgoutput") {
                 return Err(RunError::State(format!(
                     "slot {:?} uses plugin {:?}, not pgoutput; drop it or set [source] slot to another name",

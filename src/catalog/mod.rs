@@ -284,3 +284,60 @@ fn latest_state_sql(table: &CatalogTable, source: &str, dialect: Dialect) -> Str
         out_cols.join(", ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::schema::oid;
+    use crate::decode::ColumnSpec;
+
+    fn table(keyed: bool) -> CatalogTable {
+        let cols = vec![
+            ColumnSpec::new("id", oid::INT4, -1, keyed),
+            ColumnSpec::new("body", oid::TEXT, -1, false),
+            ColumnSpec::new("n", oid::INT8, -1, false),
+        ];
+        let schema = TableSchema::new("public", "docs", cols, None).expect("schema");
+        CatalogTable::new("docs", Arc::new(schema))
+    }
+
+    #[test]
+    fn views_resolve_unchanged_values_and_count_keyless_rows_in_each_dialect() {
+        let (athena, duckdb) = latest_state_views(&table(true), "db", "/lake");
+        // Only the TOASTable column takes its previous value.
+        for (sql, listed) in [
+            (
+                &athena,
+                "coalesce(contains(\"unchanged_columns\", 'body'), false)",
+            ),
+            (
+                &duckdb,
+                "coalesce(list_contains(\"unchanged_columns\", 'body'), false)",
+            ),
+        ] {
+            assert!(sql.contains(listed), "{sql}");
+            assert!(sql.contains("\"slot2lake_prev_body\""), "{sql}");
+            assert!(!sql.contains("slot2lake_prev_n"), "{sql}");
+            assert!(sql.contains("PARTITION BY \"id\""), "{sql}");
+        }
+        assert!(athena.contains("first_value(CASE"), "{athena}");
+        assert!(athena.contains("END) IGNORE NULLS OVER"), "{athena}");
+        assert!(duckdb.contains("END IGNORE NULLS) OVER"), "{duckdb}");
+        assert!(athena.starts_with("CREATE OR REPLACE VIEW \"db\".\"docs_latest\""));
+
+        let (athena, duckdb) = latest_state_views(&table(false), "db", "/lake");
+        assert!(
+            athena.contains("CROSS JOIN UNNEST(sequence(1, slot2lake_copies))"),
+            "{athena}"
+        );
+        assert!(duckdb.contains("range(slot2lake_copies)"), "{duckdb}");
+        for sql in [&athena, &duckdb] {
+            assert!(
+                sql.contains("SELECT DISTINCT \"id\", \"body\", \"n\""),
+                "{sql}"
+            );
+            assert!(sql.contains("GROUP BY \"id\", \"body\", \"n\""), "{sql}");
+            assert!(!sql.contains("row_number()"), "{sql}");
+        }
+    }
+}

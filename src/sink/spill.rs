@@ -209,9 +209,14 @@ impl Spill {
         Ok(())
     }
 
-    /// Ends appending: the rows still in memory are grouped by part.
-    pub fn seal(&mut self) {
+    /// Ends appending: the rows still in memory are grouped by part; when they take more
+    /// than `keep` bytes they go to a run file, so the encoders get the memory instead.
+    pub fn seal(&mut self, keep: usize) -> Result<(), SpillError> {
+        if self.memory() > keep {
+            self.spill()?;
+        }
         self.tail = self.sort_index();
+        Ok(())
     }
 
     /// Parts that have rows.
@@ -401,7 +406,7 @@ mod tests {
             .push(3, 1, &meta(1000), None::<std::iter::Empty<Datum<'_>>>)
             .expect("push");
         assert!(spill.runs.len() > 10, "{} runs", spill.runs.len());
-        spill.seal();
+        spill.seal(usize::MAX).expect("seal");
         let all = read_all(&spill);
         assert_eq!(all.len(), parts as usize);
         let mut total = 0;
@@ -436,7 +441,7 @@ mod tests {
                 .push((i % 3) as u32, 0, &meta(i), Some(values.into_iter()))
                 .expect("push");
         }
-        spill.seal();
+        spill.seal(usize::MAX).expect("seal");
         assert_eq!(spill.spilled_bytes(), 0);
         assert_eq!(
             read_all(&spill).iter().map(|p| p.1.len()).sum::<usize>(),

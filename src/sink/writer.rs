@@ -291,7 +291,9 @@ impl Sink {
     /// Encodes every partition and closes every file; returns all files written or
     /// found, in (table, partition, sequence) order.
     pub fn finish(mut self) -> Result<Vec<WrittenFile>, SinkError> {
-        self.spill.seal();
+        // Rows kept in memory and the encoders' row groups share the limit.
+        let limit = self.encoder.opts.memory_limit;
+        self.spill.seal(limit / 2)?;
         if self.spill.spilled_bytes() > 0 {
             tracing::debug!(
                 bytes = self.spill.spilled_bytes(),
@@ -304,7 +306,7 @@ impl Sink {
             (&*self.folders[pa.0 as usize], pa.1).cmp(&(&*self.folders[pb.0 as usize], pb.1))
         });
         let threads = self.encoder.opts.encoders.clamp(1, order.len().max(1));
-        let memory = self.encoder.opts.memory_limit / threads;
+        let memory = limit.saturating_sub(self.spill.memory()) / threads;
         let job = Job {
             spill: &self.spill,
             parts: &self.parts,

@@ -90,6 +90,25 @@ pub fn target(url: &SecretUrl) -> String {
 
 /// Opens a regular (non-replication) connection.
 pub async fn connect(url: &SecretUrl) -> Result<Client, SourceError> {
+    // A server (or proxy, or pooler) that accepts the connection and never answers would
+    // otherwise hang the startup handshake forever; `connect_timeout` covers TCP only.
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url))
+        .await
+        .unwrap_or_else(|_| {
+            Err(SourceError::Connect {
+                target: target(url),
+                message: format!(
+                    "no answer within {} s after connecting (a stuck proxy or pooler?); check host and port in source.url",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            })
+        })
+}
+
+/// How long connecting, TLS and the startup handshake may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn connect_now(url: &SecretUrl) -> Result<Client, SourceError> {
     let how = tls::prepare(url)?;
     let closed = |e: tokio_postgres::Error| tracing::debug!(error = %e, "source connection closed");
     let client = match how.tls {

@@ -53,7 +53,7 @@ pub enum SpoolError {
         source: io::Error,
     },
     /// A sealed segment does not read back as written.
-    #[error("spool segment {path} is corrupt: {detail}; move it aside and run `slot2lake run --once` to re-read the slot")]
+    #[error("spool segment {path} is corrupt: {detail}; the slot was acknowledged past its changes, so they cannot be read from PostgreSQL again: restore the segment from the lake's copy (_slot2lake/<slot>/spool/, with spool.location = \"output\"), or move it aside and run `slot2lake backfill --table T` for every table to take new snapshots")]
     Corrupt {
         /// The segment.
         path: PathBuf,

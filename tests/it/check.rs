@@ -336,3 +336,38 @@ async fn a_wrong_password_is_one_line_without_the_password() {
     }
     assert!(!slot_exists(&db).await);
 }
+
+/// A server that accepts the connection and never answers (a stuck proxy or pooler):
+/// `check` and `run --once` fail within the connect timeout instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_a_timeout_not_a_hang() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let lake = Lake::new();
+    let config = lake.config_with(
+        &format!("postgres://postgres@127.0.0.1:{port}/db"),
+        "silent",
+        "[[tables]]\nname = \"public.t\"\n",
+        "",
+    );
+    for args in [&["check"][..], &["run", "--once"][..]] {
+        let started = std::time::Instant::now();
+        let run = with_config(args, &config).await;
+        assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(out.contains("no answer within"), "{args:?}: {out}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(90),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}

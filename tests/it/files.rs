@@ -48,6 +48,11 @@ async fn spread(days: u32) {
     );
     let wm = lake.watermark("orders");
     assert_eq!(wm["files"], days, "{wm}");
+    assert!(
+        wm["file_sizes"]["median_bytes"].as_u64() >= wm["file_sizes"]["min_bytes"].as_u64()
+            && wm["file_sizes"]["min_bytes"].as_u64() > Some(0),
+        "{wm}"
+    );
 
     // A day of changes over every date, in one transaction and in many.
     db.exec(&format!(

@@ -463,3 +463,36 @@ async fn the_spool_of_an_s3_lake_survives_losing_the_machine() {
         12
     );
 }
+
+/// An S3 lake gets the same files as a local one for the same data: one per partition,
+/// over a year of dates, for the snapshot and for a flush (uploaded concurrently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_lake_gets_as_many_objects_as_a_local_one() {
+    let moto = moto();
+    let db = database("s3_spread").await;
+    db.exec(slot2lake::demo::SEED_SCHEMA).await;
+    db.exec(&slot2lake::demo::seed_data_sql(50, 5_000, 365))
+        .await;
+    let s3 = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let s3_config = s3_config(&s3, &db, "");
+    let local = Lake::new();
+    // A second slot on the same database for the local lake.
+    let local_config = local.config_with(&db.url, &format!("{}_local", db.name), SEED_TABLES, "");
+    run_once(&s3_config).await;
+    run_once(&local_config).await;
+    db.exec(
+        "INSERT INTO orders (customer_id, product_name, quantity, price, order_date)
+           SELECT 1, 'Dock', 1, 10, current_date - (i % 365) FROM generate_series(1, 2000) i;
+         UPDATE orders SET quantity = quantity + 1 WHERE order_id % 3 = 0;",
+    )
+    .await;
+    run_once(&s3_config).await;
+    run_once(&local_config).await;
+    let objects = s3.query_i64("orders", "SELECT count(*) FROM files");
+    let files = local.query_i64("orders", "SELECT count(*) FROM files");
+    assert_eq!(objects, files, "S3 objects vs local files");
+    // A snapshot and a flush, each at most one file per date (plus the NULL partition).
+    assert!(files <= 2 * 366, "{files} files");
+    assert_exact(&s3, &db);
+    assert_exact(&local, &db);
+}

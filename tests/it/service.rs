@@ -285,3 +285,39 @@ async fn flush_without_a_consumer_is_one_clear_error() {
         run.stderr
     );
 }
+
+/// A second process on the same slot stops before touching the lake: a `run --once`
+/// beside a running consumer writes nothing, leaves the consumer's temp folder and
+/// intent alone, and the consumer's next flush succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_beside_a_running_consumer_changes_nothing() {
+    let db = database("second_writer").await;
+    db.seed(20, 100).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = quantity + 1 WHERE order_id % 4 = 0;")
+        .await;
+    let before = lake.files("orders");
+    // A file the consumer is writing in its temp folder: not the second process's to remove.
+    let tmp = lake.root().join("_slot2lake").join(&db.name).join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    std::fs::write(tmp.join("in-progress.parquet.tmp"), b"x").expect("tmp file");
+    let run = with_config(&["run", "--once"], &config).await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("in use"), "{}", run.stderr);
+    assert!(!run.stderr.contains("finishing a flush"), "{}", run.stderr);
+    assert_eq!(
+        lake.files("orders"),
+        before,
+        "the second process wrote files"
+    );
+    assert!(
+        tmp.join("in-progress.parquet.tmp").exists(),
+        "the second process cleaned the consumer's temp folder"
+    );
+    flush(&config).await;
+    assert_eq!(consumer.stop().await, 0);
+    assert_exact(&lake, &db);
+}

@@ -9,7 +9,8 @@ psycopg2 reads the source, and the two are compared. Shares no code with slot2la
       --key '' (a keyless table) the lake is a multiset: each row value counted as often
       as it was inserted minus deleted. Prints a JSON report; exits 1 when they differ.
   lake_check.py query --lake DIR --folder orders --sql "SELECT count(*) FROM {t}"
-      Runs SQL over the table ({t} is the table's files, Hive-partitioned); prints rows as JSON.
+      Runs SQL over the table ({t} is the table's files, Hive-partitioned; `files` lists
+      them); prints rows as JSON.
   lake_check.py spark --lake DIR --folder orders --ddl "order_id int, ..."
       Reads the table with Spark through the declared schema (default settings) and
       compares it with DuckDB's reading, column by column.
@@ -318,7 +319,10 @@ def summary(args):
 
 def query(args):
     con = connect_duckdb()
-    if files_of(args.lake, args.folder):
+    files = files_of(args.lake, args.folder)
+    con.execute("CREATE TABLE files (file VARCHAR)")
+    con.executemany("INSERT INTO files VALUES (?)", [[f] for f in files])
+    if files:
         con.execute(f"CREATE VIEW t AS SELECT * FROM {scan(args.lake, args.folder)}")
     else:
         con.execute("CREATE TABLE t (change_type VARCHAR)")
