@@ -40,8 +40,49 @@ pub struct SpilledRow<'a> {
     /// Which of the sink's schemas the values follow.
     pub schema: u32,
     /// `None` for a TRUNCATE marker (every source column NULL).
-    pub values: Option<Vec<Datum<'a>>>,
+    pub values: Option<SpilledValues<'a>>,
 }
+
+/// The values of a spilled row, read as they are iterated (no allocation per row).
+pub struct SpilledValues<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    left: usize,
+}
+
+impl<'a> Iterator for SpilledValues<'a> {
+    type Item = Datum<'a>;
+
+    fn next(&mut self) -> Option<Datum<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let b = self.bytes;
+        let tag = *b.get(self.pos)?;
+        self.pos += 1;
+        Some(match tag {
+            1 | 2 => {
+                let len = u32::from_le_bytes(four(&b[self.pos..])) as usize;
+                let v = &b[self.pos + 4..self.pos + 4 + len];
+                self.pos += 4 + len;
+                if tag == 1 {
+                    Datum::Text(v)
+                } else {
+                    Datum::Binary(v)
+                }
+            }
+            3 => Datum::Unchanged,
+            _ => Datum::Null,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for SpilledValues<'_> {}
 
 /// Where a part's rows are in one run file.
 #[derive(Debug, Clone, Copy)]
@@ -112,10 +153,13 @@ impl Spill {
         self.arena.extend_from_slice(&meta.commit_us.to_le_bytes());
         self.arena.extend_from_slice(&schema.to_le_bytes());
         match values {
-            None => self.arena.push(0),
+            None => self.arena.extend_from_slice(&u32::MAX.to_le_bytes()),
             Some(values) => {
-                self.arena.push(1);
+                let count_at = self.arena.len();
+                self.arena.extend_from_slice(&[0; 4]);
+                let mut count = 0u32;
                 for d in values {
+                    count += 1;
                     let (tag, bytes): (u8, &[u8]) = match d {
                         Datum::Null => (0, &[]),
                         Datum::Text(b) => (1, b),
@@ -129,6 +173,7 @@ impl Spill {
                         self.arena.extend_from_slice(bytes);
                     }
                 }
+                self.arena[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
             }
         }
         let len = (self.arena.len() - start - 4) as u32;
@@ -316,37 +361,16 @@ fn decode_row(b: &[u8]) -> SpilledRow<'_> {
         commit_us: i64::from_le_bytes(eight(&b[17..])),
     };
     let schema = u32::from_le_bytes(four(&b[25..]));
-    if b[29] == 0 {
-        return SpilledRow {
-            meta,
-            schema,
-            values: None,
-        };
-    }
-    let mut values = Vec::new();
-    let mut pos = 30;
-    while pos < b.len() {
-        let tag = b[pos];
-        pos += 1;
-        values.push(match tag {
-            1 | 2 => {
-                let len = u32::from_le_bytes(four(&b[pos..])) as usize;
-                let v = &b[pos + 4..pos + 4 + len];
-                pos += 4 + len;
-                if tag == 1 {
-                    Datum::Text(v)
-                } else {
-                    Datum::Binary(v)
-                }
-            }
-            3 => Datum::Unchanged,
-            _ => Datum::Null,
-        });
-    }
+    let count = u32::from_le_bytes(four(&b[29..]));
+    let values = (count != u32::MAX).then_some(SpilledValues {
+        bytes: b,
+        pos: 33,
+        left: count as usize,
+    });
     SpilledRow {
         meta,
         schema,
-        values: Some(values),
+        values,
     }
 }
 
@@ -372,10 +396,12 @@ mod tests {
                 let mut rows = Vec::new();
                 spill
                     .for_each(p, |r| -> Result<(), SpillError> {
-                        let v = match r.values.as_deref() {
-                            Some([Datum::Text(t), ..]) => String::from_utf8_lossy(t).to_string(),
-                            Some([Datum::Unchanged, ..]) => "unchanged".into(),
-                            Some(_) => "other".into(),
+                        let values: Option<Vec<Datum<'_>>> = r.values.map(Iterator::collect);
+                        let v = match values.as_deref() {
+                            Some([Datum::Text(t), Datum::Null, Datum::Unchanged]) => {
+                                String::from_utf8_lossy(t).to_string()
+                            }
+                            Some(other) => format!("{other:?}"),
                             None => "truncate".into(),
                         };
                         rows.push((r.meta.seq, v));
@@ -436,7 +462,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut spill = Spill::new(dir.path(), 64 << 20);
         for i in 0..100i64 {
-            let values = [Datum::Text(b"x")];
+            let values = [Datum::Text(b"x"), Datum::Null, Datum::Unchanged];
             spill
                 .push((i % 3) as u32, 0, &meta(i), Some(values.into_iter()))
                 .expect("push");

@@ -158,6 +158,8 @@ pub struct Sink {
     /// Schemas rows were written with, by number; per folder the latest one's number.
     schemas: Vec<Arc<TableSchema>>,
     latest_schema: HashMap<u32, u32, FastHash>,
+    /// The schema of the row before, its table and its number.
+    last: Option<(Arc<TableSchema>, u32, u32)>,
     warnings: Warnings,
 }
 
@@ -206,6 +208,7 @@ impl Sink {
             folders: Vec::new(),
             schemas: Vec::new(),
             latest_schema: HashMap::default(),
+            last: None,
             warnings: Warnings::default(),
         })
     }
@@ -222,6 +225,13 @@ impl Sink {
 
     /// The part number of `(folder, key)` and the number of `schema`.
     fn ids(&mut self, folder: &str, schema: &Arc<TableSchema>, key: PartitionKey) -> (u32, u32) {
+        // The hot path: the same table and schema as the row before.
+        if let Some((last, table, schema_id)) = &self.last {
+            if Arc::ptr_eq(last, schema) {
+                let (table, schema_id) = (*table, *schema_id);
+                return (self.part_of(table, key), schema_id);
+            }
+        }
         let table = match self.folders.iter().position(|f| &**f == folder) {
             Some(i) => i as u32,
             None => {
@@ -243,8 +253,14 @@ impl Sink {
                 id
             }
         };
+        self.last = Some((schema.clone(), table, schema_id));
+        (self.part_of(table, key), schema_id)
+    }
+
+    /// The part number of a table's partition.
+    fn part_of(&mut self, table: u32, key: PartitionKey) -> u32 {
         let id = (table, key);
-        let part = match self.part_ids.get(&id) {
+        match self.part_ids.get(&id) {
             Some(p) => *p,
             None => {
                 self.parts.push(id);
@@ -252,8 +268,7 @@ impl Sink {
                 self.part_ids.insert(id, p);
                 p
             }
-        };
-        (part, schema_id)
+        }
     }
 
     /// Appends one row of `schema` to `(folder, key)`: one value per source column.
@@ -318,37 +333,40 @@ impl Sink {
         let encoder = &self.encoder;
         let order = &order;
         let job = &job;
-        // Each thread takes every `threads`-th part; names do not depend on which.
-        let encode =
-            |t: usize, warnings: &mut Warnings| -> Result<Vec<(usize, WrittenFile)>, SinkError> {
-                let mut uploads = Uploads::default();
-                let mut out = Vec::new();
-                for (i, p) in order.iter().enumerate().skip(t).step_by(threads) {
-                    for f in encoder.part(job, *p, warnings)? {
-                        match f {
-                            Closed::Done(f) => out.push((i, f)),
-                            Closed::Uploading(task) => {
-                                if uploads.tasks.len() >= CONCURRENT_UPLOADS {
-                                    out.extend(uploads.wait_one(&encoder.handle)?);
-                                }
-                                uploads.tasks.push_back((i, task));
+        // Threads take the next part until none is left (a big partition does not hold
+        // up the others); names do not depend on which thread writes a part.
+        let next = AtomicUsize::new(0);
+        let encode = |warnings: &mut Warnings| -> Result<Vec<(usize, WrittenFile)>, SinkError> {
+            let mut uploads = Uploads::default();
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(p) = order.get(i) else { break };
+                for f in encoder.part(job, *p, warnings)? {
+                    match f {
+                        Closed::Done(f) => out.push((i, f)),
+                        Closed::Uploading(task) => {
+                            if uploads.tasks.len() >= CONCURRENT_UPLOADS {
+                                out.extend(uploads.wait_one(&encoder.handle)?);
                             }
+                            uploads.tasks.push_back((i, task));
                         }
                     }
                 }
-                while !uploads.tasks.is_empty() {
-                    out.extend(uploads.wait_one(&encoder.handle)?);
-                }
-                Ok(out)
-            };
+            }
+            while !uploads.tasks.is_empty() {
+                out.extend(uploads.wait_one(&encoder.handle)?);
+            }
+            Ok(out)
+        };
         let mut results =
             if threads == 1 {
-                encode(0, &mut warnings)?
+                encode(&mut warnings)?
             } else {
                 let encode = &encode;
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = (0..threads)
-                        .map(|t| scope.spawn(move || encode(t, &mut Warnings::default())))
+                        .map(|_| scope.spawn(move || encode(&mut Warnings::default())))
                         .collect();
                     let mut all = Vec::new();
                     for h in handles {
@@ -480,7 +498,7 @@ impl Encoder {
                 return Ok(());
             };
             match row.values {
-                Some(values) => batch.append(values.into_iter(), &row.meta, warnings)?,
+                Some(values) => batch.append(values, &row.meta, warnings)?,
                 None => batch.append_all_null(&row.meta),
             }
             if batch.rows() >= BATCH_ROWS {
