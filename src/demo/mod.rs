@@ -286,6 +286,10 @@ fn summary(lake: &Path, runs: &[RunReport]) -> String {
         "  duckdb -c \"SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY order_id ORDER BY change_lsn DESC, change_seq DESC) AS rn FROM read_parquet('{}/orders/**/*.parquet', hive_partitioning = true)) WHERE rn = 1 AND change_type <> 'DELETE' ORDER BY order_id LIMIT 10\"",
         lake.display()
     );
+    let _ = writeln!(
+        s,
+        "  slot2lake catalog views --config <the config below>   # (with --keep) the full latest-state view per table, for DuckDB and Athena"
+    );
     s
 }
 

@@ -213,11 +213,12 @@ impl Spill {
             return Ok(());
         }
         let groups = self.sort_index();
-        let path = self.dir.join(format!(
-            "spill-{}-{}.run",
-            std::process::id(),
-            self.runs.len()
-        ));
+        // Unique in the process: several sinks (snapshot workers) share the folder.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("spill-{}-{n}.run", std::process::id()));
         let err = |source| SpillError {
             path: path.clone(),
             source,

@@ -134,3 +134,38 @@ async fn a_large_partition_rolls_over_at_max_file_size() {
     }
     lake.assert_matches(&db, "public.orders", "orders", "order_id");
 }
+
+/// A table large enough to be split across both snapshot workers, whose rows outgrow the
+/// memory limit in each: the workers group their rows on disk side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_workers_that_both_spill_keep_their_rows_apart() {
+    let db = database("spill_workers").await;
+    db.exec(slot2lake::demo::SEED_SCHEMA).await;
+    // 600k rows: over 4,000 pages, so the snapshot is split into CTID chunks.
+    db.exec(&slot2lake::demo::seed_data_sql(10, 600_000, 400))
+        .await;
+    let lake = Lake::new();
+    let config = lake.config_with(
+        &db.url,
+        &db.name,
+        "[[tables]]\nname = \"public.orders\"\npartition_by = \"order_date\"\n",
+        "",
+    );
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("publication = ", "max_parallel = 2\npublication = ")
+        .replace("[output]\n", "[flush]\nmemory_limit = \"2MB\"\n[output]\n");
+    std::fs::write(&config, text).expect("config");
+    let run = run_once(&config).await;
+    let files = files_per_partition(&lake, "orders");
+    assert_eq!(files.len(), 400);
+    // One file per partition per worker, and both workers wrote.
+    assert!(files.values().all(|n| *n <= 2), "{files:?}");
+    assert!(
+        files.values().any(|n| *n == 2),
+        "one worker only: {}",
+        run.stderr
+    );
+    lake.assert_matches(&db, "public.orders", "orders", "order_id");
+    assert_eq!(lake.summary("orders", "order_id")["duplicates"], 0);
+}
