@@ -189,7 +189,6 @@ fn bench(c: &mut Criterion) {
                     encoders: 1,
                     tmp_dir: lake_dir.path().join("tmp"),
                     staging_prefix: None,
-                    part: None,
                     defer_publish: false,
                     may_exist: false,
                 };

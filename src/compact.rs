@@ -283,6 +283,8 @@ async fn execute(
             let written = merge(config, lake, intent, p, &tmp).await?;
             report.files_out += written;
         }
+        // The merged files are durable before their inputs go.
+        lake.sync_dirs()?;
         for k in remaining {
             lake.delete(k).await?;
             crate::failpoint::hit(crate::failpoint::MID_COMPACT_DELETE);

@@ -202,7 +202,6 @@ impl Pipeline {
             encoders: (self.config.source.parallelism() / share).max(1),
             tmp_dir,
             staging_prefix: None,
-            part: None,
             defer_publish: false,
             may_exist: false,
         }
@@ -793,10 +792,9 @@ impl Pipeline {
                     .internal_key(self.slot(), "snapshot-progress.json"),
             )),
         };
-        let copied = snapshot::copy_tables(plan, |worker| {
+        let copied = snapshot::copy_tables(plan, || {
             let opts = SinkOptions {
                 staging_prefix: Some(staging.clone()),
-                part: Some(worker),
                 ..self.sink_options(workers, tmp_dir.clone())
             };
             self.sink(opts, processed_at, cp)
@@ -863,6 +861,7 @@ impl Pipeline {
             let table = dest.split('/').next().unwrap_or_default().to_string();
             *files_per_table.entry(table).or_default() += 1;
         }
+        self.lake.sync_dirs()?;
         let time = state.snapshot_time.unwrap_or(state.processed_at);
         for (folder, rows) in &state.rows {
             let qualified = self

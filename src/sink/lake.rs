@@ -78,7 +78,20 @@ pub struct Lake {
     local_root: Option<PathBuf>,
     url: String,
     metadata_prefix: String,
+    /// Files of a `file://` lake moved into place since the last [`Lake::sync_dirs`].
+    unsynced: Arc<std::sync::Mutex<Unsynced>>,
 }
+
+/// Files and folders whose durability [`Lake::sync_dirs`] still owes.
+#[derive(Debug, Default)]
+struct Unsynced {
+    files: Vec<PathBuf>,
+    dirs: std::collections::BTreeSet<PathBuf>,
+}
+
+/// From this many files on, one `syncfs` of the lake's filesystem replaces an fsync per
+/// file and folder (thousands of partitions: seconds of fsyncs).
+const SYNCFS_FROM: usize = 64;
 
 impl Lake {
     /// Opens the lake named by `[output]`; a `file://` lake's folder is created.
@@ -102,6 +115,7 @@ impl Lake {
                 local_root: None,
                 url,
                 metadata_prefix,
+                unsynced: Arc::default(),
             });
         }
         let root = if let Some(rest) = url.strip_prefix("file://") {
@@ -126,6 +140,7 @@ impl Lake {
             local_root: Some(root),
             url,
             metadata_prefix,
+            unsynced: Arc::default(),
         })
     }
 
@@ -237,20 +252,16 @@ impl Lake {
     /// Moves a finished local file to `key` unless an object of that name exists.
     ///
     /// The local file is removed either way. An existing object is never replaced:
-    /// readers may be reading it, and a retried flush produces the same content.
+    /// readers may be reading it, and a retried flush produces the same content. In a
+    /// `file://` lake the file is durable only after [`sync_dirs`](Self::sync_dirs),
+    /// which whoever records the files as written calls first.
     pub async fn publish(&self, file: &Path, key: &str) -> Result<Published, LakeError> {
         if let Some(dest) = self.local_path(key) {
             if dest.exists() {
                 remove_file(file)?;
                 return Ok(Published::AlreadyThere);
             }
-            let parent = dest.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(parent).map_err(|source| io_err("create", parent, source))?;
-            std::fs::File::open(file)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| io_err("fsync", file, source))?;
-            std::fs::rename(file, &dest).map_err(|source| io_err("rename", &dest, source))?;
-            fsync_dir(parent)?;
+            self.move_local(file, &dest)?;
             return Ok(Published::Written);
         }
         let size = std::fs::metadata(file)
@@ -348,10 +359,7 @@ impl Lake {
                 remove_file(&src)?;
                 return Ok(Published::AlreadyThere);
             }
-            let parent = dest.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(parent).map_err(|source| io_err("create", parent, source))?;
-            std::fs::rename(&src, &dest).map_err(|source| io_err("rename", &dest, source))?;
-            fsync_dir(parent)?;
+            self.move_local(&src, &dest)?;
             return Ok(Published::Written);
         }
         let (f, t) = (ObjPath::from(from), ObjPath::from(to));
@@ -376,6 +384,57 @@ impl Lake {
         };
         self.delete(from).await?;
         Ok(published)
+    }
+
+    /// Renames a local file into place, creating its folder; the folder is synced later.
+    fn move_local(&self, from: &Path, to: &Path) -> Result<(), LakeError> {
+        let parent = to.parent().unwrap_or(Path::new("/"));
+        if !parent.is_dir() {
+            std::fs::create_dir_all(parent).map_err(|source| io_err("create", parent, source))?;
+        }
+        std::fs::rename(from, to).map_err(|source| io_err("rename", to, source))?;
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        unsynced.files.push(to.to_path_buf());
+        unsynced.dirs.insert(parent.to_path_buf());
+        Ok(())
+    }
+
+    /// Records a file written in place in a `file://` lake, for [`sync_dirs`](Self::sync_dirs).
+    pub fn note_written(&self, path: &Path) {
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        unsynced.files.push(path.to_path_buf());
+        if let Some(dir) = path.parent() {
+            unsynced.dirs.insert(dir.to_path_buf());
+        }
+    }
+
+    /// Makes the files published or renamed so far durable, with their folder entries
+    /// (`file://` lakes; an object store's upload is durable when it returns). Call it
+    /// before recording them as written.
+    pub fn sync_dirs(&self) -> Result<(), LakeError> {
+        let unsynced =
+            std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
+        if unsynced.files.is_empty() {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        if unsynced.files.len() >= SYNCFS_FROM {
+            if let Some(root) = &self.local_root {
+                let fs =
+                    std::fs::File::open(root).map_err(|source| io_err("open", root, source))?;
+                return rustix::fs::syncfs(&fs)
+                    .map_err(|e| io_err("syncfs", root, std::io::Error::from(e)));
+            }
+        }
+        for f in &unsynced.files {
+            std::fs::File::open(f)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| io_err("fsync", f, source))?;
+        }
+        for dir in &unsynced.dirs {
+            fsync_dir(dir)?;
+        }
+        Ok(())
     }
 
     /// The local file behind a key, for a `file://` lake.

@@ -66,8 +66,6 @@ pub struct FileName {
     pub lsn: Lsn,
     /// Sequence within the partition.
     pub seq: u32,
-    /// The writer that wrote it, when several write one partition at once (snapshot workers).
-    pub part: Option<u32>,
 }
 
 impl std::fmt::Display for FileName {
@@ -79,9 +77,6 @@ impl std::fmt::Display for FileName {
             self.processed_at.format("%Y%m%d_%H%M%S"),
             self.lsn.0,
         )?;
-        if let Some(part) = self.part {
-            write!(f, "w{part:02}-")?;
-        }
         write!(f, "{:04}.parquet", self.seq)
     }
 }
@@ -134,7 +129,6 @@ mod tests {
                 .expect("time"),
             lsn: Lsn(0x16B3748),
             seq: 3,
-            part: None,
         };
         assert_eq!(
             name.to_string(),

@@ -14,7 +14,8 @@
 //! runs cost one sequential write and read of the rows' wire bytes on local disk.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::decode::{ChangeType, Datum, RowMeta};
@@ -29,6 +30,9 @@ pub struct SpillError {
     #[source]
     pub source: std::io::Error,
 }
+
+/// Bytes of a run file read at once.
+const READ_CHUNK: u64 = 4 << 20;
 
 /// Bytes the index takes per row (part number and offset), counted against the budget.
 const INDEX_BYTES: usize = 8;
@@ -99,11 +103,15 @@ pub struct Spill {
     arena: Vec<u8>,
     /// `(part, offset into arena)` per row, in arrival order until sorted.
     index: Vec<(u32, u32)>,
-    runs: Vec<PathBuf>,
+    /// Run files, with a handle each for reading them back (positioned reads, so the
+    /// encoder threads share it).
+    runs: Vec<(PathBuf, Option<File>)>,
     /// Per part, its ranges in the run files, oldest first.
     ranges: Vec<Vec<Range>>,
     /// Per part, the rows in the arena once sorted: `index[start..end]`.
     tail: Vec<(usize, usize)>,
+    /// Rows per part.
+    counts: Vec<u32>,
     spilled_bytes: u64,
 }
 
@@ -118,6 +126,7 @@ impl Spill {
             runs: Vec::new(),
             ranges: Vec::new(),
             tail: Vec::new(),
+            counts: Vec::new(),
             spilled_bytes: 0,
         }
     }
@@ -145,6 +154,10 @@ impl Spill {
         }
         let start = self.arena.len();
         self.index.push((part, start as u32));
+        if self.counts.len() <= part as usize {
+            self.counts.resize(part as usize + 1, 0);
+        }
+        self.counts[part as usize] += 1;
         // Length placeholder, filled in once the row is written.
         self.arena.extend_from_slice(&[0; 4]);
         self.arena.push(change_type_code(meta.change_type));
@@ -249,7 +262,7 @@ impl Spill {
         }
         out.flush().map_err(err)?;
         self.spilled_bytes += offset;
-        self.runs.push(path);
+        self.runs.push((path, None));
         self.arena.clear();
         self.index.clear();
         Ok(())
@@ -262,7 +275,18 @@ impl Spill {
             self.spill()?;
         }
         self.tail = self.sort_index();
+        for (path, file) in &mut self.runs {
+            *file = Some(File::open(&*path).map_err(|source| SpillError {
+                path: path.clone(),
+                source,
+            })?);
+        }
         Ok(())
+    }
+
+    /// Rows of a part.
+    pub fn rows(&self, part: u32) -> u32 {
+        self.counts.get(part as usize).copied().unwrap_or(0)
     }
 
     /// Parts that have rows.
@@ -285,24 +309,40 @@ impl Spill {
     ) -> Result<(), E> {
         let mut buf = Vec::new();
         for range in self.ranges.get(part as usize).into_iter().flatten() {
-            let path = &self.runs[range.run];
+            let (path, file) = &self.runs[range.run];
             let err = |source| SpillError {
                 path: path.clone(),
                 source,
             };
-            let mut file = File::open(path).map_err(err)?;
-            file.seek(SeekFrom::Start(range.offset)).map_err(err)?;
-            let mut reader = BufReader::with_capacity(1 << 20, file.take(range.len));
-            let mut len = [0u8; 4];
-            loop {
-                match reader.read_exact(&mut len) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                    Err(e) => return Err(err(e).into()),
+            let file = file
+                .as_ref()
+                .ok_or_else(|| err(std::io::Error::other("spill read before it was sealed")))?;
+            // A range is read in pieces of at most a few megabytes, each ending on a row.
+            let (mut at, end) = (range.offset, range.offset + range.len);
+            while at < end {
+                let want = (end - at).min(READ_CHUNK) as usize;
+                buf.resize(want, 0);
+                file.read_exact_at(&mut buf, at).map_err(err)?;
+                let mut pos = 0;
+                while pos + 4 <= want {
+                    let len = u32::from_le_bytes(four(&buf[pos..])) as usize;
+                    if pos + 4 + len > want {
+                        break;
+                    }
+                    f(decode_row(&buf[pos + 4..pos + 4 + len]))?;
+                    pos += 4 + len;
                 }
-                buf.resize(u32::from_le_bytes(len) as usize, 0);
-                reader.read_exact(&mut buf).map_err(err)?;
-                f(decode_row(&buf))?;
+                if pos == 0 {
+                    // One row bigger than the piece: read exactly it.
+                    let mut len = [0u8; 4];
+                    file.read_exact_at(&mut len, at).map_err(err)?;
+                    let len = u32::from_le_bytes(len) as usize;
+                    buf.resize(len, 0);
+                    file.read_exact_at(&mut buf, at + 4).map_err(err)?;
+                    f(decode_row(&buf))?;
+                    pos = 4 + len;
+                }
+                at += pos as u64;
             }
         }
         if let Some((start, end)) = self.tail.get(part as usize) {
@@ -316,11 +356,23 @@ impl Spill {
     }
 }
 
-impl Drop for Spill {
-    fn drop(&mut self) {
-        for run in &self.runs {
+impl Spill {
+    /// Deletes the run files and frees the memory (before the lake is synced, so the
+    /// runs' pages are never written back).
+    pub fn clear(&mut self) {
+        for (run, _) in self.runs.drain(..) {
             let _ = std::fs::remove_file(run);
         }
+        self.arena = Vec::new();
+        self.index = Vec::new();
+        self.ranges.clear();
+        self.tail.clear();
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -453,9 +505,40 @@ mod tests {
             total += rows.len();
         }
         assert_eq!(total, 501);
-        let runs = spill.runs.clone();
+        let runs: Vec<PathBuf> = spill.runs.iter().map(|(p, _)| p.clone()).collect();
         drop(spill);
         assert!(runs.iter().all(|r| !r.exists()), "run files are removed");
+    }
+
+    #[test]
+    fn ranges_larger_than_a_read_and_rows_larger_than_a_read_come_back_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut spill = Spill::new(dir.path(), 64 << 20);
+        let big = vec![b'x'; (READ_CHUNK as usize) + 12_345];
+        let mut sent = Vec::new();
+        for i in 0..30_000i64 {
+            let text = if i == 777 {
+                String::from_utf8(big.clone()).expect("utf8")
+            } else {
+                format!("{i:0>300}")
+            };
+            let values = [Datum::Text(text.as_bytes()), Datum::Null, Datum::Unchanged];
+            spill
+                .push(0, 0, &meta(i), Some(values.into_iter()))
+                .expect("push");
+            sent.push(text);
+        }
+        // Everything goes to one run: 30k rows of 300 bytes and one of over 4 MB.
+        spill.seal(0).expect("seal");
+        assert_eq!(spill.runs.len(), 1);
+        assert!(spill.spilled_bytes() > 2 * READ_CHUNK);
+        let got = read_all(&spill);
+        assert_eq!(got.len(), 1);
+        let texts: Vec<&String> = got[0].1.iter().map(|(_, v)| v).collect();
+        assert_eq!(texts.len(), sent.len());
+        for (i, (g, s)) in texts.iter().zip(&sent).enumerate() {
+            assert!(*g == s, "row {i} differs");
+        }
     }
 
     #[test]

@@ -38,8 +38,9 @@ use super::lake::{Lake, LakeError, Published};
 use super::partition::{FileName, PartitionKey};
 use super::spill::{Spill, SpillError};
 use crate::config::Compression;
+use crate::decode::schema::CHANGE_SEQ;
 use crate::decode::Datum;
-use crate::decode::{DecodeError, RowBatch, RowMeta, TableSchema, Warnings};
+use crate::decode::{ColumnKind, DecodeError, RowBatch, RowMeta, TableSchema, Warnings};
 use crate::lsn::Lsn;
 
 /// Parts are looked up once per row: SipHash's DoS resistance is not needed for keys
@@ -104,8 +105,6 @@ pub struct SinkOptions {
     pub tmp_dir: PathBuf,
     /// Written under this key prefix instead of the table folders (snapshot staging).
     pub staging_prefix: Option<String>,
-    /// Number of this writer among several writing the same partitions (in file names).
-    pub part: Option<u32>,
     /// Keep finished files in the temp folder; [`publish_deferred`] moves them later.
     pub defer_publish: bool,
     /// An earlier attempt may have written some of these files (a resumed flush): look
@@ -141,7 +140,7 @@ pub async fn publish_deferred(lake: &Lake, files: &mut [WrittenFile]) -> Result<
             f.published = lake.publish(&tmp, &f.written_key).await?;
         }
     }
-    Ok(())
+    lake.sync_dirs()
 }
 
 /// One table partition: its folder (by number) and key.
@@ -305,44 +304,63 @@ impl Sink {
 
     /// Encodes every partition and closes every file; returns all files written or
     /// found, in (table, partition, sequence) order.
-    pub fn finish(mut self) -> Result<Vec<WrittenFile>, SinkError> {
-        // Rows kept in memory and the encoders' row groups share the limit.
-        let limit = self.encoder.opts.memory_limit;
-        self.spill.seal(limit / 2)?;
-        if self.spill.spilled_bytes() > 0 {
-            tracing::debug!(
-                bytes = self.spill.spilled_bytes(),
-                "rows were grouped by partition on local disk"
-            );
+    pub fn finish(self) -> Result<Vec<WrittenFile>, SinkError> {
+        Self::finish_all(vec![self])
+    }
+
+    /// Finishes sinks that took rows of the same tables side by side (snapshot workers):
+    /// each partition's rows from all of them go into the same files, so a partition
+    /// gets one file per `max_file_size` whatever the number of workers. Settings come
+    /// from the first sink; memory and encoder threads are the sinks' together.
+    pub fn finish_all(mut sinks: Vec<Sink>) -> Result<Vec<WrittenFile>, SinkError> {
+        let limit: usize = sinks.iter().map(|s| s.encoder.opts.memory_limit).sum();
+        let threads_wanted: usize = sinks.iter().map(|s| s.encoder.opts.encoders).sum();
+        let mut spilled = 0;
+        for s in &mut sinks {
+            // Rows kept in memory and the encoders' row groups share the limit.
+            let keep = s.encoder.opts.memory_limit / 2;
+            s.spill.seal(keep)?;
+            spilled += s.spill.spilled_bytes();
         }
-        let mut order: Vec<u32> = self.spill.parts();
-        order.sort_by(|a, b| {
-            let (pa, pb) = (self.parts[*a as usize], self.parts[*b as usize]);
-            (&*self.folders[pa.0 as usize], pa.1).cmp(&(&*self.folders[pb.0 as usize], pb.1))
-        });
-        let threads = self.encoder.opts.encoders.clamp(1, order.len().max(1));
-        let memory = limit.saturating_sub(self.spill.memory()) / threads;
-        let job = Job {
-            spill: &self.spill,
-            parts: &self.parts,
-            folders: &self.folders,
-            schemas: &self.schemas,
-            memory,
+        // Every (table, partition) and where its rows are, in a fixed order.
+        let mut merged: std::collections::BTreeMap<(Arc<str>, PartitionKey), Vec<(usize, u32)>> =
+            std::collections::BTreeMap::new();
+        for (i, s) in sinks.iter().enumerate() {
+            for p in s.spill.parts() {
+                let (table, key) = s.parts[p as usize];
+                merged
+                    .entry((s.folders[table as usize].clone(), key))
+                    .or_default()
+                    .push((i, p));
+            }
+        }
+        let order: Vec<((Arc<str>, PartitionKey), Vec<(usize, u32)>)> =
+            merged.into_iter().collect();
+        let Some(first) = sinks.first() else {
+            return Ok(Vec::new());
         };
-        let mut warnings = std::mem::take(&mut self.warnings);
-        let encoder = &self.encoder;
+        let started = std::time::Instant::now();
+        let threads = threads_wanted.clamp(1, order.len().max(1));
+        let in_memory: usize = sinks.iter().map(|s| s.spill.memory()).sum();
+        let job = Job {
+            sinks: &sinks,
+            memory: limit.saturating_sub(in_memory) / threads,
+        };
+        let encoder = &first.encoder;
         let order = &order;
         let job = &job;
-        // Threads take the next part until none is left (a big partition does not hold
-        // up the others); names do not depend on which thread writes a part.
+        // Threads take the next partition until none is left (a big partition does not
+        // hold up the others); names do not depend on which thread writes a partition.
         let next = AtomicUsize::new(0);
         let encode = |warnings: &mut Warnings| -> Result<Vec<(usize, WrittenFile)>, SinkError> {
             let mut uploads = Uploads::default();
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(p) = order.get(i) else { break };
-                for f in encoder.part(job, *p, warnings)? {
+                let Some(((folder, key), sources)) = order.get(i) else {
+                    break;
+                };
+                for f in encoder.part(job, folder, *key, sources, warnings)? {
                     match f {
                         Closed::Done(f) => out.push((i, f)),
                         Closed::Uploading(task) => {
@@ -361,7 +379,7 @@ impl Sink {
         };
         let mut results =
             if threads == 1 {
-                encode(&mut warnings)?
+                encode(&mut Warnings::default())?
             } else {
                 let encode = &encode;
                 std::thread::scope(|scope| {
@@ -377,6 +395,20 @@ impl Sink {
                     Ok::<_, SinkError>(all)
                 })?
             };
+        let partitions = order.len();
+        let lake = encoder.lake.clone();
+        // The runs are deleted before the lake is synced, so their pages are never written.
+        for s in &mut sinks {
+            s.spill.clear();
+        }
+        lake.sync_dirs()?;
+        tracing::debug!(
+            partitions,
+            files = results.len(),
+            spilled_bytes = spilled,
+            seconds = started.elapsed().as_secs_f64(),
+            "partitions encoded"
+        );
         results.sort_by(|(a, fa), (b, fb)| (a, &fa.key).cmp(&(b, &fb.key)));
         Ok(results.into_iter().map(|(_, f)| f).collect())
     }
@@ -384,10 +416,8 @@ impl Sink {
 
 /// What the encoder threads share.
 struct Job<'a> {
-    spill: &'a Spill,
-    parts: &'a [PartId],
-    folders: &'a [Arc<str>],
-    schemas: &'a [Arc<TableSchema>],
+    /// The sinks whose rows are encoded (their spills and schemas).
+    sinks: &'a [Sink],
     /// Memory for one thread's row group in progress.
     memory: usize,
 }
@@ -445,67 +475,88 @@ struct OpenFile {
     written_key: String,
     bytes: u64,
     rows: u64,
+    /// Written where it stays (a staged file on a local disk): nothing to move.
+    direct: bool,
 }
 
 impl Encoder {
     /// The writer settings for one table's file.
     fn props_for(&self, schema: &TableSchema) -> WriterProperties {
+        // Columns whose values are (nearly) unique per row: a dictionary for them only
+        // fills up and is dropped, after hashing every value. A one-column key,
+        // timestamps, and the row's position in its transaction.
         let mut keys = schema.columns.iter().filter(|c| c.is_key);
-        match (keys.next(), keys.next()) {
-            // A one-column key is (nearly) unique per row: a dictionary for it only fills
-            // up and is dropped, after hashing every value.
-            (Some(key), None) => self
-                .props
-                .clone()
-                .into_builder()
-                .set_column_dictionary_enabled(ColumnPath::from(key.name.as_str()), false)
-                .build(),
-            _ => self.props.clone(),
+        let key = match (keys.next(), keys.next()) {
+            (Some(key), None) => Some(key.name.clone()),
+            _ => None,
+        };
+        let unique = key
+            .into_iter()
+            .chain(
+                schema
+                    .columns
+                    .iter()
+                    .filter(|c| matches!(c.kind, ColumnKind::Timestamp | ColumnKind::TimestampTz))
+                    .map(|c| c.name.clone()),
+            )
+            .chain(std::iter::once(schema.meta(CHANGE_SEQ)));
+        let mut b = self.props.clone().into_builder();
+        for c in unique {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false);
         }
+        b.build()
     }
 
     /// Writes every row of part `p` into its files.
     fn part(
         &self,
         job: &Job<'_>,
-        p: u32,
+        folder: &Arc<str>,
+        key: PartitionKey,
+        sources: &[(usize, u32)],
         warnings: &mut Warnings,
     ) -> Result<Vec<Closed>, SinkError> {
-        let (table, key) = job.parts[p as usize];
-        let folder = &job.folders[table as usize];
         let mut state = PartState {
             folder,
             key,
             seq: 0,
             batch: None,
-            schema: u32::MAX,
             file: None,
             skipping: None,
             files: Vec::new(),
         };
-        job.spill.for_each(p, |row| -> Result<(), SinkError> {
-            if row.schema != state.schema {
-                // The table's columns changed: later rows go to a new file.
-                self.write_batch(&mut state, job)?;
-                self.close_file(&mut state)?;
-                state.schema = row.schema;
-                state.batch = Some(RowBatch::new(
-                    job.schemas[row.schema as usize].clone(),
-                    BATCH_ROWS,
-                ));
-            }
-            let Some(batch) = state.batch.as_mut() else {
-                return Ok(());
-            };
-            match row.values {
-                Some(values) => batch.append(values, &row.meta, warnings)?,
-                None => batch.append_all_null(&row.meta),
-            }
-            if batch.rows() >= BATCH_ROWS {
-                self.write_batch(&mut state, job)?;
-            }
-            Ok(())
-        })?;
+        // Most partitions of a spread table hold far fewer rows than a batch.
+        let rows: u32 = sources
+            .iter()
+            .map(|(i, p)| job.sinks[*i].spill.rows(*p))
+            .sum();
+        let capacity = (rows as usize).min(BATCH_ROWS);
+        for (i, p) in sources {
+            let sink = &job.sinks[*i];
+            sink.spill.for_each(*p, |row| -> Result<(), SinkError> {
+                let schema = &sink.schemas[row.schema as usize];
+                let same = state.batch.as_ref().is_some_and(|b| {
+                    Arc::ptr_eq(b.schema(), schema) || b.schema().same_columns(schema)
+                });
+                if !same {
+                    // The table's columns changed: later rows go to a new file.
+                    self.write_batch(&mut state, job)?;
+                    self.close_file(&mut state)?;
+                    state.batch = Some(RowBatch::new(schema.clone(), capacity));
+                }
+                let Some(batch) = state.batch.as_mut() else {
+                    return Ok(());
+                };
+                match row.values {
+                    Some(values) => batch.append(values, &row.meta, warnings)?,
+                    None => batch.append_all_null(&row.meta),
+                }
+                if batch.rows() >= BATCH_ROWS {
+                    self.write_batch(&mut state, job)?;
+                }
+                Ok(())
+            })?;
+        }
         self.write_batch(&mut state, job)?;
         self.close_file(&mut state)?;
         state.files.into_iter().map(|f| self.publish(f)).collect()
@@ -593,12 +644,13 @@ impl Encoder {
             processed_at: self.processed_at,
             lsn: self.lsn,
             seq: state.seq,
-            part: self.opts.part,
         };
         state.seq += 1;
         let key = format!("{}/{}/{name}", state.folder, state.key.path());
+        // Staged files sit side by side in one folder (no partition folders to create
+        // twice); the staged → final pairs are recorded, so nothing parses these names.
         let written_key = match &self.opts.staging_prefix {
-            Some(prefix) => format!("{prefix}/{key}"),
+            Some(prefix) => format!("{prefix}/{}", key.replace('/', "__")),
             None => key.clone(),
         };
         if self.opts.may_exist {
@@ -617,11 +669,34 @@ impl Encoder {
                 return Ok(());
             }
         }
-        static TMP_SEQ: AtomicUsize = AtomicUsize::new(0);
-        let tmp = self.opts.tmp_dir.join(format!(
-            "{name}.{}.tmp",
-            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        // Staged files are invisible to readers until the snapshot is published, so on a
+        // local disk they are written in place: no rename (renames across folders take a
+        // filesystem-wide lock, thousands of them serialise the encoders).
+        let direct = match (
+            &self.opts.staging_prefix,
+            self.lake.local_path(&written_key),
+        ) {
+            (Some(_), Some(path)) if !self.opts.defer_publish => Some(path),
+            _ => None,
+        };
+        let tmp = match &direct {
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {
+                    std::fs::create_dir_all(dir).map_err(|source| SinkError::Tmp {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                path.clone()
+            }
+            None => {
+                static TMP_SEQ: AtomicUsize = AtomicUsize::new(0);
+                self.opts.tmp_dir.join(format!(
+                    "{name}.{}.tmp",
+                    TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+                ))
+            }
+        };
         let file = File::create(&tmp).map_err(|source| SinkError::Tmp {
             path: tmp.clone(),
             source,
@@ -642,6 +717,7 @@ impl Encoder {
             written_key,
             bytes: 0,
             rows: 0,
+            direct: direct.is_some(),
         });
         Ok(())
     }
@@ -664,6 +740,12 @@ impl Encoder {
                     .map(|m| m.len())
                     .unwrap_or(0);
                 crate::failpoint::hit(crate::failpoint::MID_PARQUET_WRITE);
+                let pending = if f.direct {
+                    self.lake.note_written(&f.tmp);
+                    None
+                } else {
+                    Some(f.tmp)
+                };
                 WrittenFile {
                     table: state.folder.to_string(),
                     partition: state.key,
@@ -672,7 +754,7 @@ impl Encoder {
                     rows: f.rows,
                     bytes,
                     published: Published::Written,
-                    pending: Some(f.tmp),
+                    pending,
                 }
             }
             (None, Some(s)) => WrittenFile {
@@ -711,7 +793,6 @@ struct PartState<'a> {
     /// The next file's sequence number within the part.
     seq: u32,
     batch: Option<RowBatch>,
-    schema: u32,
     file: Option<OpenFile>,
     skipping: Option<Skipped>,
     files: Vec<WrittenFile>,

@@ -5,12 +5,14 @@
 //!
 //! ```text
 //!  exported snapshot + CP
-//!    plan: per table, pg_relation_size → CTID page ranges (one chunk for small or
-//!          partitioned tables); chunks go into one queue
+//!    plan: per table (per partition of a partitioned one), pg_relation_size → CTID
+//!          page ranges (one chunk for small ones); chunks go into one queue
 //!    max_parallel workers, each: BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT '<name>'
-//!      take a chunk → COPY (SELECT … WHERE ctid range [AND snapshot_where])
-//!                          TO STDOUT (FORMAT binary)
-//!        async: network ──chunks──▶ blocking thread: parse → decode → the worker's Sink
+//!      take a chunk → COPY (SELECT <published columns> … WHERE ctid range
+//!                          [AND snapshot_where] [AND row filter]) TO STDOUT (FORMAT binary)
+//!        async: network ──chunks──▶ blocking thread: parse → partition → the worker's
+//!                                    Sink (rows grouped by partition, spilled past memory)
+//!    all copied: the workers' sinks are encoded together, partition by partition
 //!    progress: bars per table on a terminal, log lines otherwise, and
 //!              `_slot2lake/<slot>/snapshot-progress.json` for `slot2lake status`
 //! ```
@@ -20,9 +22,8 @@
 //! TRUNCATE row at (CP, -1), so every older row of the table is superseded. Files go to
 //! a staging prefix; the caller moves them into the table folders only once every chunk
 //! is copied, so a crash never leaves a partial snapshot where Athena reads.
-//! Memory: each worker's sink gets `1/max_parallel` of the flush memory and open files.
-//! Rows are not sorted by partition: with CTID chunks every chunk spans every
-//! partition anyway, and the server's sort cost a fifth of the throughput.
+//! Memory: each worker's sink gets `1/max_parallel` of the flush memory. The server does
+//! not sort by partition (it cost a fifth of the throughput): the sinks group the rows.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -309,11 +310,12 @@ async fn plan_chunks(
     })
 }
 
-/// Copies every table with up to `max_parallel` workers; `make_sink(worker)` gives each
-/// worker its own sink (its file names carry the worker's number).
+/// Copies every table with up to `max_parallel` workers; `make_sink()` gives each worker
+/// its own sink, and once all have copied, their rows are encoded together (one set of
+/// files per partition).
 pub async fn copy_tables(
     plan: SnapshotPlan<'_>,
-    make_sink: impl Fn(u32) -> Result<Sink, SinkError>,
+    make_sink: impl Fn() -> Result<Sink, SinkError>,
 ) -> Result<Copied, SnapshotError> {
     let workers = plan.max_parallel.max(1);
     let mut planner = connect(plan.url).await?;
@@ -343,7 +345,7 @@ pub async fn copy_tables(
         .min(queue.lock().map(|q| q.len()).unwrap_or(1))
         .max(1)
     {
-        let sink = make_sink(w as u32)?;
+        let sink = make_sink()?;
         let worker = Worker {
             number: w as u32,
             url: plan.url.clone(),
@@ -361,9 +363,10 @@ pub async fn copy_tables(
         ..Copied::default()
     };
     let mut first_error = None;
+    let mut sinks = Vec::new();
     for t in tasks {
         match t.await {
-            Ok(Ok(files)) => copied.files.extend(files),
+            Ok(Ok(sink)) => sinks.push(sink),
             Ok(Err(e)) => {
                 // The others stop once the queue is emptied.
                 if let Ok(mut q) = queue.lock() {
@@ -383,6 +386,11 @@ pub async fn copy_tables(
     txn.commit()
         .await
         .map_err(|e| query_error("ending the snapshot transaction", &e))?;
+    crate::failpoint::hit(crate::failpoint::MID_SNAPSHOT_COPY);
+    // Every worker's rows of a partition go into the same files.
+    copied.files = tokio::task::spawn_blocking(move || Sink::finish_all(sinks))
+        .await
+        .map_err(|e| SnapshotError::Worker(e.to_string()))??;
     copied.rows = progress.rows();
     Ok(copied)
 }
@@ -403,7 +411,8 @@ enum Msg {
 }
 
 impl Worker {
-    async fn run(self, sink: Sink) -> Result<Vec<WrittenFile>, SnapshotError> {
+    /// Copies chunks until the queue is empty; returns the sink holding the rows.
+    async fn run(self, sink: Sink) -> Result<Sink, SnapshotError> {
         let mut client = connect(&self.url).await?;
         let txn = import(&mut client, &self.snapshot_name).await?;
         let (tx, rx) = mpsc::channel::<Msg>(4);
@@ -454,7 +463,7 @@ impl Worker {
             }
         }
         drop(tx);
-        let files = decoder
+        let sink = decoder
             .await
             .map_err(|e| SnapshotError::Worker(e.to_string()))??;
         if stopped {
@@ -463,7 +472,7 @@ impl Worker {
         txn.commit()
             .await
             .map_err(|e| query_error("ending a snapshot transaction", &e))?;
-        Ok(files)
+        Ok(sink)
     }
 }
 
@@ -485,7 +494,7 @@ fn decode(
     cp: Lsn,
     snapshot_us: i64,
     first_seq: i64,
-) -> Result<Vec<WrittenFile>, SnapshotError> {
+) -> Result<Sink, SnapshotError> {
     let processing_date: NaiveDate = sink.processed_at().date_naive();
     let mut meta = RowMeta {
         change_type: ChangeType::Snapshot,
@@ -548,8 +557,7 @@ fn decode(
         }
     }
     finish(&current)?;
-    crate::failpoint::hit(crate::failpoint::MID_SNAPSHOT_COPY);
-    Ok(sink.finish()?)
+    Ok(sink)
 }
 
 /// Rows copied per table, shared by the workers and the reporter.
