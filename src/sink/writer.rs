@@ -146,6 +146,9 @@ pub async fn publish_deferred(lake: &Lake, files: &mut [WrittenFile]) -> Result<
 /// One table partition: its folder (by number) and key.
 type PartId = (u32, PartitionKey);
 
+/// Where a partition's rows are: (sink, part number in that sink's spill).
+type Sources = Vec<(usize, u32)>;
+
 /// Writes rows of many tables and partitions as Parquet files.
 pub struct Sink {
     encoder: Encoder,
@@ -323,7 +326,7 @@ impl Sink {
             spilled += s.spill.spilled_bytes();
         }
         // Every (table, partition) and where its rows are, in a fixed order.
-        let mut merged: std::collections::BTreeMap<(Arc<str>, PartitionKey), Vec<(usize, u32)>> =
+        let mut merged: std::collections::BTreeMap<(Arc<str>, PartitionKey), Sources> =
             std::collections::BTreeMap::new();
         for (i, s) in sinks.iter().enumerate() {
             for p in s.spill.parts() {
@@ -334,8 +337,7 @@ impl Sink {
                     .push((i, p));
             }
         }
-        let order: Vec<((Arc<str>, PartitionKey), Vec<(usize, u32)>)> =
-            merged.into_iter().collect();
+        let order: Vec<((Arc<str>, PartitionKey), Sources)> = merged.into_iter().collect();
         let Some(first) = sinks.first() else {
             return Ok(Vec::new());
         };
