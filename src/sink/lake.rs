@@ -89,9 +89,8 @@ struct Unsynced {
     dirs: std::collections::BTreeSet<PathBuf>,
 }
 
-/// From this many files on, one `syncfs` of the lake's filesystem replaces an fsync per
-/// file and folder (thousands of partitions: seconds of fsyncs).
-const SYNCFS_FROM: usize = 64;
+/// Threads that fsync published files at once.
+const SYNC_THREADS: usize = 16;
 
 impl Lake {
     /// Opens the lake named by `[output]`; a `file://` lake's folder is created.
@@ -417,24 +416,10 @@ impl Lake {
         if unsynced.files.is_empty() {
             return Ok(());
         }
-        #[cfg(target_os = "linux")]
-        if unsynced.files.len() >= SYNCFS_FROM {
-            if let Some(root) = &self.local_root {
-                let fs =
-                    std::fs::File::open(root).map_err(|source| io_err("open", root, source))?;
-                return rustix::fs::syncfs(&fs)
-                    .map_err(|e| io_err("syncfs", root, std::io::Error::from(e)));
-            }
-        }
-        for f in &unsynced.files {
-            std::fs::File::open(f)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| io_err("fsync", f, source))?;
-        }
-        for dir in &unsynced.dirs {
-            fsync_dir(dir)?;
-        }
-        Ok(())
+        // fsyncs from several threads share journal commits: thousands of files take a
+        // fraction of the time one after the other would. Folders after their files.
+        sync_all(&unsynced.files)?;
+        sync_all(&unsynced.dirs.iter().cloned().collect::<Vec<_>>())
     }
 
     /// The local file behind a key, for a `file://` lake.
@@ -504,6 +489,30 @@ fn remove_file(path: &Path) -> Result<(), LakeError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(io_err("remove", path, source)),
     }
+}
+
+/// fsyncs files (or folders) on up to [`SYNC_THREADS`] threads.
+fn sync_all(paths: &[PathBuf]) -> Result<(), LakeError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<(), LakeError> {
+        while let Some(path) = paths.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| io_err("fsync", path, source))?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..SYNC_THREADS.min(paths.len()))
+            .map(|_| scope.spawn(work))
+            .collect();
+        for t in threads {
+            t.join().unwrap_or_else(|_| {
+                Err(io_err("fsync", Path::new("(lake)"), io::Error::other("fsync thread panicked")))
+            })?;
+        }
+        Ok(())
+    })
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), LakeError> {
