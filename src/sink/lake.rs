@@ -508,7 +508,11 @@ fn sync_all(paths: &[PathBuf]) -> Result<(), LakeError> {
             .collect();
         for t in threads {
             t.join().unwrap_or_else(|_| {
-                Err(io_err("fsync", Path::new("(lake)"), io::Error::other("fsync thread panicked")))
+                Err(io_err(
+                    "fsync",
+                    Path::new("(lake)"),
+                    io::Error::other("fsync thread panicked"),
+                ))
             })?;
         }
         Ok(())
