@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, EXAMPLE};
+use crate::config::{Config, ConfigError, LogFormat, DEFAULT_CONFIG_PATH, EXAMPLE};
 use crate::pipeline::Pipeline;
 
 /// Stream PostgreSQL changes from a logical replication slot into a Hive-partitioned Parquet lake.
@@ -16,6 +16,9 @@ pub struct Cli {
     /// More detailed logs (RUST_LOG overrides).
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Log lines as text or JSON objects (default: `[log] format`, else text).
+    #[arg(long, global = true, value_enum, env = "SLOT2LAKE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,6 +135,36 @@ enum ConfigCommand {
     Example,
 }
 
+impl Command {
+    /// The config file the command reads, if any.
+    fn config_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Run { config, .. }
+            | Command::Flush { config }
+            | Command::Backfill { config, .. }
+            | Command::Compact { config, .. }
+            | Command::Verify { config, .. }
+            | Command::Status { config, .. }
+            | Command::Check { config }
+            | Command::Catalog { config, .. } => Some(&config.config),
+            Command::Demo { .. } | Command::Config { .. } => None,
+        }
+    }
+}
+
+/// `[log] format` of a config file, read before logging starts (the full load, with its
+/// errors, comes later).
+fn configured_log_format(path: &std::path::Path) -> Option<LogFormat> {
+    #[derive(serde::Deserialize)]
+    struct Partial {
+        #[serde(default)]
+        log: Option<crate::config::LogConfig>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let partial: Partial = toml::from_str(&text).ok()?;
+    partial.log.map(|l| l.format)
+}
+
 /// Exit code for usage and configuration errors.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for runtime failures.
@@ -140,7 +173,11 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Entry point of the `slot2lake` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.verbose);
+    let format = cli
+        .log_format
+        .or_else(|| cli.command.config_path().and_then(configured_log_format))
+        .unwrap_or_default();
+    crate::telemetry::init(cli.verbose, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -188,8 +225,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 crate::service::run(config).await?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut pipeline = Pipeline::open(config).await?;
-            let report = pipeline.run_once().await.context("run --once")?;
+            let report = crate::service::run_once(config)
+                .await
+                .context("run --once")?;
             let snap: u64 = report.snapshot_rows.values().sum();
             let rows: u64 = report.flushed_rows.values().sum();
             println!(

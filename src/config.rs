@@ -97,6 +97,12 @@ pub struct Config {
     /// The admin HTTP API of `slot2lake run`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// How failures that may pass (S3, Glue or PostgreSQL unavailable) are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
     /// The tables to replicate.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
@@ -275,6 +281,71 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
         }
     }
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First delay before a failed flush (or `run --once`) is tried again.
+    #[serde(default = "default_retry_min", with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// Longest delay between attempts; `run` retries without end, degraded in `/health`.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// How long `run --once` keeps trying before it gives up.
+    #[serde(default = "default_retry_budget", with = "humantime_serde")]
+    pub run_once_budget: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            min_delay: default_retry_min(),
+            max_delay: default_retry_max(),
+            run_once_budget: default_retry_budget(),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delays between attempts.
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff {
+            min: self.min_delay,
+            max: self.max_delay,
+        }
+    }
+}
+
+fn default_retry_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_retry_budget() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one object per line, for log collectors).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour only at a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[flush]`
@@ -535,9 +606,16 @@ impl Config {
         let mut value: toml::Value = toml::from_str(text)
             .map_err(|e| parse_err(e.message().to_string() + &location(text, e.span())))?;
         expand_env(&mut value, "", env)?;
-        let mut config: Config = value
-            .try_into()
-            .map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
+        // The path names the key even after `${VAR}` expansion dropped the spans.
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().to_string();
+            parse_err(if path == "." {
+                message
+            } else {
+                format!("{path}: {message}")
+            })
+        })?;
         for t in &mut config.tables {
             t.meta_prefix = config.output.metadata_column_prefix.clone();
         }
@@ -597,6 +675,12 @@ impl Config {
         }
         if self.flush.memory_limit.0 < MB {
             return Err(invalid("flush.memory_limit", "must be at least 1MB"));
+        }
+        if self.retry.min_delay.is_zero() || self.retry.max_delay < self.retry.min_delay {
+            return Err(invalid(
+                "retry.max_delay",
+                "retry.min_delay must be greater than 0s and at most retry.max_delay",
+            ));
         }
         if self.spool.ack_interval.is_zero() {
             return Err(invalid("spool.ack_interval", "must be greater than 0s"));
@@ -867,6 +951,31 @@ url = "file:///tmp/lake"
 [[tables]]
 name = "public.customers"
 "#;
+
+    #[test]
+    fn type_errors_name_the_key_path() {
+        let cases = [
+            ("[spool]\nack_interval = \"soon\"\n", "spool.ack_interval"),
+            ("[retry]\nmax_delay = 5\n", "retry.max_delay"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            (
+                "[[tables]]\nname = \"a.b\"\n[[tables]]\nname = 42\n",
+                "tables[2].name",
+            ),
+        ];
+        for (extra, key) in cases {
+            let text = format!("{MINIMAL}{extra}");
+            let err = Config::parse(&text, "t.toml", &env)
+                .expect_err(extra)
+                .to_string();
+            assert!(err.contains(key), "{extra:?}: {err}");
+        }
+        let missing = "[source]\nslot = \"s\"\n[output]\nurl = \"file:///x\"\n";
+        let err = Config::parse(missing, "t.toml", &env)
+            .expect_err("missing url")
+            .to_string();
+        assert!(err.contains("source") && err.contains("url"), "{err}");
+    }
 
     #[test]
     fn expands_env_and_applies_defaults() {

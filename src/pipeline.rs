@@ -81,6 +81,16 @@ pub enum RunError {
     /// The lake and the slot disagree in a way slot2lake will not resolve alone.
     #[error("{0}")]
     State(String),
+    /// `run --once` retried until its budget was spent.
+    #[error("{source}; gave up after {attempts} attempts in {seconds} s (retry.run_once_budget); the next run resumes where this one stopped")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        seconds: u64,
+        /// The last attempt's failure.
+        source: Box<RunError>,
+    },
 }
 
 /// What a `run --once` did.
@@ -434,6 +444,14 @@ impl Pipeline {
             .into());
         }
         self.clean_tmp();
+        let damage = self.checkpoints.damage().await?;
+        if !damage.tables.is_empty() {
+            tracing::error!(
+                segments = ?damage.segments.keys().collect::<Vec<_>>(),
+                tables = ?damage.tables,
+                "spooled changes were lost (a corrupt segment with no mirror): the lake may miss changes of these tables until each is backfilled (`slot2lake backfill --table T`)"
+            );
+        }
         if let Some(intent) = self.checkpoints.flush_intent().await? {
             tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
             let done = self.execute_flush(intent, true).await?;
@@ -716,6 +734,9 @@ impl Pipeline {
             rows.extend(state.rows.clone());
             written.extend(files);
             self.publish_snapshot(&name, state).await?;
+            if only_partitions.is_none() {
+                self.checkpoints.repaired(f).await?;
+            }
         }
         let _ = std::fs::remove_dir_all(&tmp);
         // Dropping the connection drops the temporary slot.
@@ -1056,6 +1077,28 @@ impl Pipeline {
         };
         self.checkpoints.write_flush_intent(&intent).await?;
         Ok(Some(self.execute_flush(intent, false).await?))
+    }
+
+    /// After a failure on a corrupt spool segment: restores it from the mirror (`true`:
+    /// try again), or records that every table may have lost its changes, so `status`
+    /// shows it until each is backfilled.
+    pub async fn repair_spool(&self, e: &RunError) -> Result<bool, RunError> {
+        let (RunError::Spool(SpoolError::Corrupt { path, detail })
+        | RunError::Flush(FlushError::Spool(SpoolError::Corrupt { path, detail }))) = e
+        else {
+            return Ok(false);
+        };
+        if self.spool.restore_from_mirror(path).await? {
+            return Ok(true);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.checkpoints
+            .record_damage(&name, detail, self.tables.iter().map(|(f, _)| f.clone()))
+            .await?;
+        Ok(false)
     }
 
     /// Writes the files an intent names, then the watermarks; removes the intent.

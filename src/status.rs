@@ -64,6 +64,8 @@ pub struct Status {
     pub snapshot_in_progress: Option<serde_json::Value>,
     /// Changes of published relations that no configured table takes.
     pub unplaced_changes: crate::checkpoint::UnplacedChanges,
+    /// Spooled changes lost (corrupt segments without a mirror), until backfilled.
+    pub spool_damage: crate::checkpoint::SpoolDamage,
 }
 
 /// Gathers the status.
@@ -103,6 +105,7 @@ pub async fn gather(config: &Config) -> Result<Status, RunError> {
         flush_in_progress: cps.flush_intent().await?,
         snapshot_in_progress: snapshot_progress(&cps, &lake, &config.source.slot).await?,
         unplaced_changes: cps.unplaced().await?,
+        spool_damage: cps.damage().await?,
     })
 }
 
@@ -184,6 +187,20 @@ impl Status {
             s.push_str(&format!(
                 "WARNING: {n} changes of {relation} were not written: it is published but no [[tables]] entry takes it (a partition: configure its parent and set publish_via_partition_root = true)\n"
             ));
+        }
+        if !self.spool_damage.tables.is_empty() {
+            let segments: Vec<&str> = self
+                .spool_damage
+                .segments
+                .keys()
+                .map(String::as_str)
+                .collect();
+            for table in &self.spool_damage.tables {
+                s.push_str(&format!(
+                    "WARNING: changes of {table} in spool segment(s) {} (LSN ranges start-end) were lost; run `slot2lake backfill --table {table}`\n",
+                    segments.join(", ")
+                ));
+            }
         }
         s.push_str(&format!(
             "spool: {} segments, {} bytes in {}\n",

@@ -2,11 +2,13 @@
 
 use tracing_subscriber::EnvFilter;
 
+use crate::config::LogFormat;
+
 /// Default filter: slot2lake at info, libraries at warn.
 pub const DEFAULT_FILTER: &str = "warn,slot2lake=info,pg_walstream=error";
 
 /// Installs the global subscriber (once).
-pub fn init(verbose: bool) {
+pub fn init(verbose: bool, format: LogFormat) {
     let default = if verbose {
         "warn,slot2lake=debug,pg_walstream=warn"
     } else {
@@ -14,13 +16,21 @@ pub fn init(verbose: bool) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colour codes only for a person at a terminal, never in a pipe, file or journal.
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        // Colour codes only for a person at a terminal, never in a pipe, file or journal.
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Metric names and labels, all in one place (`slot2lake_<what>_<unit>`).
@@ -35,6 +45,10 @@ pub mod metric {
     pub const SLOT_LAG_BYTES: &str = "slot2lake_slot_lag_bytes";
     /// The position last acknowledged to the slot.
     pub const ACKED_LSN: &str = "slot2lake_acked_lsn";
+    /// Attempts that failed and will be retried, label `step`: flush, spool, catalog, source.
+    pub const RETRIES: &str = "slot2lake_retries_total";
+    /// 1 while a step fails and is retried (`/health` says degraded), label `step`.
+    pub const DEGRADED: &str = "slot2lake_degraded";
     /// Unix time of the last committed flush.
     pub const LAST_FLUSH_TIMESTAMP: &str = "slot2lake_last_flush_timestamp_seconds";
     /// Duration of the last committed flush.

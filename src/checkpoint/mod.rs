@@ -6,7 +6,7 @@
 //! backward. The flush intent fixes a flush's name-giving inputs (time and cut) before
 //! any file is written, so a retried flush writes the same names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -178,6 +178,16 @@ pub struct UnplacedChanges {
     pub relations: BTreeMap<String, u64>,
     /// The last flush that found any.
     pub last_cut: Option<Lsn>,
+}
+
+/// `_slot2lake/<slot>/damaged.json`: spooled changes that were lost (a corrupt or missing
+/// segment with no mirror to restore it from), kept until every table is backfilled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolDamage {
+    /// Segment file names (`<start>-<end>.seg`: the LSN range lost) and what was wrong.
+    pub segments: BTreeMap<String, String>,
+    /// Table folders whose changes in those ranges may be missing from the lake.
+    pub tables: BTreeSet<String>,
 }
 
 /// `_slot2lake/<slot>/flush.json`: a flush in progress.
@@ -355,6 +365,40 @@ impl Checkpoints {
         }
         all.last_cut = Some(cut);
         self.write(&self.internal("unplaced.json"), &all).await
+    }
+
+    /// Lost spooled changes not yet repaired by a backfill.
+    pub async fn damage(&self) -> Result<SpoolDamage, CheckpointError> {
+        Ok(self
+            .read(&self.internal("damaged.json"))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Records that `segment`'s changes are lost for `tables`.
+    pub async fn record_damage(
+        &self,
+        segment: &str,
+        detail: &str,
+        tables: impl IntoIterator<Item = String>,
+    ) -> Result<(), CheckpointError> {
+        let mut d = self.damage().await?;
+        d.segments.insert(segment.to_string(), detail.to_string());
+        d.tables.extend(tables);
+        self.write(&self.internal("damaged.json"), &d).await
+    }
+
+    /// A backfill of `table` took its rows anew: its lost changes no longer matter.
+    pub async fn repaired(&self, table: &str) -> Result<(), CheckpointError> {
+        let mut d = self.damage().await?;
+        if !d.tables.remove(table) {
+            return Ok(());
+        }
+        if d.tables.is_empty() {
+            Ok(self.lake.delete(&self.internal("damaged.json")).await?)
+        } else {
+            self.write(&self.internal("damaged.json"), &d).await
+        }
     }
 
     /// A snapshot in progress, if any: [`FIRST_RUN`] or [`backfill_state`]'s name.

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::health::{Health, HealthReport};
 use super::{FlushRequest, Waker};
 use crate::config::Config;
 use crate::pipeline::RunError;
@@ -32,8 +33,8 @@ pub struct AdminState {
     pub waker: Arc<Waker>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
-    /// Whether the consumer is streaming (recovery and a first snapshot come before).
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Starting, ok, or degraded (recovery and a first snapshot come before streaming).
+    pub health: Arc<Health>,
 }
 
 /// Binds the admin address; a clear error when it is taken.
@@ -68,10 +69,13 @@ pub fn serve(
 }
 
 async fn health(State(state): State<AdminState>) -> Response {
-    if state.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        "ok\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    match state.health.report() {
+        HealthReport::Ok => "ok\n".into_response(),
+        // Still 200: the consumer is alive and retrying; restarting it would not help.
+        HealthReport::Degraded(reasons) => {
+            format!("degraded\n{}\n", reasons.join("\n")).into_response()
+        }
+        HealthReport::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
     }
 }
 

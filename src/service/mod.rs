@@ -19,11 +19,11 @@
 //! seal, acknowledge, let a running flush finish, exit 0.
 
 pub mod admin;
+pub mod health;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use pg_walstream::CancellationToken;
 use serde::Serialize;
@@ -33,10 +33,12 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, RunError, RunReport};
+use crate::retry::{Action, Classify};
 use crate::source::introspect;
 use crate::source::replication::ReplicationStream;
 use crate::spool::{Received, SpoolWriter};
 use crate::telemetry::metric;
+use health::{Health, Retrying};
 
 /// What a flush requested through the admin API reports back.
 #[derive(Debug, Clone, Serialize)]
@@ -102,7 +104,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let waker = Arc::new(Waker::new(shutdown.clone()));
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = Arc::new(Health::default());
     let (flush_tx, flush_rx) = mpsc::channel(64);
     let admin_task = admin::serve(
         listener,
@@ -111,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             flush_tx,
             waker: waker.clone(),
             metrics,
-            ready: ready.clone(),
+            health: health.clone(),
         },
         shutdown.clone(),
     );
@@ -142,7 +144,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     repl.start(start).await?;
     let writer = pipeline.spool_writer(start, config.spool.segment_size.0);
     let spool_bytes = spool_size(&pipeline);
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    health.set_ready();
+    let backoff = config.retry.backoff();
     let consumer = Consumer {
         ack_interval: config.spool.ack_interval,
         max_spool_bytes: config.spool.max_spool_bytes.0,
@@ -162,10 +165,67 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         waiting: Vec::new(),
         in_flight: None,
         spool_bytes,
+        health,
+        flush_retry: Retrying::new("flush", backoff),
+        spool_retry: Retrying::new("spool", backoff),
+        backoff,
     };
     let result = consumer.run(flush_rx).await;
     admin_task.abort();
     result
+}
+
+/// `run --once`, tried again with backoff while failures may pass (S3, Glue or
+/// PostgreSQL unavailable), for at most `retry.run_once_budget`. Every attempt starts with
+/// recovery, so an attempt that died mid-flush is finished by the next one. A server that
+/// cannot be reached on the first attempt is reported at once: a wrong host or port should
+/// not take the whole budget to surface.
+pub async fn run_once(config: Config) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let budget = config.retry.run_once_budget;
+    let mut delays = config.retry.backoff().delays();
+    let mut attempt = 1;
+    loop {
+        let mut restored = false;
+        let result = match Pipeline::open(config.clone()).await {
+            Ok(mut pipeline) => match pipeline.run_once().await {
+                Err(e) => {
+                    restored = pipeline.repair_spool(&e).await?;
+                    Err(e)
+                }
+                ok => ok,
+            },
+            Err(e) => Err(e),
+        };
+        let e = match result {
+            Ok(report) => return Ok(report),
+            Err(e) => e,
+        };
+        if restored {
+            attempt += 1;
+            continue;
+        }
+        let unreachable = attempt == 1
+            && matches!(
+                e,
+                RunError::Source(crate::source::SourceError::Connect { .. })
+            );
+        let delay = delays.next().unwrap_or(config.retry.max_delay);
+        if unreachable || !e.action().retries() || started.elapsed() + delay > budget {
+            if attempt > 1 {
+                return Err(RunError::GaveUp {
+                    attempts: attempt,
+                    seconds: started.elapsed().as_secs(),
+                    source: Box::new(e),
+                });
+            }
+            return Err(e);
+        }
+        metrics::counter!(metric::RETRIES, "step" => "run_once").increment(1);
+        tracing::warn!(error = %e, attempt, retry_in = ?delay, "run --once failed; retrying");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
@@ -233,6 +293,12 @@ struct Consumer {
     waiting: Vec<oneshot::Sender<Result<FlushSummary, String>>>,
     in_flight: Option<InFlight>,
     spool_bytes: u64,
+    health: Arc<Health>,
+    /// A failed flush is retried after a growing delay, not at the next trigger.
+    flush_retry: Retrying,
+    /// Sealing (with the mirror upload to the lake's store) and acknowledging.
+    spool_retry: Retrying,
+    backoff: crate::retry::Backoff,
 }
 
 fn message_kind(tag: u8) -> &'static str {
@@ -270,7 +336,7 @@ impl Consumer {
                 }
                 Ok(None) if self.shutdown.is_cancelled() => break,
                 Ok(None) => {}
-                Err(e) if e.is_transient() => {
+                Err(e) if e.action() == Action::Reconnect => {
                     metrics::counter!(metric::ERRORS, "stage" => "source").increment(1);
                     if !self.reconnect(&e.to_string()).await? {
                         break;
@@ -292,22 +358,28 @@ impl Consumer {
             }
             match self.housekeeping().await {
                 Ok(()) => {}
-                Err(RunError::Source(e)) if e.is_transient() => {
-                    if !self.reconnect(&e.to_string()).await? {
-                        break;
+                Err(e) => match e.action() {
+                    Action::Reconnect => {
+                        if !self.reconnect(&e.to_string()).await? {
+                            break;
+                        }
                     }
-                }
-                Err(e) => {
-                    self.stop_after_error().await;
-                    return Err(e);
-                }
+                    Action::Backoff => {
+                        metrics::counter!(metric::ERRORS, "stage" => "spool").increment(1);
+                        self.spool_retry.failed(&self.health, &e);
+                    }
+                    Action::Stop => {
+                        self.stop_after_error().await;
+                        return Err(e);
+                    }
+                },
             }
         }
         self.stop().await
     }
 
     async fn housekeeping(&mut self) -> Result<(), RunError> {
-        self.collect_flush().await;
+        self.collect_flush().await?;
         if self.next_flush_at.is_some_and(|t| Utc::now() >= t) {
             tracing::info!("scheduled flush");
             self.next_flush_at = self.schedule.find_next_occurrence(&Utc::now(), false).ok();
@@ -321,15 +393,17 @@ impl Consumer {
             );
             self.want_flush = Some(Lsn::ZERO);
         }
-        if !self.writer.in_transaction() {
+        if !self.writer.in_transaction() && self.spool_retry.due() {
             let ack_due = self.last_ack.elapsed() >= self.ack_interval
                 && (self.writer.last_end() > self.acked || self.repl.received_lsn() > self.acked);
             let flush_due = self.in_flight.is_none()
+                && self.flush_retry.due()
                 && self
                     .want_flush
                     .is_some_and(|after| self.writer.last_end() > after);
             if ack_due || flush_due {
                 self.seal_and_ack().await?;
+                self.spool_retry.succeeded(&self.health);
             }
             if flush_due {
                 self.start_flush(self.acked);
@@ -441,17 +515,19 @@ impl Consumer {
         self.in_flight = Some((task, waiters));
     }
 
-    /// Reports a finished flush to whoever asked for it.
-    async fn collect_flush(&mut self) {
+    /// Reports a finished flush to whoever asked for it; a failure that retrying cannot
+    /// fix is returned.
+    async fn collect_flush(&mut self) -> Result<(), RunError> {
         if !self
             .in_flight
             .as_ref()
             .is_some_and(|(t, _)| t.is_finished())
         {
-            return;
+            return Ok(());
         }
-        if let Some((task, waiters)) = self.in_flight.take() {
-            self.report_flush(task, waiters).await;
+        match self.in_flight.take() {
+            Some((task, waiters)) => self.report_flush(task, waiters).await,
+            None => Ok(()),
         }
     }
 
@@ -459,40 +535,69 @@ impl Consumer {
         &mut self,
         task: JoinHandle<Result<FlushSummary, RunError>>,
         waiters: Vec<oneshot::Sender<Result<FlushSummary, String>>>,
-    ) {
+    ) -> Result<(), RunError> {
         let result = match task.await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("flush task failed: {e}")),
+            Ok(r) => r,
+            Err(e) => Err(RunError::State(format!("flush task failed: {e}"))),
         };
-        match &result {
+        let mut fatal = None;
+        let answer = match result {
             Ok(s) => {
                 metrics::counter!(metric::FLUSHES, "result" => "ok").increment(1);
                 metrics::gauge!(metric::LAST_FLUSH_TIMESTAMP).set(Utc::now().timestamp() as f64);
                 metrics::gauge!(metric::LAST_FLUSH_DURATION).set(s.seconds);
                 tracing::info!(cut = %s.cut, rows = s.rows, files = s.files, seconds = s.seconds, "flush done");
+                self.flush_retry.succeeded(&self.health);
+                match &s.catalog_error {
+                    Some(e) => self
+                        .health
+                        .degrade("catalog", format!("{e} (retried by the next flush)")),
+                    None => self.health.recover("catalog"),
+                }
+                Ok(s)
             }
             Err(e) => {
                 metrics::counter!(metric::FLUSHES, "result" => "error").increment(1);
                 metrics::counter!(metric::ERRORS, "stage" => "flush").increment(1);
-                tracing::error!(error = %e, "flush failed; the next flush retries it (no watermark moved)");
+                let message = e.to_string();
+                let restored = match self.pipeline.repair_spool(&e).await {
+                    Ok(r) => r,
+                    Err(re) => {
+                        tracing::error!(error = %re, "could not repair or record the damaged spool");
+                        false
+                    }
+                };
+                if restored || e.action().retries() {
+                    // Nothing moved: the intent (if written) is finished by the retry.
+                    let delay = self.flush_retry.failed(&self.health, &e);
+                    self.want_flush.get_or_insert(Lsn::ZERO);
+                    Err(format!("{message} (retrying in {} s)", delay.as_secs()))
+                } else {
+                    tracing::error!(error = %e, "flush failed; stopping (no watermark moved)");
+                    fatal = Some(e);
+                    Err(message)
+                }
             }
-        }
+        };
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
         for w in waiters {
-            let _ = w.send(result.clone());
+            let _ = w.send(answer.clone());
         }
+        fatal.map_or(Ok(()), Err)
     }
 
     /// Reconnects with exponential backoff; `false` when shutdown came first.
     async fn reconnect(&mut self, why: &str) -> Result<bool, RunError> {
         tracing::warn!(error = why, "replication connection lost; reconnecting");
         self.writer.discard_partial()?;
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(30))
-            .without_max_times()
-            .build();
+        self.health
+            .degrade("source", format!("replication connection lost: {why}"));
+        let mut delays = crate::retry::Backoff {
+            min: self.backoff.min.min(Duration::from_millis(500)),
+            max: self.backoff.max.min(Duration::from_secs(30)),
+        }
+        .delays();
         loop {
             let attempt = async {
                 let mut repl = self.pipeline.connect_stream().await?;
@@ -503,11 +608,17 @@ impl Consumer {
                 Ok(repl) => {
                     self.repl = repl;
                     metrics::counter!(metric::RECONNECTS).increment(1);
+                    self.health.recover("source");
                     tracing::info!(from = %self.writer.last_end(), "reconnected");
                     return Ok(true);
                 }
+                Err(e) if e.action() == Action::Stop && !matches!(e, RunError::Source(_)) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    metrics::counter!(metric::RETRIES, "step" => "source").increment(1);
+                    self.health.degrade("source", format!("reconnecting: {e}"));
                     tracing::warn!(error = %e, retry_in = ?delay, "reconnect failed");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -533,7 +644,9 @@ impl Consumer {
         }
         if let Some((task, waiters)) = self.in_flight.take() {
             tracing::info!("waiting for the running flush to finish");
-            self.report_flush(task, waiters).await;
+            if let Err(e) = self.report_flush(task, waiters).await {
+                tracing::error!(error = %e, "the last flush failed; the next run finishes it");
+            }
         }
         for w in self.waiting.drain(..) {
             let _ = w.send(Err(
@@ -547,7 +660,9 @@ impl Consumer {
     /// After a fatal error: answer waiting requests; a running flush keeps its intent.
     async fn stop_after_error(&mut self) {
         if let Some((task, waiters)) = self.in_flight.take() {
-            self.report_flush(task, waiters).await;
+            if let Err(e) = self.report_flush(task, waiters).await {
+                tracing::error!(error = %e, "the running flush failed too");
+            }
         }
         for w in self.waiting.drain(..) {
             let _ = w.send(Err("slot2lake stopped after an error; see its log".into()));

@@ -442,10 +442,16 @@ fn s3_store(
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_region(region)
+        // One request rides out a blip of about a minute (the default backoff would spend
+        // ten retries in 2-3 s); longer outages are the flush's retry policy's job.
         .with_retry(RetryConfig {
             max_retries: output.max_retries,
             retry_timeout: std::time::Duration::from_secs(300),
-            ..RetryConfig::default()
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(200),
+                max_backoff: std::time::Duration::from_secs(15),
+                base: 2.0,
+            },
         });
     if let Some(creds) = crate::aws::ChainCredentials::from_config(sdk) {
         b = b.with_credentials(creds);

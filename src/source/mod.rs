@@ -11,6 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::SecretUrl;
+use crate::retry::Action;
 
 /// A source-database failure; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,16 @@ pub enum SourceError {
         /// `host:port/db` (never the password).
         target: String,
         /// What happened and what to do.
+        message: String,
+        /// Whether trying again later may succeed (refused, timed out; not a wrong password).
+        retry: bool,
+    },
+    /// The server refused a statement for now (too many connections, a conflict).
+    #[error("{what}: {message}")]
+    Busy {
+        /// What was being done.
+        what: String,
+        /// The server's message.
         message: String,
     },
     /// A query failed.
@@ -50,13 +61,6 @@ pub enum SourceError {
     Lost(String),
 }
 
-impl SourceError {
-    /// Whether reconnecting may help (the server restarted, the network dropped).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Lost(_))
-    }
-}
-
 /// Describes a query failure, keeping the server's message and hint.
 pub fn query_error(what: impl Into<String>, e: &tokio_postgres::Error) -> SourceError {
     let message = match e.as_db_error() {
@@ -66,12 +70,16 @@ pub fn query_error(what: impl Into<String>, e: &tokio_postgres::Error) -> Source
         },
         None => e.to_string(),
     };
-    if e.is_closed() || e.as_db_error().is_none() && e.to_string().contains("connection") {
-        return SourceError::Lost(message);
-    }
-    SourceError::Query {
-        what: what.into(),
-        message,
+    match crate::retry::postgres_action(e) {
+        Action::Reconnect if e.as_db_error().is_none() => SourceError::Lost(message),
+        Action::Reconnect | Action::Backoff => SourceError::Busy {
+            what: what.into(),
+            message,
+        },
+        Action::Stop => SourceError::Query {
+            what: what.into(),
+            message,
+        },
     }
 }
 
@@ -101,6 +109,7 @@ pub async fn connect(url: &SecretUrl) -> Result<Client, SourceError> {
                     "no answer within {} s after connecting (a stuck proxy or pooler?); check host and port in source.url",
                     CONNECT_TIMEOUT.as_secs()
                 ),
+                retry: true,
             })
         })
 }
@@ -181,6 +190,7 @@ fn connect_error(url: &SecretUrl, e: &tokio_postgres::Error) -> SourceError {
     SourceError::Connect {
         target: target(url),
         message,
+        retry: crate::retry::postgres_action(e) != Action::Stop,
     }
 }
 

@@ -63,10 +63,12 @@ pub fn map_error(slot: &str, url: &SecretUrl, e: ReplicationError) -> SourceErro
         ReplicationError::Authentication(m) => SourceError::Connect {
             target: super::target(url),
             message: format!("{m}; check the user and password in source.url"),
+            retry: false,
         },
         ReplicationError::PermanentConnection(m) if m.contains("refused") => SourceError::Connect {
             target: super::target(url),
             message: "connection refused; is PostgreSQL running, and are host and port in source.url right?".into(),
+            retry: true,
         },
         ReplicationError::TransientConnection(m)
         | ReplicationError::ReplicationConnection(m)

@@ -49,6 +49,7 @@ fn bad(url: &SecretUrl, message: impl Into<String>) -> SourceError {
     SourceError::Connect {
         target: super::target(url),
         message: message.into(),
+        retry: false,
     }
 }
 

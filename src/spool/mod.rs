@@ -207,6 +207,50 @@ impl Spool {
         Ok(())
     }
 
+    /// Replaces a corrupt local segment with the mirror's copy; `false` when there is no
+    /// mirror, the mirror lacks it, or its copy does not read back either.
+    pub async fn restore_from_mirror(&self, path: &Path) -> Result<bool, SpoolError> {
+        let Some(m) = &self.mirror else {
+            return Ok(false);
+        };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(false);
+        };
+        let Some((start, end)) = parse_segment_name(name) else {
+            return Ok(false);
+        };
+        let key = format!("{}/{name}", m.prefix);
+        let Some(bytes) = m.lake.get(&key).await.map_err(SpoolError::Mirror)? else {
+            return Ok(false);
+        };
+        let tmp = self.dir.join(format!(".download-{name}"));
+        fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+        let copy = Segment {
+            start,
+            end,
+            path: tmp.clone(),
+            bytes: bytes.len() as u64,
+        };
+        let mut reader = SegmentReader::open(&copy)?;
+        loop {
+            match reader.next_record() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(segment = name, error = %e, "the mirror's copy is corrupt too");
+                    let _ = fs::remove_file(&tmp);
+                    return Ok(false);
+                }
+            }
+        }
+        fs::rename(&tmp, self.dir.join(name)).map_err(io_err(&self.dir))?;
+        tracing::warn!(
+            segment = name,
+            "spool: replaced a corrupt segment with the mirror's copy"
+        );
+        Ok(true)
+    }
+
     /// Deletes flushed segments here and in the mirror.
     pub async fn remove_flushed(&self, lsn: Lsn) -> Result<usize, SpoolError> {
         if let Some(m) = &self.mirror {

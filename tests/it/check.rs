@@ -186,11 +186,25 @@ async fn passwords_never_reach_logs_or_errors() {
         vec!["-v", "run", "--once"],
         vec!["-v", "status", "--json"],
         vec!["-v", "check"],
+        vec!["-v", "--log-format", "json", "run", "--once"],
     ] {
         let run = with_config(&args, &config).await;
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         outputs.push(run);
     }
+    // JSON logs: one object per line, with level and message, and no colour codes.
+    let json = &outputs[3].stderr;
+    assert!(json.lines().count() > 2, "{json}");
+    for line in json.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(
+        !outputs[0].stderr.contains('\u{1b}'),
+        "{}",
+        outputs[0].stderr
+    );
     // An unreachable server, whose error names the target.
     let bad = url.replace(
         &format!(

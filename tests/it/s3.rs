@@ -7,7 +7,8 @@ use std::sync::Arc;
 use aws_sdk_glue::Client as Glue;
 
 use crate::support::{
-    database, moto, run_once, with_config, Lake, Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
+    database, free_addr, moto, run_once, wait_until, with_config, Consumer, Lake, Moto, TestDb,
+    AWS_TEST_ENV, SEED_TABLES,
 };
 
 async fn glue(moto: &Moto) -> Glue {
@@ -269,34 +270,114 @@ async fn s3_errors_end_in_a_retried_flush_without_duplicate_files() {
     // slot2lake talks to S3 through the proxy; the reader goes to moto directly.
     let reader = lake.s3.clone().expect("s3");
     lake.s3 = Some((reader.0.clone(), format!("127.0.0.1:{proxy}")));
-    let config = s3_config(&lake, &db, "");
-    lake.s3 = Some(reader);
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace(
-            "region = \"us-east-1\"\n",
-            "region = \"us-east-1\"\nmax_retries = 2\n",
-        ),
-    )
-    .expect("config");
+    // Per-request retries and `run --once`'s retry budget, shortened for the test.
+    let settings = |max_retries: u32, budget: &str| {
+        format!(
+            "max_retries = {max_retries}\n[retry]\nmin_delay = \"50ms\"\nmax_delay = \"200ms\"\nrun_once_budget = \"{budget}\"\n"
+        )
+    };
+    let config = s3_config(&lake, &db, &settings(2, "60s"));
+    let proxied = lake.s3.replace(reader.clone());
 
     // A short outage: the client's retries ride it out.
     fail.store(2, Ordering::SeqCst);
     run_once(&config).await;
     assert_exact(&lake, &db);
 
-    // A long outage: the run fails, nothing is acknowledged or moved forward...
+    // An outage longer than one request's retries: the attempt fails, and `run --once`
+    // tries again (from recovery) until it succeeds.
+    lake.s3 = proxied.clone();
+    let config = s3_config(&lake, &db, &settings(0, "60s"));
+    lake.s3 = Some(reader.clone());
+    db.exec("UPDATE orders SET quantity = quantity + 1 WHERE order_id % 3 = 0;")
+        .await;
+    fail.store(3, Ordering::SeqCst);
+    let run = run_once(&config).await;
+    assert!(
+        run.stderr.contains("run --once failed; retrying"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fail.load(Ordering::SeqCst), 0, "the outage was not crossed");
+    assert_exact(&lake, &db);
+
+    // An outage longer than the budget: the run fails, nothing is acknowledged or moved
+    // forward...
+    lake.s3 = proxied;
+    let config = s3_config(&lake, &db, &settings(0, "1s"));
+    lake.s3 = Some(reader);
     db.exec("UPDATE orders SET quantity = quantity + 5 WHERE order_id % 2 = 0; DELETE FROM orders WHERE order_id % 7 = 0;").await;
     let confirmed = db.slot_confirmed(&db.name).await;
     fail.store(-1, Ordering::SeqCst);
     let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("gave up after"), "{}", run.stderr);
     assert_eq!(db.slot_confirmed(&db.name).await, confirmed);
     // ...then the endpoint recovers and the retried flush completes, with no duplicates.
     fail.store(0, Ordering::SeqCst);
     run_once(&config).await;
     assert_exact(&lake, &db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_degrades_the_consumer_until_the_flush_lands() {
+    let moto = moto();
+    let db = database("s3_outage_run").await;
+    db.seed(20, 100).await;
+    let mut lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let fail = Arc::new(AtomicI64::new(0));
+    let proxy = flaky_proxy(moto.port, fail.clone()).await;
+    let reader = lake.s3.clone().expect("s3");
+    lake.s3 = Some((reader.0.clone(), format!("127.0.0.1:{proxy}")));
+    let admin = free_addr();
+    // The spool stays local, so the flush (not the spool mirror) is what meets the outage.
+    let config = s3_config(
+        &lake,
+        &db,
+        &format!(
+            "max_retries = 1\n[spool]\nlocation = \"local\"\nack_interval = \"1s\"\n\
+             [retry]\nmin_delay = \"100ms\"\nmax_delay = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"
+        ),
+    );
+    lake.s3 = Some(reader);
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = 9 WHERE order_id % 4 = 0; DELETE FROM customers WHERE customer_id = 3;").await;
+
+    fail.store(-1, Ordering::SeqCst);
+    let asked = with_config(&["flush"], &config).await;
+    assert_eq!(asked.code, 1, "{}", asked.stdout);
+    assert!(asked.stderr.contains("retrying in"), "{}", asked.stderr);
+    wait_until(60, "/health to report the failing flush", || async {
+        let h = consumer.get("/health").await;
+        h.starts_with("degraded") && h.contains("flush:")
+    })
+    .await;
+    // Retries go on by themselves (not at the next trigger) and are counted.
+    let retries = || async {
+        let metrics = consumer.get("/metrics").await;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("slot2lake_retries_total{step=\"flush\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_until(60, "the flush to be retried", || async {
+        retries().await >= 3.0
+    })
+    .await;
+    db.exec("INSERT INTO orders (customer_id, product_name) VALUES (1, 'during the outage');")
+        .await;
+
+    fail.store(0, Ordering::SeqCst);
+    wait_until(60, "the retried flush to land", || async {
+        consumer.get("/health").await.trim() == "ok"
+    })
+    .await;
+    let run = with_config(&["flush"], &config).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_exact(&lake, &db);
+    assert!(consumer.log().contains("retrying"), "{}", consumer.log());
+    assert_eq!(consumer.stop().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,7 +123,23 @@ async fn a_postgres_restart_under_a_running_consumer() {
     let consumer = Consumer::start(&config, &admin).await;
     db.exec("UPDATE orders SET quantity = 1 WHERE order_id % 2 = 0;")
         .await;
-    cluster.pg_ctl(&["restart", "-m", "fast"]).expect("restart");
+    cluster.pg_ctl(&["stop", "-m", "fast"]).expect("stop");
+    // While the server is down the consumer stays up and says why it is degraded.
+    wait_until(60, "/health to report the lost source", || async {
+        let h = consumer.get("/health").await;
+        h.starts_with("degraded") && h.contains("source:")
+    })
+    .await;
+    cluster.pg_ctl(&["start"]).expect("start");
+    wait_until(60, "/health to recover", || async {
+        consumer.get("/health").await.trim() == "ok"
+    })
+    .await;
+    let metrics = consumer.get("/metrics").await;
+    assert!(
+        metrics.contains("slot2lake_retries_total{step=\"source\"}"),
+        "{metrics}"
+    );
     let db = TestDb {
         client: crate::support::connect(&db.url).await,
         ..db
@@ -319,5 +335,142 @@ async fn run_once_beside_a_running_consumer_changes_nothing() {
     );
     flush(&config).await;
     assert_eq!(consumer.stop().await, 0);
+    assert_exact(&lake, &db);
+}
+
+/// Leaves sealed, acknowledged (and, with a mirror, uploaded) spool segments behind: the
+/// slot no longer has their changes.
+async fn spool_acknowledged_changes(config: &std::path::Path, admin: &str, db: &TestDb) {
+    let consumer = Consumer::start(config, admin).await;
+    // After the first-run snapshot, so the changes go through the spool.
+    wait_until(60, "the consumer to stream", || async {
+        consumer.get("/health").await.trim() == "ok"
+    })
+    .await;
+    db.exec("UPDATE orders SET quantity = 42 WHERE order_id <= 30; DELETE FROM customers WHERE customer_id = 2;").await;
+    let target = lsn(db, "SELECT pg_current_wal_lsn()::text").await;
+    wait_until(60, "the changes to be spooled and acknowledged", || async {
+        db.slot_confirmed(&db.name)
+            .await
+            .and_then(|s| s.parse::<Lsn>().ok())
+            .is_some_and(|c| c >= target)
+    })
+    .await;
+    assert_eq!(consumer.stop().await, 0);
+}
+
+/// Flips a byte in the middle of every sealed segment; returns them.
+fn corrupt_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("spool dir").flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".seg") || name.ends_with(".open.seg") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&p).expect("segment");
+        if bytes.len() < 16 {
+            continue;
+        }
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        std::fs::write(&p, bytes).expect("corrupt");
+        out.push(p);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
+    let db = database("corrupt_mirrored").await;
+    db.seed(10, 50).await;
+    let lake = Lake::new();
+    let spool = tempfile::tempdir().expect("spool dir");
+    let admin = free_addr();
+    let config = service_config(
+        &lake,
+        &db,
+        &admin,
+        &format!(
+            "dir = \"{}\"\nlocation = \"output\"\n",
+            spool.path().display()
+        ),
+    );
+    spool_acknowledged_changes(&config, &admin, &db).await;
+    assert!(
+        !corrupt_segments(spool.path()).is_empty(),
+        "no sealed segment"
+    );
+    let run = run_once(&config).await;
+    assert!(
+        run.stderr.contains("with the mirror's copy"),
+        "{}",
+        run.stderr
+    );
+    assert_exact(&lake, &db);
+    let status = with_config(&["status"], &config).await;
+    assert!(!status.stdout.contains("WARNING"), "{}", status.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_segment_without_a_mirror_stays_reported_until_backfilled() {
+    let db = database("corrupt_local").await;
+    db.seed(10, 50).await;
+    let lake = Lake::new();
+    let spool = tempfile::tempdir().expect("spool dir");
+    let admin = free_addr();
+    let config = service_config(
+        &lake,
+        &db,
+        &admin,
+        &format!(
+            "dir = \"{}\"\nlocation = \"local\"\n",
+            spool.path().display()
+        ),
+    );
+    spool_acknowledged_changes(&config, &admin, &db).await;
+    let damaged = corrupt_segments(spool.path());
+    assert!(!damaged.is_empty(), "no sealed segment");
+
+    // The flush stops on it, names it and the repair, and acknowledges nothing more.
+    let run = with_config(&["run", "--once"], &config).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("is corrupt"), "{}", run.stderr);
+    assert!(run.stderr.contains("backfill"), "{}", run.stderr);
+    // Following the advice (move it aside) lets the flushes go on, but the loss stays on
+    // record: `status` warns for every table until each is backfilled.
+    let aside = tempfile::tempdir().expect("aside");
+    for p in &damaged {
+        std::fs::rename(p, aside.path().join(p.file_name().expect("name"))).expect("move aside");
+    }
+    run_once(&config).await;
+    assert_ne!(
+        lake.query_i64(
+            "orders",
+            "SELECT count(*) FROM {t} WHERE quantity = 42 AND change_type = 'UPDATE'"
+        ),
+        30,
+        "the lost changes cannot be in the lake"
+    );
+    for table in ["orders", "customers"] {
+        let status = with_config(&["status"], &config).await;
+        assert!(
+            status
+                .stdout
+                .contains(&format!("WARNING: changes of {table} in spool segment(s)")),
+            "{}",
+            status.stdout
+        );
+        let run = with_config(&["backfill", "--table", table], &config).await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let status = with_config(&["status"], &config).await;
+        assert!(
+            !status
+                .stdout
+                .contains(&format!("WARNING: changes of {table}")),
+            "{}",
+            status.stdout
+        );
+    }
     assert_exact(&lake, &db);
 }
