@@ -211,7 +211,9 @@ pub async fn run_once(config: Config) -> Result<RunReport, RunError> {
                 RunError::Source(crate::source::SourceError::Connect { .. })
             );
         let delay = delays.next().unwrap_or(config.retry.max_delay);
-        if unreachable || !e.action().retries() || started.elapsed() + delay > budget {
+        // The data is committed; the next run retries the catalog update first.
+        let committed = matches!(e, RunError::Catalog(_));
+        if unreachable || committed || !e.action().retries() || started.elapsed() + delay > budget {
             if attempt > 1 {
                 return Err(RunError::GaveUp {
                     attempts: attempt,
@@ -571,7 +573,10 @@ impl Consumer {
                     // Nothing moved: the intent (if written) is finished by the retry.
                     let delay = self.flush_retry.failed(&self.health, &e);
                     self.want_flush.get_or_insert(Lsn::ZERO);
-                    Err(format!("{message} (retrying in {} s)", delay.as_secs()))
+                    Err(format!(
+                        "{message} (retrying in {:.1} s)",
+                        delay.as_secs_f64()
+                    ))
                 } else {
                     tracing::error!(error = %e, "flush failed; stopping (no watermark moved)");
                     fatal = Some(e);

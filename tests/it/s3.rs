@@ -7,8 +7,8 @@ use std::sync::Arc;
 use aws_sdk_glue::Client as Glue;
 
 use crate::support::{
-    database, free_addr, moto, run_once, wait_until, with_config, Consumer, Lake, Moto, TestDb,
-    AWS_TEST_ENV, SEED_TABLES,
+    database, flaky_proxy, free_addr, moto, run_once, wait_until, with_config, Consumer, Lake,
+    Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
 };
 
 async fn glue(moto: &Moto) -> Glue {
@@ -220,43 +220,6 @@ async fn run_once_into_s3_starts_the_glue_crawler() {
     let run = run_once(&config).await;
     assert!(run.stderr.contains("crawler started"), "{}", run.stderr);
     assert_exact(&lake, &db);
-}
-
-/// A TCP proxy in front of moto that answers 503 to the next `fail` connections
-/// (all of them while `fail` is negative).
-async fn flaky_proxy(target: u16, fail: Arc<AtomicI64>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let failing = fail.load(Ordering::SeqCst) != 0;
-            if failing && fail.load(Ordering::SeqCst) > 0 {
-                fail.fetch_sub(1, Ordering::SeqCst);
-            }
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                if failing {
-                    let mut buf = [0u8; 4096];
-                    let _ = inbound.read(&mut buf).await;
-                    let _ = inbound
-                        .write_all(b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                        .await;
-                    return;
-                }
-                if let Ok(mut outbound) =
-                    tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -338,9 +338,14 @@ async fn run_once_beside_a_running_consumer_changes_nothing() {
     assert_exact(&lake, &db);
 }
 
-/// Leaves sealed, acknowledged (and, with a mirror, uploaded) spool segments behind: the
-/// slot no longer has their changes.
-async fn spool_acknowledged_changes(config: &std::path::Path, admin: &str, db: &TestDb) {
+/// Leaves sealed, acknowledged (and, with a mirror, uploaded) spool segments in `spool`:
+/// the slot no longer has their changes.
+async fn spool_acknowledged_changes(
+    config: &std::path::Path,
+    admin: &str,
+    db: &TestDb,
+    spool: &std::path::Path,
+) {
     let consumer = Consumer::start(config, admin).await;
     // After the first-run snapshot, so the changes go through the spool.
     wait_until(60, "the consumer to stream", || async {
@@ -349,11 +354,25 @@ async fn spool_acknowledged_changes(config: &std::path::Path, admin: &str, db: &
     .await;
     db.exec("UPDATE orders SET quantity = 42 WHERE order_id <= 30; DELETE FROM customers WHERE customer_id = 2;").await;
     let target = lsn(db, "SELECT pg_current_wal_lsn()::text").await;
+    let sealed = || {
+        std::fs::read_dir(spool)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.ends_with(".seg") && !n.ends_with(".open.seg")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
     wait_until(60, "the changes to be spooled and acknowledged", || async {
-        db.slot_confirmed(&db.name)
-            .await
-            .and_then(|s| s.parse::<Lsn>().ok())
-            .is_some_and(|c| c >= target)
+        sealed() > 0
+            && db
+                .slot_confirmed(&db.name)
+                .await
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .is_some_and(|c| c >= target)
     })
     .await;
     assert_eq!(consumer.stop().await, 0);
@@ -396,7 +415,7 @@ async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
             spool.path().display()
         ),
     );
-    spool_acknowledged_changes(&config, &admin, &db).await;
+    spool_acknowledged_changes(&config, &admin, &db, spool.path()).await;
     assert!(
         !corrupt_segments(spool.path()).is_empty(),
         "no sealed segment"
@@ -428,7 +447,7 @@ async fn a_corrupt_segment_without_a_mirror_stays_reported_until_backfilled() {
             spool.path().display()
         ),
     );
-    spool_acknowledged_changes(&config, &admin, &db).await;
+    spool_acknowledged_changes(&config, &admin, &db, spool.path()).await;
     let damaged = corrupt_segments(spool.path());
     assert!(!damaged.is_empty(), "no sealed segment");
 

@@ -175,3 +175,142 @@ async fn soak_kill_and_restart_lose_and_duplicate_nothing() {
     let verify = with_config(&["verify"], &config).await;
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
 }
+
+/// How long each outage of [`outages_of_s3_and_postgres_are_ridden_out`] lasts
+/// (`SLOT2LAKE_OUTAGE_SECS`; `scripts/outage` runs 600, the suite a few seconds).
+fn outage() -> Duration {
+    Duration::from_secs(
+        std::env::var("SLOT2LAKE_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4),
+    )
+}
+
+/// Holds for `how_long` while an outage lasts, checking every second that the consumer
+/// is alive and reports `step` degraded.
+async fn hold_outage(consumer: &Consumer, step: &str, how_long: Duration) {
+    let until = tokio::time::Instant::now() + how_long;
+    let mut seen = false;
+    while tokio::time::Instant::now() < until {
+        let health = consumer.get("/health").await;
+        seen |= health.starts_with("degraded") && health.contains(&format!("{step}:"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    crate::support::wait_until(
+        60,
+        &format!("/health to report {step} degraded"),
+        || async {
+            seen || {
+                let h = consumer.get("/health").await;
+                h.starts_with("degraded") && h.contains(&format!("{step}:"))
+            }
+        },
+    )
+    .await;
+}
+
+/// The consumer outlives an S3 outage and then a PostgreSQL outage under steady writes:
+/// it stays up, says degraded, and once each returns the flush lands with nothing lost or
+/// duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_of_s3_and_postgres_are_ridden_out() {
+    let moto = crate::support::moto();
+    let cluster = TempCluster::start(&[]).expect("cluster");
+    let db = database_on(&cluster, "outage").await;
+    db.seed(100, 1000).await;
+    db.exec("CREATE TABLE events (id bigserial PRIMARY KEY, payload text);")
+        .await;
+    let mut lake = Lake::s3(moto, "outage-soak").await;
+    let fail = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let proxy = crate::support::flaky_proxy(moto.port, fail.clone()).await;
+    let reader = lake.s3.clone().expect("s3");
+    lake.s3 = Some((reader.0.clone(), format!("127.0.0.1:{proxy}")));
+    let admin = free_addr();
+    let tables = format!("{SEED_TABLES}\n[[tables]]\nname = \"public.events\"\n");
+    let config = lake.config_with(
+        &db.url,
+        &db.name,
+        &tables,
+        &format!(
+            "max_retries = 2\n[spool]\nack_interval = \"1s\"\nsegment_size = \"256KB\"\n\
+             [retry]\nmin_delay = \"200ms\"\nmax_delay = \"5s\"\n\
+             [flush]\nschedule = \"* * * * *\"\n[admin]\nlisten = \"{admin}\"\n"
+        ),
+    );
+    lake.s3 = Some(reader);
+    let consumer = Consumer::start(&config, &admin).await;
+    crate::support::wait_until(120, "the consumer to stream", || async {
+        consumer.get("/health").await.trim() == "ok"
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let writes = tokio::spawn(writer(db.url.clone(), stop.clone(), committed.clone(), 7));
+
+    // S3 refuses every request: the spool mirror and the flushes fail and are retried.
+    fail.store(-1, Ordering::SeqCst);
+    let cfg = config.display().to_string();
+    let asked = tokio::spawn(async move { slot2lake(&["flush", "--config", &cfg]).await });
+    hold_outage(&consumer, "spool", outage()).await;
+    fail.store(0, Ordering::SeqCst);
+    crate::support::wait_until(120, "/health to recover from the S3 outage", || async {
+        consumer.get("/health").await.trim() == "ok"
+    })
+    .await;
+    // Asked during the outage: committed, or failed with the retry it will make.
+    let asked = asked.await.expect("flush request");
+    assert!(
+        asked.code == 0 || asked.stderr.contains("retrying in"),
+        "{}{}",
+        asked.stderr,
+        consumer.log()
+    );
+
+    // PostgreSQL stops: the stream and the writer wait for it.
+    cluster.pg_ctl(&["stop", "-m", "fast"]).expect("stop");
+    hold_outage(&consumer, "source", outage()).await;
+    cluster.pg_ctl(&["start"]).expect("start");
+    crate::support::wait_until(
+        120,
+        "/health to recover from the PostgreSQL outage",
+        || async { consumer.get("/health").await.trim() == "ok" },
+    )
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    writes.await.expect("writer");
+    let run = with_config(&["flush"], &config).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, consumer.log());
+    let retries = consumer.get("/metrics").await;
+    assert_eq!(consumer.stop().await, 0);
+    let db = TestDb {
+        client: crate::support::connect(&db.url).await,
+        ..db
+    };
+    for (table, key) in [
+        ("events", "id"),
+        ("orders", "order_id"),
+        ("customers", "customer_id"),
+    ] {
+        lake.assert_matches(&db, &format!("public.{table}"), table, key);
+        let duplicates = lake.query_i64(
+            table,
+            &format!(
+                "SELECT count(*) - count(DISTINCT ({key}, change_lsn, change_seq)) FROM {{t}}"
+            ),
+        );
+        assert_eq!(duplicates, 0, "{table}");
+    }
+    let events = db.count("SELECT count(*) FROM events").await;
+    println!(
+        "outage: S3 and PostgreSQL each down {} s under writes; {} events committed, {events} in the source and the lake; {}",
+        outage().as_secs(),
+        committed.load(Ordering::SeqCst),
+        retries
+            .lines()
+            .filter(|l| l.starts_with("slot2lake_retries_total"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}

@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -688,4 +689,41 @@ impl Moto {
         let (code, body) = self.http("PUT", &format!("/{bucket}"), "").await;
         assert_eq!(code, 200, "create bucket {bucket}: {body}");
     }
+}
+
+/// A TCP proxy in front of moto that answers 503 to the next `fail` connections
+/// (all of them while `fail` is negative).
+pub async fn flaky_proxy(target: u16, fail: Arc<AtomicI64>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let failing = fail.load(Ordering::SeqCst) != 0;
+            if failing && fail.load(Ordering::SeqCst) > 0 {
+                fail.fetch_sub(1, Ordering::SeqCst);
+            }
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                if failing {
+                    let mut buf = [0u8; 4096];
+                    let _ = inbound.read(&mut buf).await;
+                    let _ = inbound
+                        .write_all(b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
 }
