@@ -75,6 +75,11 @@ pub fn map_error(slot: &str, url: &SecretUrl, e: ReplicationError) -> SourceErro
         | ReplicationError::Backend(m)
         | ReplicationError::Timeout(m) => SourceError::Lost(m),
         ReplicationError::Io(io) => SourceError::Lost(io.to_string()),
+        // A frame that does not parse (often a connection cut mid-frame): the stream
+        // resumes from the last received commit, so reading again skips nothing.
+        ReplicationError::Protocol(m)
+        | ReplicationError::Buffer(m)
+        | ReplicationError::Deserialize(m) => SourceError::Lost(m),
         other => SourceError::Replication(other.to_string()),
     }
 }

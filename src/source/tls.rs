@@ -106,8 +106,17 @@ pub fn prepare(url: &SecretUrl) -> Result<Connect, SourceError> {
         }
         q.append_pair("sslmode", pg_mode);
     }
-    let config = tokio_postgres::Config::from_str(parsed.as_str())
+    let mut config = tokio_postgres::Config::from_str(parsed.as_str())
         .map_err(|e| bad(url, format!("source.url: {e}")))?;
+    // A server that vanished (a partition, a failover) is noticed within about a minute
+    // instead of the kernel's two hours; settings in the URL win.
+    let set = |key: &str| rest.iter().any(|(k, _)| k == key);
+    if !set("keepalives_idle") {
+        config.keepalives_idle(std::time::Duration::from_secs(30));
+    }
+    if !set("tcp_user_timeout") {
+        config.tcp_user_timeout(std::time::Duration::from_secs(60));
+    }
     if mode == SslMode::Disable {
         return Ok(Connect { config, tls: None });
     }

@@ -577,7 +577,7 @@ impl Consumer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(&self.admin)
             .await
-            .expect("admin api");
+            .unwrap_or_else(|e| panic!("admin api: {e}; the consumer's log:\n{}", self.log()));
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
             .await
             .expect("write");
