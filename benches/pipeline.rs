@@ -561,7 +561,7 @@ fn main() {
             );
         }
         println!(
-            "slot2lake rows/s / COPY binary rows/s = {:.2} (target ≥ 0.7)",
+            "slot2lake rows/s / COPY binary rows/s = {:.2} (target ≥ 0.8)",
             copy / snap
         );
     }
