@@ -263,6 +263,10 @@ fn main() {
     let mut wal_mb = 0.0;
     let mut orders_rows = 0u64;
     let mut big: Option<(f64, u64)> = None;
+    // Every run's output stays until the end: deleting thousands of files just before the
+    // next run writes its own makes ext4 skip the freshly freed inodes one by one, and the
+    // benchmark would time its own cleanup.
+    let mut kept = Vec::new();
     for run in 1..=a.runs {
         let db = format!("bench_{run}");
         psql(&cluster, "postgres", &format!("CREATE DATABASE {db}"));
@@ -275,7 +279,8 @@ fn main() {
             &db,
             "CREATE PUBLICATION bench FOR TABLE customers, orders",
         );
-        let work = tempfile::tempdir().expect("tempdir");
+        kept.push(tempfile::tempdir().expect("tempdir"));
+        let work = kept.last().expect("just pushed").path().to_path_buf();
         if !a.skip_stream {
             psql(
                 &cluster,
@@ -341,7 +346,7 @@ fn main() {
                     ]),
             );
             let cfg = config(
-                work.path(),
+                work.as_path(),
                 &cluster.url(&db),
                 "s2l",
                 "never",
@@ -359,7 +364,7 @@ fn main() {
                 s2l_kib / 1024
             );
             stream_rows.push((recv_s, recv_kib, s2l_s, s2l_kib));
-            stream_files = file_counts(&work.path().join("s2l/lake/orders"));
+            stream_files = file_counts(&work.as_path().join("s2l/lake/orders"));
             if a.debezium {
                 let script =
                     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/debezium_drain.py");
@@ -400,7 +405,7 @@ fn main() {
                 "COPY orders TO STDOUT (FORMAT binary)",
             ]));
             let cfg = config(
-                work.path(),
+                work.as_path(),
                 &cluster.url(&db),
                 "snap",
                 "initial",
@@ -419,7 +424,7 @@ fn main() {
                 .then(|| {
                     let url = cluster.url(&db);
                     let port = cluster.port.to_string();
-                    let out = work.path().join("orders-pg2parquet.parquet");
+                    let out = work.as_path().join("orders-pg2parquet.parquet");
                     let (s, _, _) = timed(
                         Command::new("pg2parquet")
                             .args([
@@ -443,7 +448,7 @@ fn main() {
                     s
                 });
             eprintln!("run {run}: COPY binary {copy_s:.2} s, slot2lake snapshot {snap_s:.2} s ({} MB RSS)", snap_kib / 1024);
-            snap_files = file_counts(&work.path().join("snap/lake/orders"));
+            snap_files = file_counts(&work.as_path().join("snap/lake/orders"));
             snap_rows.push((copy_s, snap_s, snap_kib, pg2parquet));
         }
         if a.big_txn > 0 && run == 1 {
@@ -462,7 +467,7 @@ fn main() {
                 ),
             );
             let cfg = config(
-                work.path(),
+                work.as_path(),
                 &cluster.url(&db),
                 "big",
                 "never",
