@@ -368,7 +368,14 @@ impl Consumer {
                     }
                     Action::Backoff => {
                         metrics::counter!(metric::ERRORS, "stage" => "spool").increment(1);
-                        self.spool_retry.failed(&self.health, &e);
+                        let delay = self.spool_retry.failed(&self.health, &e);
+                        // A requested flush waits for the spool; say so rather than hang.
+                        for w in self.waiting.drain(..) {
+                            let _ = w.send(Err(format!(
+                                "{e} (retrying in {:.1} s; the flush follows once it succeeds)",
+                                delay.as_secs_f64()
+                            )));
+                        }
                     }
                     Action::Stop => {
                         self.stop_after_error().await;

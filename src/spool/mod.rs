@@ -196,10 +196,16 @@ impl Spool {
             if done {
                 continue;
             }
-            m.lake
+            let uploaded = m
+                .lake
                 .upload_file(&seg.path, &format!("{}/{name}", m.prefix))
-                .await
-                .map_err(SpoolError::Mirror)?;
+                .await;
+            match uploaded {
+                Ok(_) => {}
+                // A flush committed it and removed it meanwhile: nothing left to keep.
+                Err(_) if !seg.path.exists() => continue,
+                Err(e) => return Err(SpoolError::Mirror(e)),
+            }
             if let Ok(mut u) = m.uploaded.lock() {
                 u.insert(name);
             }
