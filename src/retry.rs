@@ -41,15 +41,6 @@ impl Action {
     pub fn retries(self) -> bool {
         self != Action::Stop
     }
-
-    /// The label used in the `stage`-less retry metric.
-    pub fn label(self) -> &'static str {
-        match self {
-            Action::Reconnect => "reconnect",
-            Action::Backoff => "backoff",
-            Action::Stop => "stop",
-        }
-    }
 }
 
 /// Maps an error to what it calls for.
