@@ -399,9 +399,18 @@ fn corrupt_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
-    let db = database("corrupt_mirrored").await;
+/// A lake whose spool (in its own folder, at `location`) holds acknowledged segments,
+/// each then corrupted; returns them with the config.
+struct CorruptSpool {
+    db: TestDb,
+    lake: Lake,
+    config: std::path::PathBuf,
+    damaged: Vec<std::path::PathBuf>,
+    _spool: tempfile::TempDir,
+}
+
+async fn corrupt_spool(name: &str, location: &str) -> CorruptSpool {
+    let db = database(name).await;
     db.seed(10, 50).await;
     let lake = Lake::new();
     let spool = tempfile::tempdir().expect("spool dir");
@@ -411,15 +420,31 @@ async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
         &db,
         &admin,
         &format!(
-            "dir = \"{}\"\nlocation = \"output\"\n",
+            "dir = \"{}\"\nlocation = \"{location}\"\n",
             spool.path().display()
         ),
     );
     spool_acknowledged_changes(&config, &admin, &db, spool.path()).await;
-    assert!(
-        !corrupt_segments(spool.path()).is_empty(),
-        "no sealed segment"
-    );
+    let damaged = corrupt_segments(spool.path());
+    assert!(!damaged.is_empty(), "no sealed segment");
+    CorruptSpool {
+        db,
+        lake,
+        config,
+        damaged,
+        _spool: spool,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
+    let CorruptSpool {
+        db,
+        lake,
+        config,
+        _spool,
+        ..
+    } = corrupt_spool("corrupt_mirrored", "output").await;
     let run = run_once(&config).await;
     assert!(
         run.stderr.contains("with the mirror's copy"),
@@ -433,24 +458,13 @@ async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_segment_without_a_mirror_stays_reported_until_backfilled() {
-    let db = database("corrupt_local").await;
-    db.seed(10, 50).await;
-    let lake = Lake::new();
-    let spool = tempfile::tempdir().expect("spool dir");
-    let admin = free_addr();
-    let config = service_config(
-        &lake,
-        &db,
-        &admin,
-        &format!(
-            "dir = \"{}\"\nlocation = \"local\"\n",
-            spool.path().display()
-        ),
-    );
-    spool_acknowledged_changes(&config, &admin, &db, spool.path()).await;
-    let damaged = corrupt_segments(spool.path());
-    assert!(!damaged.is_empty(), "no sealed segment");
-
+    let CorruptSpool {
+        db,
+        lake,
+        config,
+        damaged,
+        _spool,
+    } = corrupt_spool("corrupt_local", "local").await;
     // The flush stops on it, names it and the repair, and acknowledges nothing more.
     let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
