@@ -34,16 +34,16 @@ use crate::config::{BinaryMode, Config, SnapshotMode};
 use crate::decode::relation::KnownTable;
 use crate::decode::{ColumnKind, TypeCatalog};
 use crate::failpoint;
+use crate::flush::commit::{self, CommitTable, Committed, Encoded};
 use crate::flush::{self, FlushError, Flushed};
 use crate::lsn::Lsn;
 use crate::sink::lake::INTERNAL_DIR;
-use crate::sink::writer::publish_deferred;
-use crate::sink::{Lake, LakeError, Published, Sink, SinkError, SinkOptions, WrittenFile};
+use crate::sink::{Lake, LakeError, Sink, SinkError, SinkOptions, WrittenFile};
 use crate::source::introspect::{self, TableError, TableInfo};
 use crate::source::replication::{ReplicationStream, StreamOptions};
 use crate::source::snapshot::{self, SnapshotError, SnapshotPlan, SnapshotTable};
 use crate::source::{self, SourceClient, SourceError};
-use crate::spool::{self, Received, SegmentHeader, Spool, SpoolError, SpoolWriter};
+use crate::spool::{self, Segment, SegmentHeader, Spool, SpoolError, SpoolWriter};
 
 /// A run that failed; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,9 @@ pub enum RunError {
     /// A COPY stream that does not parse.
     #[error(transparent)]
     Copy(#[from] crate::source::copy::CopyError),
+    /// Committing a flush.
+    #[error("flush: {0}")]
+    Commit(#[from] crate::flush::commit::CommitError),
     /// The lake and the slot disagree in a way slot2lake will not resolve alone.
     #[error("{0}")]
     State(String),
@@ -109,9 +112,6 @@ pub struct RunReport {
     /// Where the lake is.
     pub lake: String,
 }
-
-/// `run --once` seals spool segments at least this often, so flushing overlaps streaming.
-const PIPELINE_SEGMENT: u64 = 8 * 1024 * 1024;
 
 /// How long a run waits for a slot held by a consumer that may have just died.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -238,67 +238,6 @@ impl Pipeline {
             out.insert(folder.clone(), self.checkpoints.watermark(folder).await?);
         }
         Ok(out)
-    }
-
-    /// Catches up with the slot to the WAL position current at start, flushes, commits.
-    ///
-    /// Decoding and Parquet encoding overlap with streaming: segments are sealed every
-    /// few megabytes and flushed into the temp folder as they seal. The flush's names are
-    /// fixed by the marker's LSN (its cut) and the start time; its intent is written,
-    /// and its files moved into place, only once everything before the marker is durable
-    /// in the spool, so a crash at any point repeats the same flush from the spool.
-    pub async fn run_once(&mut self) -> Result<RunReport, RunError> {
-        let mut report = RunReport {
-            lake: self.lake.url().to_string(),
-            ..Default::default()
-        };
-        let (mut repl, start) = self.prepare(&mut report).await?;
-        repl.start(start).await?;
-        let marker = introspect::emit_marker(
-            &*self.source.get().await?,
-            &format!("run --once at {}", Utc::now().to_rfc3339()),
-        )
-        .await?;
-        tracing::info!(from = %start, to = %marker, "catching up with the slot");
-        let from = self.watermark_lsns().await?;
-        let intent = FlushIntent {
-            version: 1,
-            cut: marker,
-            processed_at: Utc::now(),
-            from,
-        };
-        let started = Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for seg in self.spool.segments()? {
-            let _ = tx.send(seg);
-        }
-        let worker = self.spawn_flush_worker(&intent, rx, true, false).await?;
-        self.stream_to_marker(&mut repl, start, marker, &tx, &mut report)
-            .await?;
-        drop(tx);
-        let mut flushed = join_flush(worker).await?;
-        if !flushed.files.is_empty() {
-            // Once everything before the marker is durable in the spool (and its mirror,
-            // which a new machine recovers from), an intent can fix the names.
-            self.spool.make_durable().await?;
-            self.checkpoints.write_flush_intent(&intent).await?;
-            publish_deferred(&self.lake, &mut flushed.files).await?;
-            self.commit_flush(&intent, &flushed, started).await?;
-        } else {
-            tracing::info!(cut = %intent.cut, "flush: no rows for the configured tables; watermarks unchanged");
-            self.checkpoints
-                .add_unplaced(intent.cut, &flushed.unplaced.0)
-                .await?;
-        }
-        report.flushed_rows = flushed.rows;
-        report.files.extend(flushed.files);
-        // The slot stops at the watermark; the spool keeps what came after the marker.
-        repl.ack(intent.cut).await?;
-        report.acked = Some(intent.cut);
-        self.wait_for_ack(intent.cut).await;
-        failpoint::hit(failpoint::AFTER_ACK);
-        self.after_commit(intent.cut, &report.files).await?;
-        Ok(report)
     }
 
     /// The steps after a flush committed and the slot was acknowledged: the catalog,
@@ -429,7 +368,7 @@ impl Pipeline {
     /// replication connection with the position to start streaming from (everything
     /// before it is in the spool or the lake).
     pub async fn prepare(
-        &mut self,
+        &self,
         report: &mut RunReport,
     ) -> Result<(ReplicationStream, Lsn), RunError> {
         report.lake = self.lake.url().to_string();
@@ -454,8 +393,8 @@ impl Pipeline {
         }
         if let Some(intent) = self.checkpoints.flush_intent().await? {
             tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
-            let done = self.execute_flush(intent, true).await?;
-            report.files.extend(done.files);
+            let done = self.finish_flush(intent).await?;
+            report.files.extend(done.flushed.files);
         }
         if let Some(state) = self.checkpoints.snapshot_state(FIRST_RUN).await? {
             match state.phase {
@@ -627,7 +566,7 @@ impl Pipeline {
 
     /// Creates the slot with an exported snapshot and lands every table from it.
     async fn first_run_snapshot(
-        &mut self,
+        &self,
         repl: &mut ReplicationStream,
         report: &mut RunReport,
         supersede: bool,
@@ -921,7 +860,7 @@ impl Pipeline {
                     .find(|(f, _)| f == folder)
                     .map(|(_, i)| i.schema.columns.iter().map(|c| c.name.clone()).collect()),
             };
-            record_file_metrics(folder, wm.files, wm.file_sizes);
+            commit::record_file_metrics(folder, wm.files, wm.file_sizes);
             let ahead = self
                 .checkpoints
                 .watermark(folder)
@@ -1014,69 +953,65 @@ impl Pipeline {
         .await?)
     }
 
-    /// Streams until every transaction committed before `marker` is spooled; each
-    /// sealed segment goes to `sealed` (the flush worker).
-    async fn stream_to_marker(
-        &mut self,
-        repl: &mut ReplicationStream,
-        start: Lsn,
-        marker: Lsn,
-        sealed: &std::sync::mpsc::Sender<crate::spool::Segment>,
-        report: &mut RunReport,
-    ) -> Result<(), RunError> {
-        let segment_size = self.config.spool.segment_size.0.min(PIPELINE_SEGMENT);
-        let mut writer = self.spool_writer(start, segment_size);
-        writer.keep_sealed();
-        let mut last_log = Instant::now();
-        let never = pg_walstream::CancellationToken::new();
-        loop {
-            let Some(msg) = repl.next_message(&never).await? else {
-                continue;
-            };
-            if let Received::Committed { end, .. } = writer.receive(msg)? {
-                for seg in writer.take_sealed() {
-                    let _ = sealed.send(seg);
-                }
-                // Commits arrive in commit order: once one ends past the marker, every
-                // transaction that committed before the marker was written is spooled.
-                if end > marker {
-                    break;
-                }
-            }
-            if last_log.elapsed() > Duration::from_secs(10) {
-                tracing::info!(changes = writer.changes_written(), at = %writer.last_end(), target = %marker, "streaming");
-                last_log = Instant::now();
-            }
-        }
-        report.changes_received = writer.changes_written();
-        writer.seal()?;
-        for seg in writer.take_sealed() {
-            let _ = sealed.send(seg);
-        }
-        failpoint::hit(failpoint::AFTER_SPOOL_SEAL);
-        Ok(())
-    }
-
-    /// Flushes everything spooled before `cut`; `None` when nothing was due.
+    /// Flushes every change before `cut`, encoding segments as they arrive on `segments`
+    /// (the caller closes it once the spool holds every transaction before the cut);
+    /// `None` when every table is already past the cut.
     ///
     /// A flush an earlier attempt left unfinished (its intent) is completed first.
-    pub async fn flush_to(&self, cut: Lsn) -> Result<Option<Flushed>, RunError> {
+    pub async fn flush(
+        &self,
+        cut: Lsn,
+        segments: std::sync::mpsc::Receiver<Segment>,
+    ) -> Result<Option<Committed>, RunError> {
         if let Some(intent) = self.checkpoints.flush_intent().await? {
             tracing::warn!(cut = %intent.cut, "finishing a flush that did not complete");
-            self.execute_flush(intent, true).await?;
+            self.finish_flush(intent).await?;
         }
         let from = self.watermark_lsns().await?;
         if from.values().all(|l| *l >= cut) {
             return Ok(None);
         }
-        let intent = FlushIntent {
-            version: 1,
-            cut,
-            processed_at: Utc::now(),
-            from,
-        };
-        self.checkpoints.write_flush_intent(&intent).await?;
-        Ok(Some(self.execute_flush(intent, false).await?))
+        let intent = commit::intent(cut, from);
+        let started = Instant::now();
+        let worker = self.spawn_flush_worker(&intent, segments, false).await?;
+        let flushed = join_flush(worker).await?;
+        // The intent fixes the names once a new machine could re-encode them: from the
+        // spool's mirror.
+        self.spool.make_durable().await?;
+        self.commit(Encoded::new(intent, flushed, false, started))
+            .await
+            .map(Some)
+    }
+
+    /// Completes a flush whose intent an earlier attempt wrote: the same names, files
+    /// already in the lake skipped.
+    pub async fn finish_flush(&self, intent: FlushIntent) -> Result<Committed, RunError> {
+        let started = Instant::now();
+        let worker = self
+            .spawn_flush_worker(&intent, self.spool.segments()?, true)
+            .await?;
+        let flushed = join_flush(worker).await?;
+        self.commit(Encoded::new(intent, flushed, true, started))
+            .await
+    }
+
+    /// Carries encoded files through intent, publishing and watermarks.
+    async fn commit(&self, encoded: Encoded) -> Result<Committed, RunError> {
+        let tables: Vec<CommitTable> = self
+            .tables
+            .iter()
+            .map(|(folder, info)| CommitTable {
+                folder: folder.clone(),
+                qualified: info.schema.qualified_name(),
+            })
+            .collect();
+        Ok(encoded
+            .intend(&self.checkpoints)
+            .await?
+            .publish(&self.lake)
+            .await?
+            .commit(&self.checkpoints, &tables)
+            .await?)
     }
 
     /// After a failure on a corrupt spool segment: restores it from the mirror (`true`:
@@ -1101,28 +1036,17 @@ impl Pipeline {
         Ok(false)
     }
 
-    /// Writes the files an intent names, then the watermarks; removes the intent.
-    /// `resumed`: an earlier attempt of this intent may have written some of its files.
-    async fn execute_flush(&self, intent: FlushIntent, resumed: bool) -> Result<Flushed, RunError> {
-        let started = Instant::now();
-        let worker = self
-            .spawn_flush_worker(&intent, self.spool.segments()?, false, resumed)
-            .await?;
-        let flushed = join_flush(worker).await?;
-        self.commit_flush(&intent, &flushed, started).await?;
-        Ok(flushed)
-    }
-
-    /// Decodes and encodes the segments arriving on `segments` on a blocking thread.
+    /// Decodes and encodes the segments arriving on `segments` into the temp folder, on
+    /// a blocking thread. `resumed`: an earlier attempt of this intent may have
+    /// published some of its files.
     async fn spawn_flush_worker(
         &self,
         intent: &FlushIntent,
-        segments: impl IntoIterator<Item = crate::spool::Segment> + Send + 'static,
-        defer_publish: bool,
+        segments: impl IntoIterator<Item = Segment> + Send + 'static,
         resumed: bool,
     ) -> Result<tokio::task::JoinHandle<Result<Flushed, FlushError>>, RunError> {
         let opts = SinkOptions {
-            defer_publish,
+            defer_publish: true,
             may_exist: resumed,
             ..self.sink_options(1, self.tmp_dir())
         };
@@ -1170,82 +1094,8 @@ impl Pipeline {
         }))
     }
 
-    /// The flush's files are in place: writes the watermarks and removes the intent.
-    async fn commit_flush(
-        &self,
-        intent: &FlushIntent,
-        flushed: &Flushed,
-        started: Instant,
-    ) -> Result<(), RunError> {
-        failpoint::hit(failpoint::AFTER_FLUSH_FILES);
-        let written = flushed
-            .files
-            .iter()
-            .filter(|f| f.published == Published::Written)
-            .count();
-        if flushed.files.is_empty() {
-            tracing::info!(cut = %intent.cut, "flush: no rows for the configured tables; watermarks unchanged");
-        } else if let Some((_, commit_time)) = flushed.last_commit {
-            for (folder, info) in &self.tables {
-                if intent.from.get(folder).is_some_and(|f| *f >= intent.cut) {
-                    continue;
-                }
-                let previous = self.checkpoints.watermark(folder).await?;
-                let wm = Watermark {
-                    version: 1,
-                    table: info.schema.qualified_name(),
-                    lsn: intent.cut,
-                    timestamp: seed_timestamp(commit_time),
-                    commit_time,
-                    flushed_at: intent.processed_at,
-                    kind: WatermarkKind::Changes,
-                    rows: flushed.rows.get(folder).copied().unwrap_or(0),
-                    files: flushed.files.iter().filter(|f| &f.table == folder).count() as u64,
-                    slot: self.slot().to_string(),
-                    unresolved_values: previous.as_ref().map_or(0, |p| p.unresolved_values)
-                        + flushed.unresolved.get(folder).copied().unwrap_or(0),
-                    file_sizes: FileSizes::of(
-                        flushed
-                            .files
-                            .iter()
-                            .filter(|f| &f.table == folder)
-                            .map(|f| f.bytes),
-                    ),
-                    partitions: previous.as_ref().and_then(|p| p.partitions.clone()),
-                    resnapshot: flushed
-                        .reshaped_keyless
-                        .get(folder)
-                        .cloned()
-                        .or(previous.as_ref().and_then(|p| p.resnapshot.clone())),
-                    columns: flushed
-                        .columns
-                        .get(folder)
-                        .cloned()
-                        .or(previous.and_then(|p| p.columns)),
-                };
-                record_file_metrics(folder, wm.files, wm.file_sizes);
-                self.checkpoints.write_watermark(folder, &wm).await?;
-            }
-        }
-        self.checkpoints
-            .add_unplaced(intent.cut, &flushed.unplaced.0)
-            .await?;
-        failpoint::hit(failpoint::AFTER_WATERMARKS);
-        self.checkpoints.clear_flush_intent().await?;
-        tracing::info!(
-            cut = %intent.cut,
-            rows = flushed.rows.values().sum::<u64>(),
-            files = flushed.files.len(),
-            new_files = written,
-            transactions = flushed.transactions,
-            seconds = started.elapsed().as_secs_f64(),
-            "flush committed"
-        );
-        Ok(())
-    }
-
     /// Waits (briefly) until the server shows the acknowledgement.
-    async fn wait_for_ack(&self, lsn: Lsn) {
+    pub async fn wait_for_ack(&self, lsn: Lsn) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let client = match self.source.get().await {
@@ -1265,18 +1115,6 @@ impl Pipeline {
             }
         }
         tracing::warn!(lsn = %lsn, "the server has not confirmed the acknowledgement yet; the next run repeats it");
-    }
-}
-
-/// Files per table and their sizes, for `/metrics` (small files show up here first).
-fn record_file_metrics(folder: &str, files: u64, sizes: Option<FileSizes>) {
-    use crate::telemetry::metric;
-    metrics::gauge!(metric::LAST_FLUSH_FILES, "table" => folder.to_string()).set(files as f64);
-    if let Some(s) = sizes {
-        metrics::gauge!(metric::LAST_FLUSH_FILE_MIN_BYTES, "table" => folder.to_string())
-            .set(s.min_bytes as f64);
-        metrics::gauge!(metric::LAST_FLUSH_FILE_MEDIAN_BYTES, "table" => folder.to_string())
-            .set(s.median_bytes as f64);
     }
 }
 

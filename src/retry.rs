@@ -199,6 +199,16 @@ impl Classify for FlushError {
     }
 }
 
+impl Classify for crate::flush::commit::CommitError {
+    fn action(&self) -> Action {
+        use crate::flush::commit::CommitError as E;
+        match self {
+            E::Checkpoint(e) => e.action(),
+            E::Lake(e) => e.action(),
+        }
+    }
+}
+
 impl Classify for SnapshotError {
     fn action(&self) -> Action {
         match self {
@@ -218,6 +228,7 @@ impl Classify for RunError {
             RunError::Spool(e) => e.action(),
             RunError::Snapshot(e) => e.action(),
             RunError::Flush(e) => e.action(),
+            RunError::Commit(e) => e.action(),
             RunError::Sink(e) => e.action(),
             RunError::Catalog(e) => e.action(),
             RunError::Table(_)

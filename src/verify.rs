@@ -116,7 +116,8 @@ fn combine(fixed: u64, toasted: impl Iterator<Item = u64>) -> u64 {
 }
 
 /// Compares `tables` (all configured tables when empty) with the source.
-pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyReport, RunError> {
+pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyReport, RunError> {
+    let pipeline = Arc::new(pipeline);
     let config = pipeline.config().clone();
     let selected: Vec<(String, Arc<TableSchema>)> = pipeline
         .catalog_tables()
@@ -149,7 +150,7 @@ pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyR
         .and_then(|s| s.confirmed_flush)
         .ok_or_else(|| RunError::State("the temporary slot reports no consistent point".into()))?;
     tracing::info!(consistent_point = %cp, "verify: catching the lake up");
-    catch_up(&mut pipeline, cp).await?;
+    catch_up(&pipeline, cp).await?;
 
     let mut source_client = source::connect(&config.source.url).await?;
     let txn = import(&mut source_client, &snapshot).await?;
@@ -240,7 +241,7 @@ pub async fn verify(mut pipeline: Pipeline, tables: &[String]) -> Result<VerifyR
 }
 
 /// Makes sure every change committed before `cp` is in the lake.
-async fn catch_up(pipeline: &mut Pipeline, cp: Lsn) -> Result<(), RunError> {
+async fn catch_up(pipeline: &Arc<Pipeline>, cp: Lsn) -> Result<(), RunError> {
     let listen = pipeline.config().admin.listen.clone();
     match crate::service::admin::request_flush(&listen).await {
         Ok(answer) => {
@@ -254,7 +255,7 @@ async fn catch_up(pipeline: &mut Pipeline, cp: Lsn) -> Result<(), RunError> {
             )))
         }
         Err(crate::service::admin::FlushClientError::NotRunning(_)) => {
-            let report = pipeline.run_once().await?;
+            let report = crate::service::once(pipeline.clone()).await?;
             match report.acked {
                 Some(a) if a >= cp => Ok(()),
                 other => Err(RunError::State(format!(

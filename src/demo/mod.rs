@@ -166,8 +166,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         .map_err(|e| DemoError::Io(config_path.clone(), e))?;
     let config = Config::parse(&config_text, &config_path.display().to_string(), &|_| None)?;
 
-    let mut pipeline = Pipeline::open(config.clone()).await?;
-    let first = pipeline.run_once().await?;
+    let pipeline = std::sync::Arc::new(Pipeline::open(config.clone()).await?);
+    let first = crate::service::once(pipeline.clone()).await?;
     step(
         3,
         &format!(
@@ -185,7 +185,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         4,
         "simulated a day: 25 new customers, 120 new orders, updates to old orders (one moved to another day), 20 changed emails, deletes, and a rolled-back transaction",
     );
-    let second = pipeline.run_once().await?;
+    let second = crate::service::once(pipeline.clone()).await?;
     step(
         5,
         &format!(

@@ -31,6 +31,7 @@ use crate::lsn::Lsn;
 use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
 use crate::spool::{Record, Segment, SegmentReader, SpoolError};
 
+pub mod commit;
 pub mod rows;
 
 use rows::{update_rows, OldKind};

@@ -30,15 +30,20 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::catalog::CatalogError;
 use crate::config::Config;
+use crate::flush::commit::Committed;
 use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, RunError, RunReport};
 use crate::retry::{Action, Classify};
 use crate::source::introspect;
 use crate::source::replication::ReplicationStream;
-use crate::spool::{Received, SpoolWriter};
+use crate::spool::{Received, Segment, SpoolWriter};
 use crate::telemetry::metric;
 use health::{Health, Retrying};
+
+/// `run --once` seals spool segments at least this often, so encoding follows streaming.
+const ONCE_SEGMENT: u64 = 8 * 1024 * 1024;
 
 /// What a flush requested through the admin API reports back.
 #[derive(Debug, Clone, Serialize)]
@@ -121,7 +126,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // (an interrupted snapshot is started again by the next run).
     let prepared = tokio::select! {
         r = async {
-            let mut pipeline = Pipeline::open(config.clone()).await?;
+            let pipeline = Pipeline::open(config.clone()).await?;
             let (repl, start) = pipeline.prepare(&mut RunReport::default()).await?;
             Ok::<_, RunError>((pipeline, repl, start))
         } => Some(r?),
@@ -131,8 +136,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         admin_task.abort();
         return Ok(());
     };
-    let pipeline = Arc::new(pipeline);
-    spawn_ticker(waker.clone(), shutdown.clone());
     let next_flush_at = schedule.find_next_occurrence(&Utc::now(), false).ok();
     tracing::info!(
         from = %start,
@@ -140,39 +143,47 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         next_flush = ?next_flush_at.map(|t| t.to_rfc3339()),
         "consumer started"
     );
-    let mut repl = repl;
-    repl.start(start).await?;
-    let writer = pipeline.spool_writer(start, config.spool.segment_size.0);
-    let spool_bytes = spool_size(&pipeline);
-    health.set_ready();
-    let backoff = config.retry.backoff();
-    let consumer = Consumer {
-        ack_interval: config.spool.ack_interval,
-        max_spool_bytes: config.spool.max_spool_bytes.0,
-        pipeline,
-        repl,
-        writer,
-        waker,
-        shutdown,
-        acked: start,
-        last_ack: Instant::now(),
-        last_commit: Instant::now(),
-        last_heartbeat: Instant::now(),
-        last_lag_check: Instant::now(),
-        schedule,
+    let until = Until::Signal {
+        schedule: Box::new(schedule),
         next_flush_at,
-        want_flush: None,
-        waiting: Vec::new(),
-        in_flight: None,
-        spool_bytes,
-        health,
-        flush_retry: Retrying::new("flush", backoff),
-        spool_retry: Retrying::new("spool", backoff),
-        backoff,
     };
+    let consumer = Consumer::start(Arc::new(pipeline), repl, start, until, waker, health).await?;
     let result = consumer.run(flush_rx).await;
     admin_task.abort();
-    result
+    result.map(|_| ())
+}
+
+/// `run --once` on an open pipeline: the consumer with a stop condition. It recovers,
+/// streams from the slot, flushes everything committed before it started (encoding
+/// while it streams), acknowledges the slot to that cut, and returns.
+pub async fn once(pipeline: Arc<Pipeline>) -> Result<RunReport, RunError> {
+    let mut report = RunReport {
+        lake: pipeline.lake().url().to_string(),
+        ..Default::default()
+    };
+    let (repl, start) = pipeline.prepare(&mut report).await?;
+    let marker = {
+        let client = pipeline.source().get().await?;
+        introspect::emit_marker(
+            &client,
+            &format!("run --once at {}", Utc::now().to_rfc3339()),
+        )
+        .await?
+    };
+    tracing::info!(from = %start, to = %marker, "catching up with the slot");
+    let shutdown = CancellationToken::new();
+    // Ends the ticker with the run.
+    let _stop_ticker = shutdown.clone().drop_guard();
+    let give_up_at = Instant::now() + pipeline.config().retry.run_once_budget;
+    let until = Until::CaughtUp { give_up_at };
+    let waker = Arc::new(Waker::new(shutdown));
+    let health = Arc::new(Health::default());
+    let mut consumer = Consumer::start(pipeline, repl, start, until, waker, health).await?;
+    consumer.want_flush = Some(marker);
+    consumer.report = report;
+    // No one asks a `run --once` for a flush: a closed channel.
+    let (_, requests) = mpsc::channel(1);
+    consumer.run(requests).await
 }
 
 /// `run --once`, tried again with backoff while failures may pass (S3, Glue or
@@ -188,13 +199,16 @@ pub async fn run_once(config: Config) -> Result<RunReport, RunError> {
     loop {
         let mut restored = false;
         let result = match Pipeline::open(config.clone()).await {
-            Ok(mut pipeline) => match pipeline.run_once().await {
-                Err(e) => {
-                    restored = pipeline.repair_spool(&e).await?;
-                    Err(e)
+            Ok(pipeline) => {
+                let pipeline = Arc::new(pipeline);
+                match once(pipeline.clone()).await {
+                    Err(e) => {
+                        restored = pipeline.repair_spool(&e).await?;
+                        Err(e)
+                    }
+                    ok => ok,
                 }
-                ok => ok,
-            },
+            }
             Err(e) => Err(e),
         };
         let e = match result {
@@ -270,30 +284,79 @@ fn spool_size(pipeline: &Pipeline) -> u64 {
         .unwrap_or(0)
 }
 
-type InFlight = (
-    JoinHandle<Result<FlushSummary, RunError>>,
-    Vec<oneshot::Sender<Result<FlushSummary, String>>>,
-);
+/// Where a flush's outcome goes: callers of `POST /flush` waiting for it.
+type Waiters = Vec<oneshot::Sender<Result<FlushSummary, String>>>;
+
+/// What ends the consumer, and what it does besides streaming.
+enum Until {
+    /// SIGTERM or SIGINT (`run`): flushes on the schedule, on request and when the spool
+    /// is full; the slot is acknowledged to the sealed spool every `ack_interval`.
+    Signal {
+        schedule: Box<croner::Cron>,
+        next_flush_at: Option<DateTime<Utc>>,
+    },
+    /// The first flush committed (`run --once`): the slot is acknowledged to its cut only,
+    /// and reconnecting stops at the run's retry budget.
+    CaughtUp { give_up_at: Instant },
+}
+
+/// A flush whose files are being encoded while streaming goes on; its commit and the
+/// steps after it run in the same task.
+struct FlushJob {
+    cut: Lsn,
+    /// Open while segments before the cut are still to come.
+    feed: Option<std::sync::mpsc::Sender<Segment>>,
+    task: JoinHandle<Result<FlushOutcome, RunError>>,
+    waiters: Waiters,
+}
+
+/// A flush task's result.
+struct FlushOutcome {
+    cut: Lsn,
+    /// `None`: every table was already past the cut.
+    committed: Option<Committed>,
+    /// The data is committed; the catalog update failed (the next flush retries it).
+    catalog_error: Option<CatalogError>,
+    seconds: f64,
+}
+
+impl FlushOutcome {
+    fn summary(&self) -> FlushSummary {
+        let (rows, files) = self.committed.as_ref().map_or((0, 0), |c| {
+            (c.flushed.rows.values().sum(), c.flushed.files.len())
+        });
+        FlushSummary {
+            cut: self.cut,
+            rows,
+            files,
+            seconds: self.seconds,
+            catalog_error: self.catalog_error.as_ref().map(|e| e.to_string()),
+        }
+    }
+}
+
+/// Timers of the streaming loop.
+struct Clocks {
+    last_ack: Instant,
+    last_commit: Instant,
+    last_heartbeat: Instant,
+    last_lag_check: Instant,
+}
 
 struct Consumer {
     pipeline: Arc<Pipeline>,
     repl: ReplicationStream,
     writer: SpoolWriter,
     waker: Arc<Waker>,
-    shutdown: CancellationToken,
+    until: Until,
     ack_interval: Duration,
     max_spool_bytes: u64,
     acked: Lsn,
-    last_ack: Instant,
-    last_commit: Instant,
-    last_heartbeat: Instant,
-    last_lag_check: Instant,
-    schedule: croner::Cron,
-    next_flush_at: Option<DateTime<Utc>>,
+    clocks: Clocks,
     /// A flush is due once a commit past this position was received (ZERO: at once).
     want_flush: Option<Lsn>,
-    waiting: Vec<oneshot::Sender<Result<FlushSummary, String>>>,
-    in_flight: Option<InFlight>,
+    waiting: Waiters,
+    flushing: Option<FlushJob>,
     spool_bytes: u64,
     health: Arc<Health>,
     /// A failed flush is retried after a growing delay, not at the next trigger.
@@ -301,6 +364,9 @@ struct Consumer {
     /// Sealing (with the mirror upload to the lake's store) and acknowledging.
     spool_retry: Retrying,
     backoff: crate::retry::Backoff,
+    /// `run --once`: what it did; set once its flush is committed and acknowledged.
+    report: RunReport,
+    done: bool,
 }
 
 fn message_kind(tag: u8) -> &'static str {
@@ -318,8 +384,65 @@ fn message_kind(tag: u8) -> &'static str {
 }
 
 impl Consumer {
-    async fn run(mut self, mut requests: mpsc::Receiver<FlushRequest>) -> Result<(), RunError> {
-        loop {
+    /// Starts streaming from `start` (everything before it is in the spool or the lake).
+    async fn start(
+        pipeline: Arc<Pipeline>,
+        mut repl: ReplicationStream,
+        start: Lsn,
+        until: Until,
+        waker: Arc<Waker>,
+        health: Arc<Health>,
+    ) -> Result<Self, RunError> {
+        let config = pipeline.config();
+        repl.start(start).await?;
+        let segment_size = match until {
+            Until::Signal { .. } => config.spool.segment_size.0,
+            // Small segments, so encoding follows the stream closely.
+            Until::CaughtUp { .. } => config.spool.segment_size.0.min(ONCE_SEGMENT),
+        };
+        let mut writer = pipeline.spool_writer(start, segment_size);
+        writer.keep_sealed();
+        spawn_ticker(waker.clone(), waker.shutdown.clone());
+        let backoff = config.retry.backoff();
+        health.set_ready();
+        let now = Instant::now();
+        Ok(Self {
+            ack_interval: config.spool.ack_interval,
+            max_spool_bytes: config.spool.max_spool_bytes.0,
+            spool_bytes: spool_size(&pipeline),
+            pipeline,
+            repl,
+            writer,
+            waker,
+            until,
+            acked: start,
+            clocks: Clocks {
+                last_ack: now,
+                last_commit: now,
+                last_heartbeat: now,
+                last_lag_check: now,
+            },
+            want_flush: None,
+            waiting: Vec::new(),
+            flushing: None,
+            health,
+            flush_retry: Retrying::new("flush", backoff),
+            spool_retry: Retrying::new("spool", backoff),
+            backoff,
+            report: RunReport::default(),
+            done: false,
+        })
+    }
+
+    fn once(&self) -> bool {
+        matches!(self.until, Until::CaughtUp { .. })
+    }
+
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<FlushRequest>,
+    ) -> Result<RunReport, RunError> {
+        while !self.done {
             let token = self.waker.token();
             match self.repl.next_message(&token).await {
                 Ok(Some(msg)) => {
@@ -327,7 +450,7 @@ impl Consumer {
                     metrics::counter!(metric::EVENTS_RECEIVED, "type" => kind).increment(1);
                     metrics::counter!(metric::RECEIVED_BYTES).increment(msg.len() as u64);
                     match self.writer.receive(msg) {
-                        Ok(Received::Committed { .. }) => self.last_commit = Instant::now(),
+                        Ok(Received::Committed { .. }) => self.clocks.last_commit = Instant::now(),
                         Ok(_) => {}
                         Err(e) => {
                             metrics::counter!(metric::ERRORS, "stage" => "spool").increment(1);
@@ -336,11 +459,11 @@ impl Consumer {
                         }
                     }
                 }
-                Ok(None) if self.shutdown.is_cancelled() => break,
+                Ok(None) if self.waker.shutdown.is_cancelled() => break,
                 Ok(None) => {}
                 Err(e) if e.action() == Action::Reconnect => {
                     metrics::counter!(metric::ERRORS, "stage" => "source").increment(1);
-                    if !self.reconnect(&e.to_string()).await? {
+                    if !self.reconnect(e.into()).await? {
                         break;
                     }
                 }
@@ -358,11 +481,15 @@ impl Consumer {
             if asked {
                 self.request_flush_of_everything_committed().await;
             }
+            if let Err(e) = self.collect_flush().await {
+                self.stop_after_error().await;
+                return Err(e);
+            }
             match self.housekeeping().await {
                 Ok(()) => {}
                 Err(e) => match e.action() {
                     Action::Reconnect => {
-                        if !self.reconnect(&e.to_string()).await? {
+                        if !self.reconnect(e).await? {
                             break;
                         }
                     }
@@ -388,42 +515,66 @@ impl Consumer {
     }
 
     async fn housekeeping(&mut self) -> Result<(), RunError> {
-        self.collect_flush().await?;
-        if self.next_flush_at.is_some_and(|t| Utc::now() >= t) {
-            tracing::info!("scheduled flush");
-            self.next_flush_at = self.schedule.find_next_occurrence(&Utc::now(), false).ok();
-            self.request_flush_of_everything_committed().await;
+        if let Until::Signal {
+            schedule,
+            next_flush_at,
+        } = &mut self.until
+        {
+            if next_flush_at.is_some_and(|t| Utc::now() >= t) {
+                tracing::info!("scheduled flush");
+                *next_flush_at = schedule.find_next_occurrence(&Utc::now(), false).ok();
+                self.request_flush_of_everything_committed().await;
+            }
+            let spooled = self.spool_bytes + self.writer.open_bytes();
+            if self.want_flush.is_none() && spooled >= self.max_spool_bytes {
+                tracing::info!(
+                    bytes = spooled,
+                    "spool reached max_spool_bytes: flushing early"
+                );
+                self.want_flush = Some(Lsn::ZERO);
+            }
         }
-        let spooled = self.spool_bytes + self.writer.open_bytes();
-        if self.want_flush.is_none() && spooled >= self.max_spool_bytes {
-            tracing::info!(
-                bytes = spooled,
-                "spool reached max_spool_bytes: flushing early"
-            );
-            self.want_flush = Some(Lsn::ZERO);
-        }
+        self.feed_flush();
         if !self.writer.in_transaction() && self.spool_retry.due() {
-            let ack_due = self.last_ack.elapsed() >= self.ack_interval
+            let ack_due = !self.once()
+                && self.clocks.last_ack.elapsed() >= self.ack_interval
                 && (self.writer.last_end() > self.acked || self.repl.received_lsn() > self.acked);
-            let flush_due = self.in_flight.is_none()
-                && self.flush_retry.due()
-                && self
-                    .want_flush
-                    .is_some_and(|after| self.writer.last_end() > after);
-            if ack_due || flush_due {
+            // Every transaction before the running flush's cut is received.
+            let fed = self
+                .flushing
+                .as_ref()
+                .is_some_and(|j| j.feed.is_some() && self.writer.last_end() > j.cut);
+            // A flush to start; its target already received means it cuts at the end of
+            // what is received, and the spool must hold that first.
+            let target = self
+                .want_flush
+                .filter(|_| self.flushing.is_none() && self.flush_retry.due());
+            let received = target.is_some_and(|t| t == Lsn::ZERO || self.writer.last_end() > t);
+            if ack_due || fed || received {
                 self.seal_and_ack().await?;
                 self.spool_retry.succeeded(&self.health);
             }
-            if flush_due {
-                self.start_flush(self.acked);
+            self.feed_flush();
+            if fed {
+                if let Some(job) = self.flushing.as_mut() {
+                    job.feed = None;
+                }
+            }
+            if let Some(target) = target {
+                let cut = if received {
+                    self.writer.last_end()
+                } else {
+                    target
+                };
+                self.start_flush(cut, !received)?;
             }
         }
-        if self.last_commit.elapsed() >= self.ack_interval
-            && self.last_heartbeat.elapsed() >= self.ack_interval
+        if self.clocks.last_commit.elapsed() >= self.ack_interval
+            && self.clocks.last_heartbeat.elapsed() >= self.ack_interval
         {
             // Nothing published has committed for a while: a message makes a commit the
             // slot can be acknowledged to, so WAL written by other tables is released.
-            self.last_heartbeat = Instant::now();
+            self.clocks.last_heartbeat = Instant::now();
             let pipeline = self.pipeline.clone();
             tokio::spawn(async move {
                 let result = async {
@@ -436,8 +587,8 @@ impl Consumer {
                 }
             });
         }
-        if self.last_lag_check.elapsed() >= Duration::from_secs(10) {
-            self.last_lag_check = Instant::now();
+        if self.clocks.last_lag_check.elapsed() >= Duration::from_secs(10) {
+            self.clocks.last_lag_check = Instant::now();
             if let Ok(client) = self.pipeline.source().get().await {
                 if let Ok(current) = introspect::current_wal_lsn(&client).await {
                     metrics::gauge!(metric::SLOT_LAG_BYTES)
@@ -448,12 +599,29 @@ impl Consumer {
         Ok(())
     }
 
+    /// Hands segments sealed since the last call to the flush being encoded.
+    fn feed_flush(&mut self) {
+        let sealed = self.writer.take_sealed();
+        if let Some(feed) = self.flushing.as_ref().and_then(|j| j.feed.as_ref()) {
+            for seg in sealed {
+                // A worker that stopped early reports why through its task.
+                let _ = feed.send(seg);
+            }
+        }
+    }
+
+    /// Seals the open segment and makes the spool durable; `run` then acknowledges the
+    /// slot to what is sealed (`run --once` only to its committed cut).
     async fn seal_and_ack(&mut self) -> Result<(), RunError> {
         let durable = self.writer.seal()?;
         self.pipeline.spool().make_durable().await?;
         crate::failpoint::hit(crate::failpoint::AFTER_SPOOL_SEAL);
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
+        self.clocks.last_ack = Instant::now();
+        if self.once() {
+            return Ok(());
+        }
         // Between transactions with everything received sealed, nothing before the last
         // position the server reported is owed: acknowledging it releases WAL written by
         // unpublished tables, and lets a shutting-down server see us caught up.
@@ -462,18 +630,21 @@ impl Consumer {
         } else {
             durable.max(self.repl.received_lsn())
         };
-        if durable > self.acked {
-            self.repl.ack(durable).await?;
-            self.acked = durable;
-            metrics::gauge!(metric::ACKED_LSN).set(durable.0 as f64);
-            tracing::debug!(lsn = %durable, "acknowledged the slot");
+        self.ack(durable).await
+    }
+
+    async fn ack(&mut self, lsn: Lsn) -> Result<(), RunError> {
+        if lsn > self.acked {
+            self.repl.ack(lsn).await?;
+            self.acked = lsn;
+            metrics::gauge!(metric::ACKED_LSN).set(lsn.0 as f64);
+            tracing::debug!(lsn = %lsn, "acknowledged the slot");
         }
-        self.last_ack = Instant::now();
         Ok(())
     }
 
     /// Marks a flush due once every transaction committed before now is received: a
-    /// marker message is written, and the flush cuts after its commit.
+    /// marker message is written, and the flush cuts at it.
     async fn request_flush_of_everything_committed(&mut self) {
         let marker = async {
             let client = self.pipeline.source().get().await?;
@@ -491,67 +662,74 @@ impl Consumer {
         self.want_flush = Some(self.want_flush.map_or(after, |w| w.max(after)));
     }
 
-    fn start_flush(&mut self, cut: Lsn) {
+    /// Starts a flush to `cut` from the sealed segments; `open`: more segments before the
+    /// cut are still to come (fed as they seal).
+    fn start_flush(&mut self, cut: Lsn, open: bool) -> Result<(), RunError> {
+        // Segments sealed so far are all listed by the spool.
+        let _ = self.writer.take_sealed();
+        let segments = self.pipeline.spool().segments()?;
         self.want_flush = None;
-        let waiters = std::mem::take(&mut self.waiting);
+        let (feed, segments_rx) = std::sync::mpsc::channel();
+        for seg in segments {
+            let _ = feed.send(seg);
+        }
         let pipeline = self.pipeline.clone();
         tracing::info!(cut = %cut, "flush started");
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let flushed = pipeline.flush_to(cut).await?;
-            let (rows, files) = match &flushed {
-                Some(f) => (f.rows.values().sum(), f.files.clone()),
-                None => (0, Vec::new()),
-            };
-            if let Some(f) = &flushed {
-                for (table, n) in &f.rows {
-                    metrics::counter!(metric::ROWS_WRITTEN, "table" => table.clone()).increment(*n);
+            let committed = pipeline.flush(cut, segments_rx).await?;
+            let files = match &committed {
+                Some(c) => {
+                    for (table, n) in &c.flushed.rows {
+                        metrics::counter!(metric::ROWS_WRITTEN, "table" => table.clone())
+                            .increment(*n);
+                    }
+                    c.flushed.files.clone()
                 }
-            }
+                None => Vec::new(),
+            };
             let catalog_error = match pipeline.after_commit(cut, &files).await {
                 Ok(()) => None,
-                Err(RunError::Catalog(e)) => Some(e.to_string()),
+                Err(RunError::Catalog(e)) => Some(e),
                 Err(e) => return Err(e),
             };
-            Ok(FlushSummary {
+            Ok(FlushOutcome {
                 cut,
-                rows,
-                files: files.len(),
-                seconds: started.elapsed().as_secs_f64(),
+                committed,
                 catalog_error,
+                seconds: started.elapsed().as_secs_f64(),
             })
         });
-        self.in_flight = Some((task, waiters));
+        self.flushing = Some(FlushJob {
+            cut,
+            feed: open.then_some(feed),
+            task,
+            waiters: std::mem::take(&mut self.waiting),
+        });
+        Ok(())
     }
 
     /// Reports a finished flush to whoever asked for it; a failure that retrying cannot
-    /// fix is returned.
+    /// fix is returned (`run --once`: any failure; the run is retried from recovery).
     async fn collect_flush(&mut self) -> Result<(), RunError> {
-        if !self
-            .in_flight
-            .as_ref()
-            .is_some_and(|(t, _)| t.is_finished())
-        {
+        if !self.flushing.as_ref().is_some_and(|j| j.task.is_finished()) {
             return Ok(());
         }
-        match self.in_flight.take() {
-            Some((task, waiters)) => self.report_flush(task, waiters).await,
+        match self.flushing.take() {
+            Some(job) => self.report_flush(job).await,
             None => Ok(()),
         }
     }
 
-    async fn report_flush(
-        &mut self,
-        task: JoinHandle<Result<FlushSummary, RunError>>,
-        waiters: Vec<oneshot::Sender<Result<FlushSummary, String>>>,
-    ) -> Result<(), RunError> {
-        let result = match task.await {
+    async fn report_flush(&mut self, job: FlushJob) -> Result<(), RunError> {
+        let result = match job.task.await {
             Ok(r) => r,
             Err(e) => Err(RunError::State(format!("flush task failed: {e}"))),
         };
         let mut fatal = None;
         let answer = match result {
-            Ok(s) => {
+            Ok(outcome) => {
+                let s = outcome.summary();
                 metrics::counter!(metric::FLUSHES, "result" => "ok").increment(1);
                 metrics::gauge!(metric::LAST_FLUSH_TIMESTAMP).set(Utc::now().timestamp() as f64);
                 metrics::gauge!(metric::LAST_FLUSH_DURATION).set(s.seconds);
@@ -562,6 +740,9 @@ impl Consumer {
                         .health
                         .degrade("catalog", format!("{e} (retried by the next flush)")),
                     None => self.health.recover("catalog"),
+                }
+                if self.once() {
+                    fatal = self.finish_once(outcome).await.err();
                 }
                 Ok(s)
             }
@@ -576,7 +757,7 @@ impl Consumer {
                         false
                     }
                 };
-                if restored || e.action().retries() {
+                if !self.once() && (restored || e.action().retries()) {
                     // Nothing moved: the intent (if written) is finished by the retry.
                     let delay = self.flush_retry.failed(&self.health, &e);
                     self.want_flush.get_or_insert(Lsn::ZERO);
@@ -585,7 +766,9 @@ impl Consumer {
                         delay.as_secs_f64()
                     ))
                 } else {
-                    tracing::error!(error = %e, "flush failed; stopping (no watermark moved)");
+                    if !self.once() {
+                        tracing::error!(error = %e, "flush failed; stopping (no watermark moved)");
+                    }
                     fatal = Some(e);
                     Err(message)
                 }
@@ -593,15 +776,34 @@ impl Consumer {
         };
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
-        for w in waiters {
+        for w in job.waiters {
             let _ = w.send(answer.clone());
         }
         fatal.map_or(Ok(()), Err)
     }
 
+    /// `run --once` after its flush: the slot acknowledged to the cut (the spool keeps
+    /// what came after it), the report filled in; the loop ends.
+    async fn finish_once(&mut self, outcome: FlushOutcome) -> Result<(), RunError> {
+        self.ack(outcome.cut).await?;
+        self.pipeline.wait_for_ack(outcome.cut).await;
+        crate::failpoint::hit(crate::failpoint::AFTER_ACK);
+        self.report.acked = Some(outcome.cut);
+        self.report.changes_received = self.writer.changes_written();
+        if let Some(c) = outcome.committed {
+            self.report.flushed_rows = c.flushed.rows;
+            self.report.files.extend(c.flushed.files);
+        }
+        self.done = true;
+        match outcome.catalog_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
     /// Reconnects with exponential backoff; `false` when shutdown came first.
-    async fn reconnect(&mut self, why: &str) -> Result<bool, RunError> {
-        tracing::warn!(error = why, "replication connection lost; reconnecting");
+    async fn reconnect(&mut self, why: RunError) -> Result<bool, RunError> {
+        tracing::warn!(error = %why, "replication connection lost; reconnecting");
         self.writer.discard_partial()?;
         self.health
             .degrade("source", format!("replication connection lost: {why}"));
@@ -629,12 +831,17 @@ impl Consumer {
                 }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    if let Until::CaughtUp { give_up_at } = self.until {
+                        if Instant::now() + delay > give_up_at {
+                            return Err(e);
+                        }
+                    }
                     metrics::counter!(metric::RETRIES, "step" => "source").increment(1);
                     self.health.degrade("source", format!("reconnecting: {e}"));
                     tracing::warn!(error = %e, retry_in = ?delay, "reconnect failed");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => return Ok(false),
+                        _ = self.waker.shutdown.cancelled() => return Ok(false),
                     }
                 }
             }
@@ -642,21 +849,18 @@ impl Consumer {
     }
 
     /// Graceful stop: drop a half-received transaction, seal, acknowledge, finish a running flush.
-    async fn stop(mut self) -> Result<(), RunError> {
+    async fn stop(mut self) -> Result<RunReport, RunError> {
         self.writer.discard_partial()?;
         let durable = self.writer.seal()?;
         self.pipeline.spool().make_durable().await?;
-        if durable > self.acked {
-            match self.repl.ack(durable).await {
-                Ok(()) => self.acked = durable,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not acknowledge on shutdown; the next run resumes from the spool")
-                }
+        if !self.once() {
+            if let Err(e) = self.ack(durable).await {
+                tracing::warn!(error = %e, "could not acknowledge on shutdown; the next run resumes from the spool")
             }
         }
-        if let Some((task, waiters)) = self.in_flight.take() {
+        if let Some(job) = self.flushing.take() {
             tracing::info!("waiting for the running flush to finish");
-            if let Err(e) = self.report_flush(task, waiters).await {
+            if let Err(e) = self.report_flush(job).await {
                 tracing::error!(error = %e, "the last flush failed; the next run finishes it");
             }
         }
@@ -666,13 +870,15 @@ impl Consumer {
             ));
         }
         tracing::info!(acked = %self.acked, "stopped");
-        Ok(())
+        Ok(self.report)
     }
 
     /// After a fatal error: answer waiting requests; a running flush keeps its intent.
     async fn stop_after_error(&mut self) {
-        if let Some((task, waiters)) = self.in_flight.take() {
-            if let Err(e) = self.report_flush(task, waiters).await {
+        if let Some(mut job) = self.flushing.take() {
+            // The flush cannot finish without the rest of its segments.
+            job.feed = None;
+            if let Err(e) = self.report_flush(job).await {
                 tracing::error!(error = %e, "the running flush failed too");
             }
         }

@@ -133,14 +133,32 @@ pub struct WrittenFile {
     pub pending: Option<PathBuf>,
 }
 
-/// Publishes files a sink with `defer_publish` left in its temp folder.
+/// Publishes files a sink with `defer_publish` left in its temp folder, up to
+/// [`CONCURRENT_UPLOADS`] at once (a flush of N files is not N round trips in series).
 pub async fn publish_deferred(lake: &Lake, files: &mut [WrittenFile]) -> Result<(), LakeError> {
-    for f in files.iter_mut() {
-        if let Some(tmp) = f.pending.take() {
-            f.published = lake.publish(&tmp, &f.written_key).await?;
-        }
+    use futures::StreamExt;
+    let jobs: Vec<(usize, PathBuf, String)> = files
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, f)| Some((i, f.pending.take()?, f.written_key.clone())))
+        .collect();
+    let mut uploads = futures::stream::iter(jobs)
+        .map(|(i, tmp, key)| publish_one(lake.clone(), i, tmp, key))
+        .buffer_unordered(CONCURRENT_UPLOADS);
+    while let Some(done) = uploads.next().await {
+        let (i, published) = done?;
+        files[i].published = published;
     }
     lake.sync_dirs()
+}
+
+async fn publish_one(
+    lake: Lake,
+    i: usize,
+    tmp: PathBuf,
+    key: String,
+) -> Result<(usize, Published), LakeError> {
+    Ok((i, lake.publish(&tmp, &key).await?))
 }
 
 /// One table partition: its folder (by number) and key.
