@@ -36,6 +36,7 @@ use crate::flush::commit::Committed;
 use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, RunError, RunReport};
 use crate::retry::{Action, Classify};
+use crate::sink::WrittenFile;
 use crate::source::introspect;
 use crate::source::replication::ReplicationStream;
 use crate::spool::{Received, Segment, SpoolWriter};
@@ -127,12 +128,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let prepared = tokio::select! {
         r = async {
             let pipeline = Pipeline::open(config.clone()).await?;
-            let (repl, start) = pipeline.prepare(&mut RunReport::default()).await?;
-            Ok::<_, RunError>((pipeline, repl, start))
+            let mut report = RunReport::default();
+            let (repl, start) = pipeline.prepare(&mut report).await?;
+            Ok::<_, RunError>((pipeline, repl, start, report))
         } => Some(r?),
         _ = shutdown.cancelled() => None,
     };
-    let Some((pipeline, repl, start)) = prepared else {
+    let Some((pipeline, repl, start, report)) = prepared else {
         admin_task.abort();
         return Ok(());
     };
@@ -147,7 +149,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         schedule: Box::new(schedule),
         next_flush_at,
     };
-    let consumer = Consumer::start(Arc::new(pipeline), repl, start, until, waker, health).await?;
+    let mut consumer =
+        Consumer::start(Arc::new(pipeline), repl, start, until, waker, health).await?;
+    consumer.uncataloged = report.files;
     let result = consumer.run(flush_rx).await;
     admin_task.abort();
     result.map(|_| ())
@@ -180,6 +184,7 @@ pub async fn once(pipeline: Arc<Pipeline>) -> Result<RunReport, RunError> {
     let health = Arc::new(Health::default());
     let mut consumer = Consumer::start(pipeline, repl, start, until, waker, health).await?;
     consumer.want_flush = Some(marker);
+    consumer.uncataloged = report.files.clone();
     consumer.report = report;
     // No one asks a `run --once` for a flush: a closed channel.
     let (_, requests) = mpsc::channel(1);
@@ -364,6 +369,9 @@ struct Consumer {
     /// Sealing (with the mirror upload to the lake's store) and acknowledging.
     spool_retry: Retrying,
     backoff: crate::retry::Backoff,
+    /// Files written before streaming (snapshots, a finished intent), for the catalog
+    /// step of the first flush that succeeds.
+    uncataloged: Vec<WrittenFile>,
     /// `run --once`: what it did; set once its flush is committed and acknowledged.
     report: RunReport,
     done: bool,
@@ -429,6 +437,7 @@ impl Consumer {
             flush_retry: Retrying::new("flush", backoff),
             spool_retry: Retrying::new("spool", backoff),
             backoff,
+            uncataloged: Vec::new(),
             report: RunReport::default(),
             done: false,
         })
@@ -674,11 +683,12 @@ impl Consumer {
             let _ = feed.send(seg);
         }
         let pipeline = self.pipeline.clone();
+        let mut files = self.uncataloged.clone();
         tracing::info!(cut = %cut, "flush started");
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let committed = pipeline.flush(cut, segments_rx).await?;
-            let files = match &committed {
+            files.extend(match &committed {
                 Some(c) => {
                     for (table, n) in &c.flushed.rows {
                         metrics::counter!(metric::ROWS_WRITTEN, "table" => table.clone())
@@ -687,7 +697,7 @@ impl Consumer {
                     c.flushed.files.clone()
                 }
                 None => Vec::new(),
-            };
+            });
             let catalog_error = match pipeline.after_commit(cut, &files).await {
                 Ok(()) => None,
                 Err(RunError::Catalog(e)) => Some(e),
@@ -735,6 +745,7 @@ impl Consumer {
                 metrics::gauge!(metric::LAST_FLUSH_DURATION).set(s.seconds);
                 tracing::info!(cut = %s.cut, rows = s.rows, files = s.files, seconds = s.seconds, "flush done");
                 self.flush_retry.succeeded(&self.health);
+                self.uncataloged.clear();
                 match &s.catalog_error {
                     Some(e) => self
                         .health
