@@ -20,6 +20,7 @@ pub mod failpoint;
 pub mod flush;
 pub mod lsn;
 pub mod pipeline;
+pub mod recovery;
 pub mod retry;
 pub mod service;
 pub mod sink;

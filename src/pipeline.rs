@@ -30,13 +30,14 @@ use crate::checkpoint::{
     FlushIntent, PartitionAction, PartitionRef, SnapshotPhase, SnapshotState, Watermark,
     WatermarkKind, FIRST_RUN,
 };
-use crate::config::{BinaryMode, Config, SnapshotMode};
+use crate::config::{BinaryMode, Config};
 use crate::decode::relation::KnownTable;
 use crate::decode::{ColumnKind, TypeCatalog};
 use crate::failpoint;
 use crate::flush::commit::{self, CommitTable, Committed, Encoded};
 use crate::flush::{self, FlushError, Flushed};
 use crate::lsn::Lsn;
+use crate::recovery::{self, Finish};
 use crate::sink::lake::INTERNAL_DIR;
 use crate::sink::{Lake, LakeError, Sink, SinkError, SinkOptions, WrittenFile};
 use crate::source::introspect::{self, TableError, TableInfo};
@@ -81,6 +82,9 @@ pub enum RunError {
     /// Committing a flush.
     #[error("flush: {0}")]
     Commit(#[from] crate::flush::commit::CommitError),
+    /// The lake and the slot disagree (found at start).
+    #[error(transparent)]
+    Recovery(#[from] recovery::RecoveryError),
     /// The lake and the slot disagree in a way slot2lake will not resolve alone.
     #[error("{0}")]
     State(String),
@@ -366,23 +370,12 @@ impl Pipeline {
     /// Recovers what an earlier run left unfinished, checks the slot, takes the
     /// first-run snapshot (or backfills tables added since) when needed, and returns a
     /// replication connection with the position to start streaming from (everything
-    /// before it is in the spool or the lake).
+    /// before it is in the spool or the lake). [`recovery`] decides; this carries it out.
     pub async fn prepare(
         &self,
         report: &mut RunReport,
     ) -> Result<(ReplicationStream, Lsn), RunError> {
         report.lake = self.lake.url().to_string();
-        // Another process streaming from the slot owns the lake: stop before touching
-        // the temp folder or finishing anything it may be finishing itself.
-        let mut slot = self.slot_when_free().await?;
-        if let Some(pid) = slot.as_ref().and_then(|s| s.active_pid) {
-            return Err(SourceError::SlotInUse {
-                slot: self.slot().to_string(),
-                pid,
-            }
-            .into());
-        }
-        self.clean_tmp();
         let damage = self.checkpoints.damage().await?;
         if !damage.tables.is_empty() {
             tracing::error!(
@@ -391,115 +384,110 @@ impl Pipeline {
                 "spooled changes were lost (a corrupt segment with no mirror): the lake may miss changes of these tables until each is backfilled (`slot2lake backfill --table T`)"
             );
         }
-        if let Some(intent) = self.checkpoints.flush_intent().await? {
-            tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
-            let done = self.finish_flush(intent).await?;
-            report.files.extend(done.flushed.files);
-        }
-        if let Some(state) = self.checkpoints.snapshot_state(FIRST_RUN).await? {
-            match state.phase {
-                SnapshotPhase::Staged => {
-                    tracing::warn!("finishing a first-run snapshot an earlier run left staged");
-                    report.snapshot_rows = state.rows.clone();
-                    self.publish_snapshot(FIRST_RUN, state).await?;
-                }
-                SnapshotPhase::Copying => {
-                    tracing::warn!(
-                        "an earlier first run stopped while copying; starting the first run again"
-                    );
-                    self.abandon_first_run(&state, slot.is_some()).await?;
-                    slot = None;
-                }
-            }
-        }
-        // A backfill that copied everything but did not move its files into place.
+        let first_run = self.checkpoints.snapshot_state(FIRST_RUN).await?;
+        let mut staged_backfills = Vec::new();
         for name in self.checkpoints.backfill_states().await? {
             if let Some(state) = self.checkpoints.snapshot_state(&name).await? {
                 if state.phase == SnapshotPhase::Staged {
-                    tracing::warn!(state = %name, "finishing a backfill an earlier run left staged");
-                    self.publish_snapshot(&name, state).await?;
+                    staged_backfills.push((name, state));
                 }
             }
         }
-        let mode = self.config.source.snapshot;
-        if let Some(s) = &slot {
-            if s.plugin.as_deref() != Some("pgoutput") {
-                return Err(RunError::State(format!(
-                    "slot {:?} uses plugin {:?}, not pgoutput; drop it or set [source] slot to another name",
-                    self.slot(),
-                    s.plugin
-                )));
-            }
-            if s.wal_status.as_deref() == Some("lost") {
-                if mode != SnapshotMode::WhenNeeded {
-                    return Err(RunError::State(format!(
-                        "slot {:?} has lost WAL it needed (wal_status = lost): changes are missing; set [source] snapshot = \"when_needed\" to take a new snapshot, or drop the slot and remove the lake's watermarks",
-                        self.slot()
-                    )));
+        let intent = self.checkpoints.flush_intent().await?;
+        // Another process streaming from the slot owns the lake: the plan stops before
+        // the temp folder is cleaned or anything it may be finishing itself is touched.
+        let plan = recovery::unfinished(&recovery::Leftovers {
+            slot_name: self.slot().to_string(),
+            slot: self.slot_when_free().await?.as_ref().map(slot_seen),
+            intent: intent.is_some(),
+            first_run: first_run.as_ref().map(|s| s.phase),
+            staged_backfills: staged_backfills.iter().map(|(n, _)| n.clone()).collect(),
+        })?;
+        let (mut intent, mut first_run) = (intent, first_run);
+        let mut staged_backfills = staged_backfills.into_iter();
+        for step in plan {
+            match step {
+                Finish::CleanTmp => self.clean_tmp(),
+                Finish::FinishFlush => {
+                    if let Some(intent) = intent.take() {
+                        tracing::warn!(cut = %intent.cut, "finishing a flush an earlier run left incomplete");
+                        let done = self.finish_flush(intent).await?;
+                        report.files.extend(done.flushed.files);
+                    }
                 }
-                tracing::error!(slot = self.slot(), "the slot lost WAL it needed (wal_status = lost): dropping it and taking a new snapshot of every table (snapshot = \"when_needed\")");
-                self.drop_slot(self.slot()).await?;
-                slot = None;
+                Finish::PublishFirstRun => {
+                    if let Some(state) = first_run.take() {
+                        tracing::warn!("finishing a first-run snapshot an earlier run left staged");
+                        report.snapshot_rows = state.rows.clone();
+                        self.publish_snapshot(FIRST_RUN, state).await?;
+                    }
+                }
+                Finish::AbandonFirstRun => {
+                    if let Some(state) = first_run.take() {
+                        tracing::warn!(
+                            "an earlier first run stopped while copying; starting the first run again"
+                        );
+                        self.abandon_first_run(&state).await?;
+                    }
+                }
+                Finish::PublishBackfill(name) => {
+                    if let Some((_, state)) = staged_backfills.next() {
+                        tracing::warn!(state = %name, "finishing a backfill an earlier run left staged");
+                        self.publish_snapshot(&name, state).await?;
+                    }
+                }
             }
         }
+        let slot = introspect::slot_info(&*self.source.get().await?, self.slot()).await?;
         let watermarks = self.watermarks().await?;
-        let server = introspect::current_wal_lsn(&*self.source.get().await?).await?;
-        ahead_of_server(
-            "the lake's watermarks",
-            watermarks.values().flatten().map(|w| w.lsn).max(),
-            server,
-        )?;
-        let unmarked: Vec<String> = watermarks
-            .iter()
-            .filter(|(_, w)| w.is_none())
-            .map(|(f, _)| f.clone())
-            .collect();
-        let resnapshot = slot.is_none() && watermarks.values().any(Option::is_some);
-        if resnapshot && mode != SnapshotMode::WhenNeeded {
-            return Err(RunError::State(format!(
-                "slot {:?} does not exist but the lake has watermarks: the slot was dropped and changes since then are lost; set [source] snapshot = \"when_needed\" to take a new snapshot that supersedes the lake's rows, or remove etl-metadata/*/watermark.json to start over",
-                self.slot()
-            )));
-        }
-        if resnapshot {
+        let plan = recovery::start(&recovery::Position {
+            slot_name: self.slot().to_string(),
+            slot: slot.as_ref().map(slot_seen),
+            mode: self.config.source.snapshot,
+            watermarks: watermarks
+                .iter()
+                .map(|(f, w)| (f.clone(), w.as_ref().map(|w| w.lsn)))
+                .collect(),
+            spool_end: self.spool.durable_end()?,
+            spool_dir: self.spool.dir().display().to_string(),
+            server: introspect::current_wal_lsn(&*self.source.get().await?).await?,
+        })?;
+        if plan.drop_slot {
+            tracing::error!(slot = self.slot(), "the slot lost WAL it needed (wal_status = lost): dropping it and taking a new snapshot of every table (snapshot = \"when_needed\")");
+            self.drop_slot(self.slot()).await?;
+        } else if plan.first_run == Some(true) {
             tracing::error!(slot = self.slot(), "the slot is missing: changes since it was dropped are lost; taking a new snapshot of every table that supersedes the lake's rows (snapshot = \"when_needed\")");
         }
-        if slot.is_none() {
+        if plan.discard_spool {
             self.discard_orphaned_spool().await?;
         }
-        ahead_of_server(
-            &format!("the spool in {}", self.spool.dir().display()),
-            self.spool.durable_end()?,
-            server,
-        )?;
-        let first_run = slot.is_none() && mode != SnapshotMode::Never;
         let mut repl = ReplicationStream::connect(
             &self.config.source.url,
             &StreamOptions {
                 slot: self.slot().to_string(),
                 publication: self.config.source.publication.clone(),
                 binary: self.binary,
-                export_snapshot: first_run,
+                export_snapshot: plan.first_run.is_some(),
                 temporary: false,
             },
         )
         .await?;
         let mut start = None;
-        if first_run {
+        if let Some(supersede) = plan.first_run {
             start = Some(
-                self.first_run_snapshot(&mut repl, report, resnapshot)
+                self.first_run_snapshot(&mut repl, report, supersede)
                     .await?,
             );
-        } else if slot.is_some() && mode != SnapshotMode::Never && !unmarked.is_empty() {
+        } else if !plan.backfill.is_empty() {
             // Tables added to the config since the slot was created: each gets a snapshot
             // lined up with a temporary slot, while the main slot keeps its position.
-            tracing::info!(tables = %unmarked.join(", "), "tables without a watermark: backfilling them");
-            let (rows, files) = self.backfill(&unmarked).await?;
+            tracing::info!(tables = %plan.backfill.join(", "), "tables without a watermark: backfilling them");
+            let (rows, files) = self.backfill(&plan.backfill).await?;
             report.snapshot_rows.extend(rows);
             report.files.extend(files);
         }
-        if let Some(s) = &slot {
-            start = s.confirmed_flush;
+        if let Some(s) = slot.filter(|_| !plan.drop_slot) {
+            start = start.or(s.confirmed_flush);
         }
         let durable = self.spool.durable_end()?.unwrap_or(Lsn::ZERO);
         let min_wm = self
@@ -892,12 +880,11 @@ impl Pipeline {
     }
 
     /// Undoes a first run that died while copying: its exported snapshot is gone.
-    async fn abandon_first_run(
-        &self,
-        state: &SnapshotState,
-        slot_exists: bool,
-    ) -> Result<(), RunError> {
-        if slot_exists {
+    async fn abandon_first_run(&self, state: &SnapshotState) -> Result<(), RunError> {
+        if introspect::slot_info(&*self.source.get().await?, self.slot())
+            .await?
+            .is_some()
+        {
             self.drop_slot(self.slot()).await?;
         }
         self.discard_staged(FIRST_RUN, state).await
@@ -1126,18 +1113,6 @@ async fn join_flush(
         .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??)
 }
 
-/// LSNs from another cluster (a lake or spool reused after moving to a new server) would
-/// make the stream wait for a position this server has not reached, and order the old
-/// rows after every new one.
-fn ahead_of_server(what: &str, lsn: Option<Lsn>, server: Lsn) -> Result<(), RunError> {
-    match lsn {
-        Some(lsn) if lsn > server => Err(RunError::State(format!(
-            "{what} reached {lsn}, past this server's WAL position {server}: they were written from another cluster; give this server a new [output] url (and [spool] dir)"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// The spool directory: `[spool] dir`, `_slot2lake/<slot>/spool` in a `file://` lake, or a
 /// temp folder (the working copy of a spool kept in an `s3://` lake).
 pub fn spool_dir(config: &Config, lake: &Lake) -> PathBuf {
@@ -1179,4 +1154,13 @@ pub fn identity_remedy(table: &str, replica_identity: char) -> String {
     format!(
         "table {table} {why}, so its UPDATEs and DELETEs cannot be replicated (PostgreSQL rejects them once the table is published); add a primary key and run ALTER TABLE {table} REPLICA IDENTITY DEFAULT;, or run ALTER TABLE {table} REPLICA IDENTITY FULL;"
     )
+}
+
+/// The slot as recovery needs to see it.
+fn slot_seen(s: &introspect::SlotInfo) -> recovery::SlotSeen {
+    recovery::SlotSeen {
+        active_pid: s.active_pid,
+        plugin: s.plugin.clone(),
+        wal_lost: s.wal_status.as_deref() == Some("lost"),
+    }
 }

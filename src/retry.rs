@@ -232,6 +232,7 @@ impl Classify for RunError {
             RunError::Sink(e) => e.action(),
             RunError::Catalog(e) => e.action(),
             RunError::Table(_)
+            | RunError::Recovery(_)
             | RunError::Copy(_)
             | RunError::State(_)
             | RunError::GaveUp { .. } => Action::Stop,
