@@ -4,7 +4,6 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::pipeline::identity_remedy;
 use crate::sink::Lake;
 use crate::source::{self, introspect};
 
@@ -64,7 +63,12 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         Err(e) => add(Level::Fail, "output", e.to_string()),
     }
 
-    let (level, detail) = crate::catalog::glue::check(config).await;
+    use crate::catalog::glue::Readiness;
+    let (level, detail) = match crate::catalog::glue::check(config).await {
+        Readiness::Ready(d) => (Level::Ok, d),
+        Readiness::WillCreate(d) => (Level::Todo, d),
+        Readiness::Broken(d) => (Level::Fail, d),
+    };
     add(level, "catalog", detail);
 
     let client = match source::connect(&config.source.url).await {
@@ -137,7 +141,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             Ok(info) if !info.has_identity() => add(
                 Level::Fail,
                 &what,
-                identity_remedy(&t.name, info.replica_identity),
+                introspect::identity_remedy(&t.name, info.replica_identity),
             ),
             Ok(info) => {
                 let detail = format!(

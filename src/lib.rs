@@ -5,7 +5,8 @@
 //!                                                                         │
 //!                                     checkpoint (watermarks) ◀───────────┘ ─▶ catalog
 //! ```
-//! Each module is one stage; [`pipeline`] wires them for `run --once`.
+//! Each module is one stage; [`recovery`] decides what a start does, [`pipeline`] carries
+//! out a run's steps, and [`service`] is the consumer loop `run` and `run --once` share.
 
 pub mod aws;
 pub mod catalog;

@@ -84,6 +84,10 @@ pub struct Leftovers {
     pub first_run: Option<SnapshotPhase>,
     /// Backfill states recorded as staged.
     pub staged_backfills: Vec<String>,
+    /// Segments the spool's manifest lists that are not on disk.
+    pub missing_segments: Vec<String>,
+    /// Segments whose loss `damaged.json` already records.
+    pub recorded_losses: Vec<String>,
 }
 
 /// A step that finishes or undoes an earlier run's work, in order.
@@ -99,6 +103,11 @@ pub enum Finish {
     AbandonFirstRun,
     /// Move a staged backfill into place.
     PublishBackfill(String),
+    /// Record missing segments as lost (every table may miss changes), stop expecting
+    /// them, and stop the run with the error that names them and the repair.
+    RecordLost(Vec<String>),
+    /// Stop expecting missing segments whose loss is already on record.
+    ForgetLost(Vec<String>),
 }
 
 /// Decides what to finish before streaming; a slot in use stops the run untouched.
@@ -109,7 +118,18 @@ pub fn unfinished(seen: &Leftovers) -> Result<Vec<Finish>, RecoveryError> {
             pid,
         });
     }
-    let mut steps = vec![Finish::CleanTmp];
+    let mut steps = Vec::new();
+    if !seen.missing_segments.is_empty() {
+        let known = seen
+            .missing_segments
+            .iter()
+            .all(|m| seen.recorded_losses.contains(m));
+        if !known {
+            return Ok(vec![Finish::RecordLost(seen.missing_segments.clone())]);
+        }
+        steps.push(Finish::ForgetLost(seen.missing_segments.clone()));
+    }
+    steps.push(Finish::CleanTmp);
     if seen.intent {
         steps.push(Finish::FinishFlush);
     }
@@ -244,8 +264,28 @@ mod tests {
     fn unfinished_work_is_finished_in_order_and_a_held_slot_stops_everything() {
         use Finish::*;
         type Case = (&'static str, Leftovers, Result<Vec<Finish>, &'static str>);
-        let cases: [Case; 6] = [
+        let lost = || vec!["0-1.seg".to_string()];
+        let cases: [Case; 8] = [
             ("nothing left", Leftovers::default(), Ok(vec![CleanTmp])),
+            (
+                "a segment gone from the spool: recorded, and the run stops",
+                Leftovers {
+                    intent: true,
+                    missing_segments: lost(),
+                    ..Default::default()
+                },
+                Ok(vec![RecordLost(lost())]),
+            ),
+            (
+                "a segment gone whose loss is on record: forgotten, the run goes on",
+                Leftovers {
+                    intent: true,
+                    missing_segments: lost(),
+                    recorded_losses: lost(),
+                    ..Default::default()
+                },
+                Ok(vec![ForgetLost(lost()), CleanTmp, FinishFlush]),
+            ),
             (
                 "another process streams from the slot",
                 Leftovers {

@@ -173,9 +173,10 @@ impl Classify for SpoolError {
             // The mirror lives in the lake's store: an S3 outage.
             SpoolError::Mirror(e) => e.action(),
             // A failed fsync of the local spool cannot be trusted on retry.
-            SpoolError::Io { .. } | SpoolError::Corrupt { .. } | SpoolError::Malformed(_) => {
-                Action::Stop
-            }
+            SpoolError::Io { .. }
+            | SpoolError::Corrupt { .. }
+            | SpoolError::Missing { .. }
+            | SpoolError::Malformed(_) => Action::Stop,
         }
     }
 }

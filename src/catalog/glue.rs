@@ -383,13 +383,23 @@ pub async fn update(
     Ok(())
 }
 
-/// `slot2lake check`'s view of the catalog: reachable, and what will be created.
-pub async fn check(config: &Config) -> (crate::check::Level, String) {
-    use crate::check::Level;
+/// Whether the catalog can take the lake's tables, for `slot2lake check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Everything needed exists.
+    Ready(String),
+    /// Something will be created by the first run.
+    WillCreate(String),
+    /// Something is missing or unreachable; the text says what to do.
+    Broken(String),
+}
+
+/// The catalog as the first run will find it: reachable, and what will be created.
+pub async fn check(config: &Config) -> Readiness {
     use crate::config::CatalogKind;
     let kind = config.catalog.kind;
     if matches!(kind, CatalogKind::None | CatalogKind::Local) {
-        return (Level::Ok, format!("{kind:?}").to_lowercase());
+        return Readiness::Ready(format!("{kind:?}").to_lowercase());
     }
     let glue = client(config).await;
     let db = database(config);
@@ -401,34 +411,26 @@ pub async fn check(config: &Config) -> (crate::check::Level, String) {
             format!("database {db:?} will be created")
         }
         Err(e) if code(&e) == Some("EntityNotFoundException") => {
-            return (
-                Level::Fail,
-                format!(
-                    "Glue database {db:?} does not exist: create it (the crawler writes into it)"
-                ),
-            );
+            return Readiness::Broken(format!(
+                "Glue database {db:?} does not exist: create it (the crawler writes into it)"
+            ));
         }
         Err(e) => {
-            return (
-                Level::Fail,
-                format!("Glue is not reachable: {}", DisplayErrorContext(e)),
-            )
+            return Readiness::Broken(format!("Glue is not reachable: {}", DisplayErrorContext(e)))
         }
     };
     if kind == CatalogKind::GlueDirect {
-        return (Level::Ok, format!("glue-direct: {db_state}"));
+        return Readiness::Ready(format!("glue-direct: {db_state}"));
     }
     let name = config.catalog.crawler.as_deref().unwrap_or("slot2lake");
     match glue.get_crawler().name(name).send().await {
-        Ok(_) => (Level::Ok, format!("glue: {db_state}, crawler {name:?} exists")),
+        Ok(_) => Readiness::Ready(format!("glue: {db_state}, crawler {name:?} exists")),
         Err(e) if code(&e) == Some("EntityNotFoundException") && config.catalog.create => {
-            (Level::Todo, format!("glue: {db_state}, crawler {name:?} will be created"))
+            Readiness::WillCreate(format!("glue: {db_state}, crawler {name:?} will be created"))
         }
-        Err(e) if code(&e) == Some("EntityNotFoundException") => (
-            Level::Fail,
-            format!("crawler {name:?} does not exist: create it, or set catalog.create = true and catalog.role"),
+        Err(e) if code(&e) == Some("EntityNotFoundException") => Readiness::Broken(format!("crawler {name:?} does not exist: create it, or set catalog.create = true and catalog.role"),
         ),
-        Err(e) => (Level::Fail, format!("Glue is not reachable: {}", DisplayErrorContext(e))),
+        Err(e) => Readiness::Broken(format!("Glue is not reachable: {}", DisplayErrorContext(e))),
     }
 }
 

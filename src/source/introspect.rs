@@ -520,3 +520,15 @@ pub async fn ensure_publication(
         .await
         .map_err(|e| query_error(format!("creating publication {publication:?} ({sql})"), &e))
 }
+
+/// The error (and fix) for a table whose updates and deletes cannot be replicated.
+pub fn identity_remedy(table: &str, replica_identity: char) -> String {
+    let why = if replica_identity == 'n' {
+        "has REPLICA IDENTITY NOTHING"
+    } else {
+        "has no primary key and no replica identity"
+    };
+    format!(
+        "table {table} {why}, so its UPDATEs and DELETEs cannot be replicated (PostgreSQL rejects them once the table is published); add a primary key and run ALTER TABLE {table} REPLICA IDENTITY DEFAULT;, or run ALTER TABLE {table} REPLICA IDENTITY FULL;"
+    )
+}

@@ -32,6 +32,10 @@ pub use proto::{Begin, Change, Commit, SegmentHeader, SpoolRecord};
 
 use crate::lsn::Lsn;
 
+mod manifest;
+
+pub use manifest::Manifest;
+
 /// Version written in every segment header.
 pub const FORMAT_VERSION: u32 = 1;
 const OPEN_NAME: &str = ".open.seg";
@@ -59,6 +63,18 @@ pub enum SpoolError {
         path: PathBuf,
         /// What is wrong.
         detail: String,
+    },
+    /// Sealed segments the manifest lists are gone from the spool directory.
+    #[error("spool segment(s) {} are missing from {dir} (changes committed from {from} to {to}): the slot was acknowledged past them, so they cannot be read from PostgreSQL again; the loss is recorded and `slot2lake status` shows it until every table is backfilled (`slot2lake backfill --table T`); the next run goes on", segments.join(", "))]
+    Missing {
+        /// The spool directory.
+        dir: String,
+        /// Their names.
+        segments: Vec<String>,
+        /// Start of the first.
+        from: Lsn,
+        /// End of the last.
+        to: Lsn,
     },
     /// The spool's mirror in the lake's store failed.
     #[error("spool mirror: {0}")]
@@ -120,6 +136,7 @@ fn parse_segment_name(name: &str) -> Option<(Lsn, Lsn)> {
 pub struct Spool {
     dir: PathBuf,
     mirror: Option<Mirror>,
+    manifest: Manifest,
 }
 
 #[derive(Debug, Clone)]
@@ -139,7 +156,12 @@ impl Spool {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, SpoolError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        Ok(Self { dir, mirror: None })
+        let manifest = Manifest::new(&dir);
+        Ok(Self {
+            dir,
+            mirror: None,
+            manifest,
+        })
     }
 
     /// Opens a spool mirrored to `prefix` in `lake`: segments the mirror has and the
@@ -318,17 +340,56 @@ impl Spool {
 
     /// Deletes the segments whose every transaction ends at or before `lsn`.
     pub fn remove_through(&self, lsn: Lsn) -> Result<usize, SpoolError> {
-        let mut removed = 0;
-        for seg in self.segments()? {
-            if seg.end <= lsn {
-                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-                removed += 1;
-            }
+        let gone: Vec<Segment> = self
+            .segments()?
+            .into_iter()
+            .filter(|s| s.end <= lsn)
+            .collect();
+        // Recorded first: a crash before the deletes leaves segments the log lacks,
+        // which are adopted, never segments it lists that are gone.
+        self.manifest
+            .removed(&gone.iter().map(Segment::name).collect::<Vec<_>>())?;
+        for seg in &gone {
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
         }
-        if removed > 0 {
+        if !gone.is_empty() {
             sync_dir(&self.dir)?;
         }
-        Ok(removed)
+        Ok(gone.len())
+    }
+
+    /// Segments the manifest says were sealed here and that are not on disk (after a
+    /// mirrored spool fetched what its mirror has): their changes are lost.
+    pub fn missing(&self) -> Result<Vec<String>, SpoolError> {
+        let here: std::collections::HashSet<String> =
+            self.segments()?.iter().map(Segment::name).collect();
+        Ok(self
+            .manifest
+            .live()?
+            .into_iter()
+            .filter(|n| !here.contains(n))
+            .collect())
+    }
+
+    /// The error naming `names` as lost.
+    pub fn missing_error(&self, names: &[String]) -> SpoolError {
+        let ranges: Vec<(Lsn, Lsn)> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+        SpoolError::Missing {
+            dir: self.dir.display().to_string(),
+            segments: names.to_vec(),
+            from: ranges.iter().map(|r| r.0).min().unwrap_or(Lsn::ZERO),
+            to: ranges.iter().map(|r| r.1).max().unwrap_or(Lsn::ZERO),
+        }
+    }
+
+    /// Stops expecting segments whose loss is on record.
+    pub fn forget(&self, names: &[String]) -> Result<(), SpoolError> {
+        self.manifest.removed(names)
+    }
+
+    /// The manifest (its writer compacts it at start).
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     /// A writer that continues after `resume` (the end of what is already durable).
@@ -599,6 +660,7 @@ impl SpoolWriter {
         let sealed = self.dir.join(segment_name(self.seg_start, self.last_end));
         fs::rename(&open, &sealed).map_err(io_err(&sealed))?;
         sync_dir(&self.dir)?;
+        Manifest::new(&self.dir).sealed(&[segment_name(self.seg_start, self.last_end)])?;
         tracing::debug!(segment = %sealed.display(), bytes = self.seg_bytes, "sealed spool segment");
         if let Some(kept) = &mut self.sealed {
             kept.push(Segment {

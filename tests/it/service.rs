@@ -379,7 +379,16 @@ async fn spool_acknowledged_changes(
 }
 
 /// Flips a byte in the middle of every sealed segment; returns them.
-fn corrupt_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// What happens to the spool's sealed segments.
+#[derive(Clone, Copy)]
+enum Damage {
+    /// A byte flipped in the middle.
+    Corrupt,
+    /// Deleted.
+    Delete,
+}
+
+fn damage_segments(dir: &std::path::Path, damage: Damage) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("spool dir").flatten() {
         let p = e.path();
@@ -391,6 +400,11 @@ fn corrupt_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         if bytes.len() < 16 {
             continue;
         }
+        if let Damage::Delete = damage {
+            std::fs::remove_file(&p).expect("delete");
+            out.push(p);
+            continue;
+        }
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xFF;
         std::fs::write(&p, bytes).expect("corrupt");
@@ -400,7 +414,7 @@ fn corrupt_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// A lake whose spool (in its own folder, at `location`) holds acknowledged segments,
-/// each then corrupted; returns them with the config.
+/// each then corrupted or deleted; returns them with the config.
 struct CorruptSpool {
     db: TestDb,
     lake: Lake,
@@ -409,7 +423,7 @@ struct CorruptSpool {
     _spool: tempfile::TempDir,
 }
 
-async fn corrupt_spool(name: &str, location: &str) -> CorruptSpool {
+async fn corrupt_spool(name: &str, location: &str, damage: Damage) -> CorruptSpool {
     let db = database(name).await;
     db.seed(10, 50).await;
     let lake = Lake::new();
@@ -425,7 +439,7 @@ async fn corrupt_spool(name: &str, location: &str) -> CorruptSpool {
         ),
     );
     spool_acknowledged_changes(&config, &admin, &db, spool.path()).await;
-    let damaged = corrupt_segments(spool.path());
+    let damaged = damage_segments(spool.path(), damage);
     assert!(!damaged.is_empty(), "no sealed segment");
     CorruptSpool {
         db,
@@ -444,7 +458,7 @@ async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
         config,
         _spool,
         ..
-    } = corrupt_spool("corrupt_mirrored", "output").await;
+    } = corrupt_spool("corrupt_mirrored", "output", Damage::Corrupt).await;
     let run = run_once(&config).await;
     assert!(
         run.stderr.contains("with the mirror's copy"),
@@ -464,7 +478,7 @@ async fn a_corrupt_segment_without_a_mirror_stays_reported_until_backfilled() {
         config,
         damaged,
         _spool,
-    } = corrupt_spool("corrupt_local", "local").await;
+    } = corrupt_spool("corrupt_local", "local", Damage::Corrupt).await;
     // The flush stops on it, names it and the repair, and acknowledges nothing more.
     let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -505,5 +519,67 @@ async fn a_corrupt_segment_without_a_mirror_stays_reported_until_backfilled() {
             status.stdout
         );
     }
+    assert_exact(&lake, &db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_segment_comes_back_from_the_mirror() {
+    let CorruptSpool {
+        db,
+        lake,
+        config,
+        _spool,
+        ..
+    } = corrupt_spool("missing_mirrored", "output", Damage::Delete).await;
+    let run = run_once(&config).await;
+    assert!(
+        run.stderr.contains("restored segment from the mirror"),
+        "{}",
+        run.stderr
+    );
+    assert_exact(&lake, &db);
+    let status = with_config(&["status"], &config).await;
+    assert!(!status.stdout.contains("WARNING"), "{}", status.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_segment_without_a_mirror_is_named_and_stays_reported_until_backfilled() {
+    let CorruptSpool {
+        db,
+        lake,
+        config,
+        damaged,
+        _spool,
+    } = corrupt_spool("missing_local", "local", Damage::Delete).await;
+    // Never skipped in silence: the run stops once, naming the segments, the LSN range
+    // and the repair.
+    let run = with_config(&["run", "--once"], &config).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("are missing from"), "{}", run.stderr);
+    for p in &damaged {
+        let name = p.file_name().expect("name").to_string_lossy().into_owned();
+        assert!(
+            run.stderr.contains(&name),
+            "{name} not named: {}",
+            run.stderr
+        );
+    }
+    assert!(run.stderr.contains("backfill --table"), "{}", run.stderr);
+    // The loss is on record; runs go on, and `status` warns until each table is backfilled.
+    run_once(&config).await;
+    for table in ["orders", "customers"] {
+        let status = with_config(&["status"], &config).await;
+        assert!(
+            status
+                .stdout
+                .contains(&format!("WARNING: changes of {table} in spool segment(s)")),
+            "{}",
+            status.stdout
+        );
+        let run = with_config(&["backfill", "--table", table], &config).await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let status = with_config(&["status"], &config).await;
+    assert!(!status.stdout.contains("WARNING"), "{}", status.stdout);
     assert_exact(&lake, &db);
 }

@@ -1,0 +1,329 @@
+//! Snapshots: the first run's (lined up with the new slot) and backfills (lined up with
+//! a temporary slot), copied to staging and moved into place with their watermarks.
+
+use super::*;
+
+impl Pipeline {
+    /// Creates the slot with an exported snapshot and lands every table from it.
+    pub(super) async fn first_run_snapshot(
+        &self,
+        repl: &mut ReplicationStream,
+        report: &mut RunReport,
+        supersede: bool,
+    ) -> Result<Lsn, RunError> {
+        let snapshot_name = repl.create_slot_exporting().await?;
+        let cp = introspect::slot_info(&*self.source.get().await?, self.slot())
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .ok_or_else(|| RunError::State("the new slot reports no consistent point".into()))?;
+        tracing::info!(slot = self.slot(), consistent_point = %cp, "created slot; copying the snapshot");
+        let folders: Vec<String> = self.tables.iter().map(|(f, _)| f.clone()).collect();
+        let (state, files) = self
+            .snapshot_to_staging(
+                &folders,
+                &snapshot_name,
+                cp,
+                supersede,
+                FIRST_RUN,
+                self.tmp_dir(),
+                None,
+            )
+            .await?;
+        report.snapshot_rows = state.rows.clone();
+        report.files.extend(files);
+        self.publish_snapshot(FIRST_RUN, state).await?;
+        Ok(cp)
+    }
+
+    /// Re-snapshots tables while streaming goes on elsewhere (`slot2lake backfill`).
+    ///
+    /// A temporary slot exports a snapshot at its own consistent point CP_T; the tables
+    /// are copied under it and moved into place behind a TRUNCATE row at (CP_T, -1), and
+    /// their watermark becomes CP_T. Changes committed before CP_T are in the snapshot;
+    /// the main slot still delivers everything after it, and the flush skips the table's
+    /// changes before its watermark. So the snapshot and the stream neither overlap nor
+    /// leave a gap, and no stale row wins: the TRUNCATE row supersedes every older row of
+    /// the table, including ones a concurrent flush writes below CP_T.
+    pub async fn backfill(
+        &self,
+        folders: &[String],
+    ) -> Result<(BTreeMap<String, u64>, Vec<WrittenFile>), RunError> {
+        self.backfill_partitions(folders, None).await
+    }
+
+    /// [`backfill`](Self::backfill), or with `only_partitions` a refresh: those
+    /// partitions' rows are copied on top of the table's, with no TRUNCATE row and the
+    /// watermark left where it is (other partitions' changes may still be in the spool).
+    pub(super) async fn backfill_partitions(
+        &self,
+        folders: &[String],
+        only_partitions: Option<&[String]>,
+    ) -> Result<(BTreeMap<String, u64>, Vec<WrittenFile>), RunError> {
+        for f in folders {
+            if !self.tables.iter().any(|(t, _)| t == f) {
+                return Err(RunError::State(format!(
+                    "table {f} is not in [[tables]]; add it to the config first"
+                )));
+            }
+            // A backfill that stopped while copying left only invisible staging files.
+            let name = backfill_state(f);
+            if let Some(old) = self.checkpoints.snapshot_state(&name).await? {
+                self.discard_staged(&name, &old).await?;
+            }
+        }
+        let temp_slot = format!("{}_backfill_{}", self.slot(), std::process::id());
+        let mut repl = ReplicationStream::connect(
+            &self.config.source.url,
+            &StreamOptions {
+                slot: temp_slot.clone(),
+                publication: self.config.source.publication.clone(),
+                binary: self.binary,
+                export_snapshot: true,
+                temporary: true,
+            },
+        )
+        .await?;
+        let snapshot_name = repl.create_slot_exporting().await?;
+        let cp = introspect::slot_info(&*self.source.get().await?, &temp_slot)
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .ok_or_else(|| {
+                RunError::State("the temporary slot reports no consistent point".into())
+            })?;
+        tracing::info!(tables = %folders.join(", "), consistent_point = %cp, "backfill: copying");
+        let tmp = self
+            .tmp_dir()
+            .with_file_name(format!("tmp-backfill-{}", std::process::id()));
+        let mut rows = BTreeMap::new();
+        let mut written = Vec::new();
+        // One state per table, so a table's backfill is resumed or cleaned on its own.
+        for f in folders {
+            let name = backfill_state(f);
+            let (state, files) = self
+                .snapshot_to_staging(
+                    std::slice::from_ref(f),
+                    &snapshot_name,
+                    cp,
+                    only_partitions.is_none(),
+                    &name,
+                    tmp.clone(),
+                    only_partitions,
+                )
+                .await?;
+            rows.extend(state.rows.clone());
+            written.extend(files);
+            self.publish_snapshot(&name, state).await?;
+            if only_partitions.is_none() {
+                self.checkpoints.repaired(f).await?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Dropping the connection drops the temporary slot.
+        drop(repl);
+        Ok((rows, written))
+    }
+
+    /// Copies `folders` under an exported snapshot into staging; returns the staged state.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn snapshot_to_staging(
+        &self,
+        folders: &[String],
+        snapshot_name: &str,
+        cp: Lsn,
+        supersede: bool,
+        state_name: &str,
+        tmp_dir: PathBuf,
+        only_partitions: Option<&[String]>,
+    ) -> Result<(SnapshotState, Vec<WrittenFile>), RunError> {
+        let processed_at = Utc::now();
+        let staging = self.lake.internal_key(
+            self.slot(),
+            &format!(
+                "staging/{:016X}-{}",
+                cp.0,
+                state_name.trim_end_matches(".json").replace('/', "-")
+            ),
+        );
+        let mut state = SnapshotState {
+            version: 1,
+            phase: SnapshotPhase::Copying,
+            consistent_point: cp,
+            processed_at,
+            snapshot_time: None,
+            staging: staging.clone(),
+            files: vec![],
+            rows: BTreeMap::new(),
+            file_sizes: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+            refresh: only_partitions.is_some(),
+        };
+        self.checkpoints
+            .write_snapshot_state(state_name, &state)
+            .await?;
+        let tables: Vec<SnapshotTable> = self
+            .tables
+            .iter()
+            .filter(|(folder, _)| folders.contains(folder))
+            .map(|(folder, info)| SnapshotTable {
+                folder: folder.clone(),
+                schema: Arc::new(info.schema.clone()),
+                where_clause: self
+                    .config
+                    .tables
+                    .iter()
+                    .find(|t| t.folder() == folder)
+                    .and_then(|t| t.snapshot_where.clone()),
+                row_filter: info.row_filter.clone(),
+                supersede,
+                only_partitions: only_partitions.map(<[String]>::to_vec),
+            })
+            .collect();
+        let workers = self.config.source.parallelism();
+        let started = Instant::now();
+        let plan = SnapshotPlan {
+            url: &self.config.source.url,
+            snapshot_name,
+            consistent_point: cp,
+            tables: &tables,
+            max_parallel: workers,
+            progress: Some((
+                self.lake.clone(),
+                self.lake
+                    .internal_key(self.slot(), "snapshot-progress.json"),
+            )),
+        };
+        let copied = snapshot::copy_tables(plan, || {
+            let opts = SinkOptions {
+                staging_prefix: Some(staging.clone()),
+                ..self.sink_options(workers, tmp_dir.clone())
+            };
+            self.sink(opts, processed_at, cp)
+        })
+        .await?;
+        let total: u64 = copied.rows.values().sum();
+        tracing::info!(
+            rows = total,
+            seconds = started.elapsed().as_secs_f64(),
+            rows_per_second = (total as f64 / started.elapsed().as_secs_f64().max(1e-9)) as u64,
+            "snapshot copied"
+        );
+        state.phase = SnapshotPhase::Staged;
+        state.snapshot_time = Some(copied.snapshot_time);
+        state.files = copied
+            .files
+            .iter()
+            .map(|f| (f.written_key.clone(), f.key.clone()))
+            .collect();
+        state.rows = copied.rows.clone();
+        state.partitions = copied.partitions.clone();
+        for f in folders {
+            let sizes = FileSizes::of(
+                copied
+                    .files
+                    .iter()
+                    .filter(|w| &w.table == f)
+                    .map(|w| w.bytes),
+            );
+            if let Some(sizes) = sizes {
+                state.file_sizes.insert(f.clone(), sizes);
+            }
+        }
+        // Tables with no rows still get their watermark.
+        for f in folders {
+            state.rows.entry(f.clone()).or_insert(0);
+        }
+        self.checkpoints
+            .write_snapshot_state(state_name, &state)
+            .await?;
+        failpoint::hit(failpoint::AFTER_SNAPSHOT_STAGED);
+        Ok((state, copied.files))
+    }
+
+    /// Moves staged snapshot files into the table folders, then writes the watermarks.
+    ///
+    /// A watermark already past the snapshot (a flush committed meanwhile) stays where it is.
+    pub(super) async fn publish_snapshot(
+        &self,
+        state_name: &str,
+        state: SnapshotState,
+    ) -> Result<(), RunError> {
+        let mut files_per_table: BTreeMap<String, u64> = BTreeMap::new();
+        for (staged, dest) in &state.files {
+            if self.lake.exists(staged).await? {
+                self.lake.rename(staged, dest).await?;
+            } else if !self.lake.exists(dest).await? {
+                return Err(RunError::State(format!(
+                    "staged snapshot file {staged} is gone and {dest} does not exist; remove {} and take the snapshot again",
+                    self.lake.internal_key(self.slot(), state_name)
+                )));
+            }
+            failpoint::hit(failpoint::MID_SNAPSHOT_PUBLISH);
+            let table = dest.split('/').next().unwrap_or_default().to_string();
+            *files_per_table.entry(table).or_default() += 1;
+        }
+        self.lake.sync_dirs()?;
+        let time = state.snapshot_time.unwrap_or(state.processed_at);
+        for (folder, rows) in &state.rows {
+            let qualified = self
+                .tables
+                .iter()
+                .find(|(f, _)| f == folder)
+                .map(|(_, i)| i.schema.qualified_name())
+                .unwrap_or_else(|| folder.clone());
+            let partitions = state.partitions.get(folder).cloned();
+            if state.refresh {
+                // Rows restated on top of the table's: only the partitions are recorded.
+                if let Some(mut wm) = self.checkpoints.watermark(folder).await? {
+                    wm.partitions = partitions;
+                    self.checkpoints.write_watermark(folder, &wm).await?;
+                }
+                continue;
+            }
+            let wm = Watermark {
+                version: 1,
+                table: qualified,
+                lsn: state.consistent_point,
+                timestamp: seed_timestamp(time),
+                commit_time: time,
+                flushed_at: state.processed_at,
+                kind: WatermarkKind::Snapshot,
+                rows: *rows,
+                files: files_per_table.get(folder).copied().unwrap_or(0),
+                slot: self.slot().to_string(),
+                unresolved_values: 0,
+                file_sizes: state.file_sizes.get(folder).copied(),
+                partitions,
+                resnapshot: None,
+                columns: self
+                    .tables
+                    .iter()
+                    .find(|(f, _)| f == folder)
+                    .map(|(_, i)| i.schema.columns.iter().map(|c| c.name.clone()).collect()),
+            };
+            commit::record_file_metrics(folder, wm.files, wm.file_sizes);
+            let ahead = self
+                .checkpoints
+                .watermark(folder)
+                .await?
+                .is_some_and(|w| w.lsn > state.consistent_point);
+            if !ahead {
+                self.checkpoints.write_watermark(folder, &wm).await?;
+            }
+        }
+        self.checkpoints.clear_snapshot_state(state_name).await?;
+        Ok(())
+    }
+
+    /// Deletes a snapshot's staging files (invisible to readers) and forgets its state.
+    pub(super) async fn discard_staged(
+        &self,
+        name: &str,
+        state: &SnapshotState,
+    ) -> Result<(), RunError> {
+        for obj in self.lake.list(&state.staging).await? {
+            self.lake.delete(obj.location.as_ref()).await?;
+        }
+        self.checkpoints.clear_snapshot_state(name).await?;
+        Ok(())
+    }
+}

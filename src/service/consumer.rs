@@ -1,0 +1,658 @@
+//! The streaming loop both modes share: receive into the spool, seal and acknowledge,
+//! start flushes and feed them sealed segments, reconnect, stop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::health::{Health, Retrying};
+use super::{FlushRequest, FlushSummary, Waker};
+use crate::catalog::CatalogError;
+use crate::flush::commit::Committed;
+use crate::lsn::Lsn;
+use crate::pipeline::{Pipeline, RunError, RunReport};
+use crate::retry::{Action, Classify};
+use crate::sink::WrittenFile;
+use crate::source::introspect;
+use crate::source::replication::ReplicationStream;
+use crate::spool::{Received, Segment, SpoolWriter};
+use crate::telemetry::metric;
+use pg_walstream::CancellationToken;
+
+/// `run --once` seals spool segments at least this often, so encoding follows streaming.
+const ONCE_SEGMENT: u64 = 8 * 1024 * 1024;
+
+/// Wakes the consumer every second, so timers run while the server is silent.
+fn spawn_ticker(waker: Arc<Waker>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => waker.wake(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+fn spool_size(pipeline: &Pipeline) -> u64 {
+    pipeline
+        .spool()
+        .segments()
+        .map(|s| s.iter().map(|seg| seg.bytes).sum())
+        .unwrap_or(0)
+}
+
+/// Where a flush's outcome goes: callers of `POST /flush` waiting for it.
+type Waiters = Vec<oneshot::Sender<Result<FlushSummary, String>>>;
+
+/// What ends the consumer, and what it does besides streaming.
+pub(super) enum Until {
+    /// SIGTERM or SIGINT (`run`): flushes on the schedule, on request and when the spool
+    /// is full; the slot is acknowledged to the sealed spool every `ack_interval`.
+    Signal {
+        schedule: Box<croner::Cron>,
+        next_flush_at: Option<DateTime<Utc>>,
+    },
+    /// The first flush committed (`run --once`): the slot is acknowledged to its cut only,
+    /// and reconnecting stops at the run's retry budget.
+    CaughtUp { give_up_at: Instant },
+}
+
+/// A flush whose files are being encoded while streaming goes on; its commit and the
+/// steps after it run in the same task.
+struct FlushJob {
+    cut: Lsn,
+    /// Open while segments before the cut are still to come.
+    feed: Option<std::sync::mpsc::Sender<Segment>>,
+    task: JoinHandle<Result<FlushOutcome, RunError>>,
+    waiters: Waiters,
+}
+
+/// A flush task's result.
+struct FlushOutcome {
+    cut: Lsn,
+    /// `None`: every table was already past the cut.
+    committed: Option<Committed>,
+    /// The data is committed; the catalog update failed (the next flush retries it).
+    catalog_error: Option<CatalogError>,
+    seconds: f64,
+}
+
+impl FlushOutcome {
+    fn summary(&self) -> FlushSummary {
+        let (rows, files) = self.committed.as_ref().map_or((0, 0), |c| {
+            (c.flushed.rows.values().sum(), c.flushed.files.len())
+        });
+        FlushSummary {
+            cut: self.cut,
+            rows,
+            files,
+            seconds: self.seconds,
+            catalog_error: self.catalog_error.as_ref().map(|e| e.to_string()),
+        }
+    }
+}
+
+/// Timers of the streaming loop.
+struct Clocks {
+    last_ack: Instant,
+    last_commit: Instant,
+    last_heartbeat: Instant,
+    last_lag_check: Instant,
+}
+
+pub(super) struct Consumer {
+    pipeline: Arc<Pipeline>,
+    repl: ReplicationStream,
+    writer: SpoolWriter,
+    waker: Arc<Waker>,
+    until: Until,
+    ack_interval: Duration,
+    max_spool_bytes: u64,
+    acked: Lsn,
+    clocks: Clocks,
+    /// A flush is due once a commit past this position was received (ZERO: at once).
+    pub(super) want_flush: Option<Lsn>,
+    waiting: Waiters,
+    flushing: Option<FlushJob>,
+    spool_bytes: u64,
+    health: Arc<Health>,
+    /// A failed flush is retried after a growing delay, not at the next trigger.
+    flush_retry: Retrying,
+    /// Sealing (with the mirror upload to the lake's store) and acknowledging.
+    spool_retry: Retrying,
+    backoff: crate::retry::Backoff,
+    /// Files written before streaming (snapshots, a finished intent), for the catalog
+    /// step of the first flush that succeeds.
+    pub(super) uncataloged: Vec<WrittenFile>,
+    /// `run --once`: what it did; set once its flush is committed and acknowledged.
+    pub(super) report: RunReport,
+    done: bool,
+}
+
+fn message_kind(tag: u8) -> &'static str {
+    match tag {
+        b'I' => "insert",
+        b'U' => "update",
+        b'D' => "delete",
+        b'T' => "truncate",
+        b'B' => "begin",
+        b'C' => "commit",
+        b'R' => "relation",
+        b'M' => "message",
+        _ => "other",
+    }
+}
+
+impl Consumer {
+    /// Starts streaming from `start` (everything before it is in the spool or the lake).
+    pub(super) async fn start(
+        pipeline: Arc<Pipeline>,
+        mut repl: ReplicationStream,
+        start: Lsn,
+        until: Until,
+        waker: Arc<Waker>,
+        health: Arc<Health>,
+    ) -> Result<Self, RunError> {
+        let config = pipeline.config();
+        repl.start(start).await?;
+        let segment_size = match until {
+            Until::Signal { .. } => config.spool.segment_size.0,
+            // Small segments, so encoding follows the stream closely.
+            Until::CaughtUp { .. } => config.spool.segment_size.0.min(ONCE_SEGMENT),
+        };
+        let mut writer = pipeline.spool_writer(start, segment_size);
+        writer.keep_sealed();
+        spawn_ticker(waker.clone(), waker.shutdown.clone());
+        let backoff = config.retry.backoff();
+        health.set_ready();
+        let now = Instant::now();
+        Ok(Self {
+            ack_interval: config.spool.ack_interval,
+            max_spool_bytes: config.spool.max_spool_bytes.0,
+            spool_bytes: spool_size(&pipeline),
+            pipeline,
+            repl,
+            writer,
+            waker,
+            until,
+            acked: start,
+            clocks: Clocks {
+                last_ack: now,
+                last_commit: now,
+                last_heartbeat: now,
+                last_lag_check: now,
+            },
+            want_flush: None,
+            waiting: Vec::new(),
+            flushing: None,
+            health,
+            flush_retry: Retrying::new("flush", backoff),
+            spool_retry: Retrying::new("spool", backoff),
+            backoff,
+            uncataloged: Vec::new(),
+            report: RunReport::default(),
+            done: false,
+        })
+    }
+
+    fn once(&self) -> bool {
+        matches!(self.until, Until::CaughtUp { .. })
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<FlushRequest>,
+    ) -> Result<RunReport, RunError> {
+        while !self.done {
+            let token = self.waker.token();
+            match self.repl.next_message(&token).await {
+                Ok(Some(msg)) => {
+                    let kind = message_kind(msg.first().copied().unwrap_or(0));
+                    metrics::counter!(metric::EVENTS_RECEIVED, "type" => kind).increment(1);
+                    metrics::counter!(metric::RECEIVED_BYTES).increment(msg.len() as u64);
+                    match self.writer.receive(msg) {
+                        Ok(Received::Committed { .. }) => self.clocks.last_commit = Instant::now(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            metrics::counter!(metric::ERRORS, "stage" => "spool").increment(1);
+                            self.stop_after_error().await;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Ok(None) if self.waker.shutdown.is_cancelled() => break,
+                Ok(None) => {}
+                Err(e) if e.action() == Action::Reconnect => {
+                    metrics::counter!(metric::ERRORS, "stage" => "source").increment(1);
+                    if !self.reconnect(e.into()).await? {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(metric::ERRORS, "stage" => "source").increment(1);
+                    self.stop_after_error().await;
+                    return Err(e.into());
+                }
+            }
+            let mut asked = false;
+            while let Ok(req) = requests.try_recv() {
+                self.waiting.push(req.reply);
+                asked = true;
+            }
+            if asked {
+                self.request_flush_of_everything_committed().await;
+            }
+            if let Err(e) = self.collect_flush().await {
+                self.stop_after_error().await;
+                return Err(e);
+            }
+            match self.housekeeping().await {
+                Ok(()) => {}
+                Err(e) => match e.action() {
+                    Action::Reconnect => {
+                        if !self.reconnect(e).await? {
+                            break;
+                        }
+                    }
+                    Action::Backoff => {
+                        metrics::counter!(metric::ERRORS, "stage" => "spool").increment(1);
+                        let delay = self.spool_retry.failed(&self.health, &e);
+                        // A requested flush waits for the spool; say so rather than hang.
+                        for w in self.waiting.drain(..) {
+                            let _ = w.send(Err(format!(
+                                "{e} (retrying in {:.1} s; the flush follows once it succeeds)",
+                                delay.as_secs_f64()
+                            )));
+                        }
+                    }
+                    Action::Stop => {
+                        self.stop_after_error().await;
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        self.stop().await
+    }
+
+    async fn housekeeping(&mut self) -> Result<(), RunError> {
+        if let Until::Signal {
+            schedule,
+            next_flush_at,
+        } = &mut self.until
+        {
+            if next_flush_at.is_some_and(|t| Utc::now() >= t) {
+                tracing::info!("scheduled flush");
+                *next_flush_at = schedule.find_next_occurrence(&Utc::now(), false).ok();
+                self.request_flush_of_everything_committed().await;
+            }
+            let spooled = self.spool_bytes + self.writer.open_bytes();
+            if self.want_flush.is_none() && spooled >= self.max_spool_bytes {
+                tracing::info!(
+                    bytes = spooled,
+                    "spool reached max_spool_bytes: flushing early"
+                );
+                self.want_flush = Some(Lsn::ZERO);
+            }
+        }
+        self.feed_flush();
+        if !self.writer.in_transaction() && self.spool_retry.due() {
+            let ack_due = !self.once()
+                && self.clocks.last_ack.elapsed() >= self.ack_interval
+                && (self.writer.last_end() > self.acked || self.repl.received_lsn() > self.acked);
+            // Every transaction before the running flush's cut is received.
+            let fed = self
+                .flushing
+                .as_ref()
+                .is_some_and(|j| j.feed.is_some() && self.writer.last_end() > j.cut);
+            // A flush to start; its target already received means it cuts at the end of
+            // what is received, and the spool must hold that first.
+            let target = self
+                .want_flush
+                .filter(|_| self.flushing.is_none() && self.flush_retry.due());
+            let received = target.is_some_and(|t| t == Lsn::ZERO || self.writer.last_end() > t);
+            if ack_due || fed || received {
+                self.seal_and_ack().await?;
+                self.spool_retry.succeeded(&self.health);
+            }
+            self.feed_flush();
+            if fed {
+                if let Some(job) = self.flushing.as_mut() {
+                    job.feed = None;
+                }
+            }
+            if let Some(target) = target {
+                let cut = if received {
+                    self.writer.last_end()
+                } else {
+                    target
+                };
+                self.start_flush(cut, !received)?;
+            }
+        }
+        if self.clocks.last_commit.elapsed() >= self.ack_interval
+            && self.clocks.last_heartbeat.elapsed() >= self.ack_interval
+        {
+            // Nothing published has committed for a while: a message makes a commit the
+            // slot can be acknowledged to, so WAL written by other tables is released.
+            self.clocks.last_heartbeat = Instant::now();
+            let pipeline = self.pipeline.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    let client = pipeline.source().get().await?;
+                    introspect::emit_marker(&client, "heartbeat").await
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            });
+        }
+        if self.clocks.last_lag_check.elapsed() >= Duration::from_secs(10) {
+            self.clocks.last_lag_check = Instant::now();
+            if let Ok(client) = self.pipeline.source().get().await {
+                if let Ok(current) = introspect::current_wal_lsn(&client).await {
+                    metrics::gauge!(metric::SLOT_LAG_BYTES)
+                        .set(current.0.saturating_sub(self.acked.0) as f64);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands segments sealed since the last call to the flush being encoded.
+    fn feed_flush(&mut self) {
+        let sealed = self.writer.take_sealed();
+        if let Some(feed) = self.flushing.as_ref().and_then(|j| j.feed.as_ref()) {
+            for seg in sealed {
+                // A worker that stopped early reports why through its task.
+                let _ = feed.send(seg);
+            }
+        }
+    }
+
+    /// Seals the open segment and makes the spool durable; `run` then acknowledges the
+    /// slot to what is sealed (`run --once` only to its committed cut).
+    async fn seal_and_ack(&mut self) -> Result<(), RunError> {
+        let durable = self.writer.seal()?;
+        self.pipeline.spool().make_durable().await?;
+        crate::failpoint::hit(crate::failpoint::AFTER_SPOOL_SEAL);
+        self.spool_bytes = spool_size(&self.pipeline);
+        metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
+        self.clocks.last_ack = Instant::now();
+        if self.once() {
+            return Ok(());
+        }
+        // Between transactions with everything received sealed, nothing before the last
+        // position the server reported is owed: acknowledging it releases WAL written by
+        // unpublished tables, and lets a shutting-down server see us caught up.
+        let durable = if self.writer.in_transaction() {
+            durable
+        } else {
+            durable.max(self.repl.received_lsn())
+        };
+        self.ack(durable).await
+    }
+
+    async fn ack(&mut self, lsn: Lsn) -> Result<(), RunError> {
+        if lsn > self.acked {
+            self.repl.ack(lsn).await?;
+            self.acked = lsn;
+            metrics::gauge!(metric::ACKED_LSN).set(lsn.0 as f64);
+            tracing::debug!(lsn = %lsn, "acknowledged the slot");
+        }
+        Ok(())
+    }
+
+    /// Marks a flush due once every transaction committed before now is received: a
+    /// marker message is written, and the flush cuts at it.
+    async fn request_flush_of_everything_committed(&mut self) {
+        let marker = async {
+            let client = self.pipeline.source().get().await?;
+            introspect::emit_marker(&client, "flush").await
+        }
+        .await;
+        let after = match marker {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                // The server is unreachable: flush what has arrived; the stream reconnects.
+                tracing::warn!(error = %e, "could not mark the flush position; flushing what was received");
+                Lsn::ZERO
+            }
+        };
+        self.want_flush = Some(self.want_flush.map_or(after, |w| w.max(after)));
+    }
+
+    /// Starts a flush to `cut` from the sealed segments; `open`: more segments before the
+    /// cut are still to come (fed as they seal).
+    fn start_flush(&mut self, cut: Lsn, open: bool) -> Result<(), RunError> {
+        // Segments sealed so far are all listed by the spool.
+        let _ = self.writer.take_sealed();
+        let segments = self.pipeline.spool().segments()?;
+        self.want_flush = None;
+        let (feed, segments_rx) = std::sync::mpsc::channel();
+        for seg in segments {
+            let _ = feed.send(seg);
+        }
+        let pipeline = self.pipeline.clone();
+        let mut files = self.uncataloged.clone();
+        tracing::info!(cut = %cut, "flush started");
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let committed = pipeline.flush(cut, segments_rx).await?;
+            files.extend(match &committed {
+                Some(c) => {
+                    for (table, n) in &c.flushed.rows {
+                        metrics::counter!(metric::ROWS_WRITTEN, "table" => table.clone())
+                            .increment(*n);
+                    }
+                    c.flushed.files.clone()
+                }
+                None => Vec::new(),
+            });
+            let catalog_error = match pipeline.after_commit(cut, &files).await {
+                Ok(()) => None,
+                Err(RunError::Catalog(e)) => Some(e),
+                Err(e) => return Err(e),
+            };
+            Ok(FlushOutcome {
+                cut,
+                committed,
+                catalog_error,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        });
+        self.flushing = Some(FlushJob {
+            cut,
+            feed: open.then_some(feed),
+            task,
+            waiters: std::mem::take(&mut self.waiting),
+        });
+        Ok(())
+    }
+
+    /// Reports a finished flush to whoever asked for it; a failure that retrying cannot
+    /// fix is returned (`run --once`: any failure; the run is retried from recovery).
+    async fn collect_flush(&mut self) -> Result<(), RunError> {
+        if !self.flushing.as_ref().is_some_and(|j| j.task.is_finished()) {
+            return Ok(());
+        }
+        match self.flushing.take() {
+            Some(job) => self.report_flush(job).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn report_flush(&mut self, job: FlushJob) -> Result<(), RunError> {
+        let result = match job.task.await {
+            Ok(r) => r,
+            Err(e) => Err(RunError::State(format!("flush task failed: {e}"))),
+        };
+        let mut fatal = None;
+        let answer = match result {
+            Ok(outcome) => {
+                let s = outcome.summary();
+                metrics::counter!(metric::FLUSHES, "result" => "ok").increment(1);
+                metrics::gauge!(metric::LAST_FLUSH_TIMESTAMP).set(Utc::now().timestamp() as f64);
+                metrics::gauge!(metric::LAST_FLUSH_DURATION).set(s.seconds);
+                tracing::info!(cut = %s.cut, rows = s.rows, files = s.files, seconds = s.seconds, "flush done");
+                self.flush_retry.succeeded(&self.health);
+                self.uncataloged.clear();
+                match &s.catalog_error {
+                    Some(e) => self
+                        .health
+                        .degrade("catalog", format!("{e} (retried by the next flush)")),
+                    None => self.health.recover("catalog"),
+                }
+                if self.once() {
+                    fatal = self.finish_once(outcome).await.err();
+                }
+                Ok(s)
+            }
+            Err(e) => {
+                metrics::counter!(metric::FLUSHES, "result" => "error").increment(1);
+                metrics::counter!(metric::ERRORS, "stage" => "flush").increment(1);
+                let message = e.to_string();
+                let restored = match self.pipeline.repair_spool(&e).await {
+                    Ok(r) => r,
+                    Err(re) => {
+                        tracing::error!(error = %re, "could not repair or record the damaged spool");
+                        false
+                    }
+                };
+                if !self.once() && (restored || e.action().retries()) {
+                    // Nothing moved: the intent (if written) is finished by the retry.
+                    let delay = self.flush_retry.failed(&self.health, &e);
+                    self.want_flush.get_or_insert(Lsn::ZERO);
+                    Err(format!(
+                        "{message} (retrying in {:.1} s)",
+                        delay.as_secs_f64()
+                    ))
+                } else {
+                    if !self.once() {
+                        tracing::error!(error = %e, "flush failed; stopping (no watermark moved)");
+                    }
+                    fatal = Some(e);
+                    Err(message)
+                }
+            }
+        };
+        self.spool_bytes = spool_size(&self.pipeline);
+        metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
+        for w in job.waiters {
+            let _ = w.send(answer.clone());
+        }
+        fatal.map_or(Ok(()), Err)
+    }
+
+    /// `run --once` after its flush: the slot acknowledged to the cut (the spool keeps
+    /// what came after it), the report filled in; the loop ends.
+    async fn finish_once(&mut self, outcome: FlushOutcome) -> Result<(), RunError> {
+        self.ack(outcome.cut).await?;
+        self.pipeline.wait_for_ack(outcome.cut).await;
+        crate::failpoint::hit(crate::failpoint::AFTER_ACK);
+        self.report.acked = Some(outcome.cut);
+        self.report.changes_received = self.writer.changes_written();
+        if let Some(c) = outcome.committed {
+            self.report.flushed_rows = c.flushed.rows;
+            self.report.files.extend(c.flushed.files);
+        }
+        self.done = true;
+        match outcome.catalog_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reconnects with exponential backoff; `false` when shutdown came first.
+    async fn reconnect(&mut self, why: RunError) -> Result<bool, RunError> {
+        tracing::warn!(error = %why, "replication connection lost; reconnecting");
+        self.writer.discard_partial()?;
+        self.health
+            .degrade("source", format!("replication connection lost: {why}"));
+        let mut delays = crate::retry::Backoff {
+            min: self.backoff.min.min(Duration::from_millis(500)),
+            max: self.backoff.max.min(Duration::from_secs(30)),
+        }
+        .delays();
+        loop {
+            let attempt = async {
+                let mut repl = self.pipeline.connect_stream().await?;
+                repl.start(self.writer.last_end()).await?;
+                Ok::<_, RunError>(repl)
+            };
+            match attempt.await {
+                Ok(repl) => {
+                    self.repl = repl;
+                    metrics::counter!(metric::RECONNECTS).increment(1);
+                    self.health.recover("source");
+                    tracing::info!(from = %self.writer.last_end(), "reconnected");
+                    return Ok(true);
+                }
+                Err(e) if e.action() == Action::Stop && !matches!(e, RunError::Source(_)) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    if let Until::CaughtUp { give_up_at } = self.until {
+                        if Instant::now() + delay > give_up_at {
+                            return Err(e);
+                        }
+                    }
+                    metrics::counter!(metric::RETRIES, "step" => "source").increment(1);
+                    self.health.degrade("source", format!("reconnecting: {e}"));
+                    tracing::warn!(error = %e, retry_in = ?delay, "reconnect failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.waker.shutdown.cancelled() => return Ok(false),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Graceful stop: drop a half-received transaction, seal, acknowledge, finish a running flush.
+    async fn stop(mut self) -> Result<RunReport, RunError> {
+        self.writer.discard_partial()?;
+        let durable = self.writer.seal()?;
+        self.pipeline.spool().make_durable().await?;
+        if !self.once() {
+            if let Err(e) = self.ack(durable).await {
+                tracing::warn!(error = %e, "could not acknowledge on shutdown; the next run resumes from the spool")
+            }
+        }
+        if let Some(job) = self.flushing.take() {
+            tracing::info!("waiting for the running flush to finish");
+            if let Err(e) = self.report_flush(job).await {
+                tracing::error!(error = %e, "the last flush failed; the next run finishes it");
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let _ = w.send(Err(
+                "slot2lake is shutting down; the flush was not started".into()
+            ));
+        }
+        tracing::info!(acked = %self.acked, "stopped");
+        Ok(self.report)
+    }
+
+    /// After a fatal error: answer waiting requests; a running flush keeps its intent.
+    async fn stop_after_error(&mut self) {
+        if let Some(mut job) = self.flushing.take() {
+            // The flush cannot finish without the rest of its segments.
+            job.feed = None;
+            if let Err(e) = self.report_flush(job).await {
+                tracing::error!(error = %e, "the running flush failed too");
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let _ = w.send(Err("slot2lake stopped after an error; see its log".into()));
+        }
+    }
+}
