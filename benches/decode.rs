@@ -13,8 +13,9 @@ use slot2lake::decode::schema::oid;
 use slot2lake::decode::{
     ChangeType, ColumnSpec, Datum, RowBatch, RowMeta, TableSchema, TypeCatalog, Warnings,
 };
+use slot2lake::lake::Lake;
 use slot2lake::lsn::Lsn;
-use slot2lake::sink::{Lake, Sink, SinkOptions};
+use slot2lake::sink::{Sink, SinkOptions};
 use slot2lake::spool::{SegmentHeader, Spool};
 
 const ROWS: usize = 100_000;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::sink::Lake;
+use crate::lake::Lake;
 use crate::source::{self, introspect};
 
 /// Outcome of one check.
@@ -46,7 +46,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
 
     match Lake::open(&config.output).await {
         Ok(lake) => {
-            let key = lake.internal_key(&config.source.slot, "check-probe");
+            let key = crate::checkpoint::SlotKeys::new(&config.source.slot).check_probe();
             let probe = async {
                 lake.put(&key, bytes::Bytes::from_static(b"probe")).await?;
                 lake.delete(&key).await

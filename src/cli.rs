@@ -291,7 +291,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             before,
         } => {
             let config = load(&config)?;
-            let lake = crate::sink::Lake::open(&config.output).await?;
+            let lake = crate::lake::Lake::open(&config.output).await?;
             let report = crate::compact::compact(&config, &lake, &table, before)
                 .await
                 .context("compact (run it again to finish)")?;
@@ -390,7 +390,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Result<()> {
     use crate::catalog::local;
-    let lake = crate::sink::Lake::open(&config.output).await?;
+    let lake = crate::lake::Lake::open(&config.output).await?;
     let prefix = config.output.metadata_prefix.trim_matches('/');
     match command {
         CatalogCommand::Tables => {

@@ -36,11 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, Checkpoints};
 use crate::config::Config;
+use crate::lake::{Lake, LakeError};
 use crate::lsn::Lsn;
-use crate::sink::{Lake, LakeError};
-
-/// Name of the intent under `_slot2lake/<slot>/`.
-const INTENT: &str = "compact.json";
 
 /// A compaction that could not finish; rerunning `compact` resumes it.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +199,7 @@ pub async fn compact(
     before: Option<NaiveDate>,
 ) -> Result<CompactReport, CompactError> {
     let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
-    let key = lake.internal_key(&config.source.slot, INTENT);
+    let key = crate::checkpoint::SlotKeys::new(&config.source.slot).compact_intent();
     let mut report = CompactReport::default();
     if let Some(bytes) = lake.get(&key).await? {
         let intent: CompactIntent =

@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use crate::checkpoint::{Checkpoints, FlushIntent, Watermark};
 use crate::config::Config;
+use crate::lake::Lake;
 use crate::lsn::Lsn;
 use crate::pipeline::{open_spool, RunError};
-use crate::sink::Lake;
 use crate::source::{self, introspect};
 
 /// The slot as the server reports it.
@@ -125,7 +125,7 @@ async fn snapshot_progress(
     if !running {
         return Ok(None);
     }
-    let key = lake.internal_key(slot, "snapshot-progress.json");
+    let key = crate::checkpoint::SlotKeys::new(slot).snapshot_progress();
     Ok(lake
         .get(&key)
         .await?

@@ -30,9 +30,9 @@ use serde::Serialize;
 
 use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, UNCHANGED_COLUMNS};
 use crate::decode::{ChangeType, RowBatch, RowMeta, TableSchema, Warnings};
+use crate::lake::Lake;
 use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, RunError};
-use crate::sink::Lake;
 use crate::source::copy::CopyParser;
 use crate::source::replication::{ReplicationStream, StreamOptions};
 use crate::source::snapshot::{copy_datum, copy_query, import};

@@ -9,8 +9,8 @@ use object_store::ObjectStoreExt;
 use parquet::file::metadata::ParquetMetaDataReader;
 
 use super::hive_type;
-use crate::sink::lake::INTERNAL_DIR;
-use crate::sink::{Lake, LakeError};
+use crate::checkpoint::keys::INTERNAL_DIR;
+use crate::lake::{Lake, LakeError};
 
 /// Reading the lake failed.
 #[derive(Debug, thiserror::Error)]

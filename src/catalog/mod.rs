@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{CatalogKind, Config};
 use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, COMMIT_TS, UNCHANGED_COLUMNS};
 use crate::decode::TableSchema;
-use crate::sink::{Lake, LakeError, PartitionKey, WrittenFile};
+use crate::lake::{Lake, LakeError};
+use crate::sink::{PartitionKey, WrittenFile};
 
 /// A catalog update that failed (the data itself is committed).
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +79,8 @@ impl CatalogTable {
     }
 }
 
-fn pending_key(lake: &Lake, slot: &str) -> String {
-    lake.internal_key(slot, "catalog-pending.json")
+fn pending_key(slot: &str) -> String {
+    crate::checkpoint::SlotKeys::new(slot).catalog_pending()
 }
 
 /// Updates the configured catalog for the files of a committed flush (plus whatever an
@@ -94,7 +95,7 @@ pub async fn after_flush(
     if matches!(kind, CatalogKind::None | CatalogKind::Local) {
         return Ok(());
     }
-    let key = pending_key(lake, &config.source.slot);
+    let key = pending_key(&config.source.slot);
     let existing = lake.get(&key).await?;
     let had_pending = existing.is_some();
     let mut pending: Pending = existing

@@ -12,8 +12,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::lake::{Lake, LakeError};
 use crate::lsn::Lsn;
-use crate::sink::{Lake, LakeError};
+
+pub mod keys;
+
+pub use keys::{backfill_state, SlotKeys, FIRST_RUN};
 
 /// A partition of a partitioned table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -249,6 +253,7 @@ pub struct SnapshotState {
 pub struct Checkpoints {
     lake: Lake,
     slot: String,
+    keys: SlotKeys,
 }
 
 impl Checkpoints {
@@ -257,6 +262,7 @@ impl Checkpoints {
         Self {
             lake,
             slot: slot.to_string(),
+            keys: SlotKeys::new(slot),
         }
     }
 
@@ -323,31 +329,29 @@ impl Checkpoints {
         Ok(())
     }
 
-    fn internal(&self, name: &str) -> String {
-        self.lake.internal_key(&self.slot, name)
+    /// The keys of this slot's state.
+    pub fn keys(&self) -> &SlotKeys {
+        &self.keys
     }
 
     /// The flush in progress, if a previous run stopped during one.
     pub async fn flush_intent(&self) -> Result<Option<FlushIntent>, CheckpointError> {
-        self.read(&self.internal("flush.json")).await
+        self.read(&self.keys.flush_intent()).await
     }
 
     /// Records a flush before it writes any file.
     pub async fn write_flush_intent(&self, intent: &FlushIntent) -> Result<(), CheckpointError> {
-        self.write(&self.internal("flush.json"), intent).await
+        self.write(&self.keys.flush_intent(), intent).await
     }
 
     /// Forgets the flush intent once the flush is committed.
     pub async fn clear_flush_intent(&self) -> Result<(), CheckpointError> {
-        Ok(self.lake.delete(&self.internal("flush.json")).await?)
+        Ok(self.lake.delete(&self.keys.flush_intent()).await?)
     }
 
     /// Changes no configured table took, as counted by earlier flushes.
     pub async fn unplaced(&self) -> Result<UnplacedChanges, CheckpointError> {
-        Ok(self
-            .read(&self.internal("unplaced.json"))
-            .await?
-            .unwrap_or_default())
+        Ok(self.read(&self.keys.unplaced()).await?.unwrap_or_default())
     }
 
     /// Adds a flush's unplaced changes to the record.
@@ -364,15 +368,12 @@ impl Checkpoints {
             *all.relations.entry(relation.clone()).or_default() += n;
         }
         all.last_cut = Some(cut);
-        self.write(&self.internal("unplaced.json"), &all).await
+        self.write(&self.keys.unplaced(), &all).await
     }
 
     /// Lost spooled changes not yet repaired by a backfill.
     pub async fn damage(&self) -> Result<SpoolDamage, CheckpointError> {
-        Ok(self
-            .read(&self.internal("damaged.json"))
-            .await?
-            .unwrap_or_default())
+        Ok(self.read(&self.keys.damaged()).await?.unwrap_or_default())
     }
 
     /// Records that `segment`'s changes are lost for `tables`.
@@ -385,7 +386,7 @@ impl Checkpoints {
         let mut d = self.damage().await?;
         d.segments.insert(segment.to_string(), detail.to_string());
         d.tables.extend(tables);
-        self.write(&self.internal("damaged.json"), &d).await
+        self.write(&self.keys.damaged(), &d).await
     }
 
     /// A backfill of `table` took its rows anew: its lost changes no longer matter.
@@ -395,9 +396,9 @@ impl Checkpoints {
             return Ok(());
         }
         if d.tables.is_empty() {
-            Ok(self.lake.delete(&self.internal("damaged.json")).await?)
+            Ok(self.lake.delete(&self.keys.damaged()).await?)
         } else {
-            self.write(&self.internal("damaged.json"), &d).await
+            self.write(&self.keys.damaged(), &d).await
         }
     }
 
@@ -406,7 +407,7 @@ impl Checkpoints {
         &self,
         name: &str,
     ) -> Result<Option<SnapshotState>, CheckpointError> {
-        self.read(&self.internal(name)).await
+        self.read(&self.keys.snapshot_state(name)).await
     }
 
     /// Records a snapshot's progress.
@@ -415,17 +416,17 @@ impl Checkpoints {
         name: &str,
         state: &SnapshotState,
     ) -> Result<(), CheckpointError> {
-        self.write(&self.internal(name), state).await
+        self.write(&self.keys.snapshot_state(name), state).await
     }
 
     /// Forgets a snapshot state once every table has its watermark.
     pub async fn clear_snapshot_state(&self, name: &str) -> Result<(), CheckpointError> {
-        Ok(self.lake.delete(&self.internal(name)).await?)
+        Ok(self.lake.delete(&self.keys.snapshot_state(name)).await?)
     }
 
     /// Names of the backfill states present (one per table being backfilled).
     pub async fn backfill_states(&self) -> Result<Vec<String>, CheckpointError> {
-        let prefix = self.internal("backfill");
+        let prefix = self.keys.backfill_states();
         Ok(self
             .lake
             .list(&prefix)
@@ -441,14 +442,6 @@ impl Checkpoints {
             })
             .collect())
     }
-}
-
-/// State name of the first-run snapshot.
-pub const FIRST_RUN: &str = "snapshot.json";
-
-/// State name of a backfill of one table.
-pub fn backfill_state(table: &str) -> String {
-    format!("backfill/{table}.json")
 }
 
 /// Formats a time the way `last_processed_timestamp.txt` holds it.

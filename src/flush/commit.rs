@@ -29,9 +29,9 @@ use crate::checkpoint::{
     seed_timestamp, CheckpointError, Checkpoints, FileSizes, FlushIntent, Watermark, WatermarkKind,
 };
 use crate::failpoint;
+use crate::lake::{Lake, LakeError, Published};
 use crate::lsn::Lsn;
 use crate::sink::writer::publish_deferred;
-use crate::sink::{Lake, LakeError, Published};
 use crate::telemetry::metric;
 
 /// A commit step that failed; the flush stays in the state it had reached.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::catalog::{self, CatalogError, CatalogTable};
+use crate::checkpoint::SlotKeys;
 use crate::checkpoint::{
     backfill_state, partition_action, seed_timestamp, CheckpointError, Checkpoints, FileSizes,
     FlushIntent, PartitionAction, PartitionRef, SnapshotPhase, SnapshotState, Watermark,
@@ -41,10 +42,10 @@ use crate::decode::{ColumnKind, TypeCatalog};
 use crate::failpoint;
 use crate::flush::commit::{self, CommitTable, Committed, Encoded};
 use crate::flush::{self, FlushError, Flushed};
+use crate::lake::{Lake, LakeError};
 use crate::lsn::Lsn;
 use crate::recovery::{self, Finish};
-use crate::sink::lake::INTERNAL_DIR;
-use crate::sink::{Lake, LakeError, Sink, SinkError, SinkOptions, WrittenFile};
+use crate::sink::{Sink, SinkError, SinkOptions, WrittenFile};
 use crate::source::introspect::{self, TableError, TableInfo};
 use crate::source::replication::{ReplicationStream, StreamOptions};
 use crate::source::snapshot::{self, SnapshotError, SnapshotPlan, SnapshotTable};
@@ -201,7 +202,7 @@ impl Pipeline {
 
     fn tmp_dir(&self) -> PathBuf {
         match self.lake.local_root() {
-            Some(root) => root.join(INTERNAL_DIR).join(self.slot()).join("tmp"),
+            Some(root) => self.checkpoints.keys().local_tmp(root),
             None => self.spool.dir().join("..").join("tmp"),
         }
     }
@@ -356,7 +357,7 @@ pub fn spool_dir(config: &Config, lake: &Lake) -> PathBuf {
         return dir.clone();
     }
     match lake.local_root() {
-        Some(r) => r.join(INTERNAL_DIR).join(&config.source.slot).join("spool"),
+        Some(r) => SlotKeys::new(&config.source.slot).local_spool(r),
         // Keyed by the lake too: two instances on one machine may use the same slot name
         // for different databases.
         None => std::env::temp_dir()
@@ -373,7 +374,7 @@ pub fn spool_dir(config: &Config, lake: &Lake) -> PathBuf {
 pub async fn open_spool(config: &Config, lake: &Lake) -> Result<Spool, SpoolError> {
     let dir = spool_dir(config, lake);
     if config.spool.mirrored(&config.output.url) {
-        let prefix = lake.internal_key(&config.source.slot, "spool");
+        let prefix = SlotKeys::new(&config.source.slot).spool_mirror();
         Spool::open_mirrored(dir, lake.clone(), prefix).await
     } else {
         Spool::open(dir)

@@ -136,14 +136,7 @@ impl Pipeline {
         only_partitions: Option<&[String]>,
     ) -> Result<(SnapshotState, Vec<WrittenFile>), RunError> {
         let processed_at = Utc::now();
-        let staging = self.lake.internal_key(
-            self.slot(),
-            &format!(
-                "staging/{:016X}-{}",
-                cp.0,
-                state_name.trim_end_matches(".json").replace('/', "-")
-            ),
-        );
+        let staging = self.checkpoints.keys().staging(cp, state_name);
         let mut state = SnapshotState {
             version: 1,
             phase: SnapshotPhase::Copying,
@@ -188,8 +181,7 @@ impl Pipeline {
             max_parallel: workers,
             progress: Some((
                 self.lake.clone(),
-                self.lake
-                    .internal_key(self.slot(), "snapshot-progress.json"),
+                self.checkpoints.keys().snapshot_progress(),
             )),
         };
         let copied = snapshot::copy_tables(plan, || {
@@ -254,7 +246,7 @@ impl Pipeline {
             } else if !self.lake.exists(dest).await? {
                 return Err(RunError::State(format!(
                     "staged snapshot file {staged} is gone and {dest} does not exist; remove {} and take the snapshot again",
-                    self.lake.internal_key(self.slot(), state_name)
+                    self.checkpoints.keys().snapshot_state(state_name)
                 )));
             }
             failpoint::hit(failpoint::MID_SNAPSHOT_PUBLISH);

@@ -34,13 +34,13 @@ use parquet::basic::{Compression as Codec, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use super::lake::{Lake, LakeError, Published};
 use super::partition::{FileName, PartitionKey};
 use super::spill::{Spill, SpillError};
 use crate::config::Compression;
 use crate::decode::schema::CHANGE_SEQ;
 use crate::decode::Datum;
 use crate::decode::{ColumnKind, DecodeError, RowBatch, RowMeta, TableSchema, Warnings};
+use crate::lake::{Lake, LakeError, Published};
 use crate::lsn::Lsn;
 
 /// Parts are looked up once per row: SipHash's DoS resistance is not needed for keys

@@ -41,8 +41,9 @@ use super::{connect, query_error, quote_ident, quote_literal, SourceError};
 use crate::checkpoint::PartitionRef;
 use crate::config::SecretUrl;
 use crate::decode::{ChangeType, ColumnKind, Datum, DecodeError, RowMeta, TableSchema};
+use crate::lake::Lake;
 use crate::lsn::Lsn;
-use crate::sink::{Lake, PartitionKey, Sink, SinkError, WrittenFile};
+use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
 
 /// Tables smaller than this many pages are copied in one chunk.
 const MIN_CHUNK_PAGES: i64 = 2_000;

@@ -78,7 +78,7 @@ pub enum SpoolError {
     },
     /// The spool's mirror in the lake's store failed.
     #[error("spool mirror: {0}")]
-    Mirror(#[source] crate::sink::LakeError),
+    Mirror(#[source] crate::lake::LakeError),
     /// A replication message too short for its type.
     #[error("malformed pgoutput {0} message")]
     Malformed(char),
@@ -141,7 +141,7 @@ pub struct Spool {
 
 #[derive(Debug, Clone)]
 struct Mirror {
-    lake: crate::sink::Lake,
+    lake: crate::lake::Lake,
     prefix: String,
     uploaded: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -168,7 +168,7 @@ impl Spool {
     /// local directory lacks (a new machine, a lost disk) are downloaded first.
     pub async fn open_mirrored(
         dir: impl Into<PathBuf>,
-        lake: crate::sink::Lake,
+        lake: crate::lake::Lake,
         prefix: String,
     ) -> Result<Self, SpoolError> {
         let mut spool = Self::open(dir)?;

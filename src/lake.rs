@@ -19,9 +19,6 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::config::OutputConfig;
 
-/// Folder (under the lake root) that holds slot2lake's own state; Hive, Glue and Athena skip it.
-pub const INTERNAL_DIR: &str = "_slot2lake";
-
 /// An object-store or filesystem failure.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -161,11 +158,6 @@ impl Lake {
     /// Key of a table's metadata file: `etl-metadata/<table>/<file>`.
     pub fn metadata_key(&self, table: &str, file: &str) -> String {
         format!("{}/{table}/{file}", self.metadata_prefix)
-    }
-
-    /// Key prefix of a slot's internal state: `_slot2lake/<slot>`.
-    pub fn internal_key(&self, slot: &str, rest: &str) -> String {
-        format!("{INTERNAL_DIR}/{slot}/{rest}")
     }
 
     /// Reads an object, `None` when it does not exist.
