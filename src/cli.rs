@@ -241,7 +241,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Flush { config } => {
             let config = load(&config)?;
-            let answer = crate::service::admin::request_flush(&config.admin.listen).await?;
+            let answer = crate::service::admin::request_flush(config.admin.listen).await?;
             if let Some(e) = answer["catalog_error"].as_str() {
                 anyhow::bail!("flush committed (cut {}), but the catalog update failed: {e}; the next flush retries it", answer["cut"].as_str().unwrap_or("-"));
             }
@@ -418,7 +418,7 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
             let database = config.catalog.database.as_deref().unwrap_or("default");
             let location = match lake.local_root() {
                 Some(root) => root.display().to_string(),
-                None => config.output.url.clone(),
+                None => config.output.url.to_string(),
             };
             let types = crate::source::introspect::type_catalog(&client).await?;
             for t in &config.tables {

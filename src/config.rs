@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub enum ConfigError {
         /// The parser's message (names the key and line).
         message: String,
     },
+    /// More than one key breaks a rule; one line each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
     /// A key whose value breaks a rule.
     #[error("{key}: {message}")]
     Invalid {
@@ -170,7 +174,7 @@ pub enum BinaryMode {
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// `file:///var/lib/lake`, a plain path, or `s3://bucket/prefix`.
-    pub url: String,
+    pub url: OutputUrl,
     /// Folder for watermarks, relative to the output.
     #[serde(default = "default_metadata_prefix")]
     pub metadata_prefix: String,
@@ -258,10 +262,10 @@ pub enum SpoolLocation {
 
 impl SpoolConfig {
     /// Whether sealed segments are mirrored to the output store.
-    pub fn mirrored(&self, output_url: &str) -> bool {
+    pub fn mirrored(&self, output_url: &OutputUrl) -> bool {
         match self.location {
             Some(l) => l == SpoolLocation::Output,
-            None => output_url.starts_with("s3://"),
+            None => output_url.is_s3(),
         }
     }
 }
@@ -271,8 +275,11 @@ impl SpoolConfig {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address the admin HTTP API listens on; `slot2lake flush` connects to it.
-    #[serde(default = "default_admin_listen")]
-    pub listen: String,
+    #[serde(
+        default = "default_admin_listen",
+        deserialize_with = "deserialize_listen"
+    )]
+    pub listen: SocketAddr,
 }
 
 impl Default for AdminConfig {
@@ -354,7 +361,7 @@ pub enum LogFormat {
 pub struct FlushConfig {
     /// Cron expression, UTC.
     #[serde(default = "default_schedule")]
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Memory for rows waiting to be encoded and row groups being built.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
@@ -461,8 +468,8 @@ fn default_publication() -> String {
 fn default_metadata_prefix() -> String {
     DEFAULT_METADATA_PREFIX.into()
 }
-fn default_schedule() -> String {
-    DEFAULT_SCHEDULE.into()
+fn default_schedule() -> Schedule {
+    Schedule::parse(DEFAULT_SCHEDULE).unwrap_or_else(|e| panic!("the default schedule: {e}"))
 }
 fn default_max_file_size() -> ByteSize {
     ByteSize(DEFAULT_MAX_FILE_SIZE)
@@ -485,8 +492,139 @@ fn default_max_retries() -> usize {
 fn default_max_spool_bytes() -> ByteSize {
     ByteSize(DEFAULT_MAX_SPOOL_BYTES)
 }
-fn default_admin_listen() -> String {
-    DEFAULT_ADMIN_LISTEN.into()
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address like {DEFAULT_ADMIN_LISTEN}"
+        ))
+    })
+}
+
+/// `[output] url`, parsed: where the lake is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputUrl {
+    /// A local folder: `file:///path` or a plain path (relative to the working directory).
+    File {
+        /// As written.
+        raw: String,
+        /// The folder.
+        path: PathBuf,
+    },
+    /// An S3 bucket and key prefix: `s3://bucket/prefix`.
+    S3 {
+        /// As written.
+        raw: String,
+        /// The bucket.
+        bucket: String,
+        /// Key prefix inside it, without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+}
+
+impl OutputUrl {
+    /// Parses `file://…`, `s3://bucket/prefix` or a plain path.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if let Some(rest) = raw.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err("s3:// needs a bucket: s3://bucket/prefix".into());
+            }
+            return Ok(Self::S3 {
+                raw: raw.to_string(),
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        let path = match raw.strip_prefix("file://") {
+            Some(rest) => rest,
+            None => match raw.split_once("://") {
+                Some((scheme, _)) => {
+                    return Err(format!(
+                        "unsupported scheme {scheme}://; use file:///path or s3://bucket/prefix"
+                    ))
+                }
+                None => raw,
+            },
+        };
+        Ok(Self::File {
+            raw: raw.to_string(),
+            path: PathBuf::from(path),
+        })
+    }
+
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::File { raw, .. } | Self::S3 { raw, .. } => raw,
+        }
+    }
+
+    /// Whether the lake is in S3.
+    pub fn is_s3(&self) -> bool {
+        matches!(self, Self::S3 { .. })
+    }
+}
+
+impl fmt::Display for OutputUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for OutputUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[flush] schedule`, parsed once: a cron expression in UTC.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl Schedule {
+    /// Parses `minute hour day month weekday`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cron = text.parse::<croner::Cron>().map_err(|e| {
+            format!("{text:?} is not a cron expression (minute hour day month weekday, UTC): {e}")
+        })?;
+        Ok(Self {
+            text: text.to_string(),
+            cron,
+        })
+    }
+
+    /// The next time the schedule fires after `t`.
+    pub fn next_after(
+        &self,
+        t: &chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cron.find_next_occurrence(t, false).ok()
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 fn default_partition_by() -> String {
     PROCESSING_DATE.into()
@@ -623,143 +761,105 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every rule that serde cannot express; the error names the key.
+    /// Checks every rule that serde cannot express; each error names its key, and all
+    /// are reported at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         let s = &self.source;
         if s.url.expose().trim().is_empty() {
-            return Err(invalid("source.url", "must not be empty"));
+            errors.push(invalid("source.url", "must not be empty"));
         }
         if !(s.url.expose().starts_with("postgres://")
             || s.url.expose().starts_with("postgresql://"))
         {
-            return Err(invalid(
+            errors.push(invalid(
                 "source.url",
                 format!("must start with postgres:// (got {})", s.url.redacted()),
             ));
         }
-        check_identifier("source.slot", &s.slot, true)?;
-        check_identifier("source.publication", &s.publication, false)?;
+        errors.extend(check_identifier("source.slot", &s.slot, true).err());
+        errors.extend(check_identifier("source.publication", &s.publication, false).err());
 
         let o = &self.output;
-        if o.url.trim().is_empty() {
-            return Err(invalid("output.url", "must not be empty"));
-        }
-        if let Some((scheme, _)) = o.url.split_once("://") {
-            if scheme != "file" && scheme != "s3" {
-                return Err(invalid(
-                    "output.url",
-                    format!(
-                        "unsupported scheme {scheme}://; use file:///path or s3://bucket/prefix"
-                    ),
-                ));
-            }
-        }
         if o.metadata_prefix.trim_matches('/').is_empty() || o.metadata_prefix.starts_with('_') {
-            return Err(invalid(
+            errors.push(invalid(
                 "output.metadata_prefix",
                 "must be a non-empty folder name not starting with '_' (names starting with '_' are slot2lake's own)",
             ));
         }
         if o.max_file_size.0 < MB {
-            return Err(invalid("output.max_file_size", "must be at least 1MB"));
+            errors.push(invalid("output.max_file_size", "must be at least 1MB"));
         }
         if !o.metadata_column_prefix.is_empty() {
-            check_identifier(
-                "output.metadata_column_prefix",
-                &o.metadata_column_prefix,
-                true,
-            )?;
+            errors.extend(
+                check_identifier(
+                    "output.metadata_column_prefix",
+                    &o.metadata_column_prefix,
+                    true,
+                )
+                .err(),
+            );
         }
         if o.row_group_rows == 0 {
-            return Err(invalid("output.row_group_rows", "must be at least 1"));
+            errors.push(invalid("output.row_group_rows", "must be at least 1"));
         }
         if self.flush.memory_limit.0 < MB {
-            return Err(invalid("flush.memory_limit", "must be at least 1MB"));
+            errors.push(invalid("flush.memory_limit", "must be at least 1MB"));
         }
         if self.retry.min_delay.is_zero() || self.retry.max_delay < self.retry.min_delay {
-            return Err(invalid(
+            errors.push(invalid(
                 "retry.max_delay",
                 "retry.min_delay must be greater than 0s and at most retry.max_delay",
             ));
         }
         if self.spool.ack_interval.is_zero() {
-            return Err(invalid("spool.ack_interval", "must be greater than 0s"));
+            errors.push(invalid("spool.ack_interval", "must be greater than 0s"));
         }
         if self.spool.max_spool_bytes.0 < MB {
-            return Err(invalid("spool.max_spool_bytes", "must be at least 1MB"));
-        }
-        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "admin.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:9187",
-                    self.admin.listen
-                ),
-            ));
-        }
-        if let Err(e) = self.flush.schedule.parse::<croner::Cron>() {
-            return Err(invalid(
-                "flush.schedule",
-                format!(
-                    "{:?} is not a cron expression (minute hour day month weekday, UTC): {e}",
-                    self.flush.schedule
-                ),
-            ));
+            errors.push(invalid("spool.max_spool_bytes", "must be at least 1MB"));
         }
         if let Some(sse) = &o.sse {
             if sse != "AES256" && sse != "aws:kms" {
-                return Err(invalid(
+                errors.push(invalid(
                     "output.sse",
                     format!("{sse:?}: use \"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS)"),
                 ));
             }
         }
         if o.sse_kms_key_id.is_some() && o.sse.as_deref() != Some("aws:kms") {
-            return Err(invalid(
+            errors.push(invalid(
                 "output.sse_kms_key_id",
                 "needs output.sse = \"aws:kms\"",
             ));
         }
-        let s3 = o.url.starts_with("s3://");
+        let s3 = o.url.is_s3();
         if !s3 && (o.region.is_some() || o.endpoint.is_some() || o.sse.is_some()) {
-            return Err(invalid(
+            errors.push(invalid(
                 "output.url",
                 "region, endpoint and sse apply to s3:// outputs only",
             ));
         }
-        if s3
-            && o.url
-                .trim_start_matches("s3://")
-                .split('/')
-                .next()
-                .is_none_or(str::is_empty)
-        {
-            return Err(invalid(
-                "output.url",
-                "s3:// needs a bucket: s3://bucket/prefix",
-            ));
-        }
         match self.catalog.kind {
             CatalogKind::Glue | CatalogKind::GlueDirect if !s3 => {
-                return Err(invalid(
+                errors.push(invalid(
                     "catalog.kind",
                     "Glue catalogs need an s3:// output (Athena reads S3); use \"local\" for a file:// lake",
                 ));
             }
             CatalogKind::Glue if self.catalog.create && self.catalog.role.is_none() => {
-                return Err(invalid(
+                errors.push(invalid(
                     "catalog.role",
                     "is required to create the crawler (catalog.create = true)",
                 ));
             }
             CatalogKind::Glue if self.catalog.crawler.is_none() => {
-                return Err(invalid(
+                errors.push(invalid(
                     "catalog.crawler",
                     "is required when catalog.kind = \"glue\"",
                 ));
             }
             CatalogKind::Glue | CatalogKind::GlueDirect if self.catalog.database.is_none() => {
-                return Err(invalid(
+                errors.push(invalid(
                     "catalog.database",
                     "is required for a Glue catalog",
                 ));
@@ -768,7 +868,7 @@ impl Config {
         }
 
         if self.tables.is_empty() {
-            return Err(invalid(
+            errors.push(invalid(
                 "tables",
                 "no [[tables]] configured; add at least one, e.g. [[tables]] name = \"public.customers\"",
             ));
@@ -778,55 +878,59 @@ impl Config {
         for (i, t) in self.tables.iter().enumerate() {
             let key = format!("tables[{i}]");
             let (schema, name) = t.qualified();
-            check_identifier(&format!("{key}.name"), schema, false)?;
-            check_identifier(&format!("{key}.name"), name, false)?;
+            errors.extend(check_identifier(&format!("{key}.name"), schema, false).err());
+            errors.extend(check_identifier(&format!("{key}.name"), name, false).err());
             if let Some(f) = &t.folder {
-                check_identifier(&format!("{key}.folder"), f, false)?;
+                errors.extend(check_identifier(&format!("{key}.folder"), f, false).err());
             }
             let name = t.folder();
             if name.starts_with('_') || name.starts_with('.') {
-                return Err(invalid(
+                errors.push(invalid(
                     format!("{key}.name"),
                     "table folders starting with '_' or '.' are skipped by Hive, Glue and Athena",
                 ));
             }
             if name == o.metadata_prefix.trim_matches('/') {
-                return Err(invalid(
+                errors.push(invalid(
                     format!("{key}.name"),
                     "collides with output.metadata_prefix",
                 ));
             }
             if !names.insert((schema.to_string(), name.to_string())) {
-                return Err(invalid(
+                errors.push(invalid(
                     format!("{key}.name"),
                     format!("{} is listed twice", t.name),
                 ));
             }
             if !folders.insert(name.to_string()) {
-                return Err(invalid(
+                errors.push(invalid(
                     format!("{key}.name"),
                     format!("another table is also named {name}; each table needs its own folder"),
                 ));
             }
             if let Some(col) = t.partition_column() {
-                check_identifier(&format!("{key}.partition_by"), col, false)?;
+                errors.extend(check_identifier(&format!("{key}.partition_by"), col, false).err());
             }
             if let Some(w) = &t.snapshot_where {
                 if w.trim().is_empty() {
-                    return Err(invalid(
+                    errors.push(invalid(
                         format!("{key}.snapshot_where"),
                         "must not be empty",
                     ));
                 }
                 if w.contains(';') {
-                    return Err(invalid(
+                    errors.push(invalid(
                         format!("{key}.snapshot_where"),
                         "must be one SQL condition, without ';'",
                     ));
                 }
             }
         }
-        Ok(())
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
     }
 
     /// The `[[tables]]` entry for `schema.table`.
@@ -978,6 +1082,74 @@ name = "public.customers"
     }
 
     #[test]
+    fn parsed_values_name_their_key() {
+        let cases = [
+            (
+                "[admin]\nlisten = \"localhost\"\n",
+                "admin.listen",
+                "not an address",
+            ),
+            (
+                "[flush]\nschedule = \"daily\"\n",
+                "flush.schedule",
+                "not a cron",
+            ),
+        ];
+        for (extra, key, what) in cases {
+            let text = format!("{MINIMAL}{extra}");
+            let err = Config::parse(&text, "t.toml", &env)
+                .expect_err(extra)
+                .to_string();
+            assert!(err.contains(key) && err.contains(what), "{extra:?}: {err}");
+        }
+        for (url, what) in [
+            ("s3:///x", "needs a bucket"),
+            ("gs://b/p", "unsupported scheme gs://"),
+            ("  ", "must not be empty"),
+        ] {
+            let text = MINIMAL.replace("file:///tmp/lake", url);
+            let err = Config::parse(&text, "t.toml", &env)
+                .expect_err(url)
+                .to_string();
+            assert!(
+                err.contains("output.url") && err.contains(what),
+                "{url:?}: {err}"
+            );
+        }
+        let parsed = [
+            ("s3://bucket/a/b/", ("bucket", "a/b")),
+            ("s3://bucket", ("bucket", "")),
+        ];
+        for (url, (b, p)) in parsed {
+            match OutputUrl::parse(url) {
+                Ok(OutputUrl::S3 { bucket, prefix, .. }) => {
+                    assert_eq!((bucket.as_str(), prefix.as_str()), (b, p), "{url}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            OutputUrl::parse("lake"),
+            Ok(OutputUrl::File { path, .. }) if path == Path::new("lake")
+        ));
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_at_once() {
+        let text = format!(
+            "{MINIMAL}[spool]\nack_interval = \"0s\"\n[flush]\nmemory_limit = \"10\"\n[[tables]]\nname = \"public.customers\"\n"
+        );
+        let err = Config::parse(&text, "t.toml", &env)
+            .expect_err("three rules broken")
+            .to_string();
+        for key in ["spool.ack_interval", "flush.memory_limit", "tables[1].name"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        // One line per broken rule (a repeated table breaks two).
+        assert!(err.lines().count() >= 3, "{err}");
+    }
+
+    #[test]
     fn expands_env_and_applies_defaults() {
         let c = Config::parse(MINIMAL, "t.toml", &env).expect("valid");
         assert_eq!(
@@ -985,7 +1157,7 @@ name = "public.customers"
             "postgres://u:s3cr3t@127.0.0.1:5432/db"
         );
         assert_eq!(c.source.slot, DEFAULT_SLOT);
-        assert_eq!(c.flush.schedule, DEFAULT_SCHEDULE);
+        assert_eq!(c.flush.schedule.as_str(), DEFAULT_SCHEDULE);
         assert_eq!(c.tables[0].partition_by, PROCESSING_DATE);
         assert!(!format!("{:?}", c.source.url).contains("s3cr3t"));
     }

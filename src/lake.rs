@@ -17,7 +17,7 @@ use object_store::prefix::PrefixStore;
 use object_store::RetryConfig;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::config::OutputConfig;
+use crate::config::{OutputConfig, OutputUrl};
 
 /// An object-store or filesystem failure.
 #[derive(Debug, thiserror::Error)]
@@ -92,34 +92,29 @@ const SYNC_THREADS: usize = 16;
 impl Lake {
     /// Opens the lake named by `[output]`; a `file://` lake's folder is created.
     pub async fn open(output: &OutputConfig) -> Result<Self, LakeError> {
-        let url = output.url.trim().to_string();
+        let url = output.url.as_str().to_string();
         let url_err = |message: String| LakeError::Url {
             url: url.clone(),
             message,
         };
         let metadata_prefix = output.metadata_prefix.trim_matches('/').to_string();
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let sdk = crate::aws::sdk_config(output.region.as_deref()).await;
-            let store = s3_store(output, bucket, &sdk).map_err(|e| url_err(e.to_string()))?;
-            let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
-                "" => Arc::new(store),
-                p => Arc::new(PrefixStore::new(store, p)),
-            };
-            return Ok(Self {
-                store,
-                local_root: None,
-                url,
-                metadata_prefix,
-                unsynced: Arc::default(),
-            });
-        }
-        let root = if let Some(rest) = url.strip_prefix("file://") {
-            PathBuf::from(rest)
-        } else if url.contains("://") {
-            return Err(url_err("use file:///path or s3://bucket/prefix".into()));
-        } else {
-            PathBuf::from(&url)
+        let root = match &output.url {
+            OutputUrl::S3 { bucket, prefix, .. } => {
+                let sdk = crate::aws::sdk_config(output.region.as_deref()).await;
+                let store = s3_store(output, bucket, &sdk).map_err(|e| url_err(e.to_string()))?;
+                let store: Arc<dyn ObjectStore> = match prefix.as_str() {
+                    "" => Arc::new(store),
+                    p => Arc::new(PrefixStore::new(store, p)),
+                };
+                return Ok(Self {
+                    store,
+                    local_root: None,
+                    url,
+                    metadata_prefix,
+                    unsynced: Arc::default(),
+                });
+            }
+            OutputUrl::File { path, .. } => path.clone(),
         };
         let root = if root.is_absolute() {
             root

@@ -242,8 +242,7 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
 
 /// Makes sure every change committed before `cp` is in the lake.
 async fn catch_up(pipeline: &Arc<Pipeline>, cp: Lsn) -> Result<(), RunError> {
-    let listen = pipeline.config().admin.listen.clone();
-    match crate::service::admin::request_flush(&listen).await {
+    match crate::service::admin::request_flush(pipeline.config().admin.listen).await {
         Ok(answer) => {
             let cut: Option<Lsn> = answer["cut"].as_str().and_then(|s| s.parse().ok());
             if cut.is_some_and(|c| c >= cp) {

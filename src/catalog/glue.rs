@@ -45,7 +45,10 @@ pub async fn client(config: &Config) -> Client {
 }
 
 fn table_location(config: &Config, folder: &str) -> String {
-    format!("{}/{folder}/", config.output.url.trim_end_matches('/'))
+    format!(
+        "{}/{folder}/",
+        config.output.url.as_str().trim_end_matches('/')
+    )
 }
 
 fn database(config: &Config) -> &str {

@@ -364,7 +364,7 @@ pub fn spool_dir(config: &Config, lake: &Lake) -> PathBuf {
             .join(format!(
                 "slot2lake-{}-{:08x}",
                 config.source.slot,
-                crc32fast::hash(config.output.url.as_bytes())
+                crc32fast::hash(config.output.url.as_str().as_bytes())
             ))
             .join("spool"),
     }

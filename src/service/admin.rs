@@ -38,7 +38,7 @@ pub struct AdminState {
 }
 
 /// Binds the admin address; a clear error when it is taken.
-pub async fn bind(listen: &str) -> Result<TcpListener, RunError> {
+pub async fn bind(listen: std::net::SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(listen).await.map_err(|e| {
         RunError::State(format!(
             "admin.listen {listen}: {e}; is another slot2lake running? set [admin] listen to a free address"
@@ -143,7 +143,9 @@ pub enum FlushClientError {
 }
 
 /// Asks the consumer at `listen` to flush; returns its JSON answer once committed.
-pub async fn request_flush(listen: &str) -> Result<serde_json::Value, FlushClientError> {
+pub async fn request_flush(
+    listen: std::net::SocketAddr,
+) -> Result<serde_json::Value, FlushClientError> {
     if tokio::net::TcpStream::connect(listen).await.is_err() {
         return Err(FlushClientError::NotRunning(listen.to_string()));
     }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use super::health::{Health, Retrying};
 use super::{FlushRequest, FlushSummary, Waker};
 use crate::catalog::CatalogError;
+use crate::config::Schedule;
 use crate::flush::commit::Committed;
 use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, RunError, RunReport};
@@ -55,7 +56,7 @@ pub(super) enum Until {
     /// SIGTERM or SIGINT (`run`): flushes on the schedule, on request and when the spool
     /// is full; the slot is acknowledged to the sealed spool every `ack_interval`.
     Signal {
-        schedule: Box<croner::Cron>,
+        schedule: Box<Schedule>,
         next_flush_at: Option<DateTime<Utc>>,
     },
     /// The first flush committed (`run --once`): the slot is acknowledged to its cut only,
@@ -289,7 +290,7 @@ impl Consumer {
         {
             if next_flush_at.is_some_and(|t| Utc::now() >= t) {
                 tracing::info!("scheduled flush");
-                *next_flush_at = schedule.find_next_occurrence(&Utc::now(), false).ok();
+                *next_flush_at = schedule.next_after(&Utc::now());
                 self.request_flush_of_everything_committed().await;
             }
             let spooled = self.spool_bytes + self.writer.open_bytes();

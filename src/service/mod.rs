@@ -97,13 +97,8 @@ impl Waker {
 
 /// Runs the consumer until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), RunError> {
-    let schedule: croner::Cron = config
-        .flush
-        .schedule
-        .parse()
-        .map_err(|e| RunError::State(format!("flush.schedule: {e}")))?;
     let metrics = crate::telemetry::install_metrics();
-    let listener = admin::bind(&config.admin.listen).await?;
+    let listener = admin::bind(config.admin.listen).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let waker = Arc::new(Waker::new(shutdown.clone()));
@@ -135,7 +130,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         admin_task.abort();
         return Ok(());
     };
-    let next_flush_at = schedule.find_next_occurrence(&Utc::now(), false).ok();
+    let schedule = config.flush.schedule.clone();
+    let next_flush_at = schedule.next_after(&Utc::now());
     tracing::info!(
         from = %start,
         admin = %config.admin.listen,
