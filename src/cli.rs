@@ -415,7 +415,7 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
         }
         CatalogCommand::Views => {
             let client = crate::source::connect(&config.source.url).await?;
-            let database = config.catalog.database.as_deref().unwrap_or("default");
+            let database = config.catalog.target.database().unwrap_or("default");
             let location = match lake.local_root() {
                 Some(root) => root.display().to_string(),
                 None => config.output.url.to_string(),

@@ -380,35 +380,133 @@ impl Default for FlushConfig {
     }
 }
 
-/// `[catalog]`
+/// `[catalog]` as written; [`CatalogConfig`] is what it means.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CatalogConfig {
+struct RawCatalog {
     /// Which catalog to update after a flush.
     #[serde(default)]
-    pub kind: CatalogKind,
+    kind: CatalogKind,
     /// Glue database.
-    pub database: Option<String>,
+    database: Option<String>,
     /// Glue crawler (`kind = "glue"`).
-    pub crawler: Option<String>,
+    crawler: Option<String>,
     /// Create the crawler when it does not exist (needs `role`).
     #[serde(default)]
-    pub create: bool,
+    create: bool,
     /// IAM role the crawler runs as, for `create = true`.
-    pub role: Option<String>,
+    role: Option<String>,
     /// Wait for the crawl to finish and report its status.
     #[serde(default)]
-    pub wait: bool,
+    wait: bool,
+    /// Glue endpoint override (tests, private endpoints).
+    endpoint: Option<String>,
+    /// Glue region (default: `output.region`, then the AWS configuration chain).
+    region: Option<String>,
+}
+
+/// `[catalog]`: the catalog told about new data after each flush, with the fields its
+/// kind needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "RawCatalog")]
+pub struct CatalogConfig {
+    /// Which catalog, and what it needs.
+    pub target: Catalog,
     /// Glue endpoint override (tests, private endpoints).
     pub endpoint: Option<String>,
     /// Glue region (default: `output.region`, then the AWS configuration chain).
     pub region: Option<String>,
 }
 
+/// The catalog kinds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Catalog {
+    /// No catalog.
+    None,
+    /// The lake itself is the catalog (`slot2lake catalog ...`).
+    #[default]
+    Local,
+    /// Start an AWS Glue crawler after each flush.
+    Glue {
+        /// The Glue database the crawler writes into.
+        database: String,
+        /// The crawler.
+        crawler: String,
+        /// Create the crawler when missing, running as this IAM role.
+        create_with_role: Option<String>,
+        /// Wait for the crawl and fail when it does.
+        wait: bool,
+    },
+    /// Create and update Glue tables and partitions directly.
+    GlueDirect {
+        /// The Glue database (created when missing).
+        database: String,
+    },
+}
+
+impl Catalog {
+    /// The Glue database, for Glue kinds.
+    pub fn database(&self) -> Option<&str> {
+        match self {
+            Catalog::Glue { database, .. } | Catalog::GlueDirect { database } => Some(database),
+            Catalog::None | Catalog::Local => None,
+        }
+    }
+
+    /// `kind` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Catalog::None => "none",
+            Catalog::Local => "local",
+            Catalog::Glue { .. } => "glue",
+            Catalog::GlueDirect { .. } => "glue-direct",
+        }
+    }
+}
+
+impl TryFrom<RawCatalog> for CatalogConfig {
+    type Error = String;
+
+    fn try_from(raw: RawCatalog) -> Result<Self, String> {
+        let database = || {
+            raw.database
+                .clone()
+                .ok_or("database is required for a Glue catalog")
+        };
+        let target = match raw.kind {
+            CatalogKind::None => Catalog::None,
+            CatalogKind::Local => Catalog::Local,
+            CatalogKind::GlueDirect => Catalog::GlueDirect {
+                database: database()?,
+            },
+            CatalogKind::Glue => Catalog::Glue {
+                database: database()?,
+                crawler: raw
+                    .crawler
+                    .clone()
+                    .ok_or("crawler is required when kind = \"glue\"")?,
+                create_with_role: match (raw.create, raw.role.clone()) {
+                    (true, None) => {
+                        return Err("role is required to create the crawler (create = true)".into())
+                    }
+                    (true, role) => role,
+                    (false, _) => None,
+                },
+                wait: raw.wait,
+            },
+        };
+        Ok(CatalogConfig {
+            target,
+            endpoint: raw.endpoint,
+            region: raw.region,
+        })
+    }
+}
+
 /// `[catalog] kind`
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum CatalogKind {
+enum CatalogKind {
     /// No catalog.
     None,
     /// The lake itself is the catalog (`slot2lake catalog ...`).
@@ -839,32 +937,11 @@ impl Config {
                 "region, endpoint and sse apply to s3:// outputs only",
             ));
         }
-        match self.catalog.kind {
-            CatalogKind::Glue | CatalogKind::GlueDirect if !s3 => {
-                errors.push(invalid(
-                    "catalog.kind",
-                    "Glue catalogs need an s3:// output (Athena reads S3); use \"local\" for a file:// lake",
-                ));
-            }
-            CatalogKind::Glue if self.catalog.create && self.catalog.role.is_none() => {
-                errors.push(invalid(
-                    "catalog.role",
-                    "is required to create the crawler (catalog.create = true)",
-                ));
-            }
-            CatalogKind::Glue if self.catalog.crawler.is_none() => {
-                errors.push(invalid(
-                    "catalog.crawler",
-                    "is required when catalog.kind = \"glue\"",
-                ));
-            }
-            CatalogKind::Glue | CatalogKind::GlueDirect if self.catalog.database.is_none() => {
-                errors.push(invalid(
-                    "catalog.database",
-                    "is required for a Glue catalog",
-                ));
-            }
-            _ => {}
+        if self.catalog.target.database().is_some() && !s3 {
+            errors.push(invalid(
+                "catalog.kind",
+                "Glue catalogs need an s3:// output (Athena reads S3); use \"local\" for a file:// lake",
+            ));
         }
 
         if self.tables.is_empty() {

@@ -18,6 +18,7 @@ use object_store::RetryConfig;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::config::{OutputConfig, OutputUrl};
+use crate::retry::{Action, Classify};
 
 /// An object-store or filesystem failure.
 #[derive(Debug, thiserror::Error)]
@@ -523,4 +524,14 @@ fn fsync_file_and_dir(path: &Path) -> Result<(), LakeError> {
         .and_then(|f| f.sync_all())
         .map_err(|source| io_err("fsync", path, source))?;
     fsync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+impl Classify for LakeError {
+    fn action(&self) -> Action {
+        match self {
+            LakeError::Url { .. } => Action::Stop,
+            LakeError::Store { source, .. } => source.action(),
+            LakeError::Io { source, .. } => crate::retry::io_action(source),
+        }
+    }
 }

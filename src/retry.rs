@@ -9,22 +9,16 @@
 //!   the flush (or the whole `run --once`) is tried again after a growing delay.
 //! - **Stop**: retrying cannot help (a corrupt segment, a lake from another cluster, a
 //!   table that no longer exists, a permission the role lacks): the error says what to do.
+//!
+//! This module sits at the bottom: each module implements [`Classify`] for its own
+//! error type beside it, from the primitives here ([`postgres_action`], [`io_action`],
+//! object-store errors).
 
 use std::io;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_postgres::error::SqlState;
-
-use crate::catalog::CatalogError;
-use crate::checkpoint::CheckpointError;
-use crate::flush::FlushError;
-use crate::lake::LakeError;
-use crate::pipeline::RunError;
-use crate::sink::SinkError;
-use crate::source::snapshot::SnapshotError;
-use crate::source::SourceError;
-use crate::spool::SpoolError;
 
 /// What to do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +101,7 @@ pub fn postgres_action(e: &tokio_postgres::Error) -> Action {
 
 /// Local I/O: a full disk or a network filesystem hiccup may pass; a missing file or a
 /// refused permission will not.
-fn io_action(e: &io::Error) -> Action {
+pub fn io_action(e: &io::Error) -> Action {
     use io::ErrorKind::*;
     match e.kind() {
         NotFound | PermissionDenied | AlreadyExists | InvalidInput | InvalidData | Unsupported
@@ -129,122 +123,17 @@ impl Classify for object_store::Error {
     }
 }
 
-impl Classify for SourceError {
-    fn action(&self) -> Action {
-        match self {
-            SourceError::Lost(_) => Action::Reconnect,
-            SourceError::Connect { retry, .. } if *retry => Action::Reconnect,
-            SourceError::Busy { .. } => Action::Backoff,
-            _ => Action::Stop,
-        }
-    }
-}
-
-impl Classify for LakeError {
-    fn action(&self) -> Action {
-        match self {
-            LakeError::Url { .. } => Action::Stop,
-            LakeError::Store { source, .. } => source.action(),
-            LakeError::Io { source, .. } => io_action(source),
-        }
-    }
-}
-
-impl Classify for CatalogError {
-    fn action(&self) -> Action {
-        match self {
-            CatalogError::Glue(_) | CatalogError::CrawlFailed { .. } => Action::Backoff,
-            CatalogError::Lake(e) => e.action(),
-        }
-    }
-}
-
-impl Classify for CheckpointError {
-    fn action(&self) -> Action {
-        match self {
-            CheckpointError::Lake(e) => e.action(),
-            CheckpointError::Corrupt { .. } | CheckpointError::Backward { .. } => Action::Stop,
-        }
-    }
-}
-
-impl Classify for SpoolError {
-    fn action(&self) -> Action {
-        match self {
-            // The mirror lives in the lake's store: an S3 outage.
-            SpoolError::Mirror(e) => e.action(),
-            // A failed fsync of the local spool cannot be trusted on retry.
-            SpoolError::Io { .. }
-            | SpoolError::Corrupt { .. }
-            | SpoolError::Missing { .. }
-            | SpoolError::Malformed(_) => Action::Stop,
-        }
-    }
-}
-
-impl Classify for SinkError {
-    fn action(&self) -> Action {
-        match self {
-            SinkError::Lake(e) => e.action(),
-            _ => Action::Stop,
-        }
-    }
-}
-
-impl Classify for FlushError {
-    fn action(&self) -> Action {
-        match self {
-            FlushError::Spool(e) => e.action(),
-            FlushError::Sink(e) => e.action(),
-            FlushError::Schema(_) | FlushError::Protocol { .. } => Action::Stop,
-        }
-    }
-}
-
-impl Classify for crate::flush::commit::CommitError {
-    fn action(&self) -> Action {
-        use crate::flush::commit::CommitError as E;
-        match self {
-            E::Checkpoint(e) => e.action(),
-            E::Lake(e) => e.action(),
-        }
-    }
-}
-
-impl Classify for SnapshotError {
-    fn action(&self) -> Action {
-        match self {
-            SnapshotError::Source(e) => e.action(),
-            SnapshotError::Sink(e) => e.action(),
-            SnapshotError::Copy(_) | SnapshotError::Worker(_) => Action::Stop,
-        }
-    }
-}
-
-impl Classify for RunError {
-    fn action(&self) -> Action {
-        match self {
-            RunError::Source(e) => e.action(),
-            RunError::Lake(e) => e.action(),
-            RunError::Checkpoint(e) => e.action(),
-            RunError::Spool(e) => e.action(),
-            RunError::Snapshot(e) => e.action(),
-            RunError::Flush(e) => e.action(),
-            RunError::Commit(e) => e.action(),
-            RunError::Sink(e) => e.action(),
-            RunError::Catalog(e) => e.action(),
-            RunError::Table(_)
-            | RunError::Recovery(_)
-            | RunError::Copy(_)
-            | RunError::State(_)
-            | RunError::GaveUp { .. } => Action::Stop,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::CatalogError;
+    use crate::checkpoint::CheckpointError;
+    use crate::flush::FlushError;
+    use crate::lake::LakeError;
+    use crate::pipeline::RunError;
+    use crate::sink::SinkError;
+    use crate::source::SourceError;
+    use crate::spool::SpoolError;
 
     fn store(e: object_store::Error) -> RunError {
         RunError::Lake(LakeError::Store {

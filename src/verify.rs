@@ -115,8 +115,68 @@ fn combine(fixed: u64, toasted: impl Iterator<Item = u64>) -> u64 {
     hasher.finish()
 }
 
+/// Why `verify` could not compare (as opposed to finding differences, which it reports).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// `--table` names no configured table.
+    #[error("no configured table named {0}")]
+    NoTable(String),
+    /// The temporary slot was created without a position.
+    #[error("the temporary slot reports no consistent point")]
+    NoConsistentPoint,
+    /// The lake could not be caught up past the consistent point.
+    #[error("the lake was flushed only to {reached:?}, before the consistent point {cp}; run verify again")]
+    Behind {
+        /// How far the catch-up got.
+        reached: Option<Lsn>,
+        /// Where verify compares.
+        cp: Lsn,
+    },
+    /// Connecting, reading the slot or the lake, or catching up failed.
+    #[error(transparent)]
+    Run(Box<RunError>),
+    /// The running consumer did not answer the flush request.
+    #[error(transparent)]
+    Consumer(#[from] crate::service::admin::FlushClientError),
+    /// A lake file or a source value could not be read for the comparison.
+    #[error("{what}: {message}")]
+    Read {
+        /// What was being read.
+        what: String,
+        /// Why it failed.
+        message: String,
+    },
+}
+
+/// Errors of the steps verify shares with a run, taken as that run's error.
+macro_rules! via_run_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for VerifyError {
+            fn from(e: $t) -> Self {
+                VerifyError::Run(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+via_run_error!(
+    RunError,
+    crate::source::SourceError,
+    crate::lake::LakeError,
+    crate::source::introspect::TableError,
+    crate::source::copy::CopyError
+);
+
+impl VerifyError {
+    fn read(what: &str, e: impl std::fmt::Display) -> Self {
+        VerifyError::Read {
+            what: what.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Compares `tables` (all configured tables when empty) with the source.
-pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyReport, RunError> {
+pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyReport, VerifyError> {
     let pipeline = Arc::new(pipeline);
     let config = pipeline.config().clone();
     let selected: Vec<(String, Arc<TableSchema>)> = pipeline
@@ -126,10 +186,7 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
         .map(|t| (t.folder, t.schema))
         .collect();
     if selected.is_empty() {
-        return Err(RunError::State(format!(
-            "no configured table named {}",
-            tables.join(", ")
-        )));
+        return Err(VerifyError::NoTable(tables.join(", ")));
     }
     let temp_slot = format!("{}_verify_{}", config.source.slot, std::process::id());
     let mut repl = ReplicationStream::connect(
@@ -148,7 +205,7 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
     let cp = introspect::slot_info(&client, &temp_slot)
         .await?
         .and_then(|s| s.confirmed_flush)
-        .ok_or_else(|| RunError::State("the temporary slot reports no consistent point".into()))?;
+        .ok_or(VerifyError::NoConsistentPoint)?;
     tracing::info!(consistent_point = %cp, "verify: catching the lake up");
     catch_up(&pipeline, cp).await?;
 
@@ -193,14 +250,14 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
             let data =
                 data.map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
             parser.push(&data);
-            parser.drain(|fields: &[Option<&[u8]>]| -> Result<(), RunError> {
+            parser.drain(|fields: &[Option<&[u8]>]| -> Result<(), VerifyError> {
                 batch
                     .append(
                         kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
                         &meta,
                         &mut warnings,
                     )
-                    .map_err(|e| RunError::State(e.to_string()))
+                    .map_err(|e| VerifyError::read("the source's COPY", e))
             })?;
             if batch.rows() >= 8192 {
                 compare_source(&batch.finish(0), schema, &mut latest, &mut report)?;
@@ -241,28 +298,23 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
 }
 
 /// Makes sure every change committed before `cp` is in the lake.
-async fn catch_up(pipeline: &Arc<Pipeline>, cp: Lsn) -> Result<(), RunError> {
+async fn catch_up(pipeline: &Arc<Pipeline>, cp: Lsn) -> Result<(), VerifyError> {
     match crate::service::admin::request_flush(pipeline.config().admin.listen).await {
         Ok(answer) => {
             let cut: Option<Lsn> = answer["cut"].as_str().and_then(|s| s.parse().ok());
             if cut.is_some_and(|c| c >= cp) {
                 return Ok(());
             }
-            Err(RunError::State(format!(
-                "the running consumer flushed only to {:?}, before the consistent point {cp}; run verify again",
-                cut
-            )))
+            Err(VerifyError::Behind { reached: cut, cp })
         }
         Err(crate::service::admin::FlushClientError::NotRunning(_)) => {
             let report = crate::service::once(pipeline.clone()).await?;
             match report.acked {
                 Some(a) if a >= cp => Ok(()),
-                other => Err(RunError::State(format!(
-                    "catching up reached {other:?}, before the consistent point {cp}"
-                ))),
+                reached => Err(VerifyError::Behind { reached, cp }),
             }
         }
-        Err(e) => Err(RunError::State(e.to_string())),
+        Err(e) => Err(VerifyError::Consumer(e)),
     }
 }
 
@@ -311,7 +363,7 @@ fn key_and_hash(
 }
 
 /// The source's columns from a batch (missing ones as NULL), cast to the source's types.
-fn aligned(batch: &RecordBatch, schema: &TableSchema) -> Result<Vec<ArrayRef>, RunError> {
+fn aligned(batch: &RecordBatch, schema: &TableSchema) -> Result<Vec<ArrayRef>, VerifyError> {
     schema
         .columns
         .iter()
@@ -320,7 +372,7 @@ fn aligned(batch: &RecordBatch, schema: &TableSchema) -> Result<Vec<ArrayRef>, R
             match batch.column_by_name(&c.name) {
                 Some(a) if a.data_type() == &want => Ok(a.clone()),
                 Some(a) => arrow_cast::cast(a, &want)
-                    .map_err(|e| RunError::State(format!("column {}: {e}", c.name))),
+                    .map_err(|e| VerifyError::read(&format!("column {}", c.name), e)),
                 None => Ok(arrow_array::new_null_array(&want, batch.num_rows())),
             }
         })
@@ -342,7 +394,7 @@ fn compare_source(
     schema: &TableSchema,
     latest: &mut LakeState,
     report: &mut TableReport,
-) -> Result<(), RunError> {
+) -> Result<(), VerifyError> {
     let columns = aligned(batch, schema)?;
     let options = FormatOptions::default();
     let f = formatters(&columns, &options);
@@ -393,7 +445,7 @@ async fn lake_state(
     folder: &str,
     schema: &TableSchema,
     cp: Lsn,
-) -> Result<LakeState, RunError> {
+) -> Result<LakeState, VerifyError> {
     let cp = cp.as_i64();
     let keyless = !schema.columns.iter().any(|c| c.is_key);
     // Without a key a row value's copies are counted, which needs the last TRUNCATE
@@ -490,7 +542,7 @@ async fn for_each_row(
     schema: &TableSchema,
     cp: i64,
     mut f: impl FnMut(LakeRow<'_>),
-) -> Result<(), RunError> {
+) -> Result<(), VerifyError> {
     for obj in lake.list(&format!("{folder}/")).await? {
         let key = obj.location.to_string();
         if !key.ends_with(".parquet") {
@@ -499,12 +551,12 @@ async fn for_each_row(
         let bytes = lake
             .get(&key)
             .await?
-            .ok_or_else(|| RunError::State(format!("{key}: listed, then not found")))?;
+            .ok_or_else(|| VerifyError::read(&key, "listed, then not found"))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
-            .map_err(|e| RunError::State(format!("{key}: {e}")))?;
+            .map_err(|e| VerifyError::read(&key, e))?;
         for batch in reader {
-            let batch = batch.map_err(|e| RunError::State(format!("{key}: {e}")))?;
+            let batch = batch.map_err(|e| VerifyError::read(&key, e))?;
             let col = |name: &str| batch.column_by_name(&schema.meta(name)).cloned();
             let (Some(ct), Some(lsn), Some(seq)) =
                 (col(CHANGE_TYPE), col(CHANGE_LSN), col(CHANGE_SEQ))

@@ -12,7 +12,7 @@ use aws_sdk_glue::types::{
 use aws_sdk_glue::Client;
 
 use super::{hive_type, CatalogError, CatalogTable, Pending};
-use crate::config::Config;
+use crate::config::{Catalog, Config};
 
 /// How long a start waits behind a crawl that is already running.
 const QUEUE_WAIT: Duration = Duration::from_secs(30 * 60);
@@ -52,18 +52,27 @@ fn table_location(config: &Config, folder: &str) -> String {
 }
 
 fn database(config: &Config) -> &str {
-    config.catalog.database.as_deref().unwrap_or("default")
+    config.catalog.target.database().unwrap_or("default")
 }
 
 /// Starts the crawler (creating it when configured to), queueing behind a running
 /// crawl; with `wait`, waits for the crawl and fails when it did.
 pub async fn crawl(config: &Config) -> Result<(), CatalogError> {
+    let Catalog::Glue {
+        crawler: name,
+        create_with_role,
+        wait,
+        ..
+    } = &config.catalog.target
+    else {
+        return Ok(());
+    };
     let glue = client(config).await;
-    let name = config.catalog.crawler.as_deref().unwrap_or("slot2lake");
     match glue.get_crawler().name(name).send().await {
         Ok(_) => {}
-        Err(e) if code(&e) == Some("EntityNotFoundException") && config.catalog.create => {
-            create_crawler(&glue, config, name).await?;
+        Err(e) if code(&e) == Some("EntityNotFoundException") && create_with_role.is_some() => {
+            let role = create_with_role.as_deref().unwrap_or_default();
+            create_crawler(&glue, config, name, role).await?;
         }
         Err(e) if code(&e) == Some("EntityNotFoundException") => {
             return Err(CatalogError::Glue(format!(
@@ -93,13 +102,18 @@ pub async fn crawl(config: &Config) -> Result<(), CatalogError> {
         }
     }
     tracing::info!(crawler = name, "crawler started");
-    if config.catalog.wait {
+    if *wait {
         wait_for_crawl(&glue, name).await?;
     }
     Ok(())
 }
 
-async fn create_crawler(glue: &Client, config: &Config, name: &str) -> Result<(), CatalogError> {
+async fn create_crawler(
+    glue: &Client,
+    config: &Config,
+    name: &str,
+    role: &str,
+) -> Result<(), CatalogError> {
     let targets = config
         .tables
         .iter()
@@ -111,7 +125,7 @@ async fn create_crawler(glue: &Client, config: &Config, name: &str) -> Result<()
         .collect::<Vec<_>>();
     glue.create_crawler()
         .name(name)
-        .role(config.catalog.role.clone().unwrap_or_default())
+        .role(role)
         .database_name(database(config))
         .targets(
             CrawlerTargets::builder()
@@ -399,18 +413,15 @@ pub enum Readiness {
 
 /// The catalog as the first run will find it: reachable, and what will be created.
 pub async fn check(config: &Config) -> Readiness {
-    use crate::config::CatalogKind;
-    let kind = config.catalog.kind;
-    if matches!(kind, CatalogKind::None | CatalogKind::Local) {
-        return Readiness::Ready(format!("{kind:?}").to_lowercase());
-    }
+    let target = &config.catalog.target;
+    let Some(db) = target.database() else {
+        return Readiness::Ready(target.kind().to_string());
+    };
     let glue = client(config).await;
-    let db = database(config);
+    let direct = matches!(target, Catalog::GlueDirect { .. });
     let db_state = match glue.get_database().name(db).send().await {
         Ok(_) => format!("database {db:?} exists"),
-        Err(e)
-            if code(&e) == Some("EntityNotFoundException") && kind == CatalogKind::GlueDirect =>
-        {
+        Err(e) if code(&e) == Some("EntityNotFoundException") && direct => {
             format!("database {db:?} will be created")
         }
         Err(e) if code(&e) == Some("EntityNotFoundException") => {
@@ -422,18 +433,26 @@ pub async fn check(config: &Config) -> Readiness {
             return Readiness::Broken(format!("Glue is not reachable: {}", DisplayErrorContext(e)))
         }
     };
-    if kind == CatalogKind::GlueDirect {
+    let Catalog::Glue {
+        crawler: name,
+        create_with_role,
+        ..
+    } = target
+    else {
         return Readiness::Ready(format!("glue-direct: {db_state}"));
-    }
-    let name = config.catalog.crawler.as_deref().unwrap_or("slot2lake");
+    };
     match glue.get_crawler().name(name).send().await {
         Ok(_) => Readiness::Ready(format!("glue: {db_state}, crawler {name:?} exists")),
-        Err(e) if code(&e) == Some("EntityNotFoundException") && config.catalog.create => {
+        Err(e) if code(&e) == Some("EntityNotFoundException") && create_with_role.is_some() => {
             Readiness::WillCreate(format!("glue: {db_state}, crawler {name:?} will be created"))
         }
-        Err(e) if code(&e) == Some("EntityNotFoundException") => Readiness::Broken(format!("crawler {name:?} does not exist: create it, or set catalog.create = true and catalog.role"),
-        ),
-        Err(e) => Readiness::Broken(format!("Glue is not reachable: {}", DisplayErrorContext(e))),
+        Err(e) if code(&e) == Some("EntityNotFoundException") => Readiness::Broken(format!(
+            "crawler {name:?} does not exist: create it, or set catalog.create = true and catalog.role"
+        )),
+        Err(e) => Readiness::Broken(format!(
+            "Glue is not reachable: {}",
+            DisplayErrorContext(e)
+        )),
     }
 }
 

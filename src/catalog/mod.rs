@@ -18,10 +18,11 @@ use std::sync::Arc;
 use arrow_schema::DataType;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CatalogKind, Config};
+use crate::config::{Catalog, Config};
 use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, COMMIT_TS, UNCHANGED_COLUMNS};
 use crate::decode::TableSchema;
 use crate::lake::{Lake, LakeError};
+use crate::retry::{Action, Classify};
 use crate::sink::{PartitionKey, WrittenFile};
 
 /// A catalog update that failed (the data itself is committed).
@@ -91,8 +92,8 @@ pub async fn after_flush(
     tables: &[CatalogTable],
     files: &[WrittenFile],
 ) -> Result<(), CatalogError> {
-    let kind = config.catalog.kind;
-    if matches!(kind, CatalogKind::None | CatalogKind::Local) {
+    let target = &config.catalog.target;
+    if target.database().is_none() {
         return Ok(());
     }
     let key = pending_key(&config.source.slot);
@@ -109,10 +110,10 @@ pub async fn after_flush(
     if pending.partitions.is_empty() && !had_pending {
         return Ok(());
     }
-    let result = match kind {
-        CatalogKind::Glue => glue::crawl(config).await,
-        CatalogKind::GlueDirect => glue::update(config, tables, &pending).await,
-        CatalogKind::None | CatalogKind::Local => Ok(()),
+    let result = match target {
+        Catalog::Glue { .. } => glue::crawl(config).await,
+        Catalog::GlueDirect { .. } => glue::update(config, tables, &pending).await,
+        Catalog::None | Catalog::Local => Ok(()),
     };
     match &result {
         Ok(()) => {
@@ -284,6 +285,15 @@ fn latest_state_sql(table: &CatalogTable, source: &str, dialect: Dialect) -> Str
          SELECT {}, {cl}, {cs}, {cts} FROM ranked WHERE slot2lake_rank = 1 AND {ct} <> 'DELETE'",
         out_cols.join(", ")
     )
+}
+
+impl Classify for CatalogError {
+    fn action(&self) -> Action {
+        match self {
+            CatalogError::Glue(_) | CatalogError::CrawlFailed { .. } => Action::Backoff,
+            CatalogError::Lake(e) => e.action(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lake::{Lake, LakeError};
 use crate::lsn::Lsn;
+use crate::retry::{Action, Classify};
 
 pub mod keys;
 
@@ -447,6 +448,15 @@ impl Checkpoints {
 /// Formats a time the way `last_processed_timestamp.txt` holds it.
 pub fn seed_timestamp(t: DateTime<Utc>) -> String {
     t.format(TIMESTAMP_FORMAT).to_string()
+}
+
+impl Classify for CheckpointError {
+    fn action(&self) -> Action {
+        match self {
+            CheckpointError::Lake(e) => e.action(),
+            CheckpointError::Corrupt { .. } | CheckpointError::Backward { .. } => Action::Stop,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use crate::checkpoint::{
 use crate::failpoint;
 use crate::lake::{Lake, LakeError, Published};
 use crate::lsn::Lsn;
+use crate::retry::{Action, Classify};
 use crate::sink::writer::publish_deferred;
 use crate::telemetry::metric;
 
@@ -217,6 +218,16 @@ pub fn record_file_metrics(folder: &str, files: u64, sizes: Option<FileSizes>) {
             .set(s.min_bytes as f64);
         metrics::gauge!(metric::LAST_FLUSH_FILE_MEDIAN_BYTES, "table" => folder.to_string())
             .set(s.median_bytes as f64);
+    }
+}
+
+impl Classify for CommitError {
+    fn action(&self) -> Action {
+        use CommitError as E;
+        match self {
+            E::Checkpoint(e) => e.action(),
+            E::Lake(e) => e.action(),
+        }
     }
 }
 

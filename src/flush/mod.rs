@@ -28,6 +28,7 @@ use crate::decode::schema::SchemaError;
 use crate::decode::TypeCatalog;
 use crate::decode::{ChangeType, Datum, RowMeta};
 use crate::lsn::Lsn;
+use crate::retry::{Action, Classify};
 use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
 use crate::spool::{Record, Segment, SegmentReader, SpoolError};
 
@@ -381,4 +382,14 @@ fn included(intent: &FlushIntent, folder: &str, commit_lsn: Lsn) -> bool {
         .from
         .get(folder)
         .is_none_or(|from| commit_lsn >= *from)
+}
+
+impl Classify for FlushError {
+    fn action(&self) -> Action {
+        match self {
+            FlushError::Spool(e) => e.action(),
+            FlushError::Sink(e) => e.action(),
+            FlushError::Schema(_) | FlushError::Protocol { .. } => Action::Stop,
+        }
+    }
 }

@@ -45,6 +45,7 @@ use crate::flush::{self, FlushError, Flushed};
 use crate::lake::{Lake, LakeError};
 use crate::lsn::Lsn;
 use crate::recovery::{self, Finish};
+use crate::retry::{Action, Classify};
 use crate::sink::{Sink, SinkError, SinkOptions, WrittenFile};
 use crate::source::introspect::{self, TableError, TableInfo};
 use crate::source::replication::{ReplicationStream, StreamOptions};
@@ -378,5 +379,26 @@ pub async fn open_spool(config: &Config, lake: &Lake) -> Result<Spool, SpoolErro
         Spool::open_mirrored(dir, lake.clone(), prefix).await
     } else {
         Spool::open(dir)
+    }
+}
+
+impl Classify for RunError {
+    fn action(&self) -> Action {
+        match self {
+            RunError::Source(e) => e.action(),
+            RunError::Lake(e) => e.action(),
+            RunError::Checkpoint(e) => e.action(),
+            RunError::Spool(e) => e.action(),
+            RunError::Snapshot(e) => e.action(),
+            RunError::Flush(e) => e.action(),
+            RunError::Commit(e) => e.action(),
+            RunError::Sink(e) => e.action(),
+            RunError::Catalog(e) => e.action(),
+            RunError::Table(_)
+            | RunError::Recovery(_)
+            | RunError::Copy(_)
+            | RunError::State(_)
+            | RunError::GaveUp { .. } => Action::Stop,
+        }
     }
 }

@@ -42,6 +42,7 @@ use crate::decode::Datum;
 use crate::decode::{ColumnKind, DecodeError, RowBatch, RowMeta, TableSchema, Warnings};
 use crate::lake::{Lake, LakeError, Published};
 use crate::lsn::Lsn;
+use crate::retry::{Action, Classify};
 
 /// Parts are looked up once per row: SipHash's DoS resistance is not needed for keys
 /// that are table numbers and dates.
@@ -816,4 +817,13 @@ struct PartState<'a> {
     file: Option<OpenFile>,
     skipping: Option<Skipped>,
     files: Vec<WrittenFile>,
+}
+
+impl Classify for SinkError {
+    fn action(&self) -> Action {
+        match self {
+            SinkError::Lake(e) => e.action(),
+            _ => Action::Stop,
+        }
+    }
 }

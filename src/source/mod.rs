@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::SecretUrl;
-use crate::retry::Action;
+use crate::retry::{Action, Classify};
 
 /// A source-database failure; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -233,5 +233,16 @@ impl SourceClient {
         let c = std::sync::Arc::new(connect(&self.url).await?);
         *guard = Some(c.clone());
         Ok(c)
+    }
+}
+
+impl Classify for SourceError {
+    fn action(&self) -> Action {
+        match self {
+            SourceError::Lost(_) => Action::Reconnect,
+            SourceError::Connect { retry, .. } if *retry => Action::Reconnect,
+            SourceError::Busy { .. } => Action::Backoff,
+            _ => Action::Stop,
+        }
     }
 }

@@ -43,6 +43,7 @@ use crate::config::SecretUrl;
 use crate::decode::{ChangeType, ColumnKind, Datum, DecodeError, RowMeta, TableSchema};
 use crate::lake::Lake;
 use crate::lsn::Lsn;
+use crate::retry::{Action, Classify};
 use crate::sink::{PartitionKey, Sink, SinkError, WrittenFile};
 
 /// Tables smaller than this many pages are copied in one chunk.
@@ -698,5 +699,15 @@ impl Progress {
             }
         });
         Reporter { stop, task }
+    }
+}
+
+impl Classify for SnapshotError {
+    fn action(&self) -> Action {
+        match self {
+            SnapshotError::Source(e) => e.action(),
+            SnapshotError::Sink(e) => e.action(),
+            SnapshotError::Copy(_) | SnapshotError::Worker(_) => Action::Stop,
+        }
     }
 }

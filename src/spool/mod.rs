@@ -31,6 +31,7 @@ pub use proto::spool_record::Record;
 pub use proto::{Begin, Change, Commit, SegmentHeader, SpoolRecord};
 
 use crate::lsn::Lsn;
+use crate::retry::{Action, Classify};
 
 mod manifest;
 
@@ -762,6 +763,20 @@ impl SegmentReader {
         rec.record
             .map(Some)
             .ok_or_else(|| self.corrupt("empty record"))
+    }
+}
+
+impl Classify for SpoolError {
+    fn action(&self) -> Action {
+        match self {
+            // The mirror lives in the lake's store: an S3 outage.
+            SpoolError::Mirror(e) => e.action(),
+            // A failed fsync of the local spool cannot be trusted on retry.
+            SpoolError::Io { .. }
+            | SpoolError::Corrupt { .. }
+            | SpoolError::Missing { .. }
+            | SpoolError::Malformed(_) => Action::Stop,
+        }
     }
 }
 
