@@ -208,7 +208,7 @@ impl Pipeline {
             let slot = introspect::slot_info(&*self.source.get().await?, self.slot()).await?;
             match &slot {
                 Some(s) if s.active_pid.is_some() && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 _ => return Ok(slot),
             }

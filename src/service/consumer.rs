@@ -136,17 +136,119 @@ pub(super) struct Consumer {
     done: bool,
 }
 
-fn message_kind(tag: u8) -> &'static str {
+/// Wakes the loop when a flush task ends, however it ends.
+struct WakeOnDrop(Arc<Waker>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.wake();
+    }
+}
+
+/// How often, at most, the loop looks at its timers between transactions.
+const LOOK_EVERY: Duration = Duration::from_millis(10);
+
+/// Message kinds, as `slot2lake_events_received_total{type}` labels them.
+const KINDS: [&str; 9] = [
+    "insert", "update", "delete", "truncate", "begin", "commit", "relation", "message", "other",
+];
+
+fn message_kind(tag: u8) -> usize {
     match tag {
-        b'I' => "insert",
-        b'U' => "update",
-        b'D' => "delete",
-        b'T' => "truncate",
-        b'B' => "begin",
-        b'C' => "commit",
-        b'R' => "relation",
-        b'M' => "message",
-        _ => "other",
+        b'I' => 0,
+        b'U' => 1,
+        b'D' => 2,
+        b'T' => 3,
+        b'B' => 4,
+        b'C' => 5,
+        b'R' => 6,
+        b'M' => 7,
+        _ => 8,
+    }
+}
+
+/// Messages received since they were last added to the metrics (a labelled counter
+/// per message costs a registry lookup each).
+#[derive(Default)]
+struct MessageCounts {
+    by_kind: [u64; KINDS.len()],
+    bytes: u64,
+}
+
+impl MessageCounts {
+    fn add(&mut self, msg: &[u8]) {
+        self.by_kind[message_kind(msg.first().copied().unwrap_or(0))] += 1;
+        self.bytes += msg.len() as u64;
+    }
+
+    fn record(&mut self) {
+        for (kind, n) in KINDS.iter().zip(self.by_kind) {
+            if n > 0 {
+                metrics::counter!(metric::EVENTS_RECEIVED, "type" => *kind).increment(n);
+            }
+        }
+        metrics::counter!(metric::RECEIVED_BYTES).increment(self.bytes);
+        *self = Self::default();
+    }
+}
+
+/// What the loop sees between messages, for [`decide`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    in_transaction: bool,
+    spool_retry_due: bool,
+    flush_retry_due: bool,
+    /// `run --once`: the slot is acknowledged to the committed cut only.
+    once: bool,
+    ack_interval_passed: bool,
+    /// End of the last commit received.
+    last_end: Lsn,
+    /// The last position the server reported.
+    received: Lsn,
+    acked: Lsn,
+    /// The running flush: its cut, and whether segments before it are still to come.
+    flushing: Option<(Lsn, bool)>,
+    /// A flush is wanted once a commit past this position is received (ZERO: at once).
+    want_flush: Option<Lsn>,
+}
+
+/// What to do about it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Steps {
+    /// Seal the open segment and make the spool durable (`run` also acknowledges).
+    seal: bool,
+    /// Close the running flush's feed: every segment before its cut is sealed.
+    close_feed: bool,
+    /// Start a flush to this cut; `true`: segments before it are still to come.
+    start: Option<(Lsn, bool)>,
+}
+
+/// Between whole transactions only (a segment holds whole transactions), and not while
+/// the spool's last failure waits out its backoff: seal when the slot is due an
+/// acknowledgement, when the running flush's cut was passed, or before a flush whose
+/// target is already received (it cuts at the end of what is received); start a wanted
+/// flush at once, fed as segments seal, when its target is still ahead.
+fn decide(s: &Seen) -> Steps {
+    if s.in_transaction || !s.spool_retry_due {
+        return Steps::default();
+    }
+    let ack_due =
+        !s.once && s.ack_interval_passed && (s.last_end > s.acked || s.received > s.acked);
+    let fed = matches!(s.flushing, Some((cut, true)) if s.last_end > cut);
+    let target = s
+        .want_flush
+        .filter(|_| s.flushing.is_none() && s.flush_retry_due);
+    let received = target.is_some_and(|t| t == Lsn::ZERO || s.last_end > t);
+    Steps {
+        seal: ack_due || fed || received,
+        close_feed: fed,
+        start: target.map(|t| {
+            if received {
+                (s.last_end, false)
+            } else {
+                (t, true)
+            }
+        }),
     }
 }
 
@@ -210,16 +312,24 @@ impl Consumer {
         mut self,
         mut requests: mpsc::Receiver<FlushRequest>,
     ) -> Result<RunReport, RunError> {
+        let mut counts = MessageCounts::default();
+        let mut last_look = Instant::now();
         while !self.done {
             let token = self.waker.token();
+            // Timers, requests and flush steps are looked at when woken (every second,
+            // or by a request) and between transactions at most every LOOK_EVERY: not
+            // after each of millions of messages.
+            let mut look = true;
             match self.repl.next_message(&token).await {
                 Ok(Some(msg)) => {
-                    let kind = message_kind(msg.first().copied().unwrap_or(0));
-                    metrics::counter!(metric::EVENTS_RECEIVED, "type" => kind).increment(1);
-                    metrics::counter!(metric::RECEIVED_BYTES).increment(msg.len() as u64);
+                    counts.add(&msg);
                     match self.writer.receive(msg) {
-                        Ok(Received::Committed { .. }) => self.clocks.last_commit = Instant::now(),
-                        Ok(_) => {}
+                        Ok(Received::Committed { .. }) => {
+                            let now = Instant::now();
+                            self.clocks.last_commit = now;
+                            look = now.duration_since(last_look) >= LOOK_EVERY;
+                        }
+                        Ok(_) => look = false,
                         Err(e) => {
                             metrics::counter!(metric::ERRORS, "stage" => "spool").increment(1);
                             self.stop_after_error().await;
@@ -241,6 +351,11 @@ impl Consumer {
                     return Err(e.into());
                 }
             }
+            if !look && !token.is_cancelled() {
+                continue;
+            }
+            last_look = Instant::now();
+            counts.record();
             let mut asked = false;
             while let Ok(req) = requests.try_recv() {
                 self.waiting.push(req.reply);
@@ -279,6 +394,7 @@ impl Consumer {
                 },
             }
         }
+        counts.record();
         self.stop().await
     }
 
@@ -303,39 +419,30 @@ impl Consumer {
             }
         }
         self.feed_flush();
-        if !self.writer.in_transaction() && self.spool_retry.due() {
-            let ack_due = !self.once()
-                && self.clocks.last_ack.elapsed() >= self.ack_interval
-                && (self.writer.last_end() > self.acked || self.repl.received_lsn() > self.acked);
-            // Every transaction before the running flush's cut is received.
-            let fed = self
-                .flushing
-                .as_ref()
-                .is_some_and(|j| j.feed.is_some() && self.writer.last_end() > j.cut);
-            // A flush to start; its target already received means it cuts at the end of
-            // what is received, and the spool must hold that first.
-            let target = self
-                .want_flush
-                .filter(|_| self.flushing.is_none() && self.flush_retry.due());
-            let received = target.is_some_and(|t| t == Lsn::ZERO || self.writer.last_end() > t);
-            if ack_due || fed || received {
-                self.seal_and_ack().await?;
-                self.spool_retry.succeeded(&self.health);
+        let steps = decide(&Seen {
+            in_transaction: self.writer.in_transaction(),
+            spool_retry_due: self.spool_retry.due(),
+            flush_retry_due: self.flush_retry.due(),
+            once: self.once(),
+            ack_interval_passed: self.clocks.last_ack.elapsed() >= self.ack_interval,
+            last_end: self.writer.last_end(),
+            received: self.repl.received_lsn(),
+            acked: self.acked,
+            flushing: self.flushing.as_ref().map(|j| (j.cut, j.feed.is_some())),
+            want_flush: self.want_flush,
+        });
+        if steps.seal {
+            self.seal_and_ack().await?;
+            self.spool_retry.succeeded(&self.health);
+        }
+        self.feed_flush();
+        if steps.close_feed {
+            if let Some(job) = self.flushing.as_mut() {
+                job.feed = None;
             }
-            self.feed_flush();
-            if fed {
-                if let Some(job) = self.flushing.as_mut() {
-                    job.feed = None;
-                }
-            }
-            if let Some(target) = target {
-                let cut = if received {
-                    self.writer.last_end()
-                } else {
-                    target
-                };
-                self.start_flush(cut, !received)?;
-            }
+        }
+        if let Some((cut, open)) = steps.start {
+            self.start_flush(cut, open)?;
         }
         if self.clocks.last_commit.elapsed() >= self.ack_interval
             && self.clocks.last_heartbeat.elapsed() >= self.ack_interval
@@ -443,8 +550,11 @@ impl Consumer {
         }
         let pipeline = self.pipeline.clone();
         let mut files = self.uncataloged.clone();
+        let waker = self.waker.clone();
         tracing::info!(cut = %cut, "flush started");
         let task = tokio::spawn(async move {
+            // The loop collects the outcome at once instead of at its next tick.
+            let _wake = WakeOnDrop(waker);
             let started = Instant::now();
             let committed = pipeline.flush(cut, segments_rx).await?;
             files.extend(match &committed {
@@ -654,6 +764,155 @@ impl Consumer {
         }
         for w in self.waiting.drain(..) {
             let _ = w.send(Err("slot2lake stopped after an error; see its log".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_seals_acknowledges_and_starts_flushes_only_when_it_should() {
+        let base = Seen {
+            spool_retry_due: true,
+            flush_retry_due: true,
+            last_end: Lsn(100),
+            received: Lsn(100),
+            acked: Lsn(100),
+            ..Default::default()
+        };
+        let nothing = Steps::default();
+        let seal = Steps {
+            seal: true,
+            ..Default::default()
+        };
+        let cases: Vec<(&str, Seen, Steps)> = vec![
+            ("idle", base, nothing),
+            (
+                "run: new data and the ack interval passed",
+                Seen {
+                    ack_interval_passed: true,
+                    last_end: Lsn(150),
+                    ..base
+                },
+                seal,
+            ),
+            (
+                "run: the server moved on (other tables' WAL) and the interval passed",
+                Seen {
+                    ack_interval_passed: true,
+                    received: Lsn(180),
+                    ..base
+                },
+                seal,
+            ),
+            (
+                "run --once acknowledges only its cut",
+                Seen {
+                    once: true,
+                    ack_interval_passed: true,
+                    last_end: Lsn(150),
+                    ..base
+                },
+                nothing,
+            ),
+            (
+                "mid-transaction nothing is sealed or started",
+                Seen {
+                    in_transaction: true,
+                    ack_interval_passed: true,
+                    last_end: Lsn(150),
+                    want_flush: Some(Lsn::ZERO),
+                    ..base
+                },
+                nothing,
+            ),
+            (
+                "the spool's last failure is still backing off",
+                Seen {
+                    spool_retry_due: false,
+                    want_flush: Some(Lsn::ZERO),
+                    ..base
+                },
+                nothing,
+            ),
+            (
+                "a flush whose marker is ahead starts at once, fed as segments seal",
+                Seen {
+                    want_flush: Some(Lsn(300)),
+                    ..base
+                },
+                Steps {
+                    start: Some((Lsn(300), true)),
+                    ..nothing
+                },
+            ),
+            (
+                "a flush whose marker was received cuts at what is received, sealed first",
+                Seen {
+                    want_flush: Some(Lsn(90)),
+                    ..base
+                },
+                Steps {
+                    seal: true,
+                    start: Some((Lsn(100), false)),
+                    ..nothing
+                },
+            ),
+            (
+                "a flush without a marker (server unreachable) takes what is received",
+                Seen {
+                    want_flush: Some(Lsn::ZERO),
+                    ..base
+                },
+                Steps {
+                    seal: true,
+                    start: Some((Lsn(100), false)),
+                    ..nothing
+                },
+            ),
+            (
+                "a commit past the running flush's cut closes its feed",
+                Seen {
+                    flushing: Some((Lsn(90), true)),
+                    ..base
+                },
+                Steps {
+                    seal: true,
+                    close_feed: true,
+                    ..nothing
+                },
+            ),
+            (
+                "the running flush's cut is not reached yet",
+                Seen {
+                    flushing: Some((Lsn(120), true)),
+                    ..base
+                },
+                nothing,
+            ),
+            (
+                "one flush at a time",
+                Seen {
+                    flushing: Some((Lsn(90), false)),
+                    want_flush: Some(Lsn::ZERO),
+                    ..base
+                },
+                nothing,
+            ),
+            (
+                "a failed flush waits out its backoff",
+                Seen {
+                    flush_retry_due: false,
+                    want_flush: Some(Lsn::ZERO),
+                    ..base
+                },
+                nothing,
+            ),
+        ];
+        for (name, seen, want) in cases {
+            assert_eq!(decide(&seen), want, "{name}");
         }
     }
 }

@@ -78,10 +78,12 @@ impl Waker {
         }
     }
 
+    /// The token the next wait ends on; a wake that came while the consumer was busy is
+    /// handed over once (already cancelled), not lost.
     fn token(&self) -> CancellationToken {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if cur.is_cancelled() {
-            *cur = self.shutdown.child_token();
+            return std::mem::replace(&mut *cur, self.shutdown.child_token());
         }
         cur.clone()
     }
