@@ -738,12 +738,7 @@ impl Consumer {
                 tracing::warn!(error = %e, "could not acknowledge on shutdown; the next run resumes from the spool")
             }
         }
-        if let Some(job) = self.flushing.take() {
-            tracing::info!("waiting for the running flush to finish");
-            if let Err(e) = self.report_flush(job).await {
-                tracing::error!(error = %e, "the last flush failed; the next run finishes it");
-            }
-        }
+        self.end_flush("slot2lake is shutting down", true).await;
         for w in self.waiting.drain(..) {
             let _ = w.send(Err(
                 "slot2lake is shutting down; the flush was not started".into()
@@ -753,15 +748,39 @@ impl Consumer {
         Ok(self.report)
     }
 
-    /// After a fatal error: answer waiting requests; a running flush keeps its intent.
-    async fn stop_after_error(&mut self) {
-        if let Some(mut job) = self.flushing.take() {
-            // The flush cannot finish without the rest of its segments.
-            job.feed = None;
-            if let Err(e) = self.report_flush(job).await {
-                tracing::error!(error = %e, "the running flush failed too");
+    /// Ends the running flush as the loop stops. It completes when every segment before
+    /// its cut is sealed (`sealed`: everything received is); otherwise it is abandoned
+    /// before it commits, since committing would move the watermarks past changes not
+    /// yet spooled, and the next run takes those changes again.
+    async fn end_flush(&mut self, why: &str, sealed: bool) {
+        let Some(mut job) = self.flushing.take() else {
+            return;
+        };
+        if let Some(feed) = job.feed.take() {
+            if !sealed || self.writer.last_end() <= job.cut {
+                job.task.abort();
+                tracing::warn!(cut = %job.cut, "{why}: the running flush had not received everything before its cut; the next run takes it again");
+                for w in job.waiters {
+                    let _ = w.send(Err(format!(
+                        "{why}; the flush had not received everything before its cut and is taken again by the next run"
+                    )));
+                }
+                return;
+            }
+            for seg in self.writer.take_sealed() {
+                let _ = feed.send(seg);
             }
         }
+        tracing::info!("waiting for the running flush to finish");
+        if let Err(e) = self.report_flush(job).await {
+            tracing::error!(error = %e, "the running flush failed; the next run finishes it");
+        }
+    }
+
+    /// After a fatal error: answer waiting requests; a running flush keeps its intent.
+    async fn stop_after_error(&mut self) {
+        self.end_flush("slot2lake stopped after an error", false)
+            .await;
         for w in self.waiting.drain(..) {
             let _ = w.send(Err("slot2lake stopped after an error; see its log".into()));
         }

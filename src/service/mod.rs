@@ -20,14 +20,14 @@
 //! after the cut go to the next flush. A lost connection or a PostgreSQL restart drops
 //! the half-received transaction and reconnects with exponential backoff from the last
 //! received commit. SIGTERM/SIGINT (`run`): stop reading, seal, acknowledge, let a running
-//! flush finish, exit 0.
+//! flush finish if everything before its cut is sealed (else drop it uncommitted), exit 0.
 
 pub mod admin;
 mod consumer;
 pub mod health;
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use pg_walstream::CancellationToken;
@@ -148,7 +148,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Consumer::start(Arc::new(pipeline), repl, start, until, waker, health).await?;
     consumer.uncataloged = report.files;
     let result = consumer.run(flush_rx).await;
-    admin_task.abort();
+    // Answers already given (a flush's outcome) reach their callers before the process
+    // exits: the API stops accepting and finishes the requests in flight.
+    shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), admin_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the admin API did not finish its requests within 5 s");
+    }
     result.map(|_| ())
 }
 

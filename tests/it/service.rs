@@ -113,6 +113,46 @@ async fn sigterm_and_restart_lose_and_repeat_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_before_a_flush_reaches_its_cut_commits_nothing_partial() {
+    let db = database("svc_term_mid_flush").await;
+    db.seed(10, 50).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "");
+    let consumer = Consumer::start(&config, &admin).await;
+    assert_eq!(consumer.stop().await, 0);
+    // A backlog that takes the server seconds to decode: the flush asked for below starts
+    // at once and is still waiting for its marker's commit behind it.
+    db.exec("INSERT INTO orders (customer_id, quantity) SELECT 1 + i % 10, i FROM generate_series(1, 400000) i;")
+        .await;
+    let consumer = Consumer::start(&config, &admin).await;
+    let asked = {
+        let config = config.clone();
+        tokio::spawn(async move { with_config(&["flush"], &config).await })
+    };
+    wait_until(60, "the flush to start", || async {
+        consumer.log().contains("flush started")
+    })
+    .await;
+    let log_at_term = consumer.log();
+    assert_eq!(consumer.stop().await, 0);
+    let answer = asked.await.expect("flush request");
+    if !log_at_term.contains("flush done") {
+        // Stopped before the cut: the flush must not have committed what it had.
+        assert_ne!(answer.code, 0, "{}", answer.stdout);
+        assert!(
+            answer.stderr.contains("taken again by the next run"),
+            "{}",
+            answer.stderr
+        );
+    }
+    let consumer = Consumer::start(&config, &admin).await;
+    flush(&config).await;
+    assert_exact(&lake, &db);
+    assert_eq!(consumer.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_a_running_consumer() {
     let cluster = TempCluster::start(&[]).expect("cluster");
     let db = database_on(&cluster, "svc_pg_restart").await;
@@ -450,24 +490,31 @@ async fn corrupt_spool(name: &str, location: &str, damage: Damage) -> CorruptSpo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
+/// A mirrored spool repairs damage from the mirror: the run says so (`logged`), the lake
+/// equals the source, and `status` has nothing to warn about.
+async fn mirror_repairs(name: &str, damage: Damage, logged: &str) {
     let CorruptSpool {
         db,
         lake,
         config,
         _spool,
         ..
-    } = corrupt_spool("corrupt_mirrored", "output", Damage::Corrupt).await;
+    } = corrupt_spool(name, "output", damage).await;
     let run = run_once(&config).await;
-    assert!(
-        run.stderr.contains("with the mirror's copy"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains(logged), "{}", run.stderr);
     assert_exact(&lake, &db);
     let status = with_config(&["status"], &config).await;
     assert!(!status.stdout.contains("WARNING"), "{}", status.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_segment_is_replaced_by_its_mirrored_copy() {
+    mirror_repairs(
+        "corrupt_mirrored",
+        Damage::Corrupt,
+        "with the mirror's copy",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,22 +571,12 @@ async fn a_corrupt_segment_without_a_mirror_stays_reported_until_backfilled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_segment_comes_back_from_the_mirror() {
-    let CorruptSpool {
-        db,
-        lake,
-        config,
-        _spool,
-        ..
-    } = corrupt_spool("missing_mirrored", "output", Damage::Delete).await;
-    let run = run_once(&config).await;
-    assert!(
-        run.stderr.contains("restored segment from the mirror"),
-        "{}",
-        run.stderr
-    );
-    assert_exact(&lake, &db);
-    let status = with_config(&["status"], &config).await;
-    assert!(!status.stdout.contains("WARNING"), "{}", status.stdout);
+    mirror_repairs(
+        "missing_mirrored",
+        Damage::Delete,
+        "restored segment from the mirror",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
