@@ -490,6 +490,31 @@ async fn corrupt_spool(name: &str, location: &str, damage: Damage) -> CorruptSpo
     }
 }
 
+/// `status` warns about each table's lost changes until that table is backfilled, and
+/// only until then.
+async fn warned_until_backfilled(config: &std::path::Path) {
+    for table in ["orders", "customers"] {
+        let status = with_config(&["status"], config).await;
+        assert!(
+            status
+                .stdout
+                .contains(&format!("WARNING: changes of {table} in spool segment(s)")),
+            "{}",
+            status.stdout
+        );
+        let run = with_config(&["backfill", "--table", table], config).await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let status = with_config(&["status"], config).await;
+        assert!(
+            !status
+                .stdout
+                .contains(&format!("WARNING: changes of {table}")),
+            "{}",
+            status.stdout
+        );
+    }
+}
+
 /// A mirrored spool repairs damage from the mirror: the run says so (`logged`), the lake
 /// equals the source, and `status` has nothing to warn about.
 async fn mirror_repairs(name: &str, damage: Damage, logged: &str) {
@@ -546,26 +571,7 @@ async fn a_corrupt_segment_without_a_mirror_stays_reported_until_backfilled() {
         30,
         "the lost changes cannot be in the lake"
     );
-    for table in ["orders", "customers"] {
-        let status = with_config(&["status"], &config).await;
-        assert!(
-            status
-                .stdout
-                .contains(&format!("WARNING: changes of {table} in spool segment(s)")),
-            "{}",
-            status.stdout
-        );
-        let run = with_config(&["backfill", "--table", table], &config).await;
-        assert_eq!(run.code, 0, "{}", run.stderr);
-        let status = with_config(&["status"], &config).await;
-        assert!(
-            !status
-                .stdout
-                .contains(&format!("WARNING: changes of {table}")),
-            "{}",
-            status.stdout
-        );
-    }
+    warned_until_backfilled(&config).await;
     assert_exact(&lake, &db);
 }
 
@@ -604,19 +610,6 @@ async fn a_deleted_segment_without_a_mirror_is_named_and_stays_reported_until_ba
     assert!(run.stderr.contains("backfill --table"), "{}", run.stderr);
     // The loss is on record; runs go on, and `status` warns until each table is backfilled.
     run_once(&config).await;
-    for table in ["orders", "customers"] {
-        let status = with_config(&["status"], &config).await;
-        assert!(
-            status
-                .stdout
-                .contains(&format!("WARNING: changes of {table} in spool segment(s)")),
-            "{}",
-            status.stdout
-        );
-        let run = with_config(&["backfill", "--table", table], &config).await;
-        assert_eq!(run.code, 0, "{}", run.stderr);
-    }
-    let status = with_config(&["status"], &config).await;
-    assert!(!status.stdout.contains("WARNING"), "{}", status.stdout);
+    warned_until_backfilled(&config).await;
     assert_exact(&lake, &db);
 }
