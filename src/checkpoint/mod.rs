@@ -310,7 +310,19 @@ impl Checkpoints {
         folder: &str,
         wm: &Watermark,
     ) -> Result<(), CheckpointError> {
-        if let Some(current) = self.watermark(folder).await? {
+        let current = self.watermark(folder).await?;
+        self.replace_watermark(folder, current.as_ref(), wm).await
+    }
+
+    /// [`write_watermark`](Self::write_watermark) for a caller that just read the
+    /// table's `current` watermark (one writer per slot: it cannot have moved since).
+    pub async fn replace_watermark(
+        &self,
+        folder: &str,
+        current: Option<&Watermark>,
+        wm: &Watermark,
+    ) -> Result<(), CheckpointError> {
+        if let Some(current) = current {
             if current.lsn > wm.lsn {
                 return Err(CheckpointError::Backward {
                     table: folder.to_string(),

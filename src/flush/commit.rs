@@ -139,12 +139,14 @@ impl PublishedFlush {
             for t in tables {
                 let previous = checkpoints.watermark(&t.folder).await?;
                 let Some(wm) =
-                    changes_watermark(&intent, &flushed, t, checkpoints.slot(), previous)
+                    changes_watermark(&intent, &flushed, t, checkpoints.slot(), previous.as_ref())
                 else {
                     continue;
                 };
                 record_file_metrics(&t.folder, wm.files, wm.file_sizes);
-                checkpoints.write_watermark(&t.folder, &wm).await?;
+                checkpoints
+                    .replace_watermark(&t.folder, previous.as_ref(), &wm)
+                    .await?;
             }
         }
         checkpoints
@@ -174,7 +176,7 @@ pub fn changes_watermark(
     flushed: &Flushed,
     table: &CommitTable,
     slot: &str,
-    previous: Option<Watermark>,
+    previous: Option<&Watermark>,
 ) -> Option<Watermark> {
     let folder = &table.folder;
     if intent.from.get(folder).is_some_and(|f| *f >= intent.cut) {
@@ -193,20 +195,20 @@ pub fn changes_watermark(
         rows: flushed.rows.get(folder).copied().unwrap_or(0),
         files: files().count() as u64,
         slot: slot.to_string(),
-        unresolved_values: previous.as_ref().map_or(0, |p| p.unresolved_values)
+        unresolved_values: previous.map_or(0, |p| p.unresolved_values)
             + flushed.unresolved.get(folder).copied().unwrap_or(0),
         file_sizes: FileSizes::of(files().map(|f| f.bytes)),
-        partitions: previous.as_ref().and_then(|p| p.partitions.clone()),
+        partitions: previous.and_then(|p| p.partitions.clone()),
         resnapshot: flushed
             .reshaped_keyless
             .get(folder)
             .cloned()
-            .or(previous.as_ref().and_then(|p| p.resnapshot.clone())),
+            .or(previous.and_then(|p| p.resnapshot.clone())),
         columns: flushed
             .columns
             .get(folder)
             .cloned()
-            .or(previous.and_then(|p| p.columns)),
+            .or(previous.and_then(|p| p.columns.clone())),
     })
 }
 
@@ -337,7 +339,7 @@ mod tests {
                 from: BTreeMap::from([("orders".into(), Lsn(c.from))]),
             };
             let had_partitions = c.previous.is_some();
-            let got = changes_watermark(&intent, &flushed, &table(), "s", c.previous);
+            let got = changes_watermark(&intent, &flushed, &table(), "s", c.previous.as_ref());
             let got = got.map(|w| {
                 assert_eq!(w.kind, WatermarkKind::Changes, "{}", c.name);
                 assert_eq!(w.rows, 7, "{}", c.name);
