@@ -1,6 +1,6 @@
 //! `run --once`: first-run snapshot, streamed changes, the seed's layout and watermarks.
 
-use crate::support::{database, run_once, Lake, SEED_TABLES};
+use crate::support::{database, run_once, slot2lake_env, Lake, SEED_TABLES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_run_snapshots_then_streams_changes() {
@@ -349,4 +349,42 @@ async fn truncate_is_recorded_and_clears_the_latest_state() {
         1
     );
     lake.assert_matches(&db, "public.orders", "orders", "order_id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_many_spool_segments_is_encoded_while_it_streams() {
+    let db = database("once_backlog").await;
+    db.exec(slot2lake::demo::SEED_SCHEMA).await;
+    db.exec(&slot2lake::demo::seed_data_sql(100, 2_000, 3650))
+        .await;
+    let lake = Lake::new();
+    let config = lake.config(&db, SEED_TABLES);
+    run_once(&config).await;
+    // About 30 MB of pgoutput over ten years of dates: well past the 8 MB segments that
+    // `run --once` seals so that encoding follows the stream, in 20 transactions, with
+    // updates that move orders to other dates and deletes.
+    for _ in 0..20 {
+        db.exec(
+            "INSERT INTO orders (customer_id, product_name, quantity, price, order_date)
+               SELECT 1 + i % 100, repeat('p', 40), i % 7, i % 1000, current_date - (i % 3650)
+               FROM generate_series(1, 10000) i;",
+        )
+        .await;
+    }
+    db.exec(
+        "UPDATE orders SET order_date = order_date - 400 WHERE order_id % 5 = 0;
+         DELETE FROM orders WHERE order_id % 11 = 0;",
+    )
+    .await;
+    let run = slot2lake_env(
+        &["run", "--once", "--config", &config.display().to_string()],
+        &[("RUST_LOG", "warn,slot2lake=info,slot2lake::spool=debug")],
+    )
+    .await;
+    run.ok();
+    let sealed = run.stderr.matches("sealed spool segment").count();
+    assert!(sealed >= 3, "{sealed} segments sealed:\n{}", run.stderr);
+    lake.assert_matches(&db, "public.orders", "orders", "order_id");
+    lake.assert_matches(&db, "public.customers", "customers", "customer_id");
+    assert_eq!(lake.summary("orders", "order_id")["duplicates"], 0);
 }
