@@ -20,7 +20,7 @@ impl Pipeline {
                 "spooled changes were lost (a corrupt segment with no mirror): the lake may miss changes of these tables until each is backfilled (`slot2lake backfill --table T`)"
             );
         }
-        let first_run = self.checkpoints.snapshot_state(FIRST_RUN).await?;
+        let mut first_run = self.checkpoints.snapshot_state(FIRST_RUN).await?;
         let mut staged_backfills = Vec::new();
         for name in self.checkpoints.backfill_states().await? {
             if let Some(state) = self.checkpoints.snapshot_state(&name).await? {
@@ -29,7 +29,7 @@ impl Pipeline {
                 }
             }
         }
-        let intent = self.checkpoints.flush_intent().await?;
+        let mut intent = self.checkpoints.flush_intent().await?;
         // Another process streaming from the slot owns the lake: the plan stops before
         // the temp folder is cleaned or anything it may be finishing itself is touched.
         let plan = recovery::unfinished(&recovery::Leftovers {
@@ -41,7 +41,6 @@ impl Pipeline {
             missing_segments: self.spool.missing()?,
             recorded_losses: damage.segments.keys().cloned().collect(),
         })?;
-        let (mut intent, mut first_run) = (intent, first_run);
         let mut staged_backfills = staged_backfills.into_iter();
         for step in plan {
             match step {

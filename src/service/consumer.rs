@@ -630,13 +630,15 @@ impl Consumer {
                 metrics::counter!(metric::FLUSHES, "result" => "error").increment(1);
                 metrics::counter!(metric::ERRORS, "stage" => "flush").increment(1);
                 let message = e.to_string();
-                let restored = match self.pipeline.repair_spool(&e).await {
-                    Ok(r) => r,
-                    Err(re) => {
-                        tracing::error!(error = %re, "could not repair or record the damaged spool");
-                        false
-                    }
-                };
+                // `run --once` returns the error to its retrying driver, which repairs.
+                let restored = !self.once()
+                    && match self.pipeline.repair_spool(&e).await {
+                        Ok(r) => r,
+                        Err(re) => {
+                            tracing::error!(error = %re, "could not repair or record the damaged spool");
+                            false
+                        }
+                    };
                 if !self.once() && (restored || e.action().retries()) {
                     // Nothing moved: the intent (if written) is finished by the retry.
                     let delay = self.flush_retry.failed(&self.health, &e);
