@@ -3,14 +3,29 @@
 //! container and instance metadata), so both clients use the same credentials.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use object_store::aws::AwsCredential;
 
+/// How long one AWS API request (Glue, STS) may take; the SDK bounds only the TCP
+/// connect by default, so an endpoint that accepts and never answers would hang.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long one AWS API call may take with the SDK's own retries.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Loads the AWS configuration; `region` overrides the chain's region.
 pub async fn sdk_config(region: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build(),
+    );
     if let Some(r) = region {
         loader = loader.region(Region::new(r.to_string()));
     }

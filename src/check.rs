@@ -71,7 +71,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     };
     add(level, "catalog", detail);
 
-    let client = match source::connect(&config.source.url).await {
+    let client = match source::open(&config.source).await {
         Ok(c) => {
             add(Level::Ok, "connection", source::target(&config.source.url));
             c
@@ -305,18 +305,20 @@ pub async fn run(config: &Config) -> Vec<Finding> {
 
 /// Columns whose values can be stored out of line (TOAST): unbounded varlena types.
 async fn toastable_columns(
-    client: &tokio_postgres::Client,
+    client: &source::Conn,
     table: u32,
 ) -> Result<Vec<String>, crate::source::SourceError> {
     let rows = client
-        .query(
-            "SELECT attname::text FROM pg_attribute
+        .answer(
+            "reading column storage",
+            client.client().query(
+                "SELECT attname::text FROM pg_attribute
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
                AND attstorage IN ('x', 'e') AND (atttypmod < 0 OR atttypmod > 2004)
              ORDER BY attnum",
-            &[&table],
+                &[&table],
+            ),
         )
-        .await
-        .map_err(|e| source::query_error("reading column storage", &e))?;
+        .await?;
     Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
 }

@@ -414,7 +414,7 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
             }
         }
         CatalogCommand::Views => {
-            let client = crate::source::connect(&config.source.url).await?;
+            let client = crate::source::open(&config.source).await?;
             let database = config.catalog.target.database().unwrap_or("default");
             let location = match lake.local_root() {
                 Some(root) => root.display().to_string(),

@@ -3,12 +3,13 @@
 //! Every error names the key it is about (`tables[1].partition_by`) and what is wrong
 //! with it, so a user can fix the file without reading the source.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 /// Default config file, looked up in the working directory.
@@ -29,6 +30,8 @@ pub const DEFAULT_ROW_GROUP_ROWS: usize = 1_000_000;
 pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 /// How often the slot is acknowledged while changes arrive.
 pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_secs(60);
+/// `source.query_timeout` when not set.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A spool segment is sealed once it holds this many bytes.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
 /// Flush early once the spool holds this much.
@@ -82,34 +85,203 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The PostgreSQL database, slot and publication.
     pub source: SourceConfig,
     /// Where the lake is written.
     pub output: OutputConfig,
     /// The durable change spool.
-    #[serde(default)]
     pub spool: SpoolConfig,
     /// When and how changes are flushed to Parquet.
-    #[serde(default)]
     pub flush: FlushConfig,
     /// The catalog told about new data after each flush.
-    #[serde(default)]
     pub catalog: CatalogConfig,
     /// The admin HTTP API of `slot2lake run`.
-    #[serde(default)]
     pub admin: AdminConfig,
     /// How failures that may pass (S3, Glue or PostgreSQL unavailable) are retried.
-    #[serde(default)]
     pub retry: RetryConfig,
     /// Log output.
-    #[serde(default)]
     pub log: LogConfig,
     /// The tables to replicate.
-    #[serde(default)]
     pub tables: Vec<TableConfig>,
+}
+
+/// The file's sections before they are typed: each is read on its own, so one section's
+/// mistake does not hide another's.
+#[derive(Deserialize)]
+struct RawConfig {
+    source: Option<toml::Value>,
+    output: Option<toml::Value>,
+    spool: Option<toml::Value>,
+    flush: Option<toml::Value>,
+    catalog: Option<toml::Value>,
+    admin: Option<toml::Value>,
+    retry: Option<toml::Value>,
+    log: Option<toml::Value>,
+    tables: Option<Vec<toml::Value>>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+/// A key serde could not read, and its line in the report.
+struct TypeError {
+    key: String,
+    line: String,
+}
+
+const SECTIONS: &str =
+    "[source], [output], [spool], [flush], [catalog], [admin], [retry], [log], [[tables]]";
+
+impl RawConfig {
+    /// Types every section, collecting every error (one per key) instead of the first.
+    fn typed(self, errors: &mut Vec<TypeError>) -> Option<Config> {
+        for key in self.unknown.keys() {
+            errors.push(TypeError {
+                key: key.clone(),
+                line: format!("{key}: unknown section; expected one of {SECTIONS}"),
+            });
+        }
+        let source = required(self.source, "source", errors);
+        let output = required(self.output, "output", errors);
+        let spool = optional(self.spool, "spool", errors);
+        let flush = optional(self.flush, "flush", errors);
+        let catalog = optional(self.catalog, "catalog", errors);
+        let admin = optional(self.admin, "admin", errors);
+        let retry = optional(self.retry, "retry", errors);
+        let log = optional(self.log, "log", errors);
+        let tables: Vec<Option<TableConfig>> = self
+            .tables
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| read(t, &format!("tables[{i}]"), errors))
+            .collect();
+        Some(Config {
+            source: source?,
+            output: output?,
+            spool: spool?,
+            flush: flush?,
+            catalog: catalog?,
+            admin: admin?,
+            retry: retry?,
+            log: log?,
+            tables: tables.into_iter().collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// A section that must be there.
+fn required<T: DeserializeOwned>(
+    value: Option<toml::Value>,
+    key: &str,
+    errors: &mut Vec<TypeError>,
+) -> Option<T> {
+    if value.is_none() {
+        errors.push(TypeError {
+            key: key.to_string(),
+            line: format!("[{key}] is required"),
+        });
+    }
+    value.and_then(|v| read(v, key, errors))
+}
+
+/// A section that may be left out (its defaults apply).
+fn optional<T: DeserializeOwned + Default>(
+    value: Option<toml::Value>,
+    key: &str,
+    errors: &mut Vec<TypeError>,
+) -> Option<T> {
+    match value {
+        Some(v) => read(v, key, errors),
+        None => Some(T::default()),
+    }
+}
+
+/// Values of one section set aside before reading it stops: past it, a file that is not
+/// a slot2lake config at all gets a screenful of errors, not one per key. The error that
+/// reaches the bound is still reported.
+const MAX_SET_ASIDE: usize = 32;
+
+/// Reads a section into its type. serde stops at the first error, so a value of the
+/// wrong type is set aside and the section read again, up to a bound, to report the
+/// keys after it too; `None` once anything was wrong.
+fn read<T: DeserializeOwned>(
+    mut value: toml::Value,
+    key: &str,
+    errors: &mut Vec<TypeError>,
+) -> Option<T> {
+    let mut set_aside: Vec<Vec<Step>> = Vec::new();
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => return set_aside.is_empty().then_some(t),
+            Err(e) => e,
+        };
+        let steps: Vec<Step> = e.path().iter().map(Step::from).collect();
+        // A required key set aside comes back as "missing" at its parent: not a new error.
+        if set_aside
+            .iter()
+            .any(|s| s.len() == steps.len() + 1 && s.starts_with(&steps))
+        {
+            return None;
+        }
+        let path = e.path().to_string();
+        let message = e.into_inner().message().to_string();
+        let key = if path == "." {
+            key.to_string()
+        } else {
+            format!("{key}.{path}")
+        };
+        errors.push(TypeError {
+            line: format!("{key}: {message}"),
+            key,
+        });
+        if steps.is_empty() || set_aside.len() >= MAX_SET_ASIDE || !remove(&mut value, &steps) {
+            return None;
+        }
+        set_aside.push(steps);
+    }
+}
+
+/// One step of a serde error's path.
+#[derive(Debug, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+    Other,
+}
+
+impl From<&serde_path_to_error::Segment> for Step {
+    fn from(s: &serde_path_to_error::Segment) -> Self {
+        match s {
+            serde_path_to_error::Segment::Map { key } => Step::Key(key.clone()),
+            serde_path_to_error::Segment::Seq { index } => Step::Index(*index),
+            _ => Step::Other,
+        }
+    }
+}
+
+/// Removes the value at a serde path from a TOML tree; `false` when it is not there.
+fn remove(value: &mut toml::Value, steps: &[Step]) -> bool {
+    let Some((last, parents)) = steps.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for step in parents {
+        let next = match (step, at) {
+            (Step::Key(key), toml::Value::Table(t)) => t.get_mut(key),
+            (Step::Index(index), toml::Value::Array(a)) => a.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match (last, at) {
+        (Step::Key(key), toml::Value::Table(t)) => t.remove(key).is_some(),
+        _ => false,
+    }
 }
 
 /// `[source]`
@@ -132,6 +304,10 @@ pub struct SourceConfig {
     pub binary: BinaryMode,
     /// Connections copying a snapshot at once (default: the number of cores).
     pub max_parallel: Option<usize>,
+    /// How long a catalog statement may wait for the server's answer before the
+    /// connection is dropped and opened again (COPY and the stream are not bounded by it).
+    #[serde(default = "default_query_timeout", with = "humantime_serde")]
+    pub query_timeout: Duration,
 }
 
 impl SourceConfig {
@@ -325,6 +501,9 @@ impl RetryConfig {
     }
 }
 
+fn default_query_timeout() -> Duration {
+    DEFAULT_QUERY_TIMEOUT
+}
 fn default_retry_min() -> Duration {
     Duration::from_secs(1)
 }
@@ -841,17 +1020,38 @@ impl Config {
         };
         let mut value: toml::Value = toml::from_str(text)
             .map_err(|e| parse_err(e.message().to_string() + &location(text, e.span())))?;
-        expand_env(&mut value, "", env)?;
-        // The path names the key even after `${VAR}` expansion dropped the spans.
-        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut all = Vec::new();
+        expand_env(&mut value, "", env, &mut all);
+        // The paths name the keys even after `${VAR}` expansion dropped the spans.
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let message = e.into_inner().message().to_string();
-            parse_err(if path == "." {
-                message
-            } else {
-                format!("{path}: {message}")
-            })
+            parse_err(format!("{path}: {}", e.into_inner().message()))
         })?;
+        let mut errors = Vec::new();
+        let typed = raw.typed(&mut errors);
+        // A key whose variable is unset is reported once, not again for its `${…}` value.
+        let unset: Vec<String> = all
+            .iter()
+            .filter_map(|e| match e {
+                ConfigError::Invalid { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        all.extend(
+            errors
+                .into_iter()
+                .filter(|e| !unset.contains(&e.key))
+                .map(|e| parse_err(e.line)),
+        );
+        let mut config = match typed {
+            Some(config) if all.is_empty() => config,
+            _ => {
+                return Err(match all.len() {
+                    1 => all.remove(0),
+                    _ => ConfigError::Several(all),
+                });
+            }
+        };
         for t in &mut config.tables {
             t.meta_prefix = config.output.metadata_column_prefix.clone();
         }
@@ -1039,17 +1239,21 @@ fn check_identifier(key: &str, value: &str, slot: bool) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// Expands `${VAR}` in every string value; the error names the key and the variable.
+/// Expands `${VAR}` in every string value; each error names the key and the variable.
 fn expand_env(
     value: &mut toml::Value,
     key: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+    errors: &mut Vec<ConfigError>,
+) {
     match value {
-        toml::Value::String(s) if s.contains("${") => *s = expand_str(s, key, env)?,
+        toml::Value::String(s) if s.contains("${") => match expand_str(s, key, env) {
+            Ok(expanded) => *s = expanded,
+            Err(e) => errors.push(e),
+        },
         toml::Value::Array(items) => {
             for (i, v) in items.iter_mut().enumerate() {
-                expand_env(v, &format!("{key}[{i}]"), env)?;
+                expand_env(v, &format!("{key}[{i}]"), env, errors);
             }
         }
         toml::Value::Table(t) => {
@@ -1059,12 +1263,11 @@ fn expand_env(
                 } else {
                     format!("{key}.{k}")
                 };
-                expand_env(v, &sub, env)?;
+                expand_env(v, &sub, env, errors);
             }
         }
         _ => {}
     }
-    Ok(())
 }
 
 fn expand_str(
@@ -1224,6 +1427,99 @@ name = "public.customers"
         }
         // One line per broken rule (a repeated table breaks two).
         assert!(err.lines().count() >= 3, "{err}");
+    }
+
+    #[test]
+    fn every_type_error_is_reported_at_once() {
+        // Each case: extra TOML, and the exact error lines (after "t.toml: ").
+        let cases: [(&str, &[&str]); 5] = [
+            // Two wrong types in one section, one in another.
+            (
+                "[spool]\nack_interval = \"soon\"\nsegment_size = true\n[retry]\nmax_delay = 5\n",
+                &[
+                    "spool.ack_interval",
+                    "spool.segment_size",
+                    "retry.max_delay",
+                ],
+            ),
+            // A required key of the wrong type is one error, not also "missing".
+            (
+                "[[tables]]\nname = 42\n[[tables]]\nname = \"public.x\"\npartition_by = 7\n",
+                &["tables[1].name", "tables[2].partition_by"],
+            ),
+            // An unknown key is set aside like a wrong type.
+            (
+                "[flush]\nschedul = \"0 1 * * *\"\n[log]\nformat = \"xml\"\n",
+                &["flush.schedul: unknown field", "log.format"],
+            ),
+            // An unknown section, and a type error elsewhere.
+            (
+                "[sorce]\nslot = \"x\"\n[admin]\nlisten = 8080\n",
+                &["sorce: unknown section", "admin.listen"],
+            ),
+            // A section read through its own raw form; lines follow the sections' order.
+            (
+                "[catalog]\nkind = 3\n[spool]\nack_interval = []\n",
+                &["spool.ack_interval", "catalog.kind"],
+            ),
+        ];
+        for (extra, keys) in cases {
+            let err = Config::parse(&format!("{MINIMAL}{extra}"), "t.toml", &env)
+                .expect_err(extra)
+                .to_string();
+            let lines: Vec<&str> = err.lines().collect();
+            assert_eq!(lines.len(), keys.len(), "{extra}\n{err}");
+            for (line, key) in lines.iter().zip(keys) {
+                assert!(
+                    line.starts_with(&format!("t.toml: {key}")),
+                    "{extra}\n{err}"
+                );
+            }
+        }
+        let missing = Config::parse("[spool]\nack_interval = 1\n", "t.toml", &env)
+            .expect_err("no [source], no [output]")
+            .to_string();
+        for key in [
+            "[source] is required",
+            "[output] is required",
+            "spool.ack_interval",
+        ] {
+            assert!(missing.contains(key), "{key} missing from: {missing}");
+        }
+        let text = format!("{MINIMAL}[admin]\nlisten = \"${{NOPE}}\"\n[log]\nformat = 1\n")
+            .replace("${PGPASSWORD}", "${ALSO_NOPE}");
+        let unset = Config::parse(&text, "t.toml", &env)
+            .expect_err("unset variables")
+            .to_string();
+        for key in [
+            "source.url",
+            "ALSO_NOPE",
+            "admin.listen",
+            "NOPE",
+            "log.format",
+        ] {
+            assert!(unset.contains(key), "{key} missing from: {unset}");
+        }
+        assert_eq!(unset.lines().count(), 3, "{unset}");
+    }
+
+    #[test]
+    fn a_section_full_of_mistakes_is_reported_up_to_the_bound() {
+        // Twice the bound of unknown keys in one section, and one type error elsewhere:
+        // the section stops at the bound, the other section is still read.
+        let spool: String = (0..2 * MAX_SET_ASIDE)
+            .map(|i| format!("unknown_{i} = 1\n"))
+            .collect();
+        let text = format!("{MINIMAL}[spool]\n{spool}[log]\nformat = 1\n");
+        let err = Config::parse(&text, "t.toml", &env)
+            .expect_err("mistakes")
+            .to_string();
+        let spool_lines = err.lines().filter(|l| l.contains("t.toml: spool.")).count();
+        assert_eq!(spool_lines, MAX_SET_ASIDE + 1, "{err}");
+        assert!(
+            err.lines().any(|l| l.starts_with("t.toml: log.format")),
+            "{err}"
+        );
     }
 
     #[test]

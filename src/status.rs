@@ -70,7 +70,7 @@ pub struct Status {
 
 /// Gathers the status.
 pub async fn gather(config: &Config) -> Result<Status, RunError> {
-    let client = source::connect(&config.source.url).await?;
+    let client = source::open(&config.source).await?;
     let current = introspect::current_wal_lsn(&client).await?;
     let slot = introspect::slot_info(&client, &config.source.slot).await?;
     let lake = Lake::open(&config.output).await?;

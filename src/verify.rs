@@ -192,16 +192,16 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
     let mut repl = ReplicationStream::connect(
         &config.source.url,
         &StreamOptions {
-            slot: temp_slot.clone(),
-            publication: config.source.publication.clone(),
             binary: true,
             export_snapshot: true,
             temporary: true,
+            ..pipeline.stream_options(&temp_slot)
         },
     )
     .await?;
     let snapshot = repl.create_slot_exporting().await?;
-    let client = source::connect(&config.source.url).await?;
+    // One connection reads the slot, then imports its snapshot for the comparison.
+    let mut client = source::open(&config.source).await?;
     let cp = introspect::slot_info(&client, &temp_slot)
         .await?
         .and_then(|s| s.confirmed_flush)
@@ -209,8 +209,7 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
     tracing::info!(consistent_point = %cp, "verify: catching the lake up");
     catch_up(&pipeline, cp).await?;
 
-    let mut source_client = source::connect(&config.source.url).await?;
-    let txn = import(&mut source_client, &snapshot).await?;
+    let (txn, _) = import(&mut client, &snapshot).await?;
 
     let mut reports = Vec::new();
     for (folder, schema) in &selected {

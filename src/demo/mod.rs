@@ -137,19 +137,29 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             cluster.port
         ),
     );
-    let admin = source::connect(&crate::config::SecretUrl::new(cluster.url("postgres"))).await?;
+    let admin = source::connect(
+        &crate::config::SecretUrl::new(cluster.url("postgres")),
+        crate::config::DEFAULT_QUERY_TIMEOUT,
+    )
+    .await?;
     admin
-        .batch_execute("CREATE DATABASE analytics_db")
-        .await
-        .map_err(|e| source::query_error("creating analytics_db", &e))?;
+        .answer(
+            "creating analytics_db",
+            admin.client().batch_execute("CREATE DATABASE analytics_db"),
+        )
+        .await?;
     let url = crate::config::SecretUrl::new(cluster.url("analytics_db"));
-    let db = source::connect(&url).await?;
-    db.batch_execute(SEED_SCHEMA)
-        .await
-        .map_err(|e| source::query_error("creating the seed's tables", &e))?;
-    db.batch_execute(&seed_data_sql(1000, 5000, 90))
-        .await
-        .map_err(|e| source::query_error("loading sample data", &e))?;
+    let db = source::connect(&url, crate::config::DEFAULT_QUERY_TIMEOUT).await?;
+    db.answer(
+        "creating the seed's tables",
+        db.client().batch_execute(SEED_SCHEMA),
+    )
+    .await?;
+    db.answer(
+        "loading sample data",
+        db.client().batch_execute(&seed_data_sql(1000, 5000, 90)),
+    )
+    .await?;
     step(2, "loaded the seed's sample data into analytics_db: 1000 customers, 5000 orders over the last 90 days");
 
     let lake = dir.join("lake");
@@ -177,9 +187,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         ),
     );
     for sql in [SIMULATED_DAY, ROLLED_BACK] {
-        db.batch_execute(sql)
-            .await
-            .map_err(|e| source::query_error("simulating a day of changes", &e))?;
+        db.answer(
+            "simulating a day of changes",
+            db.client().batch_execute(sql),
+        )
+        .await?;
     }
     step(
         4,

@@ -143,7 +143,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Connects, checks the server and tables, ensures the publication, opens the lake.
     pub async fn open(config: Config) -> Result<Self, RunError> {
-        let client = source::connect(&config.source.url).await?;
+        let client = source::open(&config.source).await?;
         let server = introspect::server_info(&client).await?;
         server.require_logical()?;
         let types = introspect::type_catalog(&client).await?;
@@ -314,17 +314,23 @@ impl Pipeline {
 
     /// Opens a replication connection for streaming (not for a first snapshot).
     pub async fn connect_stream(&self) -> Result<ReplicationStream, RunError> {
-        Ok(ReplicationStream::connect(
-            &self.config.source.url,
-            &StreamOptions {
-                slot: self.slot().to_string(),
-                publication: self.config.source.publication.clone(),
-                binary: self.binary,
-                export_snapshot: false,
-                temporary: false,
-            },
+        Ok(
+            ReplicationStream::connect(&self.config.source.url, &self.stream_options(self.slot()))
+                .await?,
         )
-        .await?)
+    }
+
+    /// How a replication connection to `slot` is opened: the configured publication,
+    /// this run's binary mode, an existing permanent slot, starting bounded.
+    pub(crate) fn stream_options(&self, slot: &str) -> StreamOptions {
+        StreamOptions {
+            slot: slot.to_string(),
+            publication: self.config.source.publication.clone(),
+            binary: self.binary,
+            export_snapshot: false,
+            temporary: false,
+            answer_within: Some(self.config.source.query_timeout),
+        }
     }
 
     /// Waits (briefly) until the server shows the acknowledgement.

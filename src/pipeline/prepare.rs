@@ -113,17 +113,19 @@ impl Pipeline {
         } else if plan.first_run == Some(true) {
             tracing::error!(slot = self.slot(), "the slot is missing: changes since it was dropped are lost; taking a new snapshot of every table that supersedes the lake's rows (snapshot = \"when_needed\")");
         }
+        let slot = slot.filter(|_| !plan.drop_slot);
         if plan.discard_spool {
             self.discard_orphaned_spool().await?;
         }
         let mut repl = ReplicationStream::connect(
             &self.config.source.url,
             &StreamOptions {
-                slot: self.slot().to_string(),
-                publication: self.config.source.publication.clone(),
-                binary: self.binary,
                 export_snapshot: plan.first_run.is_some(),
-                temporary: false,
+                // Without a snapshot, starting the stream creates a missing slot, which
+                // waits for the transactions running on the source.
+                answer_within: (plan.first_run.is_some() || slot.is_some())
+                    .then_some(self.config.source.query_timeout),
+                ..self.stream_options(self.slot())
             },
         )
         .await?;
@@ -141,7 +143,7 @@ impl Pipeline {
             report.snapshot_rows.extend(rows);
             report.files.extend(files);
         }
-        if let Some(s) = slot.filter(|_| !plan.drop_slot) {
+        if let Some(s) = slot {
             start = start.or(s.confirmed_flush);
         }
         let durable = self.spool.durable_end()?.unwrap_or(Lsn::ZERO);
@@ -188,12 +190,13 @@ impl Pipeline {
     }
 
     pub(super) async fn drop_slot(&self, name: &str) -> Result<(), RunError> {
-        self.source
-            .get()
-            .await?
-            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
-            .await
-            .map_err(|e| source::query_error(format!("dropping slot {name:?}"), &e))?;
+        let conn = self.source.get().await?;
+        conn.answer(
+            format!("dropping slot {name:?}"),
+            conn.client()
+                .execute("SELECT pg_drop_replication_slot($1)", &[&name]),
+        )
+        .await?;
         Ok(())
     }
 

@@ -1,7 +1,12 @@
 //! Snapshots: the first run's (lined up with the new slot) and backfills (lined up with
 //! a temporary slot), copied to staging and moved into place with their watermarks.
 
+use futures::StreamExt;
+
 use super::*;
+
+/// Staged snapshot files moved into their partitions at once.
+const CONCURRENT_MOVES: usize = 16;
 
 impl Pipeline {
     /// Creates the slot with an exported snapshot and lands every table from it.
@@ -75,11 +80,9 @@ impl Pipeline {
         let mut repl = ReplicationStream::connect(
             &self.config.source.url,
             &StreamOptions {
-                slot: temp_slot.clone(),
-                publication: self.config.source.publication.clone(),
-                binary: self.binary,
                 export_snapshot: true,
                 temporary: true,
+                ..self.stream_options(&temp_slot)
             },
         )
         .await?;
@@ -174,7 +177,7 @@ impl Pipeline {
         let workers = self.config.source.parallelism();
         let started = Instant::now();
         let plan = SnapshotPlan {
-            url: &self.config.source.url,
+            source: &self.config.source,
             snapshot_name,
             consistent_point: cp,
             tables: &tables,
@@ -240,17 +243,27 @@ impl Pipeline {
         state: SnapshotState,
     ) -> Result<(), RunError> {
         let mut files_per_table: BTreeMap<String, u64> = BTreeMap::new();
-        for (staged, dest) in &state.files {
-            if self.lake.exists(staged).await? {
-                self.lake.rename(staged, dest).await?;
-            } else if !self.lake.exists(dest).await? {
-                return Err(RunError::State(format!(
-                    "staged snapshot file {staged} is gone and {dest} does not exist; remove {} and take the snapshot again",
-                    self.checkpoints.keys().snapshot_state(state_name)
-                )));
+        // On S3 a move is a copy and a delete: thousands of partitions' files one after
+        // the other would take minutes.
+        let state_key = self.checkpoints.keys().snapshot_state(state_name);
+        let moves = state.files.clone().into_iter().map(|(staged, dest)| {
+            let (lake, state_key) = (self.lake.clone(), state_key.clone());
+            async move {
+                if lake.exists(&staged).await? {
+                    lake.rename(&staged, &dest).await?;
+                } else if !lake.exists(&dest).await? {
+                    return Err(RunError::State(format!(
+                        "staged snapshot file {staged} is gone and {dest} does not exist; remove {state_key} and take the snapshot again"
+                    )));
+                }
+                failpoint::hit(failpoint::MID_SNAPSHOT_PUBLISH);
+                Ok(dest)
             }
-            failpoint::hit(failpoint::MID_SNAPSHOT_PUBLISH);
-            let table = dest.split('/').next().unwrap_or_default().to_string();
+        });
+        let moved = futures::stream::iter(moves).buffer_unordered(CONCURRENT_MOVES);
+        let mut moved = std::pin::pin!(moved);
+        while let Some(dest) = moved.next().await {
+            let table = dest?.split('/').next().unwrap_or_default().to_string();
             *files_per_table.entry(table).or_default() += 1;
         }
         self.lake.sync_dirs()?;

@@ -1,6 +1,7 @@
 //! The streaming loop both modes share: receive into the spool, seal and acknowledge,
 //! start flushes and feed them sealed segments, reconnect, stop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,8 @@ use pg_walstream::CancellationToken;
 /// `run --once` seals spool segments at least this often, so encoding follows streaming.
 const ONCE_SEGMENT: u64 = 8 * 1024 * 1024;
 
-/// Wakes the consumer every second, so timers run while the server is silent.
+/// Wakes the consumer every second, so timers run while the server is silent, and
+/// `LOOK_EVERY` after a look was put off.
 fn spawn_ticker(waker: Arc<Waker>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -34,6 +36,12 @@ fn spawn_ticker(waker: Arc<Waker>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tick.tick() => waker.wake(),
+                _ = waker.soon.notified() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LOOK_EVERY) => waker.wake(),
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -71,6 +79,8 @@ struct FlushJob {
     /// Open while segments before the cut are still to come.
     feed: Option<std::sync::mpsc::Sender<Segment>>,
     task: JoinHandle<Result<FlushOutcome, RunError>>,
+    /// Set as the task ends (its result is then awaited, not polled).
+    ended: Arc<AtomicBool>,
     waiters: Waiters,
 }
 
@@ -136,11 +146,13 @@ pub(super) struct Consumer {
     done: bool,
 }
 
-/// Wakes the loop when a flush task ends, however it ends.
-struct WakeOnDrop(Arc<Waker>);
+/// Wakes the loop when a flush task ends, however it ends. The flag is set first: the
+/// loop may run before the task counts as finished, and must not wait for its next tick.
+struct WakeOnDrop(Arc<Waker>, Arc<AtomicBool>);
 
 impl Drop for WakeOnDrop {
     fn drop(&mut self) {
+        self.1.store(true, Ordering::Release);
         self.0.wake();
     }
 }
@@ -256,14 +268,14 @@ impl Consumer {
     /// Starts streaming from `start` (everything before it is in the spool or the lake).
     pub(super) async fn start(
         pipeline: Arc<Pipeline>,
-        mut repl: ReplicationStream,
+        repl: ReplicationStream,
         start: Lsn,
         until: Until,
         waker: Arc<Waker>,
         health: Arc<Health>,
     ) -> Result<Self, RunError> {
         let config = pipeline.config();
-        repl.start(start).await?;
+        let repl = repl.start(start).await?;
         let segment_size = match until {
             Until::Signal { .. } => config.spool.segment_size.0,
             // Small segments, so encoding follows the stream closely.
@@ -328,6 +340,9 @@ impl Consumer {
                             let now = Instant::now();
                             self.clocks.last_commit = now;
                             look = now.duration_since(last_look) >= LOOK_EVERY;
+                            if !look {
+                                self.waker.wake_soon();
+                            }
                         }
                         Ok(_) => look = false,
                         Err(e) => {
@@ -551,10 +566,12 @@ impl Consumer {
         let pipeline = self.pipeline.clone();
         let mut files = self.uncataloged.clone();
         let waker = self.waker.clone();
+        let ended = Arc::new(AtomicBool::new(false));
+        let ended_by_task = ended.clone();
         tracing::info!(cut = %cut, "flush started");
         let task = tokio::spawn(async move {
             // The loop collects the outcome at once instead of at its next tick.
-            let _wake = WakeOnDrop(waker);
+            let _wake = WakeOnDrop(waker, ended_by_task);
             let started = Instant::now();
             let committed = pipeline.flush(cut, segments_rx).await?;
             files.extend(match &committed {
@@ -583,6 +600,7 @@ impl Consumer {
             cut,
             feed: open.then_some(feed),
             task,
+            ended,
             waiters: std::mem::take(&mut self.waiting),
         });
         Ok(())
@@ -591,7 +609,8 @@ impl Consumer {
     /// Reports a finished flush to whoever asked for it; a failure that retrying cannot
     /// fix is returned (`run --once`: any failure; the run is retried from recovery).
     async fn collect_flush(&mut self) -> Result<(), RunError> {
-        if !self.flushing.as_ref().is_some_and(|j| j.task.is_finished()) {
+        let ended = |j: &FlushJob| j.task.is_finished() || j.ended.load(Ordering::Acquire);
+        if !self.flushing.as_ref().is_some_and(ended) {
             return Ok(());
         }
         match self.flushing.take() {
@@ -696,9 +715,8 @@ impl Consumer {
         .delays();
         loop {
             let attempt = async {
-                let mut repl = self.pipeline.connect_stream().await?;
-                repl.start(self.writer.last_end()).await?;
-                Ok::<_, RunError>(repl)
+                let repl = self.pipeline.connect_stream().await?;
+                Ok::<_, RunError>(repl.start(self.writer.last_end()).await?)
             };
             match attempt.await {
                 Ok(repl) => {

@@ -68,6 +68,8 @@ pub struct FlushRequest {
 pub struct Waker {
     current: Mutex<CancellationToken>,
     shutdown: CancellationToken,
+    /// Asks the ticker for a wake shortly (see [`Waker::wake_soon`]).
+    soon: tokio::sync::Notify,
 }
 
 impl Waker {
@@ -75,6 +77,7 @@ impl Waker {
         Self {
             current: Mutex::new(shutdown.child_token()),
             shutdown,
+            soon: tokio::sync::Notify::new(),
         }
     }
 
@@ -86,6 +89,12 @@ impl Waker {
             return std::mem::replace(&mut *cur, self.shutdown.child_token());
         }
         cur.clone()
+    }
+
+    /// Makes the consumer look within `consumer::LOOK_EVERY`: a look put off after a
+    /// commit must not wait for the next tick when the stream then goes quiet.
+    fn wake_soon(&self) {
+        self.soon.notify_one();
     }
 
     /// Makes the consumer look at its timers and requests now.

@@ -422,12 +422,15 @@ impl Sink {
         for s in &mut sinks {
             s.spill.clear();
         }
+        let encoded = started.elapsed();
         lake.sync_dirs()?;
         tracing::debug!(
             partitions,
             files = results.len(),
             spilled_bytes = spilled,
-            seconds = started.elapsed().as_secs_f64(),
+            threads,
+            seconds = encoded.as_secs_f64(),
+            sync_seconds = (started.elapsed() - encoded).as_secs_f64(),
             "partitions encoded"
         );
         results.sort_by(|(a, fa), (b, fb)| (a, &fa.key).cmp(&(b, &fb.key)));

@@ -1,9 +1,7 @@
 //! Queries against the source's system catalogs: server settings, tables, the
 //! publication and the slot.
 
-use tokio_postgres::Client;
-
-use super::{query_error, quote_ident, SourceError};
+use super::{query_error, quote_ident, Conn, SourceError};
 use crate::config::TableConfig;
 use crate::decode::types::PgType;
 use crate::decode::{ColumnSpec, TableSchema, TypeCatalog};
@@ -29,10 +27,12 @@ pub struct ServerInfo {
 }
 
 /// Reads the settings and privileges `check` and `run` need.
-pub async fn server_info(client: &Client) -> Result<ServerInfo, SourceError> {
+pub async fn server_info(client: &Conn) -> Result<ServerInfo, SourceError> {
     let row = client
-        .query_one(
-            "SELECT current_setting('wal_level'),
+        .answer(
+            "reading server settings",
+            client.client().query_one(
+                "SELECT current_setting('wal_level'),
                     current_setting('server_version_num')::int,
                     current_setting('max_replication_slots')::int,
                     current_setting('max_wal_senders')::int,
@@ -41,10 +41,10 @@ pub async fn server_info(client: &Client) -> Result<ServerInfo, SourceError> {
                       OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication'
                                  AND pg_has_role(current_user, r.oid, 'member')),
                     has_database_privilege(current_database(), 'CREATE')",
-            &[],
+                &[],
+            ),
         )
-        .await
-        .map_err(|e| query_error("reading server settings", &e))?;
+        .await?;
     let get = |e: tokio_postgres::Error| query_error("reading server settings", &e);
     Ok(ServerInfo {
         wal_level: row.try_get(0).map_err(get)?,
@@ -121,18 +121,20 @@ pub struct PublicationInfo {
 
 /// Reads the publication; `None` when it does not exist.
 pub async fn publication_info(
-    client: &Client,
+    client: &Conn,
     publication: &str,
 ) -> Result<Option<PublicationInfo>, SourceError> {
     // `pubgencols` exists from PostgreSQL 18 on; read through jsonb so older servers answer.
     let row = client
-        .query_opt(
-            "SELECT p.pubviaroot, coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's'
+        .answer(
+            "reading the publication",
+            client.client().query_opt(
+                "SELECT p.pubviaroot, coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's'
              FROM pg_publication p WHERE p.pubname = $1",
-            &[&publication],
+                &[&publication],
+            ),
         )
-        .await
-        .map_err(|e| query_error("reading the publication", &e))?;
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let get = |e: tokio_postgres::Error| query_error("reading the publication", &e);
     Ok(Some(PublicationInfo {
@@ -180,17 +182,19 @@ pub enum TableError {
 }
 
 /// The database's domains, enums, arrays and extension types.
-pub async fn type_catalog(client: &Client) -> Result<TypeCatalog, SourceError> {
+pub async fn type_catalog(client: &Conn) -> Result<TypeCatalog, SourceError> {
     let rows = client
-        .query(
-            "SELECT t.oid, t.typtype::text, t.typbasetype, t.typtypmod, t.typelem,
+        .answer(
+            "reading pg_type",
+            client.client().query(
+                "SELECT t.oid, t.typtype::text, t.typbasetype, t.typtypmod, t.typelem,
                     t.typcategory::text, t.typsend::text
              FROM pg_type t
              WHERE t.typtype IN ('d', 'e') OR t.typcategory = 'A' OR t.oid >= 16384",
-            &[],
+                &[],
+            ),
         )
-        .await
-        .map_err(|e| query_error("reading pg_type", &e))?;
+        .await?;
     let get = |e: tokio_postgres::Error| query_error("reading pg_type", &e);
     let ch = |s: String| s.chars().next().unwrap_or(' ');
     let mut types = Vec::with_capacity(rows.len());
@@ -212,7 +216,7 @@ pub async fn type_catalog(client: &Client) -> Result<TypeCatalog, SourceError> {
 
 /// Looks up a configured table, with the columns and rows `publication` publishes of it.
 pub async fn table_info(
-    client: &Client,
+    client: &Conn,
     table: &TableConfig,
     types: &TypeCatalog,
     publication: &str,
@@ -220,16 +224,18 @@ pub async fn table_info(
     let (schema, name) = table.qualified();
     let what = || format!("reading the columns of {}", table.name);
     let rel = client
-        .query_opt(
-            "SELECT c.oid, c.relreplident::text, c.relkind::text,
+        .answer(
+            what(),
+            client.client().query_opt(
+                "SELECT c.oid, c.relreplident::text, c.relkind::text,
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
                     c.reltuples::bigint
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
-            &[&schema, &name],
+                &[&schema, &name],
+            ),
         )
-        .await
-        .map_err(|e| query_error(what(), &e))?
+        .await?
         .ok_or_else(|| TableError::Missing(table.name.clone()))?;
     let get = |e: tokio_postgres::Error| TableError::Source(query_error(what(), &e));
     let oid: u32 = rel.try_get(0).map_err(get)?;
@@ -244,15 +250,17 @@ pub async fn table_info(
     // PostgreSQL 15+ lists the published columns and the row filter per table. Read
     // through jsonb so older servers answer too.
     let published = client
-        .query_opt(
+        .answer(
+            what(),
+            client.client().query_opt(
             "SELECT (SELECT array_agg(x) FROM jsonb_array_elements_text(to_jsonb(pt) -> 'attnames') x),
                     to_jsonb(pt) ->> 'rowfilter'
              FROM pg_publication_tables pt
              WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
             &[&publication, &schema, &name],
+        ),
         )
-        .await
-        .map_err(|e| query_error(what(), &e))?;
+        .await?;
     let (attnames, row_filter): (Option<Vec<String>>, Option<String>) = match &published {
         Some(r) => (r.try_get(0).map_err(get)?, r.try_get(1).map_err(get)?),
         None => (None, None),
@@ -263,8 +271,10 @@ pub async fn table_info(
     let generated_published =
         version >= 180000 && publication_info.is_none_or(|p| p.generated || attnames.is_some());
     let rows = client
-        .query(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod,
+        .answer(
+            what(),
+            client.client().query(
+                "SELECT a.attname::text, a.atttypid, a.atttypmod,
                     COALESCE(a.attnum = ANY (
                       SELECT unnest(i.indkey) FROM pg_index i
                       WHERE i.indrelid = a.attrelid
@@ -274,10 +284,10 @@ pub async fn table_info(
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
-            &[&oid],
+                &[&oid],
+            ),
         )
-        .await
-        .map_err(|e| query_error(what(), &e))?;
+        .await?;
     let mut columns = Vec::with_capacity(rows.len());
     let mut unpublished_generated = Vec::new();
     for r in rows {
@@ -325,27 +335,31 @@ pub async fn table_info(
     })
 }
 
-async fn server_version(client: &Client) -> Result<i32, SourceError> {
+async fn server_version(client: &Conn) -> Result<i32, SourceError> {
     client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .value(
+            "reading the server version",
+            "SELECT current_setting('server_version_num')::int",
+            &[],
+        )
         .await
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| query_error("reading the server version", &e))
 }
 
 /// The leaf partitions of a partitioned table, by OID.
 pub async fn leaf_partitions(
-    client: &Client,
+    client: &Conn,
     table: u32,
 ) -> Result<Vec<crate::checkpoint::PartitionRef>, SourceError> {
     let rows = client
-        .query(
-            "SELECT relid::oid, relid::regclass::text FROM pg_partition_tree($1::oid::regclass)
+        .answer(
+            "reading the table's partitions",
+            client.client().query(
+                "SELECT relid::oid, relid::regclass::text FROM pg_partition_tree($1::oid::regclass)
              WHERE isleaf ORDER BY 1",
-            &[&table],
+                &[&table],
+            ),
         )
-        .await
-        .map_err(|e| query_error("reading the table's partitions", &e))?;
+        .await?;
     rows.iter()
         .map(|r| {
             Ok(crate::checkpoint::PartitionRef {
@@ -358,12 +372,14 @@ pub async fn leaf_partitions(
 }
 
 /// Whether a relation (a `regclass` name) holds any row.
-pub async fn has_rows(client: &Client, relation: &str) -> Result<bool, SourceError> {
+pub async fn has_rows(client: &Conn, relation: &str) -> Result<bool, SourceError> {
     client
-        .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {relation})"), &[])
+        .value(
+            format!("reading {relation}"),
+            &format!("SELECT EXISTS (SELECT 1 FROM {relation})"),
+            &[],
+        )
         .await
-        .and_then(|r| r.try_get(0))
-        .map_err(|e| query_error(format!("reading {relation}"), &e))
 }
 
 /// The state of the replication slot.
@@ -388,16 +404,18 @@ fn parse_lsn_opt(v: Option<String>) -> Option<Lsn> {
 }
 
 /// Reads the slot, `None` when it does not exist.
-pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
+pub async fn slot_info(client: &Conn, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
     let row = client
-        .query_opt(
-            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text,
+        .answer(
+            "reading the replication slot",
+            client.client().query_opt(
+                "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text,
                     restart_lsn::text, wal_status
              FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
+                &[&slot],
+            ),
         )
-        .await
-        .map_err(|e| query_error("reading the replication slot", &e))?;
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let get = |e: tokio_postgres::Error| query_error("reading the replication slot", &e);
     Ok(Some(SlotInfo {
@@ -412,31 +430,28 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
 
 /// The server's current WAL insert position (ahead of the write position under
 /// asynchronous commit).
-pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, SourceError> {
-    let row = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .map_err(|e| query_error("reading the current WAL position", &e))?;
-    let s: String = row
-        .try_get(0)
-        .map_err(|e| query_error("reading the current WAL position", &e))?;
+pub async fn current_wal_lsn(client: &Conn) -> Result<Lsn, SourceError> {
+    let s: String = client
+        .value(
+            "reading the current WAL position",
+            "SELECT pg_current_wal_insert_lsn()::text",
+            &[],
+        )
+        .await?;
     s.parse()
         .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
 }
 
 /// Writes a transactional logical-decoding message and returns its LSN; the transaction
 /// that carries it is a commit boundary every earlier commit is sent before.
-pub async fn emit_marker(client: &Client, content: &str) -> Result<Lsn, SourceError> {
-    let row = client
-        .query_one(
+pub async fn emit_marker(client: &Conn, content: &str) -> Result<Lsn, SourceError> {
+    let s: String = client
+        .value(
+            "writing a position marker (pg_logical_emit_message)",
             "SELECT pg_logical_emit_message(true, $1, $2)::text",
             &[&crate::source::replication::MARKER_PREFIX, &content],
         )
-        .await
-        .map_err(|e| query_error("writing a position marker (pg_logical_emit_message)", &e))?;
-    let s: String = row
-        .try_get(0)
-        .map_err(|e| query_error("writing a position marker", &e))?;
+        .await?;
     s.parse()
         .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
 }
@@ -447,7 +462,7 @@ pub async fn emit_marker(client: &Client, content: &str) -> Result<Lsn, SourceEr
 /// listed in `pg_publication_tables`, which names the root or the partitions depending
 /// on `publish_via_partition_root` and covers `FOR ALL TABLES` and schema publications.
 pub async fn publication_missing(
-    client: &Client,
+    client: &Conn,
     publication: &str,
     tables: &[TableConfig],
 ) -> Result<Option<Vec<TableConfig>>, SourceError> {
@@ -459,7 +474,8 @@ pub async fn publication_missing(
         let (schema, name) = t.qualified();
         let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
         let member: bool = client
-            .query_one(
+            .value(
+                "reading the publication's tables",
                 "SELECT EXISTS (
                    SELECT 1 FROM pg_publication_tables pt
                    JOIN pg_namespace n ON n.nspname = pt.schemaname
@@ -469,9 +485,7 @@ pub async fn publication_missing(
                           OR c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass($2)))))",
                 &[&publication, &qualified],
             )
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| query_error("reading the publication's tables", &e))?;
+            .await?;
         if !member {
             missing.push(t.clone());
         }
@@ -481,7 +495,7 @@ pub async fn publication_missing(
 
 /// Creates the publication for the configured tables, or adds the ones it lacks.
 pub async fn ensure_publication(
-    client: &Client,
+    client: &Conn,
     publication: &str,
     tables: &[TableConfig],
 ) -> Result<(), SourceError> {
@@ -516,9 +530,11 @@ pub async fn ensure_publication(
     };
     tracing::info!(publication, "{sql}");
     client
-        .batch_execute(&sql)
+        .answer(
+            format!("creating publication {publication:?} ({sql})"),
+            client.client().batch_execute(&sql),
+        )
         .await
-        .map_err(|e| query_error(format!("creating publication {publication:?} ({sql})"), &e))
 }
 
 /// The error (and fix) for a table whose updates and deletes cannot be replicated.

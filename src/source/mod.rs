@@ -7,10 +7,15 @@ pub mod replication;
 pub mod snapshot;
 pub mod tls;
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::SecretUrl;
+use crate::config::{SecretUrl, SourceConfig};
 use crate::retry::{Action, Classify};
 
 /// A source-database failure; the message says what to do.
@@ -59,6 +64,14 @@ pub enum SourceError {
     /// The connection was lost; retry.
     #[error("connection to PostgreSQL lost: {0}")]
     Lost(String),
+    /// A statement got no answer in time; the connection was dropped, and a new one is opened.
+    #[error("{what}: no answer within {} s (a stuck proxy or pooler, or a statement waiting on a lock?), so slot2lake gave up on the connection; raise source.query_timeout if such statements are slow here", .within.as_secs())]
+    NoAnswer {
+        /// What was being done.
+        what: String,
+        /// `source.query_timeout`
+        within: Duration,
+    },
 }
 
 /// Describes a query failure, keeping the server's message and hint.
@@ -96,11 +109,12 @@ pub fn target(url: &SecretUrl) -> String {
     }
 }
 
-/// Opens a regular (non-replication) connection.
-pub async fn connect(url: &SecretUrl) -> Result<Client, SourceError> {
+/// Opens a regular (non-replication) connection whose statements must be answered
+/// within `answer_within` (see [`Conn::answer`]).
+pub async fn connect(url: &SecretUrl, answer_within: Duration) -> Result<Conn, SourceError> {
     // A server (or proxy, or pooler) that accepts the connection and never answers would
     // otherwise hang the startup handshake forever; `connect_timeout` covers TCP only.
-    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url))
+    let (client, task) = tokio::time::timeout(CONNECT_TIMEOUT, connect_now(url))
         .await
         .unwrap_or_else(|_| {
             Err(SourceError::Connect {
@@ -111,24 +125,39 @@ pub async fn connect(url: &SecretUrl) -> Result<Client, SourceError> {
                 ),
                 retry: true,
             })
-        })
+        })?;
+    Ok(Conn {
+        client,
+        deadline: Deadline {
+            within: answer_within,
+            task,
+            broken: Arc::new(AtomicBool::new(false)),
+        },
+    })
+}
+
+/// Opens a regular connection to `[source]`, bounded by its `query_timeout`.
+pub async fn open(source: &SourceConfig) -> Result<Conn, SourceError> {
+    connect(&source.url, source.query_timeout).await
 }
 
 /// How long connecting, TLS and the startup handshake may take.
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn connect_now(url: &SecretUrl) -> Result<Client, SourceError> {
+async fn connect_now(url: &SecretUrl) -> Result<(Client, tokio::task::AbortHandle), SourceError> {
     let how = tls::prepare(url)?;
     let closed = |e: tokio_postgres::Error| tracing::debug!(error = %e, "source connection closed");
-    let client = match how.tls {
+    let connected = match how.tls {
         Some(tls) => {
             let (client, conn) = how
                 .config
                 .connect(tls)
                 .await
                 .map_err(|e| connect_error(url, &e))?;
-            tokio::spawn(async move { conn.await.map_err(closed) });
-            client
+            (
+                client,
+                tokio::spawn(async move { conn.await.map_err(closed) }),
+            )
         }
         None => {
             let (client, conn) = how
@@ -136,11 +165,99 @@ async fn connect_now(url: &SecretUrl) -> Result<Client, SourceError> {
                 .connect(NoTls)
                 .await
                 .map_err(|e| connect_error(url, &e))?;
-            tokio::spawn(async move { conn.await.map_err(closed) });
-            client
+            (
+                client,
+                tokio::spawn(async move { conn.await.map_err(closed) }),
+            )
         }
     };
-    Ok(client)
+    Ok((connected.0, connected.1.abort_handle()))
+}
+
+/// A regular connection. Statements go through [`Conn::answer`], which bounds the wait
+/// for the server's answer: keepalives catch a dead peer, but a peer that keeps TCP alive
+/// and never answers (a stuck pooler) would otherwise hang the caller forever.
+pub struct Conn {
+    client: Client,
+    deadline: Deadline,
+}
+
+impl Conn {
+    /// Awaits a statement on [`Conn::client`] within `source.query_timeout`.
+    pub async fn answer<T>(
+        &self,
+        what: impl Into<String>,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, SourceError> {
+        self.deadline.answer(what, statement).await
+    }
+
+    /// The one value of a one-row statement, within `source.query_timeout`.
+    pub async fn value<T: tokio_postgres::types::FromSqlOwned>(
+        &self,
+        what: impl Into<String>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<T, SourceError> {
+        let what = what.into();
+        let row = self
+            .answer(what.clone(), self.client.query_one(sql, params))
+            .await?;
+        row.try_get(0).map_err(|e| query_error(what, &e))
+    }
+
+    /// The client, for statements that [`Conn::answer`] bounds and for streams (COPY)
+    /// whose length depends on the data.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The client for a transaction, and the deadline that bounds its statements.
+    pub fn transaction_parts(&mut self) -> (&mut Client, Deadline) {
+        (&mut self.client, self.deadline.clone())
+    }
+
+    /// Whether the connection can no longer be used.
+    pub fn is_closed(&self) -> bool {
+        self.deadline.broken.load(Ordering::Relaxed) || self.client.is_closed()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // A connection stuck on a statement would otherwise outlive its client.
+        self.deadline.task.abort();
+    }
+}
+
+/// The wait a connection allows for each statement's answer.
+#[derive(Clone)]
+pub struct Deadline {
+    within: Duration,
+    task: tokio::task::AbortHandle,
+    broken: Arc<AtomicBool>,
+}
+
+impl Deadline {
+    /// Awaits a statement; past the deadline the connection is closed (a late answer
+    /// must not be read as the next statement's) and the error says to reconnect.
+    pub async fn answer<T>(
+        &self,
+        what: impl Into<String>,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, SourceError> {
+        match tokio::time::timeout(self.within, statement).await {
+            Ok(result) => result.map_err(|e| query_error(what, &e)),
+            Err(_) => {
+                self.broken.store(true, Ordering::Relaxed);
+                self.task.abort();
+                Err(SourceError::NoAnswer {
+                    what: what.into(),
+                    within: self.within,
+                })
+            }
+        }
+    }
 }
 
 fn connect_error(url: &SecretUrl, e: &tokio_postgres::Error) -> SourceError {
@@ -204,18 +321,20 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// A regular connection that reconnects after the server restarted.
+/// A regular connection that reconnects after the server restarted or stopped answering.
 pub struct SourceClient {
     url: SecretUrl,
-    client: tokio::sync::Mutex<Option<std::sync::Arc<Client>>>,
+    answer_within: Duration,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
 
 impl SourceClient {
-    /// Wraps an open connection.
-    pub fn new(url: SecretUrl, client: Client) -> Self {
+    /// Wraps an open connection; reconnections answer within the same time.
+    pub fn new(url: SecretUrl, conn: Conn) -> Self {
         Self {
             url,
-            client: tokio::sync::Mutex::new(Some(std::sync::Arc::new(client))),
+            answer_within: conn.deadline.within,
+            conn: tokio::sync::Mutex::new(Some(Arc::new(conn))),
         }
     }
 
@@ -225,12 +344,12 @@ impl SourceClient {
     }
 
     /// The connection, reconnecting when it was closed.
-    pub async fn get(&self) -> Result<std::sync::Arc<Client>, SourceError> {
-        let mut guard = self.client.lock().await;
+    pub async fn get(&self) -> Result<Arc<Conn>, SourceError> {
+        let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let c = std::sync::Arc::new(connect(&self.url).await?);
+        let c = Arc::new(connect(&self.url, self.answer_within).await?);
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -239,7 +358,7 @@ impl SourceClient {
 impl Classify for SourceError {
     fn action(&self) -> Action {
         match self {
-            SourceError::Lost(_) => Action::Reconnect,
+            SourceError::Lost(_) | SourceError::NoAnswer { .. } => Action::Reconnect,
             SourceError::Connect { retry, .. } if *retry => Action::Reconnect,
             SourceError::Busy { .. } => Action::Backoff,
             _ => Action::Stop,

@@ -32,18 +32,62 @@ pub struct StreamOptions {
     pub export_snapshot: bool,
     /// Create a temporary slot, dropped with the connection (backfill).
     pub temporary: bool,
+    /// `source.query_timeout`: how long starting the stream may wait for the server;
+    /// `None` when starting creates the slot, which waits for the transactions running
+    /// on the source to end, however long they take.
+    pub answer_within: Option<Duration>,
+}
+
+/// Runs a pg_walstream step whose round-trips block their thread (its control plane
+/// is synchronous, so a timeout around the call itself could never fire) on a task of
+/// its own, and stops waiting at `within`. A step given up on keeps its thread until
+/// its socket closes.
+async fn off_thread<T: Send + 'static>(
+    within: Duration,
+    step: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<Result<T, SourceError>> {
+    let task = tokio::spawn(step);
+    match tokio::time::timeout(within, task).await {
+        Ok(Ok(done)) => Some(Ok(done)),
+        Ok(Err(e)) => Some(Err(SourceError::Lost(format!(
+            "the replication connection's task failed: {e}"
+        )))),
+        Err(_) => None,
+    }
 }
 
 /// A replication connection to one slot.
 pub struct ReplicationStream {
     inner: LogicalReplicationStream,
     slot: String,
+    answer_within: Option<Duration>,
 }
 
+/// The URL for a replication connection: with `replication=database`, and the same
+/// dead-peer bounds as a regular connection (`tls::KEEPALIVES_IDLE`, `tls::TCP_USER_TIMEOUT`)
+/// unless the URL sets them;
+/// pg_walstream's own defaults notice a vanished server only after minutes.
 fn replication_url(url: &SecretUrl) -> String {
     let raw = url.expose();
+    let set: Vec<String> = url::Url::parse(raw)
+        .map(|u| u.query_pairs().map(|(k, _)| k.into_owned()).collect())
+        .unwrap_or_default();
+    let mut params = vec!["replication=database".to_string()];
+    if !set.iter().any(|k| k == "keepalives_idle") {
+        params.push(format!(
+            "keepalives_idle={}",
+            super::tls::KEEPALIVES_IDLE.as_secs()
+        ));
+    }
+    if !set.iter().any(|k| k == "tcp_user_timeout") {
+        // Milliseconds, as in libpq.
+        params.push(format!(
+            "tcp_user_timeout={}",
+            super::tls::TCP_USER_TIMEOUT.as_millis()
+        ));
+    }
     let sep = if raw.contains('?') { '&' } else { '?' };
-    format!("{raw}{sep}replication=database")
+    format!("{raw}{sep}{}", params.join("&"))
 }
 
 /// Turns a pg_walstream error into a message a user can act on.
@@ -111,12 +155,25 @@ impl ReplicationStream {
                 temporary: opts.temporary,
                 ..Default::default()
             });
-        let inner = LogicalReplicationStream::new(&replication_url(url), config)
-            .await
-            .map_err(|e| map_error(&opts.slot, url, e))?;
+        let conninfo = replication_url(url);
+        let connecting = async move { LogicalReplicationStream::new(&conninfo, config).await };
+        let inner = match off_thread(super::CONNECT_TIMEOUT, connecting).await {
+            Some(connected) => connected?.map_err(|e| map_error(&opts.slot, url, e))?,
+            None => {
+                return Err(SourceError::Connect {
+                    target: super::target(url),
+                    message: format!(
+                        "no answer within {} s after connecting for replication (a stuck proxy?); check host and port in source.url",
+                        super::CONNECT_TIMEOUT.as_secs()
+                    ),
+                    retry: true,
+                })
+            }
+        };
         Ok(Self {
             inner,
             slot: opts.slot.clone(),
+            answer_within: opts.answer_within,
         })
     }
 
@@ -129,6 +186,7 @@ impl ReplicationStream {
     ///
     /// The snapshot stays importable (`SET TRANSACTION SNAPSHOT`) until [`start`](Self::start).
     pub async fn create_slot_exporting(&mut self) -> Result<String, SourceError> {
+        // Creating it may wait for long transactions; once it exists, starting is bounded.
         self.inner
             .ensure_replication_slot()
             .await
@@ -143,11 +201,33 @@ impl ReplicationStream {
     }
 
     /// Starts streaming after `from` (the server never goes below the slot's confirmed position).
-    pub async fn start(&mut self, from: Lsn) -> Result<(), SourceError> {
-        self.inner
-            .start(Some(from.0))
-            .await
-            .map_err(|e| self.err(e))
+    pub async fn start(self, from: Lsn) -> Result<Self, SourceError> {
+        let Self {
+            mut inner,
+            slot,
+            answer_within,
+        } = self;
+        let starting = async move {
+            let started = inner.start(Some(from.0)).await;
+            (inner, started)
+        };
+        let within = answer_within.unwrap_or(Duration::MAX);
+        match off_thread(within, starting).await {
+            Some(done) => {
+                let (inner, started) = done?;
+                let this = Self {
+                    inner,
+                    slot,
+                    answer_within,
+                };
+                started.map_err(|e| this.err(e))?;
+                Ok(this)
+            }
+            None => Err(SourceError::NoAnswer {
+                what: "starting replication (IDENTIFY_SYSTEM, START_REPLICATION)".into(),
+                within,
+            }),
+        }
     }
 
     /// The next pgoutput message, or `None` once `wake` is cancelled.
@@ -176,5 +256,31 @@ impl ReplicationStream {
         feedback.update_flushed_lsn(lsn.0);
         feedback.update_applied_lsn(lsn.0);
         self.inner.send_feedback().await.map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_urls_get_dead_peer_bounds_unless_set() {
+        let cases = [
+            (
+                "postgres://u@h:5432/db",
+                "postgres://u@h:5432/db?replication=database&keepalives_idle=30&tcp_user_timeout=60000",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require",
+                "postgres://u@h/db?sslmode=require&replication=database&keepalives_idle=30&tcp_user_timeout=60000",
+            ),
+            (
+                "postgres://u@h/db?keepalives_idle=5&tcp_user_timeout=1000",
+                "postgres://u@h/db?keepalives_idle=5&tcp_user_timeout=1000&replication=database",
+            ),
+        ];
+        for (url, want) in cases {
+            assert_eq!(replication_url(&SecretUrl::new(url.to_string())), want);
+        }
     }
 }

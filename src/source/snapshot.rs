@@ -34,12 +34,12 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Transaction;
 
 use super::copy::{CopyError, CopyParser};
-use super::{connect, query_error, quote_ident, quote_literal, SourceError};
+use super::{open, query_error, quote_ident, quote_literal, Conn, Deadline, SourceError};
 use crate::checkpoint::PartitionRef;
-use crate::config::SecretUrl;
+use crate::config::SourceConfig;
 use crate::decode::{ChangeType, ColumnKind, Datum, DecodeError, RowMeta, TableSchema};
 use crate::lake::Lake;
 use crate::lsn::Lsn;
@@ -118,8 +118,8 @@ struct Planned {
 
 /// Where and how to copy.
 pub struct SnapshotPlan<'a> {
-    /// Connection URL for the workers.
-    pub url: &'a SecretUrl,
+    /// The database the workers connect to.
+    pub source: &'a SourceConfig,
     /// The exported snapshot.
     pub snapshot_name: &'a str,
     /// The slot's consistent point.
@@ -144,25 +144,23 @@ struct Chunk {
 
 /// Opens a read-only transaction on an exported snapshot.
 pub async fn import<'c>(
-    client: &'c mut Client,
+    conn: &'c mut Conn,
     snapshot_name: &str,
-) -> Result<Transaction<'c>, SourceError> {
-    let txn = client
-        .transaction()
-        .await
-        .map_err(|e| query_error("starting the snapshot transaction", &e))?;
-    txn.batch_execute(&format!(
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-        quote_literal(snapshot_name)
-    ))
-    .await
-    .map_err(|e| {
-        query_error(
+) -> Result<(Transaction<'c>, Deadline), SourceError> {
+    let (client, deadline) = conn.transaction_parts();
+    let txn = deadline
+        .answer("starting the snapshot transaction", client.transaction())
+        .await?;
+    deadline
+        .answer(
             "importing the slot's snapshot (it is only valid while the slot's creating connection waits)",
-            &e,
+            txn.batch_execute(&format!(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                quote_literal(snapshot_name)
+            )),
         )
-    })?;
-    Ok(txn)
+        .await?;
+    Ok((txn, deadline))
 }
 
 fn chunk_query(t: &SnapshotTable, chunk: &Chunk) -> String {
@@ -221,6 +219,7 @@ fn copy_query_from(schema: &TableSchema, relation: &str, conds: &[String]) -> St
 /// Splits each table into CTID page ranges, sized from its current size on disk.
 async fn plan_chunks(
     txn: &Transaction<'_>,
+    deadline: &Deadline,
     tables: &[SnapshotTable],
     workers: usize,
 ) -> Result<Planned, SourceError> {
@@ -235,8 +234,10 @@ async fn plan_chunks(
         );
         // A partitioned table is read partition by partition (its leaves hold the rows),
         // so its partitions are copied in parallel and large ones split like tables.
-        let rows = txn
-            .query(
+        let rows = deadline
+            .answer(
+                format!("sizing {name}"),
+                txn.query(
                 "WITH target AS (SELECT oid, relkind FROM pg_class WHERE oid = $1::text::regclass),
                  leaves AS (
                    SELECT t.relid::oid AS relid FROM target, pg_partition_tree(target.oid) t
@@ -249,9 +250,9 @@ async fn plan_chunks(
                  FROM target, leaves l JOIN pg_class lc ON lc.oid = l.relid
                  ORDER BY l.relid",
                 &[&name],
+            ),
             )
-            .await
-            .map_err(|e| query_error(format!("sizing {name}"), &e))?;
+            .await?;
         let get = |e: tokio_postgres::Error| query_error(format!("sizing {name}"), &e);
         let mut estimate = 0;
         let first = chunks.len();
@@ -320,18 +321,21 @@ pub async fn copy_tables(
     make_sink: impl Fn() -> Result<Sink, SinkError>,
 ) -> Result<Copied, SnapshotError> {
     let workers = plan.max_parallel.max(1);
-    let mut planner = connect(plan.url).await?;
-    let txn = import(&mut planner, plan.snapshot_name).await?;
-    let snapshot_us: i64 = txn
-        .query_one("SELECT (extract(epoch FROM now()) * 1000000)::bigint", &[])
-        .await
-        .and_then(|r| r.try_get(0))
+    let mut planner = open(plan.source).await?;
+    let (txn, deadline) = import(&mut planner, plan.snapshot_name).await?;
+    let snapshot_us: i64 = deadline
+        .answer(
+            "reading the snapshot time",
+            txn.query_one("SELECT (extract(epoch FROM now()) * 1000000)::bigint", &[]),
+        )
+        .await?
+        .try_get(0)
         .map_err(|e| query_error("reading the snapshot time", &e))?;
     let Planned {
         chunks,
         estimates,
         partitions,
-    } = plan_chunks(&txn, plan.tables, workers).await?;
+    } = plan_chunks(&txn, &deadline, plan.tables, workers).await?;
     let snapshot_time = DateTime::from_timestamp_micros(snapshot_us).unwrap_or_else(Utc::now);
     let progress = Progress::new(plan.tables, &estimates);
     let reporter = progress.spawn_reporter(plan.progress.clone());
@@ -350,7 +354,7 @@ pub async fn copy_tables(
         let sink = make_sink()?;
         let worker = Worker {
             number: w as u32,
-            url: plan.url.clone(),
+            source: plan.source.clone(),
             snapshot_name: plan.snapshot_name.to_string(),
             tables: plan.tables.to_vec(),
             queue: queue.clone(),
@@ -385,9 +389,9 @@ pub async fn copy_tables(
     if let Some(e) = first_error {
         return Err(e);
     }
-    txn.commit()
-        .await
-        .map_err(|e| query_error("ending the snapshot transaction", &e))?;
+    deadline
+        .answer("ending the snapshot transaction", txn.commit())
+        .await?;
     crate::failpoint::hit(crate::failpoint::MID_SNAPSHOT_COPY);
     // Every worker's rows of a partition go into the same files.
     copied.files = tokio::task::spawn_blocking(move || Sink::finish_all(sinks))
@@ -399,7 +403,7 @@ pub async fn copy_tables(
 
 struct Worker {
     number: u32,
-    url: SecretUrl,
+    source: SourceConfig,
     snapshot_name: String,
     tables: Vec<SnapshotTable>,
     queue: Arc<Mutex<Vec<Chunk>>>,
@@ -415,8 +419,8 @@ enum Msg {
 impl Worker {
     /// Copies chunks until the queue is empty; returns the sink holding the rows.
     async fn run(self, sink: Sink) -> Result<Sink, SnapshotError> {
-        let mut client = connect(&self.url).await?;
-        let txn = import(&mut client, &self.snapshot_name).await?;
+        let mut client = open(&self.source).await?;
+        let (txn, deadline) = import(&mut client, &self.snapshot_name).await?;
         let (tx, rx) = mpsc::channel::<Msg>(4);
         let decoder = {
             let tables = self.tables.clone();
@@ -471,9 +475,9 @@ impl Worker {
         if stopped {
             return Err(SnapshotError::Worker("decoder stopped early".into()));
         }
-        txn.commit()
-            .await
-            .map_err(|e| query_error("ending a snapshot transaction", &e))?;
+        deadline
+            .answer("ending a snapshot transaction", txn.commit())
+            .await?;
         Ok(sink)
     }
 }

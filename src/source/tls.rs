@@ -53,6 +53,12 @@ fn bad(url: &SecretUrl, message: impl Into<String>) -> SourceError {
     }
 }
 
+/// Idle time before TCP keepalive probes, unless `source.url` sets `keepalives_idle`.
+pub const KEEPALIVES_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long sent data may stay unacknowledged, unless `source.url` sets `tcp_user_timeout`.
+pub const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Parses `source.url`, taking `sslmode` and `sslrootcert` out for rustls.
 pub fn prepare(url: &SecretUrl) -> Result<Connect, SourceError> {
     let mut parsed = url::Url::parse(url.expose())
@@ -112,10 +118,10 @@ pub fn prepare(url: &SecretUrl) -> Result<Connect, SourceError> {
     // instead of the kernel's two hours; settings in the URL win.
     let set = |key: &str| rest.iter().any(|(k, _)| k == key);
     if !set("keepalives_idle") {
-        config.keepalives_idle(std::time::Duration::from_secs(30));
+        config.keepalives_idle(KEEPALIVES_IDLE);
     }
     if !set("tcp_user_timeout") {
-        config.tcp_user_timeout(std::time::Duration::from_secs(60));
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
     if mode == SslMode::Disable {
         return Ok(Connect { config, tls: None });

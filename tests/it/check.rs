@@ -2,7 +2,8 @@
 //! code, nothing created or acknowledged, and never a password in the output.
 
 use crate::support::{
-    database, database_on, run_once, slot2lake, with_config, Lake, TestDb, SEED_TABLES,
+    database, database_on, run_once, silent_after_startup, silent_port, slot2lake, with_config,
+    Lake, TestDb, SEED_TABLES,
 };
 use slot2lake::demo::TempCluster;
 
@@ -355,16 +356,7 @@ async fn a_wrong_password_is_one_line_without_the_password() {
 /// `check` and `run --once` fail within the connect timeout instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_server_is_a_timeout_not_a_hang() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let port = silent_port().await;
     let lake = Lake::new();
     let config = lake.config_with(
         &format!("postgres://postgres@127.0.0.1:{port}/db"),
@@ -381,6 +373,82 @@ async fn a_silent_server_is_a_timeout_not_a_hang() {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(90),
             "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A pooler that passes the login and then stops answering: every statement is bounded
+/// by `source.query_timeout`, and `run --once` gives up within its retry budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_after_login_is_a_timeout_not_a_hang() {
+    let db = database("stops_answering").await;
+    db.seed(2, 2).await;
+    let url = db.url_through(silent_after_startup(db.port()).await);
+    let lake = Lake::new();
+    let config = lake.config_with(
+        &url,
+        &db.name,
+        SEED_TABLES,
+        "[retry]\nrun_once_budget = \"8s\"\nmin_delay = \"1s\"\n",
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replacen("[output]", "query_timeout = \"2s\"\n\n[output]", 1),
+    )
+    .expect("config");
+    for args in [&["check"][..], &["run", "--once"][..]] {
+        let started = std::time::Instant::now();
+        let run = with_config(args, &config).await;
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert_eq!(run.code, 1, "{args:?}: {out}");
+        assert!(out.contains("no answer within 2 s"), "{args:?}: {out}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        !slot_exists(&db).await,
+        "nothing is created through a silent connection"
+    );
+}
+
+/// The replication connection is bounded like the regular one: a server that accepts
+/// and never answers, or stops answering after the login, is an error in bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_connection_to_a_silent_server_times_out() {
+    use slot2lake::source::replication::{ReplicationStream, StreamOptions};
+    let db = database("repl_silent").await;
+    let silent = silent_port().await;
+    let after_login = silent_after_startup(db.port()).await;
+    let opts = StreamOptions {
+        slot: "repl_silent".into(),
+        publication: "repl_silent".into(),
+        binary: true,
+        export_snapshot: false,
+        temporary: true,
+        answer_within: Some(std::time::Duration::from_secs(2)),
+    };
+    for proxy in [silent, after_login] {
+        let url = slot2lake::config::SecretUrl::new(db.url_through(proxy));
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            let repl = ReplicationStream::connect(&url, &opts).await?;
+            repl.start(slot2lake::lsn::Lsn(0)).await.map(|_| ())
+        })
+        .await;
+        let error = match outcome {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => panic!("port {proxy}: started through a silent proxy"),
+            Err(_) => panic!("port {proxy}: no error within 120 s"),
+        };
+        assert!(error.contains("no answer within"), "port {proxy}: {error}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "port {proxy}: took {:?}",
             started.elapsed()
         );
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use aws_sdk_glue::Client as Glue;
 
 use crate::support::{
-    database, flaky_proxy, free_addr, moto, run_once, wait_until, with_config, Consumer, Lake,
-    Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
+    database, flaky_proxy, free_addr, moto, run_once, silent_port, wait_until, with_config,
+    Consumer, Lake, Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
 };
 
 async fn glue(moto: &Moto) -> Glue {
@@ -539,4 +539,39 @@ async fn an_s3_lake_gets_as_many_objects_as_a_local_one() {
     assert!(files <= 2 * 366, "{files} files");
     assert_exact(&s3, &db);
     assert_exact(&local, &db);
+}
+
+/// A Glue endpoint that accepts and never answers is reported as unreachable in
+/// bounded time, not waited on forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_glue_endpoint_is_a_timeout_not_a_hang() {
+    let port = silent_port().await;
+    let moto = moto();
+    let db = database("silent_glue").await;
+    db.seed(2, 2).await;
+    let lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    let config = s3_config(
+        &lake,
+        &db,
+        &format!(
+            "[catalog]\nkind = \"glue-direct\"\ndatabase = \"lake\"\nendpoint = \"http://127.0.0.1:{port}\"\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let run = with_config(&["check"], &config).await;
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 1, "{out}");
+    let catalog = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("catalog"))
+        .unwrap_or_else(|| panic!("no catalog line: {out}"));
+    assert!(
+        catalog.starts_with("FAIL") && catalog.contains("not reachable"),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(90),
+        "check took {:?}",
+        started.elapsed()
+    );
 }

@@ -59,6 +59,25 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port in the test database's URL")
+    }
+
+    /// This database's URL through a proxy on `port`, without TLS (the proxies read the
+    /// protocol).
+    pub fn url_through(&self, port: u16) -> String {
+        format!(
+            "{}?sslmode=disable",
+            self.url
+                .replace(&format!(":{}/", self.port()), &format!(":{port}/"))
+        )
+    }
+
     pub async fn exec(&self, sql: &str) {
         self.client
             .batch_execute(sql)
@@ -722,6 +741,85 @@ pub async fn flaky_proxy(target: u16, fail: Arc<AtomicI64>) -> u16 {
                 {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
+            });
+        }
+    });
+    port
+}
+
+/// A loopback port that accepts connections and never answers (a stuck proxy, pooler
+/// or endpoint); the connections stay open.
+pub async fn silent_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    port
+}
+
+/// A TCP proxy in front of PostgreSQL that passes the startup handshake and then never
+/// answers again while keeping the connection open: a stuck pooler mid-session. Clients
+/// must connect with `sslmode=disable` (the proxy reads the server's messages).
+pub async fn silent_after_startup(target: u16) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                return;
+            };
+            let (mut from_client, mut to_client) = inbound.into_split();
+            let (mut from_server, mut to_server) = outbound.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+            });
+            tokio::spawn(async move {
+                // Server messages are a type byte and a length that counts itself; pass
+                // them up to the first ReadyForQuery, then swallow everything.
+                let mut pending = Vec::new();
+                let mut ready = false;
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = match from_server.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if ready {
+                        continue;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    let mut pass = 0;
+                    while pending.len() >= pass + 5 {
+                        let len = u32::from_be_bytes(
+                            pending[pass + 1..pass + 5].try_into().expect("4 bytes"),
+                        ) as usize;
+                        if pending.len() < pass + 1 + len {
+                            break;
+                        }
+                        let kind = pending[pass];
+                        pass += 1 + len;
+                        if kind == b'Z' {
+                            ready = true;
+                            break;
+                        }
+                    }
+                    if to_client.write_all(&pending[..pass]).await.is_err() {
+                        break;
+                    }
+                    pending.drain(..pass);
+                }
+                // Keep the client's side open: the proxy stays silent, it does not hang up.
+                std::future::pending::<()>().await;
+                drop(to_client);
             });
         }
     });
