@@ -15,7 +15,7 @@ use slot2lake::decode::{
 };
 use slot2lake::lake::Lake;
 use slot2lake::lsn::Lsn;
-use slot2lake::sink::{Sink, SinkOptions};
+use slot2lake::sink::{PartitionKey, Sink, SinkOptions};
 use slot2lake::spool::{SegmentHeader, Spool};
 
 const ROWS: usize = 100_000;
@@ -216,6 +216,87 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    g.finish();
+    sink_spread(c, &rt);
+}
+
+/// A first-run snapshot's sink side without a database: two workers' sinks take 1M rows
+/// spread over N dates in arrival order (consecutive rows on different dates), then are
+/// encoded together into staged files. Compare the spreads: the per-partition cost.
+fn sink_spread(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    const SPREAD_ROWS: usize = 1_000_000;
+    let mut g = c.benchmark_group("snapshot_sink");
+    g.throughput(Throughput::Elements(SPREAD_ROWS as u64));
+    g.sample_size(10);
+    let schema = schema();
+    let kinds: Vec<_> = schema.columns.iter().map(|c| c.kind).collect();
+    let rows: Vec<Vec<Vec<u8>>> = (0..SPREAD_ROWS).map(values).collect();
+    for spread in [120i32, 3650] {
+        // Every run's lake is kept until the end: creating thousands of files right
+        // after deleting thousands makes ext4's inode allocator the bottleneck.
+        let mut kept = Vec::new();
+        g.bench_function(format!("{spread}_dates"), |b| {
+            b.iter_custom(|iters| {
+                let started = std::time::Instant::now();
+                for _ in 0..iters {
+                    let lake_dir = tempfile::tempdir().expect("lake");
+                    let lake = rt
+                        .block_on(Lake::open(&output(lake_dir.path())))
+                        .expect("lake");
+                    let sinks: Vec<Sink> = (0..2)
+                        .map(|w| {
+                            let opts = SinkOptions {
+                                compression: Compression::Snappy,
+                                max_file_bytes: 256 << 20,
+                                row_group_rows: 1_000_000,
+                                memory_limit: 64 << 20,
+                                encoders: 1,
+                                tmp_dir: lake_dir.path().join("tmp"),
+                                staging_prefix: Some("staging".into()),
+                                defer_publish: false,
+                                may_exist: false,
+                            };
+                            let mut sink = Sink::new(
+                                lake.clone(),
+                                rt.handle().clone(),
+                                opts,
+                                Utc::now(),
+                                Lsn(1),
+                            )
+                            .expect("sink");
+                            let mut meta = RowMeta {
+                                change_type: ChangeType::Snapshot,
+                                lsn: 1,
+                                seq: (w as i64) << 40,
+                                commit_us: 0,
+                            };
+                            for (i, r) in rows.iter().enumerate().skip(w).step_by(2) {
+                                let day = 9000 + ((i as i64 * 7919) % i64::from(spread)) as i32;
+                                sink.append(
+                                    "orders",
+                                    &schema,
+                                    PartitionKey::Column(Some(day)),
+                                    &meta,
+                                    kinds
+                                        .iter()
+                                        .zip(r)
+                                        .map(|(_, v)| Datum::Binary(v.as_slice())),
+                                )
+                                .expect("append");
+                                meta.seq += 1;
+                            }
+                            sink
+                        })
+                        .collect();
+                    let files = Sink::finish_all(sinks).expect("finish");
+                    assert_eq!(files.len(), spread as usize);
+                    kept.push(lake_dir);
+                }
+                started.elapsed()
+            })
+        });
+        drop(kept);
+    }
     g.finish();
 }
 

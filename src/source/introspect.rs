@@ -444,11 +444,17 @@ pub async fn current_wal_lsn(client: &Conn) -> Result<Lsn, SourceError> {
 
 /// Writes a transactional logical-decoding message and returns its LSN; the transaction
 /// that carries it is a commit boundary every earlier commit is sent before.
+///
+/// Its commit flushes the WAL (`synchronous_commit = local` for this transaction only):
+/// the walsender sends only flushed WAL, and with `synchronous_commit = off` the marker
+/// would wait for the WAL writer (up to `wal_writer_delay`, 200 ms) at every flush.
+/// `local`, not `on`: the marker never waits for synchronous standbys.
 pub async fn emit_marker(client: &Conn, content: &str) -> Result<Lsn, SourceError> {
     let s: String = client
         .value(
             "writing a position marker (pg_logical_emit_message)",
-            "SELECT pg_logical_emit_message(true, $1, $2)::text",
+            "SELECT pg_logical_emit_message(true, $1, $2)::text \
+             FROM (SELECT set_config('synchronous_commit', 'local', true)) AS flush_at_commit",
             &[&crate::source::replication::MARKER_PREFIX, &content],
         )
         .await?;

@@ -388,3 +388,30 @@ async fn a_backlog_of_many_spool_segments_is_encoded_while_it_streams() {
     lake.assert_matches(&db, "public.customers", "customers", "customer_id");
     assert_eq!(lake.summary("orders", "order_id")["duplicates"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_marker_is_flushed_to_wal_at_once_even_with_asynchronous_commit() {
+    // The walsender sends only flushed WAL: under synchronous_commit = off (the test
+    // clusters' default) a marker left to the WAL writer would reach the stream only
+    // after wal_writer_delay, at every flush.
+    let cluster =
+        slot2lake::demo::TempCluster::start(&["wal_writer_delay = 10000ms"]).expect("cluster");
+    let db = crate::support::database_on(&cluster, "marker_flush").await;
+    let setting = db
+        .count("SELECT (current_setting('synchronous_commit') = 'off')::int::bigint")
+        .await;
+    assert_eq!(setting, 1, "the cluster must commit asynchronously");
+    let url = slot2lake::config::SecretUrl::new(db.url.clone());
+    let conn = slot2lake::source::connect(&url, std::time::Duration::from_secs(30))
+        .await
+        .expect("connect");
+    let marker = slot2lake::source::introspect::emit_marker(&conn, "test")
+        .await
+        .expect("marker");
+    let flushed = db
+        .count(&format!(
+            "SELECT (pg_current_wal_flush_lsn() >= '{marker}'::pg_lsn)::int::bigint"
+        ))
+        .await;
+    assert_eq!(flushed, 1, "marker {marker} is not flushed yet");
+}
