@@ -11,7 +11,13 @@
 //!
 //! So whatever the number of partitions and the order rows arrive in, a part's rows come
 //! back together and in arrival order, and memory holds at most the arena's budget; the
-//! runs cost one sequential write and read of the rows' wire bytes on local disk.
+//! runs cost one sequential write and read of the rows on local disk.
+//!
+//! A row is kept compact, since every byte of it is copied up to four times (arena, run
+//! file write, read back): a byte for the change type, the metadata as varint
+//! differences from the first row's (a snapshot's rows share LSN and commit time, and
+//! their `change_seq`s count up), then per value one varint holding tag and length
+//! before the value's wire bytes. In a run file each row is preceded by its length.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -63,21 +69,20 @@ impl<'a> Iterator for SpilledValues<'a> {
         }
         self.left -= 1;
         let b = self.bytes;
-        let tag = *b.get(self.pos)?;
-        self.pos += 1;
-        Some(match tag {
-            1 | 2 => {
-                let len = u32::from_le_bytes(four(&b[self.pos..])) as usize;
-                let v = &b[self.pos + 4..self.pos + 4 + len];
-                self.pos += 4 + len;
-                if tag == 1 {
+        let head = varint(b, &mut self.pos);
+        Some(match head & 3 {
+            TAG_NULL => Datum::Null,
+            TAG_UNCHANGED => Datum::Unchanged,
+            tag => {
+                let len = (head >> 2) as usize;
+                let v = &b[self.pos..self.pos + len];
+                self.pos += len;
+                if tag == TAG_TEXT {
                     Datum::Text(v)
                 } else {
                     Datum::Binary(v)
                 }
             }
-            3 => Datum::Unchanged,
-            _ => Datum::Null,
         })
     }
 
@@ -100,15 +105,21 @@ struct Range {
 pub struct Spill {
     dir: PathBuf,
     budget: usize,
+    /// Rows back to back, in arrival order: a row ends where the next begins.
     arena: Vec<u8>,
-    /// `(part, offset into arena)` per row, in arrival order until sorted.
+    /// `(part, offset into arena)` per row, in arrival order.
     index: Vec<(u32, u32)>,
+    /// After [`seal`](Self::seal): the rows still in memory, as positions in `index`
+    /// grouped by part (arrival order within a part).
+    order: Vec<u32>,
+    /// The metadata rows are stored as differences from (the first row's).
+    base: Option<RowMeta>,
     /// Run files, with a handle each for reading them back (positioned reads, so the
     /// encoder threads share it).
     runs: Vec<(PathBuf, Option<File>)>,
     /// Per part, its ranges in the run files, oldest first.
     ranges: Vec<Vec<Range>>,
-    /// Per part, the rows in the arena once sorted: `index[start..end]`.
+    /// Per part, the rows in the arena once sorted: `order[start..end]`.
     tail: Vec<(usize, usize)>,
     /// Rows per part.
     counts: Vec<u32>,
@@ -123,6 +134,8 @@ impl Spill {
             budget: budget.max(1 << 20),
             arena: Vec::new(),
             index: Vec::new(),
+            order: Vec::new(),
+            base: None,
             runs: Vec::new(),
             ranges: Vec::new(),
             tail: Vec::new(),
@@ -138,7 +151,7 @@ impl Spill {
 
     /// Bytes held in memory.
     pub fn memory(&self) -> usize {
-        self.arena.len() + self.index.len() * INDEX_BYTES
+        self.arena.len() + self.index.len() * INDEX_BYTES + self.order.len() * 4
     }
 
     /// Appends a row of `part`; `values` is `None` for a TRUNCATE marker.
@@ -158,44 +171,53 @@ impl Spill {
             self.counts.resize(part as usize + 1, 0);
         }
         self.counts[part as usize] += 1;
-        // Length placeholder, filled in once the row is written.
-        self.arena.extend_from_slice(&[0; 4]);
-        self.arena.push(change_type_code(meta.change_type));
-        self.arena.extend_from_slice(&meta.lsn.to_le_bytes());
-        self.arena.extend_from_slice(&meta.seq.to_le_bytes());
-        self.arena.extend_from_slice(&meta.commit_us.to_le_bytes());
-        self.arena.extend_from_slice(&schema.to_le_bytes());
-        match values {
-            None => self.arena.extend_from_slice(&u32::MAX.to_le_bytes()),
-            Some(values) => {
-                let count_at = self.arena.len();
-                self.arena.extend_from_slice(&[0; 4]);
-                let mut count = 0u32;
-                for d in values {
-                    count += 1;
-                    let (tag, bytes): (u8, &[u8]) = match d {
-                        Datum::Null => (0, &[]),
-                        Datum::Text(b) => (1, b),
-                        Datum::Binary(b) => (2, b),
-                        Datum::Unchanged => (3, &[]),
-                    };
-                    self.arena.push(tag);
-                    if tag == 1 || tag == 2 {
-                        self.arena
-                            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                        self.arena.extend_from_slice(bytes);
+        let base = *self.base.get_or_insert(*meta);
+        let a = &mut self.arena;
+        let code = change_type_code(meta.change_type);
+        a.push(if values.is_none() {
+            code | NO_VALUES
+        } else {
+            code
+        });
+        put_varint(a, zigzag(meta.lsn.wrapping_sub(base.lsn)));
+        put_varint(a, zigzag(meta.seq.wrapping_sub(base.seq)));
+        put_varint(a, zigzag(meta.commit_us.wrapping_sub(base.commit_us)));
+        put_varint(a, u64::from(schema));
+        if let Some(values) = values {
+            // The count is only known at the end: values go first into the arena after a
+            // one-byte count, which is widened (the values moved) only past 127 columns.
+            let count_at = a.len();
+            a.push(0);
+            let mut count = 0u64;
+            for d in values {
+                count += 1;
+                match d {
+                    Datum::Null => a.push(TAG_NULL as u8),
+                    Datum::Unchanged => a.push(TAG_UNCHANGED as u8),
+                    Datum::Text(b) => {
+                        put_varint(a, (b.len() as u64) << 2 | TAG_TEXT);
+                        a.extend_from_slice(b);
+                    }
+                    Datum::Binary(b) => {
+                        put_varint(a, (b.len() as u64) << 2 | TAG_BINARY);
+                        a.extend_from_slice(b);
                     }
                 }
-                self.arena[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+            }
+            if count < 0x80 {
+                a[count_at] = count as u8;
+            } else {
+                let mut head = Vec::with_capacity(10);
+                put_varint(&mut head, count);
+                a.splice(count_at..count_at + 1, head);
             }
         }
-        let len = (self.arena.len() - start - 4) as u32;
-        self.arena[start..start + 4].copy_from_slice(&len.to_le_bytes());
         Ok(())
     }
 
-    /// Sorts the index by part, keeping arrival order within a part (counting sort).
-    fn sort_index(&mut self) -> Vec<(usize, usize)> {
+    /// The arena's rows grouped by part, keeping arrival order within a part (counting
+    /// sort): positions in `index`, and per part its range of them.
+    fn sort_index(&self) -> (Vec<u32>, Vec<(usize, usize)>) {
         let parts = self
             .index
             .iter()
@@ -210,14 +232,24 @@ impl Spill {
             bounds[i] += bounds[i - 1];
         }
         let mut next = bounds.clone();
-        let mut sorted = vec![(0u32, 0u32); self.index.len()];
-        for e in &self.index {
-            let slot = &mut next[e.0 as usize];
-            sorted[*slot] = *e;
+        let mut order = vec![0u32; self.index.len()];
+        for (i, (p, _)) in self.index.iter().enumerate() {
+            let slot = &mut next[*p as usize];
+            order[*slot] = i as u32;
             *slot += 1;
         }
-        self.index = sorted;
-        bounds.windows(2).map(|w| (w[0], w[1])).collect()
+        (order, bounds.windows(2).map(|w| (w[0], w[1])).collect())
+    }
+
+    /// The bytes of the row at position `i` of the index.
+    fn row_bytes(&self, i: u32) -> &[u8] {
+        let i = i as usize;
+        let start = self.index[i].1 as usize;
+        let end = self
+            .index
+            .get(i + 1)
+            .map_or(self.arena.len(), |(_, at)| *at as usize);
+        &self.arena[start..end]
     }
 
     /// Writes the arena's rows to a new run file, grouped by part.
@@ -225,7 +257,7 @@ impl Spill {
         if self.index.is_empty() {
             return Ok(());
         }
-        let groups = self.sort_index();
+        let (order, groups) = self.sort_index();
         // Unique in the process: several sinks (snapshot workers) share the folder.
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -245,11 +277,14 @@ impl Spill {
                 continue;
             }
             let first = offset;
-            for (_, at) in &self.index[start..end] {
-                let at = *at as usize;
-                let len = u32::from_le_bytes(four(&self.arena[at..])) as usize;
-                out.write_all(&self.arena[at..at + 4 + len]).map_err(err)?;
-                offset += 4 + len as u64;
+            let mut len = Vec::with_capacity(10);
+            for i in &order[start..end] {
+                let row = self.row_bytes(*i);
+                len.clear();
+                put_varint(&mut len, row.len() as u64);
+                out.write_all(&len).map_err(err)?;
+                out.write_all(row).map_err(err)?;
+                offset += (len.len() + row.len()) as u64;
             }
             if self.ranges.len() <= part {
                 self.ranges.resize(part + 1, Vec::new());
@@ -274,7 +309,9 @@ impl Spill {
         if self.memory() > keep {
             self.spill()?;
         }
-        self.tail = self.sort_index();
+        let (order, tail) = self.sort_index();
+        self.order = order;
+        self.tail = tail;
         for (path, file) in &mut self.runs {
             *file = Some(File::open(&*path).map_err(|source| SpillError {
                 path: path.clone(),
@@ -307,6 +344,9 @@ impl Spill {
         part: u32,
         mut f: impl FnMut(SpilledRow<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        let Some(base) = self.base else {
+            return Ok(());
+        };
         let mut buf = Vec::new();
         for range in self.ranges.get(part as usize).into_iter().flatten() {
             let (path, file) = &self.runs[range.run];
@@ -324,32 +364,29 @@ impl Spill {
                 buf.resize(want, 0);
                 file.read_exact_at(&mut buf, at).map_err(err)?;
                 let mut pos = 0;
-                while pos + 4 <= want {
-                    let len = u32::from_le_bytes(four(&buf[pos..])) as usize;
-                    if pos + 4 + len > want {
-                        break;
-                    }
-                    f(decode_row(&buf[pos + 4..pos + 4 + len]))?;
-                    pos += 4 + len;
+                while let Some((body, len)) = length_prefixed(&buf[pos..want]) {
+                    f(decode_row(&buf[pos + body..pos + body + len], base))?;
+                    pos += body + len;
                 }
                 if pos == 0 {
                     // One row bigger than the piece: read exactly it.
-                    let mut len = [0u8; 4];
-                    file.read_exact_at(&mut len, at).map_err(err)?;
-                    let len = u32::from_le_bytes(len) as usize;
+                    let mut head = [0u8; 10];
+                    let n = head.len().min((end - at) as usize);
+                    file.read_exact_at(&mut head[..n], at).map_err(err)?;
+                    let mut body = 0;
+                    let len = varint(&head[..n], &mut body) as usize;
                     buf.resize(len, 0);
-                    file.read_exact_at(&mut buf, at + 4).map_err(err)?;
-                    f(decode_row(&buf))?;
-                    pos = 4 + len;
+                    file.read_exact_at(&mut buf, at + body as u64)
+                        .map_err(err)?;
+                    f(decode_row(&buf, base))?;
+                    pos = body + len;
                 }
                 at += pos as u64;
             }
         }
         if let Some((start, end)) = self.tail.get(part as usize) {
-            for (_, at) in &self.index[*start..*end] {
-                let at = *at as usize;
-                let len = u32::from_le_bytes(four(&self.arena[at..])) as usize;
-                f(decode_row(&self.arena[at + 4..at + 4 + len]))?;
+            for i in &self.order[*start..*end] {
+                f(decode_row(self.row_bytes(*i), base))?;
             }
         }
         Ok(())
@@ -365,6 +402,7 @@ impl Spill {
         }
         self.arena = Vec::new();
         self.index = Vec::new();
+        self.order = Vec::new();
         self.ranges.clear();
         self.tail.clear();
     }
@@ -376,12 +414,58 @@ impl Drop for Spill {
     }
 }
 
-fn four(b: &[u8]) -> [u8; 4] {
-    [b[0], b[1], b[2], b[3]]
+/// Value tags, in the low two bits of a value's varint (its length above them).
+const TAG_NULL: u64 = 0;
+const TAG_TEXT: u64 = 1;
+const TAG_BINARY: u64 = 2;
+const TAG_UNCHANGED: u64 = 3;
+
+/// Set in a row's first byte for a TRUNCATE marker (no values follow).
+const NO_VALUES: u8 = 0x80;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
-fn eight(b: &[u8]) -> [u8; 8] {
-    [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
+/// Reads a varint [`put_varint`] wrote at `*pos` and moves past it.
+fn varint(b: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = b[*pos];
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// The row at the start of `b` in a run file: where its body starts and its length;
+/// `None` when `b` does not hold all of it.
+fn length_prefixed(b: &[u8]) -> Option<(usize, usize)> {
+    let mut v = 0usize;
+    for (i, byte) in b.iter().take(10).enumerate() {
+        v |= usize::from(byte & 0x7f) << (7 * i);
+        if *byte < 0x80 {
+            let body = i + 1;
+            return (b.len() - body >= v).then_some((body, v));
+        }
+    }
+    None
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
 fn change_type_code(t: ChangeType) -> u8 {
@@ -404,21 +488,24 @@ fn change_type_of(code: u8) -> ChangeType {
     }
 }
 
-/// Reads a row [`Spill::push`] wrote (the bytes after its length). The bytes were
-/// written by this process, so their layout is known to hold.
-fn decode_row(b: &[u8]) -> SpilledRow<'_> {
+/// Reads a row [`Spill::push`] wrote, whose metadata is relative to `base`. The bytes
+/// were written by this process, so their layout is known to hold.
+fn decode_row(b: &[u8], base: RowMeta) -> SpilledRow<'_> {
+    let mut pos = 1;
     let meta = RowMeta {
-        change_type: change_type_of(b[0]),
-        lsn: i64::from_le_bytes(eight(&b[1..])),
-        seq: i64::from_le_bytes(eight(&b[9..])),
-        commit_us: i64::from_le_bytes(eight(&b[17..])),
+        change_type: change_type_of(b[0] & !NO_VALUES),
+        lsn: base.lsn.wrapping_add(unzigzag(varint(b, &mut pos))),
+        seq: base.seq.wrapping_add(unzigzag(varint(b, &mut pos))),
+        commit_us: base.commit_us.wrapping_add(unzigzag(varint(b, &mut pos))),
     };
-    let schema = u32::from_le_bytes(four(&b[25..]));
-    let count = u32::from_le_bytes(four(&b[29..]));
-    let values = (count != u32::MAX).then_some(SpilledValues {
-        bytes: b,
-        pos: 33,
-        left: count as usize,
+    let schema = varint(b, &mut pos) as u32;
+    let values = (b[0] & NO_VALUES == 0).then(|| {
+        let left = varint(b, &mut pos) as usize;
+        SpilledValues {
+            bytes: b,
+            pos,
+            left,
+        }
     });
     SpilledRow {
         meta,
@@ -557,5 +644,71 @@ mod tests {
             read_all(&spill).iter().map(|p| p.1.len()).sum::<usize>(),
             100
         );
+    }
+
+    #[test]
+    fn metadata_and_values_of_every_shape_come_back_exactly() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut spill = Spill::new(dir.path(), 0);
+        spill.budget = 4096;
+        // Deltas from the first row in both directions and at the type's ends; value
+        // lengths on both sides of each varint byte boundary; rows of 200 columns
+        // (the count takes two bytes).
+        let metas = [
+            (ChangeType::Snapshot, 1_000, 5, 1_700_000_000_000_000),
+            (ChangeType::Truncate, 1_000, -1, 1_700_000_000_000_000),
+            (ChangeType::Insert, i64::MAX, i64::MAX, i64::MIN),
+            (ChangeType::Delete, 0, i64::MIN, 0),
+            (ChangeType::Update, 999, 4, 1_699_999_999_999_999),
+        ];
+        let lens = [0usize, 1, 31, 32, 127, 128, 16_383, 16_384, 70_000];
+        let mut sent = Vec::new();
+        for round in 0..6 {
+            for (k, (t, lsn, seq, commit_us)) in metas.iter().enumerate() {
+                let meta = RowMeta {
+                    change_type: *t,
+                    lsn: *lsn,
+                    seq: *seq,
+                    commit_us: *commit_us,
+                };
+                let columns = if k % 2 == 0 { 3 } else { 200 };
+                let owned: Vec<Vec<u8>> = (0..columns)
+                    .map(|c| vec![(c + round) as u8; lens[(c + k + round) % lens.len()]])
+                    .collect();
+                let values: Vec<Datum<'_>> = owned
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| match (c + k) % 4 {
+                        0 => Datum::Null,
+                        1 => Datum::Text(v),
+                        2 => Datum::Binary(v),
+                        _ => Datum::Unchanged,
+                    })
+                    .collect();
+                let part = (round % 2) as u32;
+                let truncate = *t == ChangeType::Truncate;
+                let values_in = (!truncate).then(|| values.clone().into_iter());
+                spill.push(part, k as u32, &meta, values_in).expect("push");
+                let shown = (!truncate).then(|| format!("{values:?}"));
+                sent.push((part, format!("{meta:?}"), k as u32, shown));
+            }
+        }
+        assert!(spill.runs.len() > 2, "{} runs", spill.runs.len());
+        spill.seal(usize::MAX).expect("seal");
+        let mut got = Vec::new();
+        for part in spill.parts() {
+            spill
+                .for_each(part, |r| -> Result<(), SpillError> {
+                    let values = r.values.map(|v| format!("{:?}", v.collect::<Vec<_>>()));
+                    got.push((part, format!("{:?}", r.meta), r.schema, values));
+                    Ok(())
+                })
+                .expect("read");
+        }
+        sent.sort_by_key(|s| s.0);
+        assert_eq!(got.len(), sent.len());
+        for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+            assert!(g == s, "row {i}: {g:?} != {s:?}");
+        }
     }
 }
