@@ -248,16 +248,18 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
         while let Some(data) = stream.next().await {
             let data =
                 data.map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
-            parser.push(&data);
-            parser.drain(|fields: &[Option<&[u8]>]| -> Result<(), VerifyError> {
-                batch
-                    .append(
-                        kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
-                        &meta,
-                        &mut warnings,
-                    )
-                    .map_err(|e| VerifyError::read("the source's COPY", e))
-            })?;
+            parser.feed(
+                &data,
+                |fields: &[Option<&[u8]>]| -> Result<(), VerifyError> {
+                    batch
+                        .append(
+                            kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
+                            &meta,
+                            &mut warnings,
+                        )
+                        .map_err(|e| VerifyError::read("the source's COPY", e))
+                },
+            )?;
             if batch.rows() >= 8192 {
                 compare_source(&batch.finish(0), schema, &mut latest, &mut report)?;
             }

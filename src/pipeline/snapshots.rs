@@ -246,7 +246,26 @@ impl Pipeline {
         // On S3 a move is a copy and a delete: thousands of partitions' files one after
         // the other would take minutes.
         let state_key = self.checkpoints.keys().snapshot_state(state_name);
-        let moves = state.files.clone().into_iter().map(|(staged, dest)| {
+        // A table the lake does not hold yet (the first run) moves as one folder.
+        let mut moved_whole = std::collections::BTreeSet::new();
+        for folder in state.rows.keys() {
+            let staged = format!("{}/{folder}", state.staging);
+            if self.lake.move_folder(&staged, folder)? {
+                moved_whole.insert(folder.clone());
+                failpoint::hit(failpoint::MID_SNAPSHOT_PUBLISH);
+            }
+        }
+        let table_of = |key: &str| key.split('/').next().unwrap_or_default().to_string();
+        let mut pending = Vec::new();
+        for (staged, dest) in &state.files {
+            let table = table_of(dest);
+            if moved_whole.contains(&table) {
+                *files_per_table.entry(table).or_default() += 1;
+            } else {
+                pending.push((staged.clone(), dest.clone()));
+            }
+        }
+        let moves = pending.into_iter().map(|(staged, dest)| {
             let (lake, state_key) = (self.lake.clone(), state_key.clone());
             async move {
                 if lake.exists(&staged).await? {
@@ -263,8 +282,7 @@ impl Pipeline {
         let moved = futures::stream::iter(moves).buffer_unordered(CONCURRENT_MOVES);
         let mut moved = std::pin::pin!(moved);
         while let Some(dest) = moved.next().await {
-            let table = dest?.split('/').next().unwrap_or_default().to_string();
-            *files_per_table.entry(table).or_default() += 1;
+            *files_per_table.entry(table_of(&dest?)).or_default() += 1;
         }
         self.lake.sync_dirs()?;
         let time = state.snapshot_time.unwrap_or(state.processed_at);

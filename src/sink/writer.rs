@@ -172,7 +172,7 @@ type Sources = Vec<(usize, u32)>;
 pub struct Sink {
     encoder: Encoder,
     spill: Spill,
-    part_ids: HashMap<PartId, u32, FastHash>,
+    part_ids: PartIds,
     parts: Vec<PartId>,
     /// Table folders seen, so parts are keyed by a number instead of a string per row.
     folders: Vec<Arc<str>>,
@@ -224,7 +224,7 @@ impl Sink {
                 closed: Arc::new(AtomicUsize::new(0)),
             },
             spill,
-            part_ids: HashMap::default(),
+            part_ids: PartIds::default(),
             parts: Vec::new(),
             folders: Vec::new(),
             schemas: Vec::new(),
@@ -280,16 +280,13 @@ impl Sink {
 
     /// The part number of a table's partition.
     fn part_of(&mut self, table: u32, key: PartitionKey) -> u32 {
-        let id = (table, key);
-        match self.part_ids.get(&id) {
-            Some(p) => *p,
-            None => {
-                self.parts.push(id);
-                let p = (self.parts.len() - 1) as u32;
-                self.part_ids.insert(id, p);
-                p
-            }
+        if let Some(p) = self.part_ids.get(table, key) {
+            return p;
         }
+        self.parts.push((table, key));
+        let p = (self.parts.len() - 1) as u32;
+        self.part_ids.insert(table, key, p);
+        p
     }
 
     /// Appends one row of `schema` to `(folder, key)`: one value per source column.
@@ -435,6 +432,72 @@ impl Sink {
         );
         results.sort_by(|(a, fa), (b, fb)| (a, &fa.key).cmp(&(b, &fb.key)));
         Ok(results.into_iter().map(|(_, f)| f).collect())
+    }
+}
+
+/// Part numbers by table and partition, looked up for every row: a table's days in an
+/// array indexed by day (rows of a spread table alternate between thousands of dates),
+/// other keys, and days too far apart for an array, in a map.
+#[derive(Default)]
+struct PartIds {
+    days: Vec<DayIds>,
+    other: HashMap<PartId, u32, FastHash>,
+}
+
+/// One table's part numbers for the days `first..first + ids.len()` (`u32::MAX`: none yet).
+#[derive(Default)]
+struct DayIds {
+    first: i32,
+    ids: Vec<u32>,
+}
+
+/// The widest range of days one table's array covers (4 bytes a day: at most 1 MB).
+const DENSE_DAYS: i64 = 1 << 18;
+
+impl PartIds {
+    fn get(&self, table: u32, key: PartitionKey) -> Option<u32> {
+        if let PartitionKey::Column(Some(day)) = key {
+            if let Some(d) = self.days.get(table as usize) {
+                let i = i64::from(day) - i64::from(d.first);
+                if let Some(&p) = usize::try_from(i).ok().and_then(|i| d.ids.get(i)) {
+                    if p != u32::MAX {
+                        return Some(p);
+                    }
+                }
+            }
+        }
+        self.other.get(&(table, key)).copied()
+    }
+
+    fn insert(&mut self, table: u32, key: PartitionKey, part: u32) {
+        if let PartitionKey::Column(Some(day)) = key {
+            if self.days.len() <= table as usize {
+                self.days.resize_with(table as usize + 1, DayIds::default);
+            }
+            let d = &mut self.days[table as usize];
+            if d.ids.is_empty() {
+                d.first = day;
+            }
+            let last = i64::from(d.first) + d.ids.len() as i64 - 1;
+            let (lo, hi) = (
+                i64::from(day).min(i64::from(d.first)),
+                i64::from(day).max(last),
+            );
+            if hi - lo < DENSE_DAYS {
+                if i64::from(day) < i64::from(d.first) {
+                    let grow = (i64::from(d.first) - i64::from(day)) as usize;
+                    d.ids.splice(0..0, std::iter::repeat_n(u32::MAX, grow));
+                    d.first = day;
+                }
+                let i = (i64::from(day) - i64::from(d.first)) as usize;
+                if d.ids.len() <= i {
+                    d.ids.resize(i + 1, u32::MAX);
+                }
+                d.ids[i] = part;
+                return;
+            }
+        }
+        self.other.insert((table, key), part);
     }
 }
 
@@ -671,10 +734,11 @@ impl Encoder {
         };
         state.seq += 1;
         let key = format!("{}/{}/{name}", state.folder, state.key.path());
-        // Staged files sit side by side in one folder (no partition folders to create
-        // twice); the staged → final pairs are recorded, so nothing parses these names.
+        // Staging mirrors the table folders, so a table the lake does not hold yet is
+        // published by moving its folder whole; the staged → final pairs are recorded
+        // too, so nothing parses these names.
         let written_key = match &self.opts.staging_prefix {
-            Some(prefix) => format!("{prefix}/{}", key.replace('/', "__")),
+            Some(prefix) => format!("{prefix}/{key}"),
             None => key.clone(),
         };
         if self.opts.may_exist {
@@ -705,11 +769,8 @@ impl Encoder {
         };
         let tmp = match &direct {
             Some(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {
-                    std::fs::create_dir_all(dir).map_err(|source| SinkError::Tmp {
-                        path: dir.to_path_buf(),
-                        source,
-                    })?;
+                if let Some(dir) = path.parent() {
+                    self.lake.create_dirs(dir)?;
                 }
                 path.clone()
             }
@@ -754,15 +815,15 @@ impl Encoder {
                     table: state.folder.to_string(),
                     source,
                 })?;
-                let bytes = file
-                    .into_inner()
-                    .map_err(|e| SinkError::Tmp {
-                        path: f.tmp.clone(),
-                        source: e.into_error(),
-                    })?
-                    .metadata()
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                let file = file.into_inner().map_err(|e| SinkError::Tmp {
+                    path: f.tmp.clone(),
+                    source: e.into_error(),
+                })?;
+                if self.lake.local_root().is_some() {
+                    // It stays on this disk: its fsync comes at the flush's end.
+                    crate::lake::start_writeback(&file);
+                }
+                let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
                 crate::failpoint::hit(crate::failpoint::MID_PARQUET_WRITE);
                 let pending = if f.direct {
                     self.lake.note_written(&f.tmp);
@@ -828,5 +889,39 @@ impl Classify for SinkError {
             SinkError::Lake(e) => e.action(),
             _ => Action::Stop,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_ids_find_every_key_they_were_given_and_no_other() {
+        let mut ids = PartIds::default();
+        let date = chrono::NaiveDate::from_ymd_opt(2025, 1, 2).expect("date");
+        // Days arriving out of order, below the first, far beyond the array's range (a
+        // sentinel year 9999 next to 1970), NULL and processing-date keys, two tables.
+        let days = [20_000, 19_990, 20_500, 0, 2_932_896, -719_162, 20_001];
+        let mut keys: Vec<(u32, PartitionKey)> = Vec::new();
+        for table in [0u32, 2] {
+            for d in days {
+                keys.push((table, PartitionKey::Column(Some(d))));
+            }
+            keys.push((table, PartitionKey::Column(None)));
+            keys.push((table, PartitionKey::Processing(date)));
+        }
+        for (n, (table, key)) in keys.iter().enumerate() {
+            assert_eq!(ids.get(*table, *key), None, "{key:?} before insert");
+            ids.insert(*table, *key, n as u32);
+        }
+        for (n, (table, key)) in keys.iter().enumerate() {
+            assert_eq!(ids.get(*table, *key), Some(n as u32), "{table} {key:?}");
+        }
+        for missing in [19_995, 20_499, 1, 2_932_895] {
+            assert_eq!(ids.get(0, PartitionKey::Column(Some(missing))), None);
+            assert_eq!(ids.get(1, PartitionKey::Column(Some(missing))), None);
+        }
+        assert!(ids.days[0].ids.len() as i64 <= DENSE_DAYS);
     }
 }

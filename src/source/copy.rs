@@ -1,7 +1,7 @@
 //! A streaming parser for `COPY ... TO STDOUT (FORMAT binary)`.
 //!
-//! Chunks from the server are appended with [`CopyParser::push`]; complete rows are
-//! handed out as slices into the buffer, so no value is copied before decoding.
+//! Chunks from the server are parsed where they are with [`CopyParser::feed`]; complete
+//! rows are handed out as slices, so no value is copied before decoding.
 
 use bytes::{Buf, BytesMut};
 
@@ -37,48 +37,67 @@ impl CopyParser {
         self.finished
     }
 
-    /// Adds a chunk received from the server.
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
-    }
-
-    /// Calls `row` for every complete row buffered; keeps a partial row for later.
-    pub fn drain<E: From<CopyError>>(
+    /// Parses a chunk received from the server, calling `row` for every complete row;
+    /// a partial row at its end is kept for the next chunk. Rows are parsed where they
+    /// are: only a row split across chunks is copied.
+    pub fn feed<E: From<CopyError>>(
         &mut self,
+        chunk: &[u8],
         mut row: impl FnMut(&[Option<&[u8]>]) -> Result<(), E>,
     ) -> Result<(), E> {
+        if self.buf.is_empty() {
+            let used = self.parse(chunk, &mut row)?;
+            self.buf.extend_from_slice(&chunk[used..]);
+        } else {
+            self.buf.extend_from_slice(chunk);
+            let buf = std::mem::take(&mut self.buf);
+            let used = self.parse(&buf, &mut row);
+            self.buf = buf;
+            self.buf.advance(used?);
+        }
+        Ok(())
+    }
+
+    /// Parses the header (once) and every complete row of `data`; returns the bytes used.
+    fn parse<E: From<CopyError>>(
+        &mut self,
+        data: &[u8],
+        row: &mut impl FnMut(&[Option<&[u8]>]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut pos = 0;
         if !self.header_done {
-            if self.buf.len() < SIGNATURE.len() + 8 {
-                return Ok(());
+            if data.len() < SIGNATURE.len() + 8 {
+                return Ok(0);
             }
-            if &self.buf[..SIGNATURE.len()] != SIGNATURE {
+            if &data[..SIGNATURE.len()] != SIGNATURE {
                 return Err(CopyError("bad signature").into());
             }
             let ext_at = SIGNATURE.len() + 4;
             let ext = u32::from_be_bytes([
-                self.buf[ext_at],
-                self.buf[ext_at + 1],
-                self.buf[ext_at + 2],
-                self.buf[ext_at + 3],
+                data[ext_at],
+                data[ext_at + 1],
+                data[ext_at + 2],
+                data[ext_at + 3],
             ]) as usize;
-            if self.buf.len() < ext_at + 4 + ext {
-                return Ok(());
+            if data.len() < ext_at + 4 + ext {
+                return Ok(0);
             }
-            self.buf.advance(ext_at + 4 + ext);
+            pos = ext_at + 4 + ext;
             self.header_done = true;
         }
         let mut fields: Vec<Option<&[u8]>> = Vec::new();
-        let data = &self.buf[..];
-        let mut pos = 0;
         loop {
-            if self.finished || data.len() < pos + 2 {
+            if self.finished {
+                // Nothing follows the trailer.
+                return Ok(data.len());
+            }
+            if data.len() < pos + 2 {
                 break;
             }
             let count = i16::from_be_bytes([data[pos], data[pos + 1]]);
             if count == -1 {
                 self.finished = true;
-                pos += 2;
-                break;
+                continue;
             }
             let count = usize::try_from(count).map_err(|_| CopyError("negative field count"))?;
             let mut p = pos + 2;
@@ -110,9 +129,7 @@ impl CopyParser {
             self.rows += 1;
             pos = p;
         }
-        drop(fields);
-        self.buf.advance(pos);
-        Ok(())
+        Ok(pos)
     }
 }
 
@@ -141,8 +158,7 @@ mod tests {
             let mut p = CopyParser::new();
             let mut seen = vec![];
             for chunk in [&all[..split], &all[split..]] {
-                p.push(chunk);
-                p.drain(|f| {
+                p.feed(chunk, |f| {
                     assert_eq!(f.len(), 2);
                     assert!(f[1].is_none());
                     seen.push(i32::from_be_bytes(
@@ -155,5 +171,22 @@ mod tests {
             assert_eq!(seen, vec![0, 1, 2], "split at {split}");
             assert!(p.finished());
         }
+    }
+
+    #[test]
+    fn parses_rows_fed_one_byte_at_a_time() {
+        let mut p = CopyParser::new();
+        let mut seen = vec![];
+        for b in stream() {
+            p.feed(&[b], |f| {
+                seen.push(i32::from_be_bytes(
+                    f[0].expect("value").try_into().expect("4 bytes"),
+                ));
+                Ok::<_, CopyError>(())
+            })
+            .expect("valid");
+        }
+        assert_eq!(seen, vec![0, 1, 2]);
+        assert!(p.finished());
     }
 }

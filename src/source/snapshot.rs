@@ -449,6 +449,8 @@ impl Worker {
             let mut stream = std::pin::pin!(stream);
             // The server sends one message per row: hand the decoder large batches, so the
             // threads do not wake each other for every row.
+            // The messages are copied into one buffer: holding on to them instead would keep
+            // the connection's read buffers alive, and it would allocate new ones.
             let mut batch = bytes::BytesMut::with_capacity(HANDOFF_BYTES);
             while let Some(data) = stream.next().await {
                 let data = data.map_err(|e| query_error(what(), &e))?;
@@ -538,26 +540,28 @@ fn decode(
                     continue;
                 };
                 let t = &tables[*ti];
-                parser.push(&data);
                 let before = parser.rows();
-                parser.drain(|fields: &[Option<&[u8]>]| -> Result<(), SnapshotError> {
-                    let key = PartitionKey::for_row(
-                        &t.schema,
-                        processing_date,
-                        t.schema
-                            .partition_column
-                            .and_then(|i| Some(copy_datum(kinds[i], *fields.get(i)?))),
-                    )?;
-                    sink.append(
-                        &t.folder,
-                        &t.schema,
-                        key,
-                        &meta,
-                        kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
-                    )?;
-                    meta.seq += 1;
-                    Ok(())
-                })?;
+                parser.feed(
+                    &data,
+                    |fields: &[Option<&[u8]>]| -> Result<(), SnapshotError> {
+                        let key = PartitionKey::for_row(
+                            &t.schema,
+                            processing_date,
+                            t.schema
+                                .partition_column
+                                .and_then(|i| Some(copy_datum(kinds[i], *fields.get(i)?))),
+                        )?;
+                        sink.append(
+                            &t.folder,
+                            &t.schema,
+                            key,
+                            &meta,
+                            kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
+                        )?;
+                        meta.seq += 1;
+                        Ok(())
+                    },
+                )?;
                 progress.add(*ti, parser.rows() - before);
             }
         }
