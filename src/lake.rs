@@ -431,6 +431,26 @@ impl Lake {
         Ok(())
     }
 
+    /// Removes the empty folders under `key` and `key` itself if it ends up empty (a
+    /// `file://` lake; object stores have no folders). Best effort: a folder left
+    /// behind holds nothing a reader sees.
+    pub fn remove_empty_dirs(&self, key: &str) {
+        fn prune(dir: &Path) -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            let mut empty = true;
+            for e in entries.flatten() {
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                empty &= is_dir && prune(&e.path());
+            }
+            empty && std::fs::remove_dir(dir).is_ok()
+        }
+        if let Some(dir) = self.local_path(key) {
+            prune(&dir);
+        }
+    }
+
     /// Records a file written in place in a `file://` lake, for [`sync_dirs`](Self::sync_dirs).
     pub fn note_written(&self, path: &Path) {
         let mut unsynced = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
@@ -587,5 +607,70 @@ impl Classify for LakeError {
             LakeError::Store { source, .. } => source.action(),
             LakeError::Io { source, .. } => crate::retry::io_action(source),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn local_lake(root: &Path) -> Lake {
+        let text = format!("url = \"file://{}\"", root.display());
+        let output: OutputConfig = toml::from_str(&text).expect("output");
+        Lake::open(&output).await.expect("lake")
+    }
+
+    fn unsynced_dirs(lake: &Lake) -> Vec<PathBuf> {
+        let u = lake.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        u.dirs.iter().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn new_folders_get_their_parents_synced_and_a_folder_moves_only_onto_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().canonicalize().expect("root");
+        let lake = local_lake(&root).await;
+        let day = root.join("stage/t/year=2025/month=01/day=02");
+        lake.create_dirs(&day).expect("create");
+        // Every created folder's entry lives in its parent: all of them are synced.
+        let dirs = unsynced_dirs(&lake);
+        for parent in [
+            "",
+            "stage",
+            "stage/t",
+            "stage/t/year=2025",
+            "stage/t/year=2025/month=01",
+        ] {
+            let p = if parent.is_empty() {
+                root.clone()
+            } else {
+                root.join(parent)
+            };
+            assert!(dirs.contains(&p), "{parent:?} not synced: {dirs:?}");
+        }
+        lake.sync_dirs().expect("sync");
+        std::fs::write(day.join("f.parquet"), b"x").expect("file");
+
+        assert!(
+            lake.move_folder("stage/t", "t").expect("move"),
+            "moved whole"
+        );
+        assert!(root.join("t/year=2025/month=01/day=02/f.parquet").is_file());
+        assert!(!root.join("stage/t").exists());
+        // The destination exists now: a second staged copy is not moved over it.
+        lake.create_dirs(&root.join("stage/t/x")).expect("create");
+        assert!(!lake.move_folder("stage/t", "t").expect("move"));
+        assert!(!lake.move_folder("stage/none", "u").expect("move"));
+        assert!(root.join("stage/t/x").is_dir());
+
+        // Empty folders go; a folder holding a file stays, with its parents.
+        lake.create_dirs(&root.join("stage/a/b/c")).expect("create");
+        std::fs::write(root.join("stage/t/x/keep"), b"x").expect("file");
+        lake.remove_empty_dirs("stage");
+        assert!(!root.join("stage/a").exists());
+        assert!(root.join("stage/t/x/keep").is_file());
+        std::fs::remove_file(root.join("stage/t/x/keep")).expect("rm");
+        lake.remove_empty_dirs("stage");
+        assert!(!root.join("stage").exists());
     }
 }

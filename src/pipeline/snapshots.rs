@@ -1,5 +1,10 @@
 //! Snapshots: the first run's (lined up with the new slot) and backfills (lined up with
 //! a temporary slot), copied to staging and moved into place with their watermarks.
+//!
+//! Staging mirrors the table folders. On a local lake a table folder the lake does not
+//! have yet is published by renaming its staged folder (one rename for thousands of
+//! partitions); otherwise, and on object stores, file by file. Either way the state
+//! records every staged → final pair, so a crash midway is finished file by file.
 
 use futures::StreamExt;
 
@@ -285,6 +290,7 @@ impl Pipeline {
             *files_per_table.entry(table_of(&dest?)).or_default() += 1;
         }
         self.lake.sync_dirs()?;
+        self.lake.remove_empty_dirs(&state.staging);
         let time = state.snapshot_time.unwrap_or(state.processed_at);
         for (folder, rows) in &state.rows {
             let qualified = self
@@ -346,6 +352,7 @@ impl Pipeline {
         for obj in self.lake.list(&state.staging).await? {
             self.lake.delete(obj.location.as_ref()).await?;
         }
+        self.lake.remove_empty_dirs(&state.staging);
         self.checkpoints.clear_snapshot_state(name).await?;
         Ok(())
     }

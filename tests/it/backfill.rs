@@ -169,6 +169,8 @@ async fn a_backfill_killed_mid_copy_leaves_nothing_visible_and_runs_again() {
         ),
         1
     );
+    // Neither the discarded attempt nor the published one leaves folders in staging.
+    assert_eq!(lake.staging_leftovers(&db.name), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ async fn first_run_snapshots_then_streams_changes() {
     assert_eq!(s["change_types"]["SNAPSHOT"], 400, "{s}");
     let wm = lake.watermark("orders");
     assert_eq!(wm["kind"], "snapshot");
+    assert_eq!(lake.staging_leftovers(&db.name), Vec::<String>::new());
 
     db.exec(
         "INSERT INTO customers (name, email) VALUES ('New', 'new@example.com');

@@ -200,6 +200,27 @@ impl Lake {
         path
     }
 
+    /// Whatever is left under a slot's snapshot staging folder (files and folders, after
+    /// a snapshot was published or discarded: nothing).
+    pub fn staging_leftovers(&self, slot: &str) -> Vec<String> {
+        let root = self.root().join("_slot2lake").join(slot).join("staging");
+        let mut left = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                left.push(p.strip_prefix(&root).unwrap_or(&p).display().to_string());
+                if p.is_dir() {
+                    dirs.push(p);
+                }
+            }
+        }
+        left
+    }
+
     /// Files under a table folder (recursively), relative to the lake root.
     pub fn files(&self, folder: &str) -> Vec<String> {
         let mut out = Vec::new();
