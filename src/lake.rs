@@ -550,15 +550,6 @@ fn remove_file(path: &Path) -> Result<(), LakeError> {
     }
 }
 
-/// Starts writing a finished local file back to disk without waiting, so the fsync that
-/// makes it durable later finds the work done instead of doing it then, for thousands of
-/// files at once. `POSIX_FADV_DONTNEED` starts the writeback on Linux (and drops the
-/// pages once written: nothing reads the file back). Only a hint: errors are left to
-/// that fsync.
-pub fn start_writeback(file: &std::fs::File) {
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
-}
-
 /// fsyncs files (or folders) on up to [`SYNC_THREADS`] threads.
 fn sync_all(paths: &[PathBuf]) -> Result<(), LakeError> {
     let next = std::sync::atomic::AtomicUsize::new(0);

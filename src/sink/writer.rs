@@ -815,15 +815,15 @@ impl Encoder {
                     table: state.folder.to_string(),
                     source,
                 })?;
-                let file = file.into_inner().map_err(|e| SinkError::Tmp {
-                    path: f.tmp.clone(),
-                    source: e.into_error(),
-                })?;
-                if self.lake.local_root().is_some() {
-                    // It stays on this disk: its fsync comes at the flush's end.
-                    crate::lake::start_writeback(&file);
-                }
-                let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let bytes = file
+                    .into_inner()
+                    .map_err(|e| SinkError::Tmp {
+                        path: f.tmp.clone(),
+                        source: e.into_error(),
+                    })?
+                    .metadata()
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 crate::failpoint::hit(crate::failpoint::MID_PARQUET_WRITE);
                 let pending = if f.direct {
                     self.lake.note_written(&f.tmp);
