@@ -112,7 +112,7 @@ pub struct Spill {
     /// After [`seal`](Self::seal): the rows still in memory, as positions in `index`
     /// grouped by part (arrival order within a part).
     order: Vec<u32>,
-    /// The metadata rows are stored as differences from (the first row's).
+    /// The first row's metadata: every row's is stored as its difference from it.
     base: Option<RowMeta>,
     /// Run files, with a handle each for reading them back (positioned reads, so the
     /// encoder threads share it).
