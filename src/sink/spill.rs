@@ -272,12 +272,12 @@ impl Spill {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let run = self.runs.len();
         let mut offset = 0u64;
+        let mut len = Vec::with_capacity(10);
         for (part, (start, end)) in groups.into_iter().enumerate() {
             if start == end {
                 continue;
             }
             let first = offset;
-            let mut len = Vec::with_capacity(10);
             for i in &order[start..end] {
                 let row = self.row_bytes(*i);
                 len.clear();

@@ -147,7 +147,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 async fn connect_now(url: &SecretUrl) -> Result<(Client, tokio::task::AbortHandle), SourceError> {
     let how = tls::prepare(url)?;
     let closed = |e: tokio_postgres::Error| tracing::debug!(error = %e, "source connection closed");
-    let connected = match how.tls {
+    // The two arms differ in the connection's type: each spawns its own.
+    let (client, task) = match how.tls {
         Some(tls) => {
             let (client, conn) = how
                 .config
@@ -171,7 +172,7 @@ async fn connect_now(url: &SecretUrl) -> Result<(Client, tokio::task::AbortHandl
             )
         }
     };
-    Ok((connected.0, connected.1.abort_handle()))
+    Ok((client, task.abort_handle()))
 }
 
 /// A regular connection. Statements go through [`Conn::answer`], which bounds the wait

@@ -4,7 +4,7 @@
 #[cfg(feature = "failpoints")]
 use crate::support::slot2lake_env;
 use crate::support::{
-    database, free_addr, run_once, with_config, Consumer, Lake, TestDb, SEED_TABLES,
+    database, edit_config, free_addr, run_once, with_config, Consumer, Lake, TestDb, SEED_TABLES,
 };
 
 fn assert_exact(lake: &Lake, db: &TestDb, table: &str, key: &str) {
@@ -29,12 +29,9 @@ async fn a_parallel_chunked_snapshot_of_a_table_with_holes_and_dead_tuples() {
     );
     let lake = Lake::new();
     let config = lake.config_with(&db.url, &db.name, "[[tables]]\nname = \"public.big\"\n", "");
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace("[output]", "max_parallel = 3\n\n[output]"),
-    )
-    .expect("config");
+    edit_config(&config, |t| {
+        t.replace("[output]", "max_parallel = 3\n\n[output]")
+    });
     let run = run_once(&config).await;
     assert_exact(&lake, &db, "big", "id");
     // Copied in CTID chunks by three workers, encoded together: one file.
@@ -189,12 +186,9 @@ async fn a_missing_slot_is_resnapshotted_only_when_needed() {
     let run = with_config(&["run", "--once"], &config).await;
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("when_needed"), "{}", run.stderr);
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace("[output]", "snapshot = \"when_needed\"\n\n[output]"),
-    )
-    .expect("config");
+    edit_config(&config, |t| {
+        t.replace("[output]", "snapshot = \"when_needed\"\n\n[output]")
+    });
     let run = run_once(&config).await;
     assert!(
         run.stderr.contains("taking a new snapshot"),

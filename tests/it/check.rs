@@ -2,8 +2,8 @@
 //! code, nothing created or acknowledged, and never a password in the output.
 
 use crate::support::{
-    database, database_on, run_once, silent_after_startup, silent_port, slot2lake, with_config,
-    Lake, TestDb, SEED_TABLES,
+    database, database_on, edit_config, run_once, silent_after_startup, silent_port, slot2lake,
+    with_config, Lake, TestDb, SEED_TABLES,
 };
 use slot2lake::demo::TempCluster;
 
@@ -392,12 +392,9 @@ async fn a_server_that_stops_answering_after_login_is_a_timeout_not_a_hang() {
         SEED_TABLES,
         "[retry]\nrun_once_budget = \"8s\"\nmin_delay = \"1s\"\n",
     );
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replacen("[output]", "query_timeout = \"2s\"\n\n[output]", 1),
-    )
-    .expect("config");
+    edit_config(&config, |t| {
+        t.replacen("[output]", "query_timeout = \"2s\"\n\n[output]", 1)
+    });
     for args in [&["check"][..], &["run", "--once"][..]] {
         let started = std::time::Instant::now();
         let run = with_config(args, &config).await;

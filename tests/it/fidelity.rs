@@ -1,7 +1,9 @@
 //! Fidelity while tables change: schema changes mid-stream, renamed tables, TOASTed
 //! values, tables without a primary key, and names that collide with slot2lake's columns.
 
-use crate::support::{database, free_addr, run_once, with_config, Consumer, Lake, TestDb};
+use crate::support::{
+    database, edit_config, free_addr, run_once, with_config, Consumer, Lake, TestDb,
+};
 
 async fn flush(config: &std::path::Path) {
     let run = with_config(&["flush"], config).await;
@@ -68,15 +70,12 @@ async fn schema_changes_while_streaming_keep_the_lake_readable() {
         20
     );
     // After the rename the config names the new table and keeps the folder.
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace(
+    edit_config(&config, |t| {
+        t.replace(
             "name = \"public.items\"",
             "name = \"public.goods\"\nfolder = \"items\"",
-        ),
-    )
-    .expect("config");
+        )
+    });
     db.exec("UPDATE goods SET title = 'again' WHERE id = 1;")
         .await;
     run_once(&config).await;
@@ -224,15 +223,12 @@ async fn a_column_named_like_a_metadata_column_needs_the_prefix() {
         "[[tables]]\nname = \"public.audit\"\n",
         "",
     );
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace(
+    edit_config(&config, |t| {
+        t.replace(
             "[output]\n",
             "[output]\nmetadata_column_prefix = \"s2l_\"\n",
-        ),
-    )
-    .expect("config");
+        )
+    });
     let check = with_config(&["check"], &config).await;
     assert_eq!(check.code, 0, "{}", check.stdout);
     assert!(check.stdout.contains("\"_hidden\""), "{}", check.stdout);

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{database, run_once, Lake, SEED_TABLES};
+use crate::support::{database, edit_config, run_once, Lake, SEED_TABLES};
 
 /// Parquet files per partition folder of a table.
 fn files_per_partition(lake: &Lake, folder: &str) -> BTreeMap<String, usize> {
@@ -119,12 +119,9 @@ async fn a_large_partition_rolls_over_at_max_file_size() {
         SEED_TABLES,
         "[flush]\nmemory_limit = \"1MB\"\n",
     );
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace("[output]\n", "[output]\nmax_file_size = \"1MB\"\n"),
-    )
-    .expect("config");
+    edit_config(&config, |t| {
+        t.replace("[output]\n", "[output]\nmax_file_size = \"1MB\"\n")
+    });
     run_once(&config).await;
     let files = files_per_partition(&lake, "orders");
     assert_eq!(files.len(), 2);
@@ -152,11 +149,10 @@ async fn snapshot_workers_that_both_spill_keep_their_rows_apart() {
         "[[tables]]\nname = \"public.orders\"\npartition_by = \"order_date\"\n",
         "",
     );
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("publication = ", "max_parallel = 2\npublication = ")
-        .replace("[output]\n", "[flush]\nmemory_limit = \"2MB\"\n[output]\n");
-    std::fs::write(&config, text).expect("config");
+    edit_config(&config, |t| {
+        t.replace("publication = ", "max_parallel = 2\npublication = ")
+            .replace("[output]\n", "[flush]\nmemory_limit = \"2MB\"\n[output]\n")
+    });
     let run = run_once(&config).await;
     assert!(
         run.stderr.contains("workers=2") && !run.stderr.contains("chunks=1 "),

@@ -2,7 +2,7 @@
 //! and after streaming, in binary and in text pgoutput mode, with the Parquet types
 //! Athena, DuckDB and pyarrow read without casts.
 
-use crate::support::{database, run_once, Lake, TestDb};
+use crate::support::{database, edit_config, run_once, Lake, TestDb};
 
 const TABLE: &str = "CREATE TABLE typed (
     id bigint PRIMARY KEY,
@@ -32,9 +32,9 @@ fn rows(offset: i64) -> String {
 /// A config for one table with `[source] binary` set.
 fn binary_config(lake: &Lake, db: &TestDb, table: &str, binary: &str) -> std::path::PathBuf {
     let config = lake.config(db, &format!("[[tables]]\nname = \"{table}\"\n"));
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replace("[output]", &format!("binary = \"{binary}\"\n\n[output]"));
-    std::fs::write(&config, text).expect("config");
+    edit_config(&config, |t| {
+        t.replace("[output]", &format!("binary = \"{binary}\"\n\n[output]"))
+    });
     config
 }
 

@@ -768,6 +768,13 @@ pub async fn flaky_proxy(target: u16, fail: Arc<AtomicI64>) -> u16 {
     port
 }
 
+/// Rewrites a test's config file in place (keys added to a section by replacing its
+/// header or a key in it).
+pub fn edit_config(config: &Path, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(config).expect("read config");
+    std::fs::write(config, edit(text)).expect("write config");
+}
+
 /// A loopback port that accepts connections and never answers (a stuck proxy, pooler
 /// or endpoint); the connections stay open.
 pub async fn silent_port() -> u16 {
