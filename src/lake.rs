@@ -85,6 +85,8 @@ pub struct Lake {
 struct Unsynced {
     files: Vec<PathBuf>,
     dirs: std::collections::BTreeSet<PathBuf>,
+    /// Files and folders synced so far (tests check that nothing owed is dropped).
+    synced: usize,
 }
 
 /// Threads that fsync published files at once.
@@ -464,15 +466,21 @@ impl Lake {
     /// (`file://` lakes; an object store's upload is durable when it returns). Call it
     /// before recording them as written.
     pub fn sync_dirs(&self) -> Result<(), LakeError> {
-        let unsynced =
-            std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|p| p.into_inner()));
-        if unsynced.files.is_empty() {
-            return Ok(());
-        }
+        let (files, dirs) = {
+            let mut u = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut u.files), std::mem::take(&mut u.dirs))
+        };
         // fsyncs from several threads share journal commits: thousands of files take a
-        // fraction of the time one after the other would. Folders after their files.
-        sync_all(&unsynced.files)?;
-        sync_all(&unsynced.dirs.iter().cloned().collect::<Vec<_>>())
+        // fraction of the time one after the other would. Folders after their files; a
+        // folder moved whole brings no file but its new parent still needs its sync.
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        sync_all(&files)?;
+        sync_all(&dirs)?;
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .synced += files.len() + dirs.len();
+        Ok(())
     }
 
     /// The local file behind a key, for a `file://` lake.
@@ -646,6 +654,11 @@ mod tests {
             lake.move_folder("stage/t", "t").expect("move"),
             "moved whole"
         );
+        // The rename lives in the folders on both sides: syncing the lake syncs them.
+        let synced = |lake: &Lake| lake.unsynced.lock().map(|u| u.synced).unwrap_or(0);
+        let before = synced(&lake);
+        lake.sync_dirs().expect("sync");
+        assert_eq!(synced(&lake), before + 2, "lake root and stage/ synced");
         assert!(root.join("t/year=2025/month=01/day=02/f.parquet").is_file());
         assert!(!root.join("stage/t").exists());
         // The destination exists now: a second staged copy is not moved over it.
