@@ -124,6 +124,8 @@ pub struct Spill {
     /// Rows per part.
     counts: Vec<u32>,
     spilled_bytes: u64,
+    /// [`seal`](Self::seal) was called: no more rows come.
+    sealed: bool,
 }
 
 impl Spill {
@@ -141,6 +143,7 @@ impl Spill {
             tail: Vec::new(),
             counts: Vec::new(),
             spilled_bytes: 0,
+            sealed: false,
         }
     }
 
@@ -305,7 +308,12 @@ impl Spill {
 
     /// Ends appending: the rows still in memory are grouped by part; when they take more
     /// than `keep` bytes they go to a run file, so the encoders get the memory instead.
+    /// Sealing again does nothing.
     pub fn seal(&mut self, keep: usize) -> Result<(), SpillError> {
+        if self.sealed {
+            return Ok(());
+        }
+        self.sealed = true;
         if self.memory() > keep {
             self.spill()?;
         }

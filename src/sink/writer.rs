@@ -31,7 +31,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as Codec, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::partition::{FileName, PartitionKey};
@@ -53,6 +53,9 @@ const BATCH_ROWS: usize = 8192;
 
 /// Uploads of finished files in flight at once, per sink (object stores only).
 const CONCURRENT_UPLOADS: usize = 16;
+
+/// Rows of a part whose columns each fit one data page: parquet's row limit per page.
+const ONE_PAGE_ROWS: u32 = parquet::file::properties::DEFAULT_DATA_PAGE_ROW_COUNT_LIMIT as u32;
 
 /// A failure while writing Parquet.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +326,16 @@ impl Sink {
 
     /// Encodes every partition and closes every file; returns all files written or
     /// found, in (table, partition, sequence) order.
+    /// Ends appending: the rows still in memory are sorted by partition and, beyond their
+    /// share of memory, written out. A snapshot worker seals its sink when its last chunk
+    /// is in, while the other workers still copy; [`finish_all`](Self::finish_all) seals
+    /// the rest.
+    pub fn seal(&mut self) -> Result<(), SinkError> {
+        // Rows kept in memory and the encoders' row groups share the limit.
+        let keep = self.encoder.opts.memory_limit / 2;
+        Ok(self.spill.seal(keep)?)
+    }
+
     pub fn finish(self) -> Result<Vec<WrittenFile>, SinkError> {
         Self::finish_all(vec![self])
     }
@@ -336,9 +349,7 @@ impl Sink {
         let threads_wanted: usize = sinks.iter().map(|s| s.encoder.opts.encoders).sum();
         let mut spilled = 0;
         for s in &mut sinks {
-            // Rows kept in memory and the encoders' row groups share the limit.
-            let keep = s.encoder.opts.memory_limit / 2;
-            s.spill.seal(keep)?;
+            s.seal()?;
             spilled += s.spill.spilled_bytes();
         }
         // Every (table, partition) and where its rows are, in a fixed order.
@@ -567,8 +578,8 @@ struct OpenFile {
 }
 
 impl Encoder {
-    /// The writer settings for one table's file.
-    fn props_for(&self, schema: &TableSchema) -> WriterProperties {
+    /// The writer settings for one table's file; `rows` is how many the part holds.
+    fn props_for(&self, schema: &TableSchema, rows: u32) -> WriterProperties {
         // Columns whose values are (nearly) unique per row: a dictionary for them only
         // fills up and is dropped, after hashing every value. A one-column key,
         // timestamps, and the row's position in its transaction.
@@ -588,6 +599,13 @@ impl Encoder {
             )
             .chain(std::iter::once(schema.meta(CHANGE_SEQ)));
         let mut b = self.props.clone().into_builder();
+        if rows <= ONE_PAGE_ROWS {
+            // Each column then fits one page (a spread table's day, most daily flushes):
+            // a page index would repeat the column's statistics, at a cost per file.
+            b = b
+                .set_statistics_enabled(EnabledStatistics::Chunk)
+                .set_offset_index_disabled(true);
+        }
         for c in unique {
             b = b.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false);
         }
@@ -603,20 +621,21 @@ impl Encoder {
         sources: &[(usize, u32)],
         warnings: &mut Warnings,
     ) -> Result<Vec<Closed>, SinkError> {
+        // Most partitions of a spread table hold far fewer rows than a batch.
+        let rows: u32 = sources
+            .iter()
+            .map(|(i, p)| job.sinks[*i].spill.rows(*p))
+            .sum();
         let mut state = PartState {
             folder,
             key,
+            rows,
             seq: 0,
             batch: None,
             file: None,
             skipping: None,
             files: Vec::new(),
         };
-        // Most partitions of a spread table hold far fewer rows than a batch.
-        let rows: u32 = sources
-            .iter()
-            .map(|(i, p)| job.sinks[*i].spill.rows(*p))
-            .sum();
         let capacity = (rows as usize).min(BATCH_ROWS);
         for (i, p) in sources {
             let sink = &job.sinks[*i];
@@ -789,7 +808,7 @@ impl Encoder {
         let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(256 * 1024, file),
             schema.arrow.clone(),
-            Some(self.props_for(schema)),
+            Some(self.props_for(schema, state.rows)),
         )
         .map_err(|source| SinkError::Parquet {
             table: state.folder.to_string(),
@@ -875,6 +894,8 @@ struct Skipped {
 struct PartState<'a> {
     folder: &'a Arc<str>,
     key: PartitionKey,
+    /// Rows of the part, over all its files.
+    rows: u32,
     /// The next file's sequence number within the part.
     seq: u32,
     batch: Option<RowBatch>,
@@ -923,5 +944,73 @@ mod tests {
             assert_eq!(ids.get(1, PartitionKey::Column(Some(missing))), None);
         }
         assert!(ids.days[0].ids.len() as i64 <= DENSE_DAYS);
+    }
+
+    #[test]
+    fn a_page_index_is_written_only_for_parts_that_span_pages() {
+        use crate::decode::schema::oid;
+        use crate::decode::{ChangeType, ColumnSpec};
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir = tempfile::tempdir().expect("tmp");
+        let output: crate::config::OutputConfig =
+            toml::from_str(&format!("url = \"file://{}\"", dir.path().display())).expect("url");
+        let lake = rt.block_on(Lake::open(&output)).expect("lake");
+        let opts = SinkOptions {
+            compression: Compression::Snappy,
+            max_file_bytes: 256 << 20,
+            row_group_rows: 1_000_000,
+            memory_limit: 16 << 20,
+            encoders: 1,
+            tmp_dir: dir.path().join("tmp"),
+            staging_prefix: None,
+            defer_publish: false,
+            may_exist: false,
+        };
+        let mut sink =
+            Sink::new(lake, rt.handle().clone(), opts, Utc::now(), Lsn(1)).expect("sink");
+        let cols = vec![
+            ColumnSpec::new("id", oid::INT4, -1, true),
+            ColumnSpec::new("day", oid::DATE, -1, false),
+        ];
+        let schema = Arc::new(TableSchema::new("public", "t", cols, Some("day")).expect("schema"));
+        let mut meta = RowMeta {
+            change_type: ChangeType::Snapshot,
+            lsn: 1,
+            seq: 0,
+            commit_us: 0,
+        };
+        // Day 1 just crosses one page's worth of rows, day 2 stays far below it.
+        let big = ONE_PAGE_ROWS as i32 + 1;
+        for (day, rows) in [(1i32, big), (2, 10)] {
+            for id in 0..rows {
+                let (id, d) = (id.to_be_bytes(), day.to_be_bytes());
+                let values = [Datum::Binary(&id), Datum::Binary(&d)];
+                sink.append(
+                    "t",
+                    &schema,
+                    PartitionKey::Column(Some(day)),
+                    &meta,
+                    values.into_iter(),
+                )
+                .expect("append");
+                meta.seq += 1;
+            }
+        }
+        let files = rt.block_on(async { tokio::task::block_in_place(|| sink.finish()) });
+        let files = files.expect("finish");
+        assert_eq!(files.len(), 2);
+        for f in files {
+            let file = File::open(dir.path().join(&f.key)).expect("file");
+            let reader =
+                parquet::file::serialized_reader::SerializedFileReader::new(file).expect("parquet");
+            let meta = parquet::file::reader::FileReader::metadata(&reader);
+            let has_index = meta.row_group(0).column(0).offset_index_offset().is_some();
+            assert_eq!(
+                has_index,
+                f.rows > u64::from(ONE_PAGE_ROWS),
+                "{} rows",
+                f.rows
+            );
+        }
     }
 }

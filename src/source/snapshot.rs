@@ -567,6 +567,7 @@ fn decode(
         }
     }
     finish(&current)?;
+    sink.seal()?;
     Ok(sink)
 }
 
