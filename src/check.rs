@@ -309,15 +309,13 @@ async fn toastable_columns(
     table: u32,
 ) -> Result<Vec<String>, crate::source::SourceError> {
     let rows = client
-        .answer(
+        .query(
             "reading column storage",
-            client.client().query(
-                "SELECT attname::text FROM pg_attribute
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
-               AND attstorage IN ('x', 'e') AND (atttypmod < 0 OR atttypmod > 2004)
-             ORDER BY attnum",
-                &[&table],
-            ),
+            "SELECT attname::text FROM pg_attribute
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+           AND attstorage IN ('x', 'e') AND (atttypmod < 0 OR atttypmod > 2004)
+         ORDER BY attnum",
+            &[&table],
         )
         .await?;
     Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())

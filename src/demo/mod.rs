@@ -143,23 +143,14 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     )
     .await?;
     admin
-        .answer(
-            "creating analytics_db",
-            admin.client().batch_execute("CREATE DATABASE analytics_db"),
-        )
+        .batch_execute("creating analytics_db", "CREATE DATABASE analytics_db")
         .await?;
     let url = crate::config::SecretUrl::new(cluster.url("analytics_db"));
     let db = source::connect(&url, crate::config::DEFAULT_QUERY_TIMEOUT).await?;
-    db.answer(
-        "creating the seed's tables",
-        db.client().batch_execute(SEED_SCHEMA),
-    )
-    .await?;
-    db.answer(
-        "loading sample data",
-        db.client().batch_execute(&seed_data_sql(1000, 5000, 90)),
-    )
-    .await?;
+    db.batch_execute("creating the seed's tables", SEED_SCHEMA)
+        .await?;
+    db.batch_execute("loading sample data", &seed_data_sql(1000, 5000, 90))
+        .await?;
     step(2, "loaded the seed's sample data into analytics_db: 1000 customers, 5000 orders over the last 90 days");
 
     let lake = dir.join("lake");
@@ -187,11 +178,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         ),
     );
     for sql in [SIMULATED_DAY, ROLLED_BACK] {
-        db.answer(
-            "simulating a day of changes",
-            db.client().batch_execute(sql),
-        )
-        .await?;
+        db.batch_execute("simulating a day of changes", sql).await?;
     }
     step(
         4,

@@ -191,10 +191,10 @@ impl Pipeline {
 
     pub(super) async fn drop_slot(&self, name: &str) -> Result<(), RunError> {
         let conn = self.source.get().await?;
-        conn.answer(
+        conn.query(
             format!("dropping slot {name:?}"),
-            conn.client()
-                .execute("SELECT pg_drop_replication_slot($1)", &[&name]),
+            "SELECT pg_drop_replication_slot($1)",
+            &[&name],
         )
         .await?;
         Ok(())

@@ -29,20 +29,18 @@ pub struct ServerInfo {
 /// Reads the settings and privileges `check` and `run` need.
 pub async fn server_info(client: &Conn) -> Result<ServerInfo, SourceError> {
     let row = client
-        .answer(
+        .query_one(
             "reading server settings",
-            client.client().query_one(
-                "SELECT current_setting('wal_level'),
-                    current_setting('server_version_num')::int,
-                    current_setting('max_replication_slots')::int,
-                    current_setting('max_wal_senders')::int,
-                    current_user::text,
-                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
-                      OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication'
-                                 AND pg_has_role(current_user, r.oid, 'member')),
-                    has_database_privilege(current_database(), 'CREATE')",
-                &[],
-            ),
+            "SELECT current_setting('wal_level'),
+                current_setting('server_version_num')::int,
+                current_setting('max_replication_slots')::int,
+                current_setting('max_wal_senders')::int,
+                current_user::text,
+                (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
+                  OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication'
+                             AND pg_has_role(current_user, r.oid, 'member')),
+                has_database_privilege(current_database(), 'CREATE')",
+            &[],
         )
         .await?;
     let get = |e: tokio_postgres::Error| query_error("reading server settings", &e);
@@ -126,13 +124,11 @@ pub async fn publication_info(
 ) -> Result<Option<PublicationInfo>, SourceError> {
     // `pubgencols` exists from PostgreSQL 18 on; read through jsonb so older servers answer.
     let row = client
-        .answer(
+        .query_opt(
             "reading the publication",
-            client.client().query_opt(
-                "SELECT p.pubviaroot, coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's'
-             FROM pg_publication p WHERE p.pubname = $1",
-                &[&publication],
-            ),
+            "SELECT p.pubviaroot, coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's'
+         FROM pg_publication p WHERE p.pubname = $1",
+            &[&publication],
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
@@ -184,15 +180,13 @@ pub enum TableError {
 /// The database's domains, enums, arrays and extension types.
 pub async fn type_catalog(client: &Conn) -> Result<TypeCatalog, SourceError> {
     let rows = client
-        .answer(
+        .query(
             "reading pg_type",
-            client.client().query(
-                "SELECT t.oid, t.typtype::text, t.typbasetype, t.typtypmod, t.typelem,
-                    t.typcategory::text, t.typsend::text
-             FROM pg_type t
-             WHERE t.typtype IN ('d', 'e') OR t.typcategory = 'A' OR t.oid >= 16384",
-                &[],
-            ),
+            "SELECT t.oid, t.typtype::text, t.typbasetype, t.typtypmod, t.typelem,
+                t.typcategory::text, t.typsend::text
+         FROM pg_type t
+         WHERE t.typtype IN ('d', 'e') OR t.typcategory = 'A' OR t.oid >= 16384",
+            &[],
         )
         .await?;
     let get = |e: tokio_postgres::Error| query_error("reading pg_type", &e);
@@ -224,16 +218,14 @@ pub async fn table_info(
     let (schema, name) = table.qualified();
     let what = || format!("reading the columns of {}", table.name);
     let rel = client
-        .answer(
+        .query_opt(
             what(),
-            client.client().query_opt(
-                "SELECT c.oid, c.relreplident::text, c.relkind::text,
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                    c.reltuples::bigint
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2",
-                &[&schema, &name],
-            ),
+            "SELECT c.oid, c.relreplident::text, c.relkind::text,
+                EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                c.reltuples::bigint
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &name],
         )
         .await?
         .ok_or_else(|| TableError::Missing(table.name.clone()))?;
@@ -249,17 +241,11 @@ pub async fn table_info(
     let publication_info = publication_info(client, publication).await?;
     // PostgreSQL 15+ lists the published columns and the row filter per table. Read
     // through jsonb so older servers answer too.
-    let published = client
-        .answer(
-            what(),
-            client.client().query_opt(
-            "SELECT (SELECT array_agg(x) FROM jsonb_array_elements_text(to_jsonb(pt) -> 'attnames') x),
-                    to_jsonb(pt) ->> 'rowfilter'
-             FROM pg_publication_tables pt
-             WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
-            &[&publication, &schema, &name],
-        ),
-        )
+    let published = client.query_opt(what(), "SELECT (SELECT array_agg(x) FROM jsonb_array_elements_text(to_jsonb(pt) -> 'attnames') x),
+                to_jsonb(pt) ->> 'rowfilter'
+         FROM pg_publication_tables pt
+         WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
+        &[&publication, &schema, &name])
         .await?;
     let (attnames, row_filter): (Option<Vec<String>>, Option<String>) = match &published {
         Some(r) => (r.try_get(0).map_err(get)?, r.try_get(1).map_err(get)?),
@@ -271,21 +257,19 @@ pub async fn table_info(
     let generated_published =
         version >= 180000 && publication_info.is_none_or(|p| p.generated || attnames.is_some());
     let rows = client
-        .answer(
+        .query(
             what(),
-            client.client().query(
-                "SELECT a.attname::text, a.atttypid, a.atttypmod,
-                    COALESCE(a.attnum = ANY (
-                      SELECT unnest(i.indkey) FROM pg_index i
-                      WHERE i.indrelid = a.attrelid
-                        AND ((c.relreplident IN ('d', 'f') AND i.indisprimary)
-                          OR (c.relreplident = 'i' AND i.indisreplident))), false),
-                    a.attgenerated::text
-             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-                &[&oid],
-            ),
+            "SELECT a.attname::text, a.atttypid, a.atttypmod,
+                COALESCE(a.attnum = ANY (
+                  SELECT unnest(i.indkey) FROM pg_index i
+                  WHERE i.indrelid = a.attrelid
+                    AND ((c.relreplident IN ('d', 'f') AND i.indisprimary)
+                      OR (c.relreplident = 'i' AND i.indisreplident))), false),
+                a.attgenerated::text
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+            &[&oid],
         )
         .await?;
     let mut columns = Vec::with_capacity(rows.len());
@@ -351,13 +335,11 @@ pub async fn leaf_partitions(
     table: u32,
 ) -> Result<Vec<crate::checkpoint::PartitionRef>, SourceError> {
     let rows = client
-        .answer(
+        .query(
             "reading the table's partitions",
-            client.client().query(
-                "SELECT relid::oid, relid::regclass::text FROM pg_partition_tree($1::oid::regclass)
-             WHERE isleaf ORDER BY 1",
-                &[&table],
-            ),
+            "SELECT relid::oid, relid::regclass::text FROM pg_partition_tree($1::oid::regclass)
+         WHERE isleaf ORDER BY 1",
+            &[&table],
         )
         .await?;
     rows.iter()
@@ -406,14 +388,12 @@ fn parse_lsn_opt(v: Option<String>) -> Option<Lsn> {
 /// Reads the slot, `None` when it does not exist.
 pub async fn slot_info(client: &Conn, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
     let row = client
-        .answer(
+        .query_opt(
             "reading the replication slot",
-            client.client().query_opt(
-                "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text,
-                    restart_lsn::text, wal_status
-             FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            ),
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text,
+                restart_lsn::text, wal_status
+         FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
@@ -536,9 +516,9 @@ pub async fn ensure_publication(
     };
     tracing::info!(publication, "{sql}");
     client
-        .answer(
+        .batch_execute(
             format!("creating publication {publication:?} ({sql})"),
-            client.client().batch_execute(&sql),
+            &sql,
         )
         .await
 }

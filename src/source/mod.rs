@@ -175,8 +175,8 @@ async fn connect_now(url: &SecretUrl) -> Result<(Client, tokio::task::AbortHandl
     Ok((client, task.abort_handle()))
 }
 
-/// A regular connection. Statements go through [`Conn::answer`], which bounds the wait
-/// for the server's answer: keepalives catch a dead peer, but a peer that keeps TCP alive
+/// A regular connection. Every statement's wait for the server's answer is bounded by
+/// `source.query_timeout`: keepalives catch a dead peer, but a peer that keeps TCP alive
 /// and never answers (a stuck pooler) would otherwise hang the caller forever.
 pub struct Conn {
     client: Client,
@@ -184,13 +184,52 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Awaits a statement on [`Conn::client`] within `source.query_timeout`.
-    pub async fn answer<T>(
+    /// Awaits a statement within `source.query_timeout`.
+    async fn answer<T>(
         &self,
         what: impl Into<String>,
         statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, SourceError> {
         self.deadline.answer(what, statement).await
+    }
+
+    /// The rows of a statement, within `source.query_timeout`.
+    pub async fn query(
+        &self,
+        what: impl Into<String>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, SourceError> {
+        self.answer(what, self.client.query(sql, params)).await
+    }
+
+    /// The row of a statement that returns one.
+    pub async fn query_one(
+        &self,
+        what: impl Into<String>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, SourceError> {
+        self.answer(what, self.client.query_one(sql, params)).await
+    }
+
+    /// The row of a statement that returns at most one.
+    pub async fn query_opt(
+        &self,
+        what: impl Into<String>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, SourceError> {
+        self.answer(what, self.client.query_opt(sql, params)).await
+    }
+
+    /// Runs statements without parameters (a script).
+    pub async fn batch_execute(
+        &self,
+        what: impl Into<String>,
+        sql: &str,
+    ) -> Result<(), SourceError> {
+        self.answer(what, self.client.batch_execute(sql)).await
     }
 
     /// The one value of a one-row statement, within `source.query_timeout`.
@@ -201,16 +240,8 @@ impl Conn {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<T, SourceError> {
         let what = what.into();
-        let row = self
-            .answer(what.clone(), self.client.query_one(sql, params))
-            .await?;
+        let row = self.query_one(what.clone(), sql, params).await?;
         row.try_get(0).map_err(|e| query_error(what, &e))
-    }
-
-    /// The client, for statements that [`Conn::answer`] bounds and for streams (COPY)
-    /// whose length depends on the data.
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     /// The client for a transaction, and the deadline that bounds its statements.
