@@ -324,8 +324,6 @@ impl Sink {
             .push(part, schema_id, meta, None::<std::iter::Empty<Datum<'_>>>)?)
     }
 
-    /// Encodes every partition and closes every file; returns all files written or
-    /// found, in (table, partition, sequence) order.
     /// Ends appending: the rows still in memory are sorted by partition and, beyond their
     /// share of memory, written out. A snapshot worker seals its sink when its last chunk
     /// is in, while the other workers still copy; [`finish_all`](Self::finish_all) seals
@@ -336,6 +334,8 @@ impl Sink {
         Ok(self.spill.seal(keep)?)
     }
 
+    /// Encodes every partition and closes every file; returns all files written or
+    /// found, in (table, partition, sequence) order.
     pub fn finish(self) -> Result<Vec<WrittenFile>, SinkError> {
         Self::finish_all(vec![self])
     }
