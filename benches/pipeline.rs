@@ -31,6 +31,8 @@ struct Args {
     big_txn: u64,
     /// Dates the orders are spread over (their `order_date` partitions).
     spread: u64,
+    /// Another slot2lake binary whose snapshot runs beside `bin`'s in every run.
+    against: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +48,7 @@ fn parse_args() -> Args {
         debezium: false,
         big_txn: 0,
         spread: 730,
+        against: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -69,6 +72,9 @@ fn parse_args() -> Args {
             "--big-txn" => a.big_txn = num("--big-txn"),
             "--spread" => a.spread = num("--spread").max(1),
             "--bin" => a.bin = PathBuf::from(it.next().expect("--bin needs a path")),
+            "--against" => {
+                a.against = Some(PathBuf::from(it.next().expect("--against needs a path")))
+            }
             "--stream-only" => a.skip_snapshot = true,
             "--debezium" => a.debezium = true,
             "--snapshot-only" => a.skip_stream = true,
@@ -77,7 +83,8 @@ fn parse_args() -> Args {
                 println!(
                     "scripts/bench [--runs 3] [--orders 1000000] [--updates 200000] [--customers 100000]\n\
                      \x20             [--scale N] [--payload BYTES] [--stream-only | --snapshot-only]\n\
-                     \x20             [--big-txn ROWS] [--debezium] [--bin PATH] [--spread DAYS (730)]"
+                     \x20             [--big-txn ROWS] [--debezium] [--bin PATH] [--spread DAYS (730)]\n\
+                     \x20             [--against PATH: another slot2lake binary whose snapshot alternates with --bin's]"
                 );
                 std::process::exit(0);
             }
@@ -257,6 +264,7 @@ fn main() {
     let mut stream_rows: Vec<(f64, u64, f64, u64)> = vec![];
     let mut dbz_rows: Vec<(f64, u64)> = vec![];
     let mut snap_rows: Vec<(f64, f64, u64, Option<f64>)> = vec![];
+    let mut against_rows: Vec<(f64, u64)> = vec![];
     let mut snap_files = (0, 0, 0);
     let mut stream_files = (0, 0, 0);
     let changes = a.orders + a.updates + a.customers;
@@ -404,19 +412,39 @@ fn main() {
                 "-c",
                 "COPY orders TO STDOUT (FORMAT binary)",
             ]));
-            let cfg = config(
-                work.as_path(),
-                &cluster.url(&db),
-                "snap",
-                "initial",
-                &["orders"],
-            );
-            let (snap_s, snap_kib, _) = timed(
-                Command::new(&a.bin)
-                    .args(["run", "--once", "--config"])
-                    .arg(&cfg)
-                    .env("RUST_LOG", "warn"),
-            );
+            // This VM's speed drifts within minutes (memory handed back to the host and
+            // touched again, ext4's deleted inodes): two binaries are compared by running
+            // both in every run, in turn first.
+            let snapshot = |bin: &Path, slot: &str| {
+                let cfg = config(
+                    work.as_path(),
+                    &cluster.url(&db),
+                    slot,
+                    "initial",
+                    &["orders"],
+                );
+                timed(
+                    Command::new(bin)
+                        .args(["run", "--once", "--config"])
+                        .arg(&cfg)
+                        .env("RUST_LOG", "warn"),
+                )
+            };
+            let mut other = None;
+            if let (Some(b), true) = (&a.against, run % 2 == 0) {
+                other = Some(snapshot(b, "snap_against"));
+            }
+            let (snap_s, snap_kib, _) = snapshot(&a.bin, "snap");
+            if let (Some(b), None) = (&a.against, &other) {
+                other = Some(snapshot(b, "snap_against"));
+            }
+            if let Some((s, kib, _)) = other {
+                eprintln!(
+                    "run {run}: --against snapshot {s:.2} s ({} MB RSS)",
+                    kib / 1024
+                );
+                against_rows.push((s, kib));
+            }
             let pg2parquet = Command::new("pg2parquet")
                 .arg("--version")
                 .output()
@@ -553,6 +581,15 @@ fn main() {
             "| slot2lake first run → committed Parquet | {snap:.2} | {:.0} | {rss} MB |",
             orders_rows as f64 / snap
         );
+        let against =
+            (!against_rows.is_empty()).then(|| median(against_rows.iter().map(|r| r.0).collect()));
+        if let Some(s) = against {
+            let rss = against_rows.iter().map(|r| r.1).max().unwrap_or(0) / 1024;
+            println!(
+                "| --against binary, same runs → committed Parquet | {s:.2} | {:.0} | {rss} MB |",
+                orders_rows as f64 / s
+            );
+        }
         let pg2 = snap_rows.iter().filter_map(|r| r.3).collect::<Vec<_>>();
         if !pg2.is_empty() {
             let p = median(pg2);
@@ -569,6 +606,18 @@ fn main() {
             "slot2lake rows/s / COPY binary rows/s = {:.2} (target ≥ 0.8)",
             copy / snap
         );
+        if let Some(s) = against {
+            let wins = snap_rows
+                .iter()
+                .zip(&against_rows)
+                .filter(|(m, o)| m.1 < o.0)
+                .count();
+            println!(
+                "--bin time / --against time = {:.2}; --bin faster in {wins} of {} runs",
+                snap / s,
+                against_rows.len()
+            );
+        }
     }
     if let Some((s, kib)) = big {
         println!(

@@ -136,7 +136,9 @@ impl ReplicationStream {
             .with_binary(opts.binary)
             .with_messages(true)
             .with_feedback_interval(Duration::from_secs(10))
-            .with_connection_timeout(Duration::from_secs(30))
+            // Ours (`CONNECT_TIMEOUT`, below) decides: with both at 30 s, whichever fired
+            // first chose the error a silent proxy gets.
+            .with_connection_timeout(super::CONNECT_TIMEOUT + Duration::from_secs(15))
             .with_retry_config(RetryConfig {
                 max_attempts: 1,
                 ..RetryConfig::default()
