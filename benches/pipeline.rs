@@ -607,16 +607,33 @@ fn main() {
             copy / snap
         );
         if let Some(s) = against {
-            let wins = snap_rows
-                .iter()
-                .zip(&against_rows)
-                .filter(|(m, o)| m.1 < o.0)
-                .count();
-            println!(
-                "--bin time / --against time = {:.2}; --bin faster in {wins} of {} runs",
-                snap / s,
-                against_rows.len()
-            );
+            // Whichever snapshot runs second in a run is faster on this VM (it reuses the
+            // memory the first just freed), so each binary is also compared in the same
+            // position: odd runs take --bin first, even runs --against first.
+            let at = |first_is_bin: bool, bin: bool| {
+                let times = snap_rows
+                    .iter()
+                    .zip(&against_rows)
+                    .enumerate()
+                    .filter(|(i, _)| (i % 2 == 0) == first_is_bin)
+                    .map(|(_, (m, o))| if bin { m.1 } else { o.0 })
+                    .collect::<Vec<_>>();
+                (!times.is_empty()).then(|| median(times))
+            };
+            println!("--bin time / --against time = {:.2}", snap / s);
+            if let (Some(bf), Some(af), Some(bs), Some(as_)) = (
+                at(true, true),
+                at(false, false),
+                at(false, true),
+                at(true, false),
+            ) {
+                println!(
+                    "in the same position: running first {bf:.2} s / {af:.2} s = {:.2}, \
+                     running second {bs:.2} s / {as_:.2} s = {:.2}",
+                    bf / af,
+                    bs / as_
+                );
+            }
         }
     }
     if let Some((s, kib)) = big {
