@@ -123,6 +123,8 @@ pub struct Spill {
     tail: Vec<(usize, usize)>,
     /// Rows per part.
     counts: Vec<u32>,
+    /// Bytes of the rows per part, as kept here.
+    bytes: Vec<u64>,
     spilled_bytes: u64,
     /// [`seal`](Self::seal) was called: no more rows come.
     sealed: bool,
@@ -142,6 +144,7 @@ impl Spill {
             ranges: Vec::new(),
             tail: Vec::new(),
             counts: Vec::new(),
+            bytes: Vec::new(),
             spilled_bytes: 0,
             sealed: false,
         }
@@ -172,6 +175,7 @@ impl Spill {
         self.index.push((part, start as u32));
         if self.counts.len() <= part as usize {
             self.counts.resize(part as usize + 1, 0);
+            self.bytes.resize(part as usize + 1, 0);
         }
         self.counts[part as usize] += 1;
         let base = *self.base.get_or_insert(*meta);
@@ -215,6 +219,7 @@ impl Spill {
                 a.splice(count_at..count_at + 1, head);
             }
         }
+        self.bytes[part as usize] += (self.arena.len() - start) as u64;
         Ok(())
     }
 
@@ -332,6 +337,11 @@ impl Spill {
     /// Rows of a part.
     pub fn rows(&self, part: u32) -> u32 {
         self.counts.get(part as usize).copied().unwrap_or(0)
+    }
+
+    /// Bytes of a part's rows (wire values plus a few bytes of framing per row).
+    pub fn bytes(&self, part: u32) -> u64 {
+        self.bytes.get(part as usize).copied().unwrap_or(0)
     }
 
     /// Parts that have rows.

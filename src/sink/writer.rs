@@ -57,6 +57,10 @@ const CONCURRENT_UPLOADS: usize = 16;
 /// Rows of a part whose columns each fit one data page: parquet's row limit per page.
 const ONE_PAGE_ROWS: u32 = parquet::file::properties::DEFAULT_DATA_PAGE_ROW_COUNT_LIMIT as u32;
 
+/// Bytes of a part whose columns each fit one data page: parquet's size limit per page
+/// (a few wide values fill pages long before the row limit).
+const ONE_PAGE_BYTES: u64 = parquet::file::properties::DEFAULT_PAGE_SIZE as u64;
+
 /// A failure while writing Parquet.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -578,8 +582,9 @@ struct OpenFile {
 }
 
 impl Encoder {
-    /// The writer settings for one table's file; `rows` is how many the part holds.
-    fn props_for(&self, schema: &TableSchema, rows: u32) -> WriterProperties {
+    /// The writer settings for one table's file; `one_page`: each column of the part
+    /// fits one data page.
+    fn props_for(&self, schema: &TableSchema, one_page: bool) -> WriterProperties {
         // Columns whose values are (nearly) unique per row: a dictionary for them only
         // fills up and is dropped, after hashing every value. A one-column key,
         // timestamps, and the row's position in its transaction.
@@ -599,9 +604,9 @@ impl Encoder {
             )
             .chain(std::iter::once(schema.meta(CHANGE_SEQ)));
         let mut b = self.props.clone().into_builder();
-        if rows <= ONE_PAGE_ROWS {
-            // Each column then fits one page (a spread table's day, most daily flushes):
-            // a page index would repeat the column's statistics, at a cost per file.
+        if one_page {
+            // A spread table's day, most daily flushes: a page index would repeat the
+            // column's statistics, at a cost per file.
             b = b
                 .set_statistics_enabled(EnabledStatistics::Chunk)
                 .set_offset_index_disabled(true);
@@ -626,10 +631,14 @@ impl Encoder {
             .iter()
             .map(|(i, p)| job.sinks[*i].spill.rows(*p))
             .sum();
+        let bytes: u64 = sources
+            .iter()
+            .map(|(i, p)| job.sinks[*i].spill.bytes(*p))
+            .sum();
         let mut state = PartState {
             folder,
             key,
-            rows,
+            one_page: rows <= ONE_PAGE_ROWS && bytes <= ONE_PAGE_BYTES,
             seq: 0,
             batch: None,
             file: None,
@@ -808,7 +817,7 @@ impl Encoder {
         let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(256 * 1024, file),
             schema.arrow.clone(),
-            Some(self.props_for(schema, state.rows)),
+            Some(self.props_for(schema, state.one_page)),
         )
         .map_err(|source| SinkError::Parquet {
             table: state.folder.to_string(),
@@ -894,8 +903,8 @@ struct Skipped {
 struct PartState<'a> {
     folder: &'a Arc<str>,
     key: PartitionKey,
-    /// Rows of the part, over all its files.
-    rows: u32,
+    /// Each column of the part, over all its files, fits one data page.
+    one_page: bool,
     /// The next file's sequence number within the part.
     seq: u32,
     batch: Option<RowBatch>,
@@ -971,6 +980,7 @@ mod tests {
         let cols = vec![
             ColumnSpec::new("id", oid::INT4, -1, true),
             ColumnSpec::new("day", oid::DATE, -1, false),
+            ColumnSpec::new("notes", oid::TEXT, -1, false),
         ];
         let schema = Arc::new(TableSchema::new("public", "t", cols, Some("day")).expect("schema"));
         let mut meta = RowMeta {
@@ -979,12 +989,18 @@ mod tests {
             seq: 0,
             commit_us: 0,
         };
-        // Day 1 just crosses one page's worth of rows, day 2 stays far below it.
+        // Day 1 just crosses one page's worth of rows, day 2 stays far below it, day 3
+        // has few rows but more than a page of bytes (large TOASTed values).
         let big = ONE_PAGE_ROWS as i32 + 1;
-        for (day, rows) in [(1i32, big), (2, 10)] {
+        let wide = "x".repeat(40_000);
+        for (day, rows, notes) in [(1i32, big, ""), (2, 10, ""), (3, 40, wide.as_str())] {
             for id in 0..rows {
                 let (id, d) = (id.to_be_bytes(), day.to_be_bytes());
-                let values = [Datum::Binary(&id), Datum::Binary(&d)];
+                let values = [
+                    Datum::Binary(&id),
+                    Datum::Binary(&d),
+                    Datum::Text(notes.as_bytes()),
+                ];
                 sink.append(
                     "t",
                     &schema,
@@ -998,16 +1014,17 @@ mod tests {
         }
         let files = rt.block_on(async { tokio::task::block_in_place(|| sink.finish()) });
         let files = files.expect("finish");
-        assert_eq!(files.len(), 2);
+        assert_eq!(files.len(), 3);
         for f in files {
             let file = File::open(dir.path().join(&f.key)).expect("file");
             let reader =
                 parquet::file::serialized_reader::SerializedFileReader::new(file).expect("parquet");
             let meta = parquet::file::reader::FileReader::metadata(&reader);
             let has_index = meta.row_group(0).column(0).offset_index_offset().is_some();
+            let wide = f.rows == 40;
             assert_eq!(
                 has_index,
-                f.rows > u64::from(ONE_PAGE_ROWS),
+                f.rows > u64::from(ONE_PAGE_ROWS) || wide,
                 "{} rows",
                 f.rows
             );
