@@ -11,6 +11,8 @@
 //!
 //! Prints wall time, changes or rows per second, peak RSS, and the ratios; repeats and
 //! reports the median. Not a test: machines are noisy, so only ratios are meaningful.
+//! The snapshot's readers take turns going first, and its CPU seconds (slot2lake's own
+//! and the server's, from `/proc/stat`) show how far the cores bound its wall time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,12 +96,49 @@ fn parse_args() -> Args {
     a
 }
 
-/// Wall seconds and peak RSS (KiB) of a command, from GNU time.
-fn timed(cmd: &mut Command) -> (f64, u64, String) {
+/// One run of the snapshot readers.
+struct SnapRun {
+    copy: Timed,
+    snap: Timed,
+    /// Seconds, when pg2parquet is on PATH.
+    pg2parquet: Option<f64>,
+}
+
+/// What a command cost.
+#[derive(Clone, Copy)]
+struct Timed {
+    /// Wall seconds.
+    secs: f64,
+    /// Peak RSS, KiB.
+    kib: u64,
+    /// The command's own CPU seconds (user + system).
+    cpu: f64,
+    /// CPU seconds the whole machine spent meanwhile: the server's share included.
+    machine_cpu: f64,
+}
+
+/// CPU seconds the machine has been busy (not idle, not waiting on I/O) since boot.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // /proc/stat counts in USER_HZ, 100 on every Linux.
+    (ticks.iter().sum::<u64>() - idle) as f64 / 100.0
+}
+
+/// Runs a command under GNU time.
+fn timed(cmd: &mut Command) -> Timed {
     let report = tempfile::NamedTempFile::new().expect("tempfile");
     let mut time = Command::new("/usr/bin/time");
     time.arg("-f")
-        .arg("%e %M")
+        .arg("%e %M %U %S")
         .arg("-o")
         .arg(report.path())
         .arg(cmd.get_program())
@@ -109,20 +148,28 @@ fn timed(cmd: &mut Command) -> (f64, u64, String) {
             time.env(k, v);
         }
     }
+    let busy = machine_busy();
     let out = time
         .output()
         .expect("run /usr/bin/time (apt-get install time)");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let machine_cpu = machine_busy() - busy;
     assert!(
         out.status.success(),
-        "{:?} failed: {stderr}",
-        cmd.get_program()
+        "{:?} failed: {}",
+        cmd.get_program(),
+        String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(report.path()).expect("time report");
-    let mut parts = text.split_whitespace();
-    let secs = parts.next().and_then(|v| v.parse().ok()).expect("seconds");
-    let kib = parts.next().and_then(|v| v.parse().ok()).expect("rss");
-    (secs, kib, stderr)
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(|v| v.parse().expect("GNU time's figures"))
+        .collect();
+    Timed {
+        secs: v[0],
+        kib: v[1] as u64,
+        cpu: v[2] + v[3],
+        machine_cpu,
+    }
 }
 
 fn psql(cluster: &TempCluster, db: &str, sql: &str) -> String {
@@ -263,7 +310,7 @@ fn main() {
     let recvlogical = cluster.bindir().join("pg_recvlogical");
     let mut stream_rows: Vec<(f64, u64, f64, u64)> = vec![];
     let mut dbz_rows: Vec<(f64, u64)> = vec![];
-    let mut snap_rows: Vec<(f64, f64, u64, Option<f64>)> = vec![];
+    let mut snap_rows: Vec<SnapRun> = vec![];
     let mut against_rows: Vec<(f64, u64)> = vec![];
     let mut snap_files = (0, 0, 0);
     let mut stream_files = (0, 0, 0);
@@ -328,7 +375,11 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
         if !a.skip_stream {
-            let (recv_s, recv_kib, _) = timed(
+            let Timed {
+                secs: recv_s,
+                kib: recv_kib,
+                ..
+            } = timed(
                 Command::new(&recvlogical)
                     .args([
                         "-d",
@@ -360,7 +411,11 @@ fn main() {
                 "never",
                 &["customers", "orders"],
             );
-            let (s2l_s, s2l_kib, _) = timed(
+            let Timed {
+                secs: s2l_s,
+                kib: s2l_kib,
+                ..
+            } = timed(
                 Command::new(&a.bin)
                     .args(["run", "--once", "--config"])
                     .arg(&cfg)
@@ -378,7 +433,7 @@ fn main() {
                     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/debezium_drain.py");
                 let port = cluster.port.to_string();
                 let expect = changes.to_string();
-                let (s, kib, _) = timed(Command::new("python3").arg(script).args([
+                let Timed { secs: s, kib, .. } = timed(Command::new("python3").arg(script).args([
                     "--port",
                     &port,
                     "--db",
@@ -402,19 +457,18 @@ fn main() {
                 .parse()
                 .unwrap_or(0);
             psql(&cluster, &db, "CHECKPOINT");
-            let (copy_s, _, _) = timed(Command::new(cluster.bindir().join("psql")).args([
-                "-X",
-                "-q",
-                "-d",
-                &cluster.url(&db),
-                "-o",
-                "/dev/null",
-                "-c",
-                "COPY orders TO STDOUT (FORMAT binary)",
-            ]));
-            // This VM's speed drifts within minutes (memory handed back to the host and
-            // touched again, ext4's deleted inodes): two binaries are compared by running
-            // both in every run, in turn first.
+            let copy = || {
+                timed(Command::new(cluster.bindir().join("psql")).args([
+                    "-X",
+                    "-q",
+                    "-d",
+                    &cluster.url(&db),
+                    "-o",
+                    "/dev/null",
+                    "-c",
+                    "COPY orders TO STDOUT (FORMAT binary)",
+                ]))
+            };
             let snapshot = |bin: &Path, slot: &str| {
                 let cfg = config(
                     work.as_path(),
@@ -430,54 +484,75 @@ fn main() {
                         .env("RUST_LOG", "warn"),
                 )
             };
-            let mut other = None;
-            if let (Some(b), true) = (&a.against, run % 2 == 0) {
-                other = Some(snapshot(b, "snap_against"));
+            let pg2parquet = || {
+                let port = cluster.port.to_string();
+                let out = work.as_path().join("orders-pg2parquet.parquet");
+                timed(
+                    Command::new("pg2parquet")
+                        .args([
+                            "export",
+                            "-H",
+                            "127.0.0.1",
+                            "-p",
+                            &port,
+                            "-U",
+                            "postgres",
+                            "-d",
+                            &db,
+                            "-t",
+                            "orders",
+                            "-o",
+                        ])
+                        .arg(&out)
+                        .env("PGPASSWORD", "unused"),
+                )
+            };
+            let has_pg2parquet = Command::new("pg2parquet").arg("--version").output().is_ok();
+            // This VM's speed drifts within minutes (memory handed back to the host and
+            // touched again, ext4's deleted inodes), and a reader that runs right after
+            // another reuses the memory it freed: the readers take turns going first, and
+            // two binaries are compared by running both in every run, in turn first.
+            let (mut copy_t, mut snap_t, mut pg2_t, mut other) = (None, None, None, None);
+            for reader in 0..3 {
+                match (reader + run - 1) % 3 {
+                    0 => copy_t = Some(copy()),
+                    1 => {
+                        if let (Some(b), true) = (&a.against, run % 2 == 0) {
+                            other = Some(snapshot(b, "snap_against"));
+                        }
+                        snap_t = Some(snapshot(&a.bin, "snap"));
+                        if let (Some(b), None) = (&a.against, &other) {
+                            other = Some(snapshot(b, "snap_against"));
+                        }
+                    }
+                    _ => pg2_t = has_pg2parquet.then(pg2parquet),
+                }
             }
-            let (snap_s, snap_kib, _) = snapshot(&a.bin, "snap");
-            if let (Some(b), None) = (&a.against, &other) {
-                other = Some(snapshot(b, "snap_against"));
-            }
-            if let Some((s, kib, _)) = other {
+            let (Some(copy), Some(snap)) = (copy_t, snap_t) else {
+                unreachable!("every reader ran")
+            };
+            if let Some(o) = other {
                 eprintln!(
-                    "run {run}: --against snapshot {s:.2} s ({} MB RSS)",
-                    kib / 1024
+                    "run {run}: --against snapshot {:.2} s ({} MB RSS)",
+                    o.secs,
+                    o.kib / 1024
                 );
-                against_rows.push((s, kib));
+                against_rows.push((o.secs, o.kib));
             }
-            let pg2parquet = Command::new("pg2parquet")
-                .arg("--version")
-                .output()
-                .is_ok()
-                .then(|| {
-                    let url = cluster.url(&db);
-                    let port = cluster.port.to_string();
-                    let out = work.as_path().join("orders-pg2parquet.parquet");
-                    let (s, _, _) = timed(
-                        Command::new("pg2parquet")
-                            .args([
-                                "export",
-                                "-H",
-                                "127.0.0.1",
-                                "-p",
-                                &port,
-                                "-U",
-                                "postgres",
-                                "-d",
-                                &db,
-                                "-t",
-                                "orders",
-                                "-o",
-                            ])
-                            .arg(&out)
-                            .env("PGPASSWORD", "unused"),
-                    );
-                    let _ = url;
-                    s
-                });
-            eprintln!("run {run}: COPY binary {copy_s:.2} s, slot2lake snapshot {snap_s:.2} s ({} MB RSS)", snap_kib / 1024);
+            eprintln!(
+                "run {run}: COPY binary {:.2} s, slot2lake snapshot {:.2} s ({} MB RSS, {:.2} CPU s, machine {:.2} CPU s)",
+                copy.secs,
+                snap.secs,
+                snap.kib / 1024,
+                snap.cpu,
+                snap.machine_cpu
+            );
             snap_files = file_counts(&work.as_path().join("snap/lake/orders"));
-            snap_rows.push((copy_s, snap_s, snap_kib, pg2parquet));
+            snap_rows.push(SnapRun {
+                copy,
+                snap,
+                pg2parquet: pg2_t.map(|t| t.secs),
+            });
         }
         if a.big_txn > 0 && run == 1 {
             psql(
@@ -501,7 +576,7 @@ fn main() {
                 "never",
                 &["customers", "orders"],
             );
-            let (s, kib, _) = timed(
+            let Timed { secs: s, kib, .. } = timed(
                 Command::new(&a.bin)
                     .args(["run", "--once", "--config"])
                     .arg(&cfg)
@@ -564,9 +639,9 @@ fn main() {
         );
     }
     if !snap_rows.is_empty() {
-        let copy = median(snap_rows.iter().map(|r| r.0).collect());
-        let snap = median(snap_rows.iter().map(|r| r.1).collect());
-        let rss = snap_rows.iter().map(|r| r.2).max().unwrap_or(0) / 1024;
+        let copy = median(snap_rows.iter().map(|r| r.copy.secs).collect());
+        let snap = median(snap_rows.iter().map(|r| r.snap.secs).collect());
+        let rss = snap_rows.iter().map(|r| r.snap.kib).max().unwrap_or(0) / 1024;
         println!(
             "\nSnapshot: orders, {orders_rows} rows over {} dates: {} partitions, {} files, at most {} in one partition",
             a.spread, snap_files.0, snap_files.1, snap_files.2
@@ -590,7 +665,10 @@ fn main() {
                 orders_rows as f64 / s
             );
         }
-        let pg2 = snap_rows.iter().filter_map(|r| r.3).collect::<Vec<_>>();
+        let pg2 = snap_rows
+            .iter()
+            .filter_map(|r| r.pg2parquet)
+            .collect::<Vec<_>>();
         if !pg2.is_empty() {
             let p = median(pg2);
             println!(
@@ -606,6 +684,29 @@ fn main() {
             "slot2lake rows/s / COPY binary rows/s = {:.2} (target ≥ 0.8)",
             copy / snap
         );
+        // Where the time goes: COPY's limit is the server's one core, while slot2lake's
+        // conversion shares the machine's cores with the server's work.
+        let server_copy = median(
+            snap_rows
+                .iter()
+                .map(|r| r.copy.machine_cpu - r.copy.cpu)
+                .collect(),
+        );
+        let own = median(snap_rows.iter().map(|r| r.snap.cpu).collect());
+        let server_snap = median(
+            snap_rows
+                .iter()
+                .map(|r| r.snap.machine_cpu - r.snap.cpu)
+                .collect(),
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let floor = (own + server_snap) / cores;
+        println!(
+            "CPU seconds: COPY's server {server_copy:.2}; slot2lake's own {own:.2} + the server's \
+             {server_snap:.2}, on {cores} cores at least {floor:.2} s of wall time (ran at {:.0}% of that \
+             pace)",
+            100.0 * floor / snap
+        );
         if let Some(s) = against {
             // Whichever snapshot runs second in a run is faster on this VM (it reuses the
             // memory the first just freed), so each binary is also compared in the same
@@ -616,7 +717,7 @@ fn main() {
                     .zip(&against_rows)
                     .enumerate()
                     .filter(|(i, _)| (i % 2 == 0) == first_is_bin)
-                    .map(|(_, (m, o))| if bin { m.1 } else { o.0 })
+                    .map(|(_, (m, o))| if bin { m.snap.secs } else { o.0 })
                     .collect::<Vec<_>>();
                 (!times.is_empty()).then(|| median(times))
             };
