@@ -311,7 +311,7 @@ fn main() {
     let mut stream_rows: Vec<(f64, u64, f64, u64)> = vec![];
     let mut dbz_rows: Vec<(f64, u64)> = vec![];
     let mut snap_rows: Vec<SnapRun> = vec![];
-    let mut against_rows: Vec<(f64, u64)> = vec![];
+    let mut against_rows: Vec<Timed> = vec![];
     let mut snap_files = (0, 0, 0);
     let mut stream_files = (0, 0, 0);
     let changes = a.orders + a.updates + a.customers;
@@ -537,7 +537,7 @@ fn main() {
                     o.secs,
                     o.kib / 1024
                 );
-                against_rows.push((o.secs, o.kib));
+                against_rows.push(o);
             }
             eprintln!(
                 "run {run}: COPY binary {:.2} s, slot2lake snapshot {:.2} s ({} MB RSS, {:.2} CPU s, machine {:.2} CPU s)",
@@ -656,10 +656,10 @@ fn main() {
             "| slot2lake first run → committed Parquet | {snap:.2} | {:.0} | {rss} MB |",
             orders_rows as f64 / snap
         );
-        let against =
-            (!against_rows.is_empty()).then(|| median(against_rows.iter().map(|r| r.0).collect()));
+        let against = (!against_rows.is_empty())
+            .then(|| median(against_rows.iter().map(|r| r.secs).collect()));
         if let Some(s) = against {
-            let rss = against_rows.iter().map(|r| r.1).max().unwrap_or(0) / 1024;
+            let rss = against_rows.iter().map(|r| r.kib).max().unwrap_or(0) / 1024;
             println!(
                 "| --against binary, same runs → committed Parquet | {s:.2} | {:.0} | {rss} MB |",
                 orders_rows as f64 / s
@@ -685,7 +685,8 @@ fn main() {
             copy / snap
         );
         // Where the time goes: COPY's limit is the server's one core, while slot2lake's
-        // conversion shares the machine's cores with the server's work.
+        // conversion shares the machine's cores with the server's work. The server's share
+        // is the rest of the machine's busy time: meaningful on an otherwise idle machine.
         let server_copy = median(
             snap_rows
                 .iter()
@@ -702,8 +703,8 @@ fn main() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let floor = (own + server_snap) / cores;
         println!(
-            "CPU seconds: COPY's server {server_copy:.2}; slot2lake's own {own:.2} + the server's \
-             {server_snap:.2}, on {cores} cores at least {floor:.2} s of wall time (ran at {:.0}% of that \
+            "CPU seconds (the server's: the rest of the machine's): COPY's server {server_copy:.2}; \
+             slot2lake's own {own:.2} + the server's {server_snap:.2}, on {cores} cores at least {floor:.2} s of wall time (ran at {:.0}% of that \
              pace)",
             100.0 * floor / snap
         );
@@ -717,11 +718,20 @@ fn main() {
                     .zip(&against_rows)
                     .enumerate()
                     .filter(|(i, _)| (i % 2 == 0) == first_is_bin)
-                    .map(|(_, (m, o))| if bin { m.snap.secs } else { o.0 })
+                    .map(|(_, (m, o))| if bin { m.snap.secs } else { o.secs })
                     .collect::<Vec<_>>();
                 (!times.is_empty()).then(|| median(times))
             };
             println!("--bin time / --against time = {:.2}", snap / s);
+            // CPU seconds drift less than wall time with the VM's moods.
+            let (cpu, other_cpu) = (
+                median(snap_rows.iter().map(|r| r.snap.cpu).collect()),
+                median(against_rows.iter().map(|r| r.cpu).collect()),
+            );
+            println!(
+                "--bin CPU s / --against CPU s = {cpu:.2} / {other_cpu:.2} = {:.2}",
+                cpu / other_cpu
+            );
             if let (Some(bf), Some(af), Some(bs), Some(as_)) = (
                 at(true, true),
                 at(false, false),
