@@ -123,8 +123,6 @@ pub struct Spill {
     tail: Vec<(usize, usize)>,
     /// Rows per part.
     counts: Vec<u32>,
-    /// Bytes of the rows per part, as kept here.
-    bytes: Vec<u64>,
     spilled_bytes: u64,
     /// [`seal`](Self::seal) was called: no more rows come.
     sealed: bool,
@@ -144,7 +142,6 @@ impl Spill {
             ranges: Vec::new(),
             tail: Vec::new(),
             counts: Vec::new(),
-            bytes: Vec::new(),
             spilled_bytes: 0,
             sealed: false,
         }
@@ -175,7 +172,6 @@ impl Spill {
         self.index.push((part, start as u32));
         if self.counts.len() <= part as usize {
             self.counts.resize(part as usize + 1, 0);
-            self.bytes.resize(part as usize + 1, 0);
         }
         self.counts[part as usize] += 1;
         let base = *self.base.get_or_insert(*meta);
@@ -219,7 +215,6 @@ impl Spill {
                 a.splice(count_at..count_at + 1, head);
             }
         }
-        self.bytes[part as usize] += (self.arena.len() - start) as u64;
         Ok(())
     }
 
@@ -339,9 +334,23 @@ impl Spill {
         self.counts.get(part as usize).copied().unwrap_or(0)
     }
 
-    /// Bytes of a part's rows (wire values plus a few bytes of framing per row).
+    /// Bytes of a part's rows, after [`seal`](Self::seal): their wire values plus a few
+    /// bytes of framing per row, from where they are (run files and memory).
     pub fn bytes(&self, part: u32) -> u64 {
-        self.bytes.get(part as usize).copied().unwrap_or(0)
+        let spilled: u64 = self
+            .ranges
+            .get(part as usize)
+            .into_iter()
+            .flatten()
+            .map(|r| r.len)
+            .sum();
+        let kept = self.tail.get(part as usize).map_or(0, |(start, end)| {
+            self.order[*start..*end]
+                .iter()
+                .map(|i| self.row_bytes(*i).len() as u64)
+                .sum()
+        });
+        spilled + kept
     }
 
     /// Parts that have rows.

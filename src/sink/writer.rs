@@ -957,6 +957,14 @@ mod tests {
 
     #[test]
     fn a_page_index_is_written_only_for_parts_that_span_pages() {
+        // Rows held in memory, and rows spilled to run files (a memory limit the part's
+        // rows cross), are measured alike.
+        for (memory_limit, spills) in [(16 << 20, false), (1 << 20, true)] {
+            page_index_by_part_size(memory_limit, spills);
+        }
+    }
+
+    fn page_index_by_part_size(memory_limit: usize, spills: bool) {
         use crate::decode::schema::oid;
         use crate::decode::{ChangeType, ColumnSpec};
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -968,7 +976,7 @@ mod tests {
             compression: Compression::Snappy,
             max_file_bytes: 256 << 20,
             row_group_rows: 1_000_000,
-            memory_limit: 16 << 20,
+            memory_limit,
             encoders: 1,
             tmp_dir: dir.path().join("tmp"),
             staging_prefix: None,
@@ -1012,6 +1020,7 @@ mod tests {
                 meta.seq += 1;
             }
         }
+        assert_eq!(sink.spill.spilled_bytes() > 0, spills, "rows spilled");
         let files = rt.block_on(async { tokio::task::block_in_place(|| sink.finish()) });
         let files = files.expect("finish");
         assert_eq!(files.len(), 3);
