@@ -322,6 +322,7 @@ fn main() {
     // next run writes its own makes ext4 skip the freshly freed inodes one by one, and the
     // benchmark would time its own cleanup.
     let mut kept = Vec::new();
+    let has_pg2parquet = Command::new("pg2parquet").arg("--version").output().is_ok();
     for run in 1..=a.runs {
         let db = format!("bench_{run}");
         psql(&cluster, "postgres", &format!("CREATE DATABASE {db}"));
@@ -507,7 +508,6 @@ fn main() {
                         .env("PGPASSWORD", "unused"),
                 )
             };
-            let has_pg2parquet = Command::new("pg2parquet").arg("--version").output().is_ok();
             // This VM's speed drifts within minutes (memory handed back to the host and
             // touched again, ext4's deleted inodes), and a reader that runs right after
             // another reuses the memory it freed: the readers take turns going first, and

@@ -241,11 +241,16 @@ pub async fn table_info(
     let publication_info = publication_info(client, publication).await?;
     // PostgreSQL 15+ lists the published columns and the row filter per table. Read
     // through jsonb so older servers answer too.
-    let published = client.query_opt(what(), "SELECT (SELECT array_agg(x) FROM jsonb_array_elements_text(to_jsonb(pt) -> 'attnames') x),
+    let published = client
+        .query_opt(
+            what(),
+            "SELECT (SELECT array_agg(x)
+                     FROM jsonb_array_elements_text(to_jsonb(pt) -> 'attnames') x),
                 to_jsonb(pt) ->> 'rowfilter'
          FROM pg_publication_tables pt
          WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
-        &[&publication, &schema, &name])
+            &[&publication, &schema, &name],
+        )
         .await?;
     let (attnames, row_filter): (Option<Vec<String>>, Option<String>) = match &published {
         Some(r) => (r.try_get(0).map_err(get)?, r.try_get(1).map_err(get)?),
