@@ -96,6 +96,9 @@ enum Command {
         /// Folder for the lake and config (default: a temp folder).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Table format of the lake (`output.format`).
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: crate::config::TableFormat,
     },
     /// The catalog as Athena would see it: tables, describe, partitions, views.
     Catalog {
@@ -375,8 +378,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             catalog_command(&config, command).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { keep, dir } => {
-            crate::demo::run(crate::demo::DemoOptions { keep, dir }).await?;
+        Command::Demo { keep, dir, format } => {
+            crate::demo::run(crate::demo::DemoOptions { keep, dir, format }).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

@@ -66,6 +66,9 @@ pub enum CompactError {
         #[source]
         source: std::io::Error,
     },
+    /// The lake's tables are Iceberg tables, whose files only a commit may remove.
+    #[error("compact rewrites Hive folders; with output.format = \"iceberg\" it would delete files the Iceberg tables list, so it is refused (Iceberg maintenance is not built yet)")]
+    Iceberg,
     /// Another compaction holds the intent.
     #[error("another compaction started at the same moment ({key} appeared); let it finish, then run compact again")]
     Busy {
@@ -198,6 +201,9 @@ pub async fn compact(
     tables: &[String],
     before: Option<NaiveDate>,
 ) -> Result<CompactReport, CompactError> {
+    if config.output.format == crate::config::TableFormat::Iceberg {
+        return Err(CompactError::Iceberg);
+    }
     let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
     let key = crate::checkpoint::SlotKeys::new(&config.source.slot).compact_intent();
     let mut report = CompactReport::default();

@@ -378,6 +378,21 @@ pub struct OutputConfig {
     /// S3: retries of a failed request, with exponential backoff, before the flush fails.
     #[serde(default = "default_max_retries")]
     pub max_retries: usize,
+    /// Table format: plain Hive-partitioned Parquet, or Apache Iceberg tables.
+    #[serde(default)]
+    pub format: TableFormat,
+}
+
+/// `[output] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TableFormat {
+    /// Hive-partitioned Parquet folders, read through the catalog's views.
+    #[default]
+    Parquet,
+    /// The same Parquet files committed to an Apache Iceberg table per source table,
+    /// its metadata in the table folder (`metadata/v<N>.metadata.json`).
+    Iceberg,
 }
 
 /// Parquet compression codec.
@@ -1135,6 +1150,15 @@ impl Config {
             errors.push(invalid(
                 "output.url",
                 "region, endpoint and sse apply to s3:// outputs only",
+            ));
+        }
+        if o.format == TableFormat::Iceberg && self.catalog.target != Catalog::Local {
+            errors.push(invalid(
+                "catalog.kind",
+                format!(
+                    "{:?} with output.format = \"iceberg\": the Iceberg tables' own metadata is the catalog today (read them with DuckDB's iceberg_scan or pyiceberg); use kind = \"local\"",
+                    self.catalog.target.kind()
+                ),
             ));
         }
         if self.catalog.target.database().is_some() && !s3 {

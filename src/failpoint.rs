@@ -16,6 +16,8 @@ pub const AFTER_SPOOL_SEAL: &str = "after-spool-seal";
 pub const MID_FLUSH_FILES: &str = "mid-flush-files";
 /// All Parquet files of a flush are in place; no watermark written.
 pub const AFTER_FLUSH_FILES: &str = "after-flush-files";
+/// The Iceberg tables committed (a flush's or a snapshot's); no watermark written.
+pub const AFTER_ICEBERG_COMMIT: &str = "after-iceberg-commit";
 /// Watermarks written; the slot not acknowledged.
 pub const AFTER_WATERMARKS: &str = "after-watermarks";
 /// Some snapshot tables copied to staging, not all.

@@ -238,6 +238,15 @@ impl Lake {
         }
     }
 
+    /// The size of an object in bytes.
+    pub async fn size(&self, key: &str) -> Result<u64, LakeError> {
+        self.store
+            .head(&ObjPath::from(key))
+            .await
+            .map(|m| m.size)
+            .map_err(|source| store_err("head", key, source))
+    }
+
     /// Moves a finished local file to `key` unless an object of that name exists.
     ///
     /// The local file is removed either way. An existing object is never replaced:

@@ -19,6 +19,7 @@ pub mod decode;
 pub mod demo;
 pub mod failpoint;
 pub mod flush;
+pub mod iceberg;
 pub mod lake;
 pub mod lsn;
 pub mod pipeline;

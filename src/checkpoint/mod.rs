@@ -247,6 +247,21 @@ pub struct SnapshotState {
     /// table's watermark stays where it is.
     #[serde(default)]
     pub refresh: bool,
+    /// Rows, bytes and partition of each staged file, by final key (an Iceberg commit
+    /// lists them).
+    #[serde(default)]
+    pub file_stats: BTreeMap<String, StagedFile>,
+}
+
+/// What an Iceberg manifest says of a staged snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedFile {
+    /// Rows in it.
+    pub rows: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its partition's day (days since 1970-01-01), `None` for NULL.
+    pub day: Option<i32>,
 }
 
 /// Reads and writes checkpoints of one slot in one lake.

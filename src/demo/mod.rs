@@ -114,6 +114,8 @@ pub struct DemoOptions {
     pub keep: bool,
     /// Folder for the lake and config (default: a new temp folder).
     pub dir: Option<PathBuf>,
+    /// Table format of the lake.
+    pub format: crate::config::TableFormat,
 }
 
 fn step(n: u32, text: &str) {
@@ -154,8 +156,12 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     step(2, "loaded the seed's sample data into analytics_db: 1000 customers, 5000 orders over the last 90 days");
 
     let lake = dir.join("lake");
+    let format = match opts.format {
+        crate::config::TableFormat::Parquet => "parquet",
+        crate::config::TableFormat::Iceberg => "iceberg",
+    };
     let config_text = format!(
-        "[source]\nurl = \"{}\"\n\n[output]\nurl = \"file://{}\"\n\n[catalog]\nkind = \"local\"\n\n\
+        "[source]\nurl = \"{}\"\n\n[output]\nurl = \"file://{}\"\nformat = \"{format}\"\n\n[catalog]\nkind = \"local\"\n\n\
          [[tables]]\nname = \"public.customers\"\npartition_by = \"processing_date\"\n\n\
          [[tables]]\nname = \"public.orders\"\npartition_by = \"order_date\"\n\
          snapshot_where = \"order_date >= current_date - 30\"\n",
@@ -196,7 +202,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     );
     drop(pipeline);
     println!();
-    print!("{}", summary(&lake, &[first, second]));
+    print!("{}", summary(&lake, &[first, second], opts.format));
     println!();
     println!("Config: {}", config_path.display());
     println!("Finished in {:.1} s.", started.elapsed().as_secs_f64());
@@ -218,7 +224,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn summary(lake: &Path, runs: &[RunReport]) -> String {
+fn summary(lake: &Path, runs: &[RunReport], format: crate::config::TableFormat) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Lake: {}", lake.display());
     let mut tables: BTreeMap<String, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
@@ -272,6 +278,20 @@ fn summary(lake: &Path, runs: &[RunReport]) -> String {
         let _ = writeln!(
             s,
             "  etl-metadata/{table}/last_processed_timestamp.txt  \"{ts}\"   watermark.json lsn {lsn}"
+        );
+    }
+    if format == crate::config::TableFormat::Iceberg {
+        let _ = writeln!(s, "Iceberg tables (metadata in each table folder):");
+        for table in tables.keys() {
+            let hint = lake.join(table).join("metadata").join("version-hint.text");
+            let version = std::fs::read_to_string(&hint).unwrap_or_default();
+            let _ = writeln!(s, "  {table}/metadata/v{}.metadata.json", version.trim());
+        }
+        let _ = writeln!(s, "Try (pip install duckdb==1.5.5 duckdb-extension-iceberg==1.5.5 duckdb-extension-avro==1.5.5):");
+        let _ = writeln!(
+            s,
+            "  duckdb -c \"SELECT change_type, count(*) FROM iceberg_scan('{}/orders') GROUP BY 1\"",
+            lake.display()
         );
     }
     let _ = writeln!(s, "Try (pip install duckdb):");

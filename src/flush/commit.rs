@@ -10,6 +10,8 @@
 //!    │ publish:  files moved or uploaded into the table folders, never replacing one
 //!    ▼
 //!  Published
+//!    │ (iceberg: each table's snapshot committed, named by the intent; see
+//!    │  `pipeline::iceberg`)
 //!    │ commit:   watermarks, then the intent removed
 //!    ▼
 //!  Committed  the slot may be acknowledged to the cut; catalog and spool GC follow
@@ -121,6 +123,21 @@ impl Intended {
 }
 
 impl PublishedFlush {
+    /// The flush's intent.
+    pub fn intent(&self) -> &FlushIntent {
+        &self.0.intent
+    }
+
+    /// The flush's files, all in place.
+    pub fn files(&self) -> &[crate::sink::WrittenFile] {
+        &self.0.flushed.files
+    }
+
+    /// What the flush wrote.
+    pub fn flushed(&self) -> &Flushed {
+        &self.0.flushed
+    }
+
     /// Writes each table's watermark, records unplaced changes, removes the intent.
     pub async fn commit(
         self,
@@ -255,6 +272,7 @@ mod tests {
             bytes,
             published: Published::Written,
             pending: None,
+            schema: None,
         }
     }
 

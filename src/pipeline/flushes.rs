@@ -154,13 +154,22 @@ impl Pipeline {
                 qualified: info.schema.qualified_name(),
             })
             .collect();
-        Ok(encoded
+        let published = encoded
             .intend(&self.checkpoints)
             .await?
             .publish(&self.lake)
-            .await?
-            .commit(&self.checkpoints, &tables)
-            .await?)
+            .await?;
+        if self.iceberg() {
+            let mut files = Vec::with_capacity(published.files().len());
+            for f in published.files() {
+                files.push(iceberg::Registered::of_flush(&self.lake, f).await?);
+            }
+            let id = iceberg::flush_commit_id(published.intent());
+            let columns = &published.flushed().columns;
+            self.commit_iceberg(&id, published.intent().cut, files, columns)
+                .await?;
+        }
+        Ok(published.commit(&self.checkpoints, &tables).await?)
     }
 
     /// After a failure on a corrupt spool segment: restores it from the mirror (`true`:

@@ -19,6 +19,7 @@
 //! idempotently (ack, catalog, GC).
 
 mod flushes;
+mod iceberg;
 mod prepare;
 mod snapshots;
 
@@ -33,8 +34,8 @@ use crate::catalog::{self, CatalogError, CatalogTable};
 use crate::checkpoint::SlotKeys;
 use crate::checkpoint::{
     backfill_state, partition_action, seed_timestamp, CheckpointError, Checkpoints, FileSizes,
-    FlushIntent, PartitionAction, PartitionRef, SnapshotPhase, SnapshotState, Watermark,
-    WatermarkKind, FIRST_RUN,
+    FlushIntent, PartitionAction, PartitionRef, SnapshotPhase, SnapshotState, StagedFile,
+    Watermark, WatermarkKind, FIRST_RUN,
 };
 use crate::config::{BinaryMode, Config};
 use crate::decode::relation::KnownTable;
@@ -95,6 +96,9 @@ pub enum RunError {
     /// The lake and the slot disagree in a way slot2lake will not resolve alone.
     #[error("{0}")]
     State(String),
+    /// Committing to an Iceberg table (`output.format = "iceberg"`).
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] crate::iceberg::table::IcebergError),
     /// `run --once` retried until its budget was spent.
     #[error("{source}; gave up after {attempts} attempts in {seconds} s (retry.run_once_budget); the next run resumes where this one stopped")]
     GaveUp {
@@ -400,6 +404,7 @@ impl Classify for RunError {
             RunError::Commit(e) => e.action(),
             RunError::Sink(e) => e.action(),
             RunError::Catalog(e) => e.action(),
+            RunError::Iceberg(e) => e.action(),
             RunError::Table(_)
             | RunError::Recovery(_)
             | RunError::Copy(_)

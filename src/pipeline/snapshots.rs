@@ -157,6 +157,7 @@ impl Pipeline {
             file_sizes: BTreeMap::new(),
             partitions: BTreeMap::new(),
             refresh: only_partitions.is_some(),
+            file_stats: BTreeMap::new(),
         };
         self.checkpoints
             .write_snapshot_state(state_name, &state)
@@ -213,6 +214,18 @@ impl Pipeline {
             .files
             .iter()
             .map(|f| (f.written_key.clone(), f.key.clone()))
+            .collect();
+        state.file_stats = copied
+            .files
+            .iter()
+            .map(|f| {
+                let stat = StagedFile {
+                    rows: f.rows,
+                    bytes: f.bytes,
+                    day: f.partition.epoch_day(),
+                };
+                (f.key.clone(), stat)
+            })
             .collect();
         state.rows = copied.rows.clone();
         state.partitions = copied.partitions.clone();
@@ -291,6 +304,20 @@ impl Pipeline {
         }
         self.lake.sync_dirs()?;
         self.lake.remove_empty_dirs(&state.staging);
+        if self.iceberg() {
+            let mut files = Vec::with_capacity(state.files.len());
+            for (_, dest) in &state.files {
+                let stat = state.file_stats.get(dest).ok_or_else(|| {
+                    RunError::State(format!(
+                        "snapshot file {dest} has no recorded size in {state_key} (a state from before Iceberg output); remove it and take the snapshot again"
+                    ))
+                })?;
+                files.push(iceberg::of_snapshot(dest, stat));
+            }
+            let id = iceberg::snapshot_commit_id(state_name, &state);
+            self.commit_iceberg(&id, state.consistent_point, files, &BTreeMap::new())
+                .await?;
+        }
         let time = state.snapshot_time.unwrap_or(state.processed_at);
         for (folder, rows) in &state.rows {
             let qualified = self

@@ -42,6 +42,14 @@ impl PartitionKey {
         }
     }
 
+    /// The partition's day, in days since 1970-01-01 (`None`: NULL).
+    pub fn epoch_day(&self) -> Option<i32> {
+        match self {
+            Self::Processing(d) => Some(d.to_epoch_days()),
+            Self::Column(days) => *days,
+        }
+    }
+
     /// Partition column names, in path order.
     pub fn column_names(&self) -> [&'static str; 3] {
         match self {

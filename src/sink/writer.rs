@@ -121,7 +121,7 @@ pub struct SinkOptions {
 }
 
 /// A file the sink closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WrittenFile {
     /// Table folder.
     pub table: String,
@@ -139,6 +139,8 @@ pub struct WrittenFile {
     pub published: Published,
     /// The finished file, while its publishing is deferred.
     pub pending: Option<PathBuf>,
+    /// The table's columns as written in it (`None` when built outside a sink).
+    pub schema: Option<Arc<TableSchema>>,
 }
 
 /// Publishes files a sink with `defer_publish` left in its temp folder, up to
@@ -837,6 +839,7 @@ impl Encoder {
 
     /// Closes the part's current file (or skipped file) and records it.
     fn close_file(&self, state: &mut PartState<'_>) -> Result<(), SinkError> {
+        let schema = state.batch.as_ref().map(|b| b.schema().clone());
         let file = match (state.file.take(), state.skipping.take()) {
             (Some(f), _) => {
                 let file = f.writer.into_inner().map_err(|source| SinkError::Parquet {
@@ -868,6 +871,7 @@ impl Encoder {
                     bytes,
                     published: Published::Written,
                     pending,
+                    schema,
                 }
             }
             (None, Some(s)) => WrittenFile {
@@ -879,6 +883,7 @@ impl Encoder {
                 bytes: 0,
                 published: Published::AlreadyThere,
                 pending: None,
+                schema,
             },
             (None, None) => return Ok(()),
         };

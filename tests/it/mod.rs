@@ -4,6 +4,7 @@ mod check;
 mod crash;
 mod fidelity;
 mod files;
+mod iceberg;
 mod once;
 mod s3;
 mod service;

@@ -17,6 +17,14 @@ psycopg2 reads the source, and the two are compared. Shares no code with slot2la
   lake_check.py summary --lake DIR --folder orders
       Prints JSON: rows per change_type, files and rows per partition, duplicate
       (key, change_lsn, change_seq) count, and each column's Parquet/Arrow type.
+  lake_check.py iceberg --lake DIR --folder orders --key order_id
+      Reads the folder's Iceberg table with pyiceberg (its metadata from version-hint.text)
+      and with DuckDB's iceberg_scan, and the Parquet files on disk with read_parquet;
+      prints JSON: rows and snapshot summaries, and whether the three readers see the same
+      (key, change_lsn, change_seq, change_type) multiset.
+
+With LAKE_CHECK_READ=iceberg set, compare, summary and query read each table through
+DuckDB's iceberg_scan (the files the table's current snapshot lists) instead of its files.
 """
 import argparse
 import decimal
@@ -31,19 +39,31 @@ import pyarrow.parquet as pq
 
 
 S3_ENDPOINT = os.environ.get("LAKE_CHECK_S3_ENDPOINT")
+READ_ICEBERG = os.environ.get("LAKE_CHECK_READ") == "iceberg"
 
 
-def connect_duckdb():
+def load_extension(con, module):
+    """Loads a DuckDB extension from its PyPI package: no download needed."""
+    ext = os.path.join(
+        os.path.dirname(module.__file__), "extensions", f"v{duckdb.__version__}", module.__name__.removeprefix("duckdb_extension_") + ".duckdb_extension"
+    )
+    con.execute(f"LOAD '{ext}'")
+
+
+def connect_duckdb(iceberg=READ_ICEBERG):
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if iceberg:
+        import duckdb_extension_avro
+        import duckdb_extension_iceberg
+
+        load_extension(con, duckdb_extension_avro)
+        load_extension(con, duckdb_extension_iceberg)
     if S3_ENDPOINT:
         # S3 lakes are read through moto (or any S3-compatible endpoint) with httpfs.
-        import duckdb_extension_httpfs  # the extension from PyPI: no download needed
+        import duckdb_extension_httpfs
 
-        ext = os.path.join(
-            os.path.dirname(duckdb_extension_httpfs.__file__), "extensions", f"v{duckdb.__version__}", "httpfs.duckdb_extension"
-        )
-        con.execute(f"LOAD '{ext}'")
+        load_extension(con, duckdb_extension_httpfs)
         con.execute(f"SET s3_endpoint = '{S3_ENDPOINT}'")
         con.execute("SET s3_use_ssl = false")
         con.execute("SET s3_url_style = 'path'")
@@ -61,6 +81,8 @@ def files_of(lake, folder):
 
 
 def scan(lake, folder):
+    if READ_ICEBERG:
+        return f"iceberg_scan('{lake}/{folder}')"
     return (
         f"read_parquet('{lake}/{folder}/**/*.parquet', "
         "hive_partitioning = true, union_by_name = true)"
@@ -373,6 +395,43 @@ def spark_check(args):
     return 0 if out["ok"] else 1
 
 
+def iceberg_check(args):
+    """The table through pyiceberg and DuckDB's iceberg_scan vs the files on disk."""
+    from collections import Counter
+
+    from pyiceberg.table import StaticTable
+
+    meta = os.path.join(args.lake, args.folder, "metadata")
+    version = open(os.path.join(meta, "version-hint.text")).read().strip()
+    table = StaticTable.from_metadata(os.path.join(meta, f"v{version}.metadata.json"))
+    cols = args.key.split(",") + ["change_lsn", "change_seq", "change_type"]
+    arrow = table.scan(selected_fields=tuple(cols)).to_arrow()
+    py = Counter(zip(*(arrow.column(c).to_pylist() for c in cols)))
+    con = connect_duckdb(iceberg=True)
+    sel = ", ".join(f'"{c}"' for c in cols)
+    duck = Counter(con.execute(f"SELECT {sel} FROM iceberg_scan('{args.lake}/{args.folder}')").fetchall())
+    disk = Counter()
+    if files_of(args.lake, args.folder):
+        rel = f"read_parquet('{args.lake}/{args.folder}/**/*.parquet', hive_partitioning = false, union_by_name = true)"
+        disk = Counter(con.execute(f"SELECT {sel} FROM {rel}").fetchall())
+    listed = {t.file.file_path for t in table.scan().plan_files()}
+    out = {
+        "rows": sum(py.values()),
+        "pyiceberg_equals_disk": py == disk,
+        "duckdb_equals_disk": duck == disk,
+        "disk_rows": sum(disk.values()),
+        "duckdb_rows": sum(duck.values()),
+        "files_listed": len(listed),
+        "files_on_disk": len(files_of(args.lake, args.folder)),
+        "version": int(version),
+        "snapshots": [dict(s.summary.additional_properties, operation=s.summary.operation.value) for s in table.metadata.snapshots],
+        "schema": [f.name for f in table.schema().fields],
+        "partition_spec": str(table.spec()),
+    }
+    print(json.dumps(out))
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -395,8 +454,12 @@ def main():
     k.add_argument("--lake", required=True)
     k.add_argument("--folder", required=True)
     k.add_argument("--ddl", required=True, help="the catalog's columns, Spark DDL")
+    i = sub.add_parser("iceberg")
+    i.add_argument("--lake", required=True)
+    i.add_argument("--folder", required=True)
+    i.add_argument("--key", required=True)
     args = p.parse_args()
-    return {"compare": compare, "summary": summary, "query": query, "spark": spark_check}[args.cmd](args)
+    return {"compare": compare, "summary": summary, "query": query, "spark": spark_check, "iceberg": iceberg_check}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,8 @@ pub struct Lake {
     pub dir: tempfile::TempDir,
     /// `(s3://bucket/prefix, host:port of the endpoint)` for an S3 lake.
     pub s3: Option<(String, String)>,
+    /// `output.format = "iceberg"`; the readers go through the Iceberg tables.
+    pub iceberg: bool,
 }
 
 /// The seed's two tables, partitioned as in the seed.
@@ -135,6 +137,15 @@ impl Lake {
                 .tempdir()
                 .expect("tempdir"),
             s3: None,
+            iceberg: false,
+        }
+    }
+
+    /// A local lake of Iceberg tables, read through them.
+    pub fn iceberg() -> Lake {
+        Lake {
+            iceberg: true,
+            ..Lake::new()
         }
     }
 
@@ -158,10 +169,14 @@ impl Lake {
     }
 
     fn reader_env(&self) -> Vec<(&str, String)> {
-        match &self.s3 {
+        let mut env = match &self.s3 {
             Some((_, ep)) => vec![("LAKE_CHECK_S3_ENDPOINT", ep.clone())],
             None => vec![],
+        };
+        if self.iceberg {
+            env.push(("LAKE_CHECK_READ", "iceberg".into()));
         }
+        env
     }
 
     pub fn path(&self) -> &Path {
@@ -190,6 +205,11 @@ impl Lake {
                 format!("url = \"{url}\"\nendpoint = \"http://{ep}\"\nregion = \"us-east-1\"\n")
             }
             None => format!("url = \"file://{}\"\n", self.root().display()),
+        };
+        let output = if self.iceberg {
+            format!("{output}format = \"iceberg\"\n")
+        } else {
+            output
         };
         let text = format!(
             "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n\
@@ -411,6 +431,30 @@ impl Lake {
 }
 
 impl Lake {
+    /// The folder's Iceberg table read by pyiceberg and DuckDB beside its files on disk
+    /// (`lake_check.py iceberg`).
+    pub fn iceberg_check(&self, folder: &str, key: &str) -> serde_json::Value {
+        let out = python(
+            &self.reader_env(),
+            &[
+                "iceberg",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--key",
+                key,
+            ],
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "lake_check iceberg: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
     /// Runs SQL over a table's files in DuckDB (`{t}` names the table); rows as JSON.
     pub fn query(&self, folder: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
         let out = python(

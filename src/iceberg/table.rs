@@ -1,0 +1,361 @@
+//! Registering published Parquet files in a table's next Iceberg snapshot.
+//!
+//! ```text
+//!  load the table's current metadata (none: the table is created with this commit)
+//!    │  a snapshot carrying this commit's id already? → nothing to do (a retry)
+//!    ▼
+//!  manifest of the new files (written under a fresh name: an earlier attempt's is an
+//!  orphan, never reused) → manifest list = the parent's manifests + it
+//!    │
+//!    ▼  metadata v<N+1> via the catalog; a conflict (another writer moved the table)
+//!       starts again from the load
+//! ```
+//!
+//! The files keep slot2lake's names and Hive folders; the table's location is the table
+//! folder, its metadata under `metadata/`. They are written without Iceberg field ids:
+//! the table property `schema.name-mapping.default` maps their column names to ids, as
+//! the spec provides for files written outside Iceberg (every column a name, so renames
+//! are added to the mapping rather than rewriting files).
+
+use std::collections::BTreeMap;
+
+use arrow_schema::Schema as ArrowSchema;
+use chrono::Utc;
+
+use super::catalog::{CatalogError, Loaded, LocalCatalog};
+use super::manifest::{
+    self, DataFile, EntryStatus, FileContent, ManifestContent, ManifestContext, ManifestEntry,
+    ManifestError,
+};
+use super::spec::{
+    self, IcebergType, PartitionSpec, Schema, Snapshot, SpecError, TableMetadata, LSN_PROPERTY,
+};
+use crate::lake::LakeError;
+use crate::lsn::Lsn;
+use crate::retry::{Action, Classify};
+
+/// Snapshot summary property: which flush or snapshot made this commit (a retry finds it).
+pub const COMMIT_PROPERTY: &str = "slot2lake.commit";
+/// Attempts of one commit when another writer moves the table meanwhile.
+const COMMIT_ATTEMPTS: usize = 5;
+
+/// A commit to an Iceberg table that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IcebergError {
+    /// Reading or writing the table's metadata.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Writing a manifest or manifest list.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The table's schema cannot take the new files.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Writing a file into the lake.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// Another writer kept moving the table.
+    #[error("iceberg table {table}: {attempts} commits in a row lost to another writer")]
+    Contended {
+        /// Table folder.
+        table: String,
+        /// Attempts made.
+        attempts: usize,
+    },
+}
+
+impl Classify for IcebergError {
+    fn action(&self) -> Action {
+        match self {
+            IcebergError::Catalog(e) => e.action(),
+            IcebergError::Lake(e) => e.action(),
+            IcebergError::Contended { .. } => Action::Backoff,
+            IcebergError::Manifest(_) | IcebergError::Spec(_) => Action::Stop,
+        }
+    }
+}
+
+/// A published Parquet file to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFile {
+    /// Its key in the lake.
+    pub key: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its partition: days since 1970-01-01 of the partition column (or of the flush,
+    /// for tables partitioned by processing date); `None` for NULL.
+    pub day: Option<i32>,
+}
+
+/// One commit to one table: the files of a flush or a snapshot.
+#[derive(Debug, Clone)]
+pub struct Append<'a> {
+    /// Table folder (and the table's location below the lake).
+    pub folder: &'a str,
+    /// The files' Arrow schema.
+    pub arrow: &'a ArrowSchema,
+    /// The column the table is partitioned by (its `day` transform).
+    pub partition_column: &'a str,
+    /// The LSN the table is complete up to after this commit.
+    pub lsn: Lsn,
+    /// Names this commit among all of the table's (a flush's cut and time, a snapshot's name).
+    pub commit_id: String,
+    /// The files.
+    pub files: Vec<NewFile>,
+}
+
+/// What [`append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// A new snapshot.
+    Committed {
+        /// Its id.
+        snapshot_id: i64,
+    },
+    /// An earlier attempt had committed it.
+    AlreadyCommitted,
+}
+
+/// Commits `append.files` as the table's next snapshot, exactly once per `commit_id`.
+pub async fn append(catalog: &LocalCatalog, append: &Append<'_>) -> Result<Appended, IcebergError> {
+    for _ in 0..COMMIT_ATTEMPTS {
+        let base = catalog.load(append.folder).await?;
+        if base
+            .as_ref()
+            .is_some_and(|b| committed(&b.metadata, &append.commit_id))
+        {
+            return Ok(Appended::AlreadyCommitted);
+        }
+        let metadata = table_for(catalog, base.as_ref(), append)?;
+        let (metadata, snapshot_id) = snapshot(catalog, metadata, base.as_ref(), append).await?;
+        match catalog
+            .commit(append.folder, base.as_ref(), &metadata)
+            .await
+        {
+            Ok(_) => return Ok(Appended::Committed { snapshot_id }),
+            Err(CatalogError::Conflict { key }) => {
+                tracing::warn!(table = append.folder, metadata = %key, "iceberg: another writer committed first; retrying from its metadata");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(IcebergError::Contended {
+        table: append.folder.to_string(),
+        attempts: COMMIT_ATTEMPTS,
+    })
+}
+
+/// Whether a snapshot of the table carries `commit_id`.
+pub fn committed(metadata: &TableMetadata, commit_id: &str) -> bool {
+    metadata
+        .snapshots
+        .iter()
+        .any(|s| s.summary.get(COMMIT_PROPERTY).map(String::as_str) == Some(commit_id))
+}
+
+/// The table as the commit leaves its schema: created, or with the files' columns.
+fn table_for(
+    catalog: &LocalCatalog,
+    base: Option<&Loaded>,
+    append: &Append<'_>,
+) -> Result<TableMetadata, IcebergError> {
+    let previous = base.map(|b| &b.metadata);
+    let (schema, last_column_id) = spec::schema_for(append.arrow, previous)?;
+    let mut metadata = match previous {
+        Some(m) => m.clone().with_schema(schema, last_column_id),
+        None => {
+            let spec = spec::day_spec(&schema, append.partition_column)?;
+            TableMetadata::new(&catalog.uri(append.folder), schema, spec, BTreeMap::new())
+        }
+    };
+    let mapping = name_mapping(&metadata);
+    metadata
+        .properties
+        .insert("schema.name-mapping.default".into(), mapping);
+    Ok(metadata)
+}
+
+/// The name mapping of every schema the table had: a column's names over time map to
+/// its id, so files written before a rename still read.
+pub fn name_mapping(metadata: &TableMetadata) -> String {
+    // Per field id: its names, and its list element's id.
+    let mut names: BTreeMap<i32, (Vec<String>, Option<i32>)> = BTreeMap::new();
+    for schema in &metadata.schemas {
+        for f in &schema.fields {
+            let entry = names.entry(f.id).or_default();
+            if !entry.0.contains(&f.name) {
+                entry.0.push(f.name.clone());
+            }
+            if let IcebergType::List { element_id, .. } = &f.field_type {
+                entry.1 = Some(*element_id);
+            }
+        }
+    }
+    let fields: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|(id, (names, element))| {
+            let mut v = serde_json::json!({ "field-id": id, "names": names });
+            if let Some(eid) = element {
+                v["fields"] = serde_json::json!([{ "field-id": eid, "names": ["element"] }]);
+            }
+            v
+        })
+        .collect();
+    serde_json::Value::Array(fields).to_string()
+}
+
+/// Writes the manifest and manifest list of the new snapshot; the metadata with it.
+async fn snapshot(
+    catalog: &LocalCatalog,
+    metadata: TableMetadata,
+    base: Option<&Loaded>,
+    append: &Append<'_>,
+) -> Result<(TableMetadata, i64), IcebergError> {
+    let snapshot_id = metadata.new_snapshot_id();
+    let sequence_number = metadata.next_sequence_number();
+    let parent = metadata.current_snapshot().cloned();
+    let schema = metadata.current_schema().clone();
+    let spec = default_spec(&metadata)?;
+    let ctx = manifest_context(&schema, &spec)?;
+    let entries: Vec<ManifestEntry> = append
+        .files
+        .iter()
+        .map(|f| ManifestEntry {
+            status: EntryStatus::Added,
+            snapshot_id: Some(snapshot_id),
+            sequence_number: None,
+            file_sequence_number: None,
+            file: DataFile {
+                content: FileContent::Data,
+                file_path: catalog.uri(&f.key),
+                file_size_in_bytes: f.bytes,
+                record_count: f.rows,
+                partition: f.day,
+                equality_ids: Vec::new(),
+                referenced_data_file: None,
+            },
+        })
+        .collect();
+    let unique = format!("{snapshot_id}-{}", Utc::now().timestamp_micros());
+    let mut manifests = match &parent {
+        Some(p) => {
+            let list = catalog
+                .lake()
+                .get(&catalog.key_of(&p.manifest_list))
+                .await?
+                .ok_or_else(|| CatalogError::Corrupt {
+                    key: p.manifest_list.clone(),
+                    message: "the current snapshot's manifest list is missing".into(),
+                })?;
+            manifest::read_manifest_list(&list)?
+        }
+        None => Vec::new(),
+    };
+    if !entries.is_empty() {
+        let key = format!("{}/metadata/{unique}-m0.avro", append.folder);
+        let (bytes, listed) = manifest::write_manifest(
+            &ctx,
+            ManifestContent::Data,
+            &catalog.uri(&key),
+            snapshot_id,
+            sequence_number,
+            &entries,
+        )?;
+        catalog.lake().put(&key, bytes).await?;
+        manifests.push(listed);
+    }
+    let list_key = format!("{}/metadata/snap-{unique}.avro", append.folder);
+    let list = manifest::write_manifest_list(
+        snapshot_id,
+        parent.as_ref().map(|p| p.snapshot_id),
+        sequence_number,
+        &manifests,
+    )?;
+    catalog.lake().put(&list_key, list).await?;
+    let summary = summary(append, parent.as_ref());
+    let snapshot = Snapshot {
+        snapshot_id,
+        parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
+        sequence_number,
+        timestamp_ms: Utc::now().timestamp_millis(),
+        manifest_list: catalog.uri(&list_key),
+        summary,
+        schema_id: Some(schema.schema_id),
+    };
+    let previous_file = base.map(|b| (catalog.uri(&b.metadata_key), b.metadata.last_updated_ms));
+    Ok((metadata.with_snapshot(snapshot, previous_file), snapshot_id))
+}
+
+fn default_spec(metadata: &TableMetadata) -> Result<PartitionSpec, IcebergError> {
+    metadata
+        .partition_specs
+        .iter()
+        .find(|s| s.spec_id == metadata.default_spec_id)
+        .cloned()
+        .ok_or_else(|| {
+            IcebergError::Catalog(CatalogError::Corrupt {
+                key: metadata.location.clone(),
+                message: format!("no partition spec {}", metadata.default_spec_id),
+            })
+        })
+}
+
+fn manifest_context(
+    schema: &Schema,
+    spec: &PartitionSpec,
+) -> Result<ManifestContext, IcebergError> {
+    Ok(ManifestContext {
+        schema_json: serde_json::to_string(schema).map_err(SpecError::from)?,
+        schema_id: schema.schema_id,
+        spec_id: spec.spec_id,
+        spec_fields_json: spec.fields_json()?,
+        partition_field: spec.fields.first().map(|f| (f.field_id, f.name.clone())),
+    })
+}
+
+/// The snapshot summary: the spec's counts plus where the table is in the WAL.
+fn summary(append: &Append<'_>, parent: Option<&Snapshot>) -> BTreeMap<String, String> {
+    let total = |k: &str| -> u64 {
+        parent
+            .and_then(|p| p.summary.get(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let rows: u64 = append.files.iter().map(|f| f.rows).sum();
+    let bytes: u64 = append.files.iter().map(|f| f.bytes).sum();
+    let files = append.files.len() as u64;
+    BTreeMap::from([
+        ("operation".into(), "append".into()),
+        (LSN_PROPERTY.into(), append.lsn.to_string()),
+        (COMMIT_PROPERTY.into(), append.commit_id.clone()),
+        ("added-data-files".into(), files.to_string()),
+        ("added-records".into(), rows.to_string()),
+        ("added-files-size".into(), bytes.to_string()),
+        (
+            "total-data-files".into(),
+            (total("total-data-files") + files).to_string(),
+        ),
+        (
+            "total-records".into(),
+            (total("total-records") + rows).to_string(),
+        ),
+        (
+            "total-files-size".into(),
+            (total("total-files-size") + bytes).to_string(),
+        ),
+        (
+            "total-delete-files".into(),
+            total("total-delete-files").to_string(),
+        ),
+        (
+            "total-position-deletes".into(),
+            total("total-position-deletes").to_string(),
+        ),
+        (
+            "total-equality-deletes".into(),
+            total("total-equality-deletes").to_string(),
+        ),
+    ])
+}

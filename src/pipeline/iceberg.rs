@@ -1,0 +1,135 @@
+//! The Iceberg commit of a flush or a snapshot (`output.format = "iceberg"`): after its
+//! files are published, before its watermarks, so a crash in between commits again on
+//! the next start, and the commit id makes that a no-op when the first got through.
+
+use super::*;
+use crate::config::TableFormat;
+use crate::decode::schema::ETL_PROCESSED_AT;
+use crate::decode::TableSchema;
+use crate::iceberg::catalog::LocalCatalog;
+use crate::iceberg::table::{self as iceberg_table, Append, Appended, NewFile};
+
+/// A published file, as the Iceberg commit needs it.
+pub(super) struct Registered {
+    /// Table folder.
+    pub table: String,
+    /// The file.
+    pub file: NewFile,
+    /// Its columns, when the writer recorded them.
+    pub schema: Option<Arc<TableSchema>>,
+}
+
+impl Registered {
+    /// A file a flush published; its size looked up when an earlier attempt wrote it.
+    pub(super) async fn of_flush(lake: &Lake, f: &WrittenFile) -> Result<Self, RunError> {
+        let bytes = match f.bytes {
+            0 => lake.size(&f.key).await?,
+            n => n,
+        };
+        Ok(Self {
+            table: f.table.clone(),
+            file: NewFile {
+                key: f.key.clone(),
+                rows: f.rows,
+                bytes,
+                day: f.partition.epoch_day(),
+            },
+            schema: f.schema.clone(),
+        })
+    }
+}
+
+impl Pipeline {
+    /// Whether the lake's tables are Iceberg tables.
+    pub(super) fn iceberg(&self) -> bool {
+        self.config.output.format == TableFormat::Iceberg
+    }
+
+    /// Commits each table's files as one Iceberg snapshot carrying `lsn`; `commit_id`
+    /// names the flush or snapshot, so a retry finds its commit done. `columns`: each
+    /// table's latest columns, when the files may have been written under several.
+    pub(super) async fn commit_iceberg(
+        &self,
+        commit_id: &str,
+        lsn: Lsn,
+        files: Vec<Registered>,
+        columns: &BTreeMap<String, Vec<String>>,
+    ) -> Result<(), RunError> {
+        let catalog = LocalCatalog::new(self.lake.clone());
+        for (folder, info) in &self.tables {
+            let mine: Vec<&Registered> = files.iter().filter(|r| &r.table == folder).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            // The table's columns as of the last Relation message; files written before
+            // a change keep theirs and are read by name. Files are in partition order,
+            // not time order, so the latest schema is the one with the latest columns.
+            let named: Vec<Arc<TableSchema>> =
+                mine.iter().filter_map(|r| r.schema.clone()).collect();
+            let schema = columns
+                .get(folder)
+                .and_then(|cols| {
+                    named
+                        .iter()
+                        .find(|s| s.columns.iter().map(|c| &c.name).eq(cols.iter()))
+                })
+                .or(named.last())
+                .cloned()
+                .unwrap_or_else(|| Arc::new(info.schema.clone()));
+            let partition_column = match schema.partition_column {
+                Some(i) => schema.columns[i].name.clone(),
+                None => schema.meta(ETL_PROCESSED_AT),
+            };
+            let append = Append {
+                folder,
+                arrow: &schema.arrow,
+                partition_column: &partition_column,
+                lsn,
+                commit_id: commit_id.to_string(),
+                files: mine.iter().map(|r| r.file.clone()).collect(),
+            };
+            match iceberg_table::append(&catalog, &append).await? {
+                Appended::Committed { snapshot_id } => {
+                    tracing::info!(table = %folder, snapshot_id, files = append.files.len(), lsn = %lsn, "iceberg: committed");
+                }
+                Appended::AlreadyCommitted => {
+                    tracing::info!(table = %folder, commit = commit_id, "iceberg: an earlier attempt committed this; not again");
+                }
+            }
+        }
+        failpoint::hit(failpoint::AFTER_ICEBERG_COMMIT);
+        Ok(())
+    }
+}
+
+/// The commit id of a flush: its cut and time fix its files' names too.
+pub(super) fn flush_commit_id(intent: &FlushIntent) -> String {
+    format!(
+        "flush {} {}",
+        intent.cut,
+        intent.processed_at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    )
+}
+
+/// The commit id of a snapshot: its state's name and consistent point.
+pub(super) fn snapshot_commit_id(state_name: &str, state: &SnapshotState) -> String {
+    format!(
+        "snapshot {state_name} {} {}",
+        state.consistent_point,
+        state.processed_at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    )
+}
+
+/// A staged snapshot file as the Iceberg commit needs it.
+pub(super) fn of_snapshot(dest: &str, stat: &StagedFile) -> Registered {
+    Registered {
+        table: dest.split('/').next().unwrap_or_default().to_string(),
+        file: NewFile {
+            key: dest.to_string(),
+            rows: stat.rows,
+            bytes: stat.bytes,
+            day: stat.day,
+        },
+        schema: None,
+    }
+}

@@ -1,0 +1,90 @@
+//! `output.format = "iceberg"`: the changelog committed to an Iceberg table per source
+//! table, read by pyiceberg and DuckDB's iceberg_scan.
+
+use crate::support::{database, run_once, with_config, Lake, SEED_TABLES};
+
+fn lsns(check: &serde_json::Value) -> Vec<String> {
+    check["snapshots"]
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .map(|s| s["slot2lake.lsn"].as_str().expect("lsn").to_string())
+        .collect()
+}
+
+fn assert_readers_agree(lake: &Lake, folder: &str, key: &str) -> serde_json::Value {
+    let c = lake.iceberg_check(folder, key);
+    assert_eq!(c["pyiceberg_equals_disk"], true, "{folder}: {c}");
+    assert_eq!(c["duckdb_equals_disk"], true, "{folder}: {c}");
+    assert_eq!(c["files_listed"], c["files_on_disk"], "{folder}: {c}");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_tables_take_the_snapshot_and_each_flush_at_its_lsn() {
+    let db = database("iceberg_flow").await;
+    db.seed(40, 300).await;
+    let lake = Lake::iceberg();
+    let config = lake.config(&db, SEED_TABLES);
+
+    run_once(&config).await;
+    let c = assert_readers_agree(&lake, "orders", "order_id");
+    assert_eq!(c["rows"], 300, "{c}");
+    assert_eq!(
+        lsns(&c),
+        vec![lake.watermark("orders")["lsn"].as_str().expect("lsn")]
+    );
+    assert!(
+        c["partition_spec"]
+            .as_str()
+            .is_some_and(|s| s.contains("day(")),
+        "{c}"
+    );
+    lake.assert_matches(&db, "public.orders", "orders", "order_id");
+
+    // Key changes, deletes, a column added mid-stream, rows over new dates.
+    db.exec(
+        "UPDATE orders SET quantity = quantity + 1 WHERE order_id % 4 = 0;
+         UPDATE orders SET order_id = order_id + 100000 WHERE order_id % 25 = 0;
+         DELETE FROM orders WHERE order_id % 10 = 1;
+         ALTER TABLE orders ADD COLUMN note text;
+         INSERT INTO orders (customer_id, product_name, quantity, price, order_date, note)
+           SELECT 1, 'late', 1, 2.5, current_date - i, 'n' || i FROM generate_series(1, 40) i;
+         UPDATE customers SET email = 'changed' WHERE customer_id <= 5;",
+    )
+    .await;
+    run_once(&config).await;
+    let c = assert_readers_agree(&lake, "orders", "order_id");
+    let wm = lake.watermark("orders");
+    let l = lsns(&c);
+    assert_eq!(l.len(), 2, "{c}");
+    assert_eq!(l[1], wm["lsn"].as_str().expect("lsn"), "{c}");
+    assert!(
+        c["schema"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|f| f == "note")),
+        "the added column is in the table's schema: {c}"
+    );
+    // Read through iceberg_scan (the lake's files listed by the table's snapshot).
+    lake.assert_matches(&db, "public.orders", "orders", "order_id");
+    lake.assert_matches(&db, "public.customers", "customers", "customer_id");
+    assert_readers_agree(&lake, "customers", "customer_id");
+
+    // A run with nothing new commits nothing.
+    run_once(&config).await;
+    let again = assert_readers_agree(&lake, "orders", "order_id");
+    assert_eq!(again["version"], c["version"], "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_refuses_what_would_break_its_tables() {
+    let db = database("iceberg_refuse").await;
+    db.seed(5, 20).await;
+    let lake = Lake::iceberg();
+    let config = lake.config(&db, SEED_TABLES);
+    run_once(&config).await;
+    let run = with_config(&["compact"], &config).await;
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("iceberg"), "{}", run.stderr);
+    assert_readers_agree(&lake, "orders", "order_id");
+}
