@@ -1152,13 +1152,10 @@ impl Config {
                 "region, endpoint and sse apply to s3:// outputs only",
             ));
         }
-        if o.format == TableFormat::Iceberg && self.catalog.target != Catalog::Local {
+        if o.format == TableFormat::Iceberg && matches!(self.catalog.target, Catalog::Glue { .. }) {
             errors.push(invalid(
                 "catalog.kind",
-                format!(
-                    "{:?} with output.format = \"iceberg\": the Iceberg tables' own metadata is the catalog today (read them with DuckDB's iceberg_scan or pyiceberg); use kind = \"local\"",
-                    self.catalog.target.kind()
-                ),
+                "\"glue\" (a crawler) with output.format = \"iceberg\": slot2lake registers its Iceberg tables itself; use \"glue-direct\" (or \"local\")",
             ));
         }
         if self.catalog.target.database().is_some() && !s3 {

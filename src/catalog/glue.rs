@@ -197,6 +197,139 @@ fn columns(table: &CatalogTable) -> Result<Vec<Column>, CatalogError> {
         .collect()
 }
 
+/// Creates the Glue database when it does not exist.
+async fn ensure_database(glue: &Client, db: &str) -> Result<(), CatalogError> {
+    if let Err(e) = glue.get_database().name(db).send().await {
+        if code(&e) != Some("EntityNotFoundException") {
+            return Err(glue_err(&format!("reading database {db:?}"), e));
+        }
+        let input = DatabaseInput::builder()
+            .name(db)
+            .description("Created by slot2lake")
+            .build()
+            .map_err(|e| glue_err("building the database", e))?;
+        match glue.create_database().database_input(input).send().await {
+            Ok(_) => tracing::info!(database = db, "created the Glue database"),
+            Err(e) if code(&e) == Some("AlreadyExistsException") => {}
+            Err(e) => return Err(glue_err(&format!("creating database {db:?}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Attempts to move a Glue Iceberg table's pointer when another writer moves it meanwhile.
+const POINTER_ATTEMPTS: usize = 5;
+
+/// Points Glue table `name` at an Iceberg table's current metadata file (creating it,
+/// `table_type = ICEBERG`, as Athena reads it), with the Hive types of `arrow` as its
+/// columns for display. Glue's `VersionId` guards the swap; a table already pointing
+/// there is left alone (a retried flush).
+pub async fn point_iceberg_table(
+    config: &Config,
+    name: &str,
+    location: &str,
+    metadata_location: &str,
+    arrow: &arrow_schema::Schema,
+) -> Result<(), CatalogError> {
+    let glue = client(config).await;
+    let db = database(config);
+    ensure_database(&glue, db).await?;
+    let cols = arrow
+        .fields()
+        .iter()
+        .map(|f| {
+            Column::builder()
+                .name(f.name())
+                .r#type(hive_type(f.data_type()))
+                .build()
+                .map_err(|e| glue_err("building a column", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for _ in 0..POINTER_ATTEMPTS {
+        let existing = match glue.get_table().database_name(db).name(name).send().await {
+            Ok(out) => out.table().cloned(),
+            Err(e) if code(&e) == Some("EntityNotFoundException") => None,
+            Err(e) => return Err(glue_err(&format!("reading table {db}.{name}"), e)),
+        };
+        let params = existing
+            .as_ref()
+            .and_then(|t| t.parameters().cloned())
+            .unwrap_or_default();
+        if existing.is_some()
+            && !params
+                .get("table_type")
+                .is_some_and(|t| t.eq_ignore_ascii_case("ICEBERG"))
+        {
+            return Err(CatalogError::Glue(format!(
+                "table {db}.{name} exists and is not an Iceberg table; drop it or set catalog.database to another database"
+            )));
+        }
+        let previous = params.get("metadata_location").cloned();
+        if previous.as_deref() == Some(metadata_location) {
+            return Ok(());
+        }
+        let mut input = TableInput::builder()
+            .name(name)
+            .table_type("EXTERNAL_TABLE")
+            .parameters("table_type", "ICEBERG")
+            .parameters("metadata_location", metadata_location)
+            .parameters("EXTERNAL", "TRUE")
+            .storage_descriptor(
+                StorageDescriptor::builder()
+                    .location(location)
+                    .set_columns(Some(cols.clone()))
+                    .build(),
+            );
+        if let Some(p) = &previous {
+            input = input.parameters("previous_metadata_location", p);
+        }
+        let input = input
+            .build()
+            .map_err(|e| glue_err("building the table", e))?;
+        let sent = match &existing {
+            None => glue
+                .create_table()
+                .database_name(db)
+                .table_input(input)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        code(&e) == Some("AlreadyExistsException"),
+                        glue_err(&format!("creating table {db}.{name}"), e),
+                    )
+                }),
+            Some(t) => glue
+                .update_table()
+                .database_name(db)
+                .table_input(input)
+                .set_version_id(t.version_id().map(str::to_string))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        code(&e) == Some("ConcurrentModificationException"),
+                        glue_err(&format!("updating table {db}.{name}"), e),
+                    )
+                }),
+        };
+        match sent {
+            Ok(()) => {
+                tracing::info!(table = %format!("{db}.{name}"), metadata = metadata_location, "glue: iceberg table points at its new metadata");
+                return Ok(());
+            }
+            // Someone else created or moved it first: read it again.
+            Err((true, _)) => continue,
+            Err((false, e)) => return Err(e),
+        }
+    }
+    Err(CatalogError::Glue(format!(
+        "table {db}.{name}: {POINTER_ATTEMPTS} updates in a row lost to another writer"
+    )))
+}
+
 /// Whether Hive type `new` reads every value of `old` (Athena reads Parquet columns of
 /// the narrower type through the wider table type).
 fn widens(old: &str, new: &str) -> bool {
@@ -245,21 +378,7 @@ pub async fn update(
 ) -> Result<(), CatalogError> {
     let glue = client(config).await;
     let db = database(config);
-    if let Err(e) = glue.get_database().name(db).send().await {
-        if code(&e) != Some("EntityNotFoundException") {
-            return Err(glue_err(&format!("reading database {db:?}"), e));
-        }
-        let input = DatabaseInput::builder()
-            .name(db)
-            .description("Created by slot2lake")
-            .build()
-            .map_err(|e| glue_err("building the database", e))?;
-        match glue.create_database().database_input(input).send().await {
-            Ok(_) => tracing::info!(database = db, "created the Glue database"),
-            Err(e) if code(&e) == Some("AlreadyExistsException") => {}
-            Err(e) => return Err(glue_err(&format!("creating database {db:?}"), e)),
-        }
-    }
+    ensure_database(&glue, db).await?;
     for table in tables {
         let location = table_location(config, &table.folder);
         let mut cols = columns(table)?;

@@ -93,7 +93,8 @@ pub async fn after_flush(
     files: &[WrittenFile],
 ) -> Result<(), CatalogError> {
     let target = &config.catalog.target;
-    if target.database().is_none() {
+    // Iceberg tables are registered by their commit (`pipeline::iceberg`).
+    if target.database().is_none() || config.output.format == crate::config::TableFormat::Iceberg {
         return Ok(());
     }
     let key = pending_key(&config.source.slot);

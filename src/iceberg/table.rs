@@ -107,26 +107,26 @@ pub struct Append<'a> {
 }
 
 /// What [`append`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    /// A new snapshot.
-    Committed {
-        /// Its id.
-        snapshot_id: i64,
-    },
-    /// An earlier attempt had committed it.
-    AlreadyCommitted,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The new snapshot's id; `None` when an earlier attempt had committed it.
+    pub snapshot_id: Option<i64>,
+    /// The table's current metadata file (a key in the lake).
+    pub metadata_key: String,
 }
 
 /// Commits `append.files` as the table's next snapshot, exactly once per `commit_id`.
 pub async fn append(catalog: &LocalCatalog, append: &Append<'_>) -> Result<Appended, IcebergError> {
     for _ in 0..COMMIT_ATTEMPTS {
         let base = catalog.load(append.folder).await?;
-        if base
+        if let Some(b) = base
             .as_ref()
-            .is_some_and(|b| committed(&b.metadata, &append.commit_id))
+            .filter(|b| committed(&b.metadata, &append.commit_id))
         {
-            return Ok(Appended::AlreadyCommitted);
+            return Ok(Appended {
+                snapshot_id: None,
+                metadata_key: b.metadata_key.clone(),
+            });
         }
         let metadata = table_for(catalog, base.as_ref(), append)?;
         let (metadata, snapshot_id) = snapshot(catalog, metadata, base.as_ref(), append).await?;
@@ -134,7 +134,12 @@ pub async fn append(catalog: &LocalCatalog, append: &Append<'_>) -> Result<Appen
             .commit(append.folder, base.as_ref(), &metadata)
             .await
         {
-            Ok(_) => return Ok(Appended::Committed { snapshot_id }),
+            Ok(now) => {
+                return Ok(Appended {
+                    snapshot_id: Some(snapshot_id),
+                    metadata_key: now.metadata_key,
+                })
+            }
             Err(CatalogError::Conflict { key }) => {
                 tracing::warn!(table = append.folder, metadata = %key, "iceberg: another writer committed first; retrying from its metadata");
             }

@@ -3,11 +3,12 @@
 //! the next start, and the commit id makes that a no-op when the first got through.
 
 use super::*;
+use crate::config::Catalog;
 use crate::config::TableFormat;
 use crate::decode::schema::ETL_PROCESSED_AT;
 use crate::decode::TableSchema;
 use crate::iceberg::catalog::LocalCatalog;
-use crate::iceberg::table::{self as iceberg_table, Append, Appended, NewFile};
+use crate::iceberg::table::{self as iceberg_table, Append, NewFile};
 
 /// A published file, as the Iceberg commit needs it.
 pub(super) struct Registered {
@@ -88,18 +89,36 @@ impl Pipeline {
                 commit_id: commit_id.to_string(),
                 files: mine.iter().map(|r| r.file.clone()).collect(),
             };
-            match iceberg_table::append(&catalog, &append).await? {
-                Appended::Committed { snapshot_id } => {
+            let done = iceberg_table::append(&catalog, &append).await?;
+            match done.snapshot_id {
+                Some(snapshot_id) => {
                     tracing::info!(table = %folder, snapshot_id, files = append.files.len(), lsn = %lsn, "iceberg: committed");
                 }
-                Appended::AlreadyCommitted => {
+                None => {
                     tracing::info!(table = %folder, commit = commit_id, "iceberg: an earlier attempt committed this; not again");
                 }
+            }
+            if let Catalog::GlueDirect { .. } = self.config.catalog.target {
+                // Also after a retry: the crash may have come before Glue heard of it.
+                catalog::glue::point_iceberg_table(
+                    &self.config,
+                    &glue_name(folder),
+                    &catalog.uri(folder),
+                    &catalog.uri(&done.metadata_key),
+                    &schema.arrow,
+                )
+                .await?;
             }
         }
         failpoint::hit(failpoint::AFTER_ICEBERG_COMMIT);
         Ok(())
     }
+}
+
+/// The Glue name of a table's changelog (the table's own name is kept for its current
+/// state).
+pub(super) fn glue_name(folder: &str) -> String {
+    format!("{folder}_changes")
 }
 
 /// The commit id of a flush: its cut and time fix its files' names too.

@@ -155,6 +155,61 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
     );
 }
 
+/// Iceberg tables on S3 with their pointers in Glue (`<folder>_changes`, `table_type =
+/// ICEBERG`, as Athena reads them), following each commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_tables_on_s3_are_registered_in_glue() {
+    let moto = moto();
+    let db = database("s3_iceberg").await;
+    db.seed(20, 200).await;
+    let mut lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    lake.iceberg = true;
+    let catalog = format!(
+        "[catalog]\nkind = \"glue-direct\"\ndatabase = \"{}\"\nendpoint = \"{}\"\n",
+        db.name,
+        moto.endpoint()
+    );
+    let config = s3_config(&lake, &db, &catalog);
+    run_once(&config).await;
+    db.exec("UPDATE orders SET quantity = 7 WHERE order_id < 50; DELETE FROM customers WHERE customer_id = 2;").await;
+    run_once(&config).await;
+    // Read through iceberg_scan on S3.
+    assert_exact(&lake, &db);
+    let glue = glue(moto).await;
+    for (folder, key) in [("orders", "order_id"), ("customers", "customer_id")] {
+        let c = lake.iceberg_check(folder, key);
+        assert_eq!(c["pyiceberg_equals_disk"], true, "{folder}: {c}");
+        assert_eq!(c["duckdb_equals_disk"], true, "{folder}: {c}");
+        let table = glue_table(&glue, &db.name, &format!("{folder}_changes")).await;
+        let params = table.parameters().expect("parameters");
+        assert_eq!(
+            params.get("table_type").map(String::as_str),
+            Some("ICEBERG")
+        );
+        let (url, _) = lake.s3.as_ref().expect("s3");
+        assert_eq!(
+            params.get("metadata_location"),
+            Some(&format!(
+                "{url}/{folder}/metadata/v{}.metadata.json",
+                c["version"]
+            )),
+            "{folder}: Glue points at the table's current metadata"
+        );
+        assert!(
+            params.contains_key("previous_metadata_location"),
+            "{params:?}"
+        );
+    }
+    // No Hive table of the same data beside it.
+    let hive = glue
+        .get_table()
+        .database_name(&db.name)
+        .name("orders")
+        .send()
+        .await;
+    assert!(hive.is_err(), "{hive:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_once_into_s3_starts_the_glue_crawler() {
     let moto = moto();

@@ -401,9 +401,20 @@ def iceberg_check(args):
 
     from pyiceberg.table import StaticTable
 
-    meta = os.path.join(args.lake, args.folder, "metadata")
-    version = open(os.path.join(meta, "version-hint.text")).read().strip()
-    table = StaticTable.from_metadata(os.path.join(meta, f"v{version}.metadata.json"))
+    meta = f"{args.lake}/{args.folder}/metadata"
+    props = {}
+    if S3_ENDPOINT:
+        import boto3
+
+        bucket, _, prefix = meta.removeprefix("s3://").partition("/")
+        s3 = boto3.client(
+            "s3", endpoint_url=f"http://{S3_ENDPOINT}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+        )
+        version = s3.get_object(Bucket=bucket, Key=f"{prefix}/version-hint.text")["Body"].read().decode().strip()
+        props = {"s3.endpoint": f"http://{S3_ENDPOINT}", "s3.access-key-id": "test", "s3.secret-access-key": "test", "s3.region": "us-east-1"}
+    else:
+        version = open(os.path.join(meta, "version-hint.text")).read().strip()
+    table = StaticTable.from_metadata(f"{meta}/v{version}.metadata.json", properties=props)
     cols = args.key.split(",") + ["change_lsn", "change_seq", "change_type"]
     arrow = table.scan(selected_fields=tuple(cols)).to_arrow()
     py = Counter(zip(*(arrow.column(c).to_pylist() for c in cols)))
