@@ -16,6 +16,8 @@ pub const AFTER_SPOOL_SEAL: &str = "after-spool-seal";
 pub const MID_FLUSH_FILES: &str = "mid-flush-files";
 /// All Parquet files of a flush are in place; no watermark written.
 pub const AFTER_FLUSH_FILES: &str = "after-flush-files";
+/// One table's Iceberg commit made, not every table's.
+pub const MID_ICEBERG_COMMITS: &str = "mid-iceberg-commits";
 /// The Iceberg tables committed (a flush's or a snapshot's); no watermark written.
 pub const AFTER_ICEBERG_COMMIT: &str = "after-iceberg-commit";
 /// Watermarks written; the slot not acknowledged.

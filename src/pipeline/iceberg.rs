@@ -98,6 +98,7 @@ impl Pipeline {
                     tracing::info!(table = %folder, commit = commit_id, "iceberg: an earlier attempt committed this; not again");
                 }
             }
+            failpoint::hit(failpoint::MID_ICEBERG_COMMITS);
             if let Catalog::GlueDirect { .. } = self.config.catalog.target {
                 // Also after a retry: the crash may have come before Glue heard of it.
                 catalog::glue::point_iceberg_table(

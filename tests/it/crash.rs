@@ -126,6 +126,11 @@ async fn iceberg_crash_after_the_files_before_the_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_crash_between_two_tables_commits() {
+    crash_during_iceberg_flush(fp::MID_ICEBERG_COMMITS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iceberg_crash_after_the_commit_before_the_watermark() {
     crash_during_iceberg_flush(fp::AFTER_ICEBERG_COMMIT).await;
 }
