@@ -21,6 +21,7 @@
 //! with it. The spec's metadata is small; the files stay ours.
 
 pub mod catalog;
+pub mod current;
 pub mod manifest;
 pub mod spec;
 pub mod table;

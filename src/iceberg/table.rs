@@ -36,8 +36,6 @@ use crate::retry::{Action, Classify};
 
 /// Snapshot summary property: which flush or snapshot made this commit (a retry finds it).
 pub const COMMIT_PROPERTY: &str = "slot2lake.commit";
-/// Attempts of one commit when another writer moves the table meanwhile.
-const COMMIT_ATTEMPTS: usize = 5;
 
 /// A commit to an Iceberg table that failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +52,9 @@ pub enum IcebergError {
     /// Writing a file into the lake.
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// Building the current-state table's files.
+    #[error(transparent)]
+    Current(#[from] super::current::CurrentError),
     /// Another writer kept moving the table.
     #[error("iceberg table {table}: {attempts} commits in a row lost to another writer")]
     Contended {
@@ -70,7 +71,9 @@ impl Classify for IcebergError {
             IcebergError::Catalog(e) => e.action(),
             IcebergError::Lake(e) => e.action(),
             IcebergError::Contended { .. } => Action::Backoff,
-            IcebergError::Manifest(_) | IcebergError::Spec(_) => Action::Stop,
+            IcebergError::Manifest(_) | IcebergError::Spec(_) | IcebergError::Current(_) => {
+                Action::Stop
+            }
         }
     }
 }
@@ -96,14 +99,18 @@ pub struct Append<'a> {
     pub folder: &'a str,
     /// The files' Arrow schema.
     pub arrow: &'a ArrowSchema,
-    /// The column the table is partitioned by (its `day` transform).
-    pub partition_column: &'a str,
+    /// The column the table is partitioned by (its `day` transform); `None`: unpartitioned.
+    pub partition_column: Option<&'a str>,
     /// The LSN the table is complete up to after this commit.
     pub lsn: Lsn,
     /// Names this commit among all of the table's (a flush's cut and time, a snapshot's name).
     pub commit_id: String,
-    /// The files.
+    /// The data files.
     pub files: Vec<NewFile>,
+    /// Position delete files (rows of earlier data files this commit replaces).
+    pub deletes: Vec<NewFile>,
+    /// The commit replaces every file the table had (a TRUNCATE).
+    pub replace: bool,
 }
 
 /// What [`append`] did.
@@ -119,38 +126,57 @@ pub struct Appended {
 pub async fn append(catalog: &LocalCatalog, append: &Append<'_>) -> Result<Appended, IcebergError> {
     for _ in 0..COMMIT_ATTEMPTS {
         let base = catalog.load(append.folder).await?;
-        if let Some(b) = base
-            .as_ref()
-            .filter(|b| committed(&b.metadata, &append.commit_id))
-        {
-            return Ok(Appended {
-                snapshot_id: None,
-                metadata_key: b.metadata_key.clone(),
-            });
+        if let Some(done) = done_before(base.as_ref(), &append.commit_id) {
+            return Ok(done);
         }
-        let metadata = table_for(catalog, base.as_ref(), append)?;
-        let (metadata, snapshot_id) = snapshot(catalog, metadata, base.as_ref(), append).await?;
-        match catalog
-            .commit(append.folder, base.as_ref(), &metadata)
-            .await
-        {
-            Ok(now) => {
-                return Ok(Appended {
-                    snapshot_id: Some(snapshot_id),
-                    metadata_key: now.metadata_key,
-                })
-            }
-            Err(CatalogError::Conflict { key }) => {
-                tracing::warn!(table = append.folder, metadata = %key, "iceberg: another writer committed first; retrying from its metadata");
-            }
-            Err(e) => return Err(e.into()),
+        if let Some(done) = try_commit(catalog, base.as_ref(), append).await? {
+            return Ok(done);
         }
     }
-    Err(IcebergError::Contended {
-        table: append.folder.to_string(),
-        attempts: COMMIT_ATTEMPTS,
-    })
+    Err(contended(append.folder))
 }
+
+/// The answer for a commit an earlier attempt made: the table's snapshots name it.
+pub fn done_before(base: Option<&Loaded>, commit_id: &str) -> Option<Appended> {
+    base.filter(|b| committed(&b.metadata, commit_id))
+        .map(|b| Appended {
+            snapshot_id: None,
+            metadata_key: b.metadata_key.clone(),
+        })
+}
+
+/// Commits on top of `base`; `None` when another writer moved the table first (load it
+/// again and start over).
+pub async fn try_commit(
+    catalog: &LocalCatalog,
+    base: Option<&Loaded>,
+    append: &Append<'_>,
+) -> Result<Option<Appended>, IcebergError> {
+    let metadata = table_for(catalog, base, append)?;
+    let (metadata, snapshot_id) = snapshot(catalog, metadata, base, append).await?;
+    match catalog.commit(append.folder, base, &metadata).await {
+        Ok(now) => Ok(Some(Appended {
+            snapshot_id: Some(snapshot_id),
+            metadata_key: now.metadata_key,
+        })),
+        Err(CatalogError::Conflict { key }) => {
+            tracing::warn!(table = append.folder, metadata = %key, "iceberg: another writer committed first; retrying from its metadata");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The error after [`COMMIT_ATTEMPTS`] lost races.
+pub fn contended(folder: &str) -> IcebergError {
+    IcebergError::Contended {
+        table: folder.to_string(),
+        attempts: COMMIT_ATTEMPTS,
+    }
+}
+
+/// Attempts of one commit when another writer moves the table meanwhile.
+pub const COMMIT_ATTEMPTS: usize = 5;
 
 /// Whether a snapshot of the table carries `commit_id`.
 pub fn committed(metadata: &TableMetadata, commit_id: &str) -> bool {
@@ -171,7 +197,13 @@ fn table_for(
     let mut metadata = match previous {
         Some(m) => m.clone().with_schema(schema, last_column_id),
         None => {
-            let spec = spec::day_spec(&schema, append.partition_column)?;
+            let spec = match append.partition_column {
+                Some(column) => spec::day_spec(&schema, column)?,
+                None => PartitionSpec {
+                    spec_id: 0,
+                    fields: Vec::new(),
+                },
+            };
             TableMetadata::new(&catalog.uri(append.folder), schema, spec, BTreeMap::new())
         }
     };
@@ -224,45 +256,50 @@ async fn snapshot(
     let schema = metadata.current_schema().clone();
     let spec = default_spec(&metadata)?;
     let ctx = manifest_context(&schema, &spec)?;
-    let entries: Vec<ManifestEntry> = append
-        .files
-        .iter()
-        .map(|f| ManifestEntry {
-            status: EntryStatus::Added,
-            snapshot_id: Some(snapshot_id),
-            sequence_number: None,
-            file_sequence_number: None,
-            file: DataFile {
-                content: FileContent::Data,
-                file_path: catalog.uri(&f.key),
-                file_size_in_bytes: f.bytes,
-                record_count: f.rows,
-                partition: f.day,
-                equality_ids: Vec::new(),
-                referenced_data_file: None,
-            },
-        })
-        .collect();
-    let unique = format!("{snapshot_id}-{}", Utc::now().timestamp_micros());
-    let mut manifests = match &parent {
-        Some(p) => {
-            let list = catalog
-                .lake()
-                .get(&catalog.key_of(&p.manifest_list))
-                .await?
-                .ok_or_else(|| CatalogError::Corrupt {
-                    key: p.manifest_list.clone(),
-                    message: "the current snapshot's manifest list is missing".into(),
-                })?;
-            manifest::read_manifest_list(&list)?
-        }
-        None => Vec::new(),
+    let entry = |f: &NewFile, content: FileContent| ManifestEntry {
+        status: EntryStatus::Added,
+        snapshot_id: Some(snapshot_id),
+        sequence_number: None,
+        file_sequence_number: None,
+        file: DataFile {
+            content,
+            file_path: catalog.uri(&f.key),
+            file_size_in_bytes: f.bytes,
+            record_count: f.rows,
+            partition: f.day,
+            equality_ids: Vec::new(),
+            referenced_data_file: None,
+        },
     };
-    if !entries.is_empty() {
-        let key = format!("{}/metadata/{unique}-m0.avro", append.folder);
+    let unique = format!("{snapshot_id}-{}", Utc::now().timestamp_micros());
+    // A TRUNCATE leaves the earlier manifests out: their files are no longer the table's.
+    let mut manifests = match &parent {
+        Some(p) if !append.replace => manifest_list(catalog, p).await?,
+        _ => Vec::new(),
+    };
+    let added = [
+        (
+            ManifestContent::Data,
+            FileContent::Data,
+            &append.files,
+            "m0",
+        ),
+        (
+            ManifestContent::Deletes,
+            FileContent::PositionDeletes,
+            &append.deletes,
+            "m1",
+        ),
+    ];
+    for (manifest_content, file_content, files, suffix) in added {
+        if files.is_empty() {
+            continue;
+        }
+        let entries: Vec<ManifestEntry> = files.iter().map(|f| entry(f, file_content)).collect();
+        let key = format!("{}/metadata/{unique}-{suffix}.avro", append.folder);
         let (bytes, listed) = manifest::write_manifest(
             &ctx,
-            ManifestContent::Data,
+            manifest_content,
             &catalog.uri(&key),
             snapshot_id,
             sequence_number,
@@ -291,6 +328,53 @@ async fn snapshot(
     };
     let previous_file = base.map(|b| (catalog.uri(&b.metadata_key), b.metadata.last_updated_ms));
     Ok((metadata.with_snapshot(snapshot, previous_file), snapshot_id))
+}
+
+async fn manifest_list(
+    catalog: &LocalCatalog,
+    snapshot: &Snapshot,
+) -> Result<Vec<manifest::ManifestFile>, IcebergError> {
+    let list = catalog
+        .lake()
+        .get(&catalog.key_of(&snapshot.manifest_list))
+        .await?
+        .ok_or_else(|| CatalogError::Corrupt {
+            key: snapshot.manifest_list.clone(),
+            message: "a snapshot's manifest list is missing".into(),
+        })?;
+    Ok(manifest::read_manifest_list(&list)?)
+}
+
+/// The data files of the table's current snapshot, with their data sequence numbers.
+pub async fn live_data_files(
+    catalog: &LocalCatalog,
+    metadata: &TableMetadata,
+) -> Result<Vec<(DataFile, i64)>, IcebergError> {
+    let Some(current) = metadata.current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for listed in manifest_list(catalog, current).await? {
+        if listed.content != ManifestContent::Data {
+            continue;
+        }
+        let key = catalog.key_of(&listed.manifest_path);
+        let bytes = catalog
+            .lake()
+            .get(&key)
+            .await?
+            .ok_or_else(|| CatalogError::Corrupt {
+                key: key.clone(),
+                message: "a manifest of the current snapshot is missing".into(),
+            })?;
+        for e in manifest::read_manifest(&bytes, &listed)? {
+            if e.status != EntryStatus::Deleted {
+                let seq = e.sequence_number.unwrap_or(listed.sequence_number);
+                out.push((e.file, seq));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn default_spec(metadata: &TableMetadata) -> Result<PartitionSpec, IcebergError> {
@@ -323,6 +407,9 @@ fn manifest_context(
 /// The snapshot summary: the spec's counts plus where the table is in the WAL.
 fn summary(append: &Append<'_>, parent: Option<&Snapshot>) -> BTreeMap<String, String> {
     let total = |k: &str| -> u64 {
+        if append.replace {
+            return 0;
+        }
         parent
             .and_then(|p| p.summary.get(k))
             .and_then(|v| v.parse().ok())
@@ -330,14 +417,27 @@ fn summary(append: &Append<'_>, parent: Option<&Snapshot>) -> BTreeMap<String, S
     };
     let rows: u64 = append.files.iter().map(|f| f.rows).sum();
     let bytes: u64 = append.files.iter().map(|f| f.bytes).sum();
+    let deleted: u64 = append.deletes.iter().map(|f| f.rows).sum();
+    let delete_bytes: u64 = append.deletes.iter().map(|f| f.bytes).sum();
     let files = append.files.len() as u64;
+    let delete_files = append.deletes.len() as u64;
+    let operation = if append.replace || delete_files > 0 {
+        "overwrite"
+    } else {
+        "append"
+    };
     BTreeMap::from([
-        ("operation".into(), "append".into()),
+        ("operation".into(), operation.into()),
         (LSN_PROPERTY.into(), append.lsn.to_string()),
         (COMMIT_PROPERTY.into(), append.commit_id.clone()),
         ("added-data-files".into(), files.to_string()),
         ("added-records".into(), rows.to_string()),
-        ("added-files-size".into(), bytes.to_string()),
+        (
+            "added-files-size".into(),
+            (bytes + delete_bytes).to_string(),
+        ),
+        ("added-delete-files".into(), delete_files.to_string()),
+        ("added-position-deletes".into(), deleted.to_string()),
         (
             "total-data-files".into(),
             (total("total-data-files") + files).to_string(),
@@ -348,19 +448,16 @@ fn summary(append: &Append<'_>, parent: Option<&Snapshot>) -> BTreeMap<String, S
         ),
         (
             "total-files-size".into(),
-            (total("total-files-size") + bytes).to_string(),
+            (total("total-files-size") + bytes + delete_bytes).to_string(),
         ),
         (
             "total-delete-files".into(),
-            total("total-delete-files").to_string(),
+            (total("total-delete-files") + delete_files).to_string(),
         ),
         (
             "total-position-deletes".into(),
-            total("total-position-deletes").to_string(),
+            (total("total-position-deletes") + deleted).to_string(),
         ),
-        (
-            "total-equality-deletes".into(),
-            total("total-equality-deletes").to_string(),
-        ),
+        ("total-equality-deletes".into(), "0".into()),
     ])
 }

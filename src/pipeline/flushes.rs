@@ -166,8 +166,14 @@ impl Pipeline {
             }
             let id = iceberg::flush_commit_id(published.intent());
             let columns = &published.flushed().columns;
-            self.commit_iceberg(&id, published.intent().cut, files, columns)
-                .await?;
+            self.commit_iceberg(
+                &id,
+                published.intent().cut,
+                files,
+                columns,
+                iceberg::CommitKind::Flush,
+            )
+            .await?;
         }
         Ok(published.commit(&self.checkpoints, &tables).await?)
     }

@@ -8,6 +8,7 @@ use crate::config::TableFormat;
 use crate::decode::schema::ETL_PROCESSED_AT;
 use crate::decode::TableSchema;
 use crate::iceberg::catalog::LocalCatalog;
+use crate::iceberg::current;
 use crate::iceberg::table::{self as iceberg_table, Append, NewFile};
 
 /// A published file, as the Iceberg commit needs it.
@@ -46,15 +47,17 @@ impl Pipeline {
         self.config.output.format == TableFormat::Iceberg
     }
 
-    /// Commits each table's files as one Iceberg snapshot carrying `lsn`; `commit_id`
-    /// names the flush or snapshot, so a retry finds its commit done. `columns`: each
-    /// table's latest columns, when the files may have been written under several.
+    /// Commits each table's files as one Iceberg snapshot carrying `lsn` to its changelog,
+    /// then folds them into its current-state table (keyed tables); `commit_id` names the
+    /// flush or snapshot, so a retry finds each commit done. `columns`: each table's latest
+    /// columns, when the files may have been written under several.
     pub(super) async fn commit_iceberg(
         &self,
         commit_id: &str,
         lsn: Lsn,
         files: Vec<Registered>,
         columns: &BTreeMap<String, Vec<String>>,
+        kind: CommitKind,
     ) -> Result<(), RunError> {
         let catalog = LocalCatalog::new(self.lake.clone());
         for (folder, info) in &self.tables {
@@ -84,10 +87,12 @@ impl Pipeline {
             let append = Append {
                 folder,
                 arrow: &schema.arrow,
-                partition_column: &partition_column,
+                partition_column: Some(&partition_column),
                 lsn,
                 commit_id: commit_id.to_string(),
                 files: mine.iter().map(|r| r.file.clone()).collect(),
+                deletes: Vec::new(),
+                replace: false,
             };
             let done = iceberg_table::append(&catalog, &append).await?;
             match done.snapshot_id {
@@ -99,19 +104,87 @@ impl Pipeline {
                 }
             }
             failpoint::hit(failpoint::MID_ICEBERG_COMMITS);
-            if let Catalog::GlueDirect { .. } = self.config.catalog.target {
-                // Also after a retry: the crash may have come before Glue heard of it.
-                catalog::glue::point_iceberg_table(
-                    &self.config,
-                    &glue_name(folder),
-                    &catalog.uri(folder),
-                    &catalog.uri(&done.metadata_key),
-                    &schema.arrow,
-                )
-                .await?;
+            self.point_glue(
+                &catalog,
+                &glue_name(folder),
+                folder,
+                &done.metadata_key,
+                &schema,
+            )
+            .await?;
+            if !schema.columns.iter().any(|c| c.is_key) {
+                // Without a key there is no "current row" to keep: the changelog only.
+                continue;
             }
+            let keys: Vec<String> = mine.iter().map(|r| r.file.key.clone()).collect();
+            let changes = current::Changes {
+                changelog: folder,
+                schema: &schema,
+                files: &keys,
+                lsn,
+                commit_id,
+            };
+            let applied = match kind {
+                CommitKind::Snapshot { refresh: false } => {
+                    let files: Vec<_> = mine.iter().map(|r| r.file.clone()).collect();
+                    current::replace_with_snapshot(&catalog, &changes, &files).await?
+                }
+                CommitKind::Flush | CommitKind::Snapshot { refresh: true } => {
+                    current::apply(&catalog, &changes).await?
+                }
+            };
+            if applied.unresolved > 0 {
+                tracing::warn!(table = %folder, rows = applied.unresolved, "iceberg: current-state rows whose unsent TOASTed value was found nowhere are NULL there and named in unchanged_columns");
+            }
+            let current = current::folder_of(folder);
+            self.point_glue(
+                &catalog,
+                folder,
+                &current,
+                &applied.appended.metadata_key,
+                &schema,
+            )
+            .await?;
         }
         failpoint::hit(failpoint::AFTER_ICEBERG_COMMIT);
+        Ok(())
+    }
+}
+
+/// What an Iceberg commit carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CommitKind {
+    /// A flush's changes.
+    Flush,
+    /// A snapshot's rows: the whole table, or (`refresh`) some partitions on top of it.
+    Snapshot {
+        /// Only some partitions were copied.
+        refresh: bool,
+    },
+}
+
+impl Pipeline {
+    /// With `catalog.kind = "glue-direct"`, points Glue table `name` at the Iceberg
+    /// table in `folder`, also after a retried commit (the crash may have come before
+    /// Glue heard of it).
+    async fn point_glue(
+        &self,
+        catalog: &LocalCatalog,
+        name: &str,
+        folder: &str,
+        metadata_key: &str,
+        schema: &TableSchema,
+    ) -> Result<(), RunError> {
+        if let Catalog::GlueDirect { .. } = self.config.catalog.target {
+            catalog::glue::point_iceberg_table(
+                &self.config,
+                name,
+                &catalog.uri(folder),
+                &catalog.uri(metadata_key),
+                &schema.arrow,
+            )
+            .await?;
+        }
         Ok(())
     }
 }

@@ -315,7 +315,10 @@ impl Pipeline {
                 files.push(iceberg::of_snapshot(dest, stat));
             }
             let id = iceberg::snapshot_commit_id(state_name, &state);
-            self.commit_iceberg(&id, state.consistent_point, files, &BTreeMap::new())
+            let kind = iceberg::CommitKind::Snapshot {
+                refresh: state.refresh,
+            };
+            self.commit_iceberg(&id, state.consistent_point, files, &BTreeMap::new(), kind)
                 .await?;
         }
         let time = state.snapshot_time.unwrap_or(state.processed_at);

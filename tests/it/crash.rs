@@ -95,10 +95,24 @@ async fn crash_during_flush_into(point: &str, lake: Lake, prefix: &str) -> (Lake
 /// An Iceberg lake crashed at `point` of a flush: after the rerun each table lists
 /// exactly its files on disk, and no flush was committed twice.
 async fn crash_during_iceberg_flush(point: &str) {
-    let (lake, _db) = crash_during_flush_into(point, Lake::iceberg(), "ice").await;
+    let (lake, db) = crash_during_flush_into(point, Lake::iceberg(), "ice").await;
+    lake.assert_current_matches(&db, "public.customers", "customers", "customer_id");
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
     // The snapshot, the crashed flush, and for customers the flush after it.
     for (folder, key, snapshots) in [("customers", "customer_id", 3), ("orders", "order_id", 2)] {
         let c = lake.iceberg_check(folder, key);
+        assert_eq!(
+            c["current"]["pyiceberg_equals_duckdb"], true,
+            "{folder}: {c}"
+        );
+        let current = c["current"]["snapshots"]
+            .as_array()
+            .expect("current snapshots");
+        assert_eq!(
+            current.len(),
+            snapshots,
+            "{folder}: current state committed once each: {c}"
+        );
         assert_eq!(c["pyiceberg_equals_disk"], true, "{folder}: {c}");
         assert_eq!(c["duckdb_equals_disk"], true, "{folder}: {c}");
         assert_eq!(c["files_listed"], c["files_on_disk"], "{folder}: {c}");

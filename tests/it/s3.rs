@@ -155,8 +155,8 @@ async fn run_once_into_s3_with_glue_direct_tables_and_partitions() {
     );
 }
 
-/// Iceberg tables on S3 with their pointers in Glue (`<folder>_changes`, `table_type =
-/// ICEBERG`, as Athena reads them), following each commit.
+/// Iceberg tables on S3 with their pointers in Glue (`<folder>_changes` and `<folder>`,
+/// `table_type = ICEBERG`, as Athena reads them), following each commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iceberg_tables_on_s3_are_registered_in_glue() {
     let moto = moto();
@@ -200,14 +200,23 @@ async fn iceberg_tables_on_s3_are_registered_in_glue() {
             "{params:?}"
         );
     }
-    // No Hive table of the same data beside it.
-    let hive = glue
-        .get_table()
-        .database_name(&db.name)
-        .name("orders")
-        .send()
-        .await;
-    assert!(hive.is_err(), "{hive:?}");
+    // The table's own name is its current state, an Iceberg table too (no Hive table).
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+    let c = lake.iceberg_check("orders", "order_id");
+    let table = glue_table(&glue, &db.name, "orders").await;
+    let params = table.parameters().expect("parameters");
+    assert_eq!(
+        params.get("table_type").map(String::as_str),
+        Some("ICEBERG")
+    );
+    let (url, _) = lake.s3.as_ref().expect("s3");
+    assert_eq!(
+        params.get("metadata_location"),
+        Some(&format!(
+            "{url}/orders_current/metadata/v{}.metadata.json",
+            c["current"]["version"]
+        )),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,11 +241,16 @@ def show(v):
 
 
 def view_rows(args, columns):
-    """The rows of slot2lake's DuckDB latest-state view (its CREATE VIEW in --view-sql)."""
-    con = connect_duckdb()
-    con.execute(open(args.view_sql).read())
+    """The rows of slot2lake's DuckDB latest-state view (its CREATE VIEW in --view-sql),
+    or with --current of the current-state Iceberg table, read by iceberg_scan."""
+    con = connect_duckdb(iceberg=args.current)
     cols = ", ".join(f'"{c}"' for c in columns)
-    for row in con.execute(f"SELECT {cols} FROM {args.folder}_latest").fetchall():
+    if args.current:
+        rel = f"iceberg_scan('{args.lake}/{args.folder}_current')"
+    else:
+        con.execute(open(args.view_sql).read())
+        rel = f"{args.folder}_latest"
+    for row in con.execute(f"SELECT {cols} FROM {rel}").fetchall():
         yield dict(zip(columns, (norm(v) for v in row)))
 
 
@@ -254,7 +259,7 @@ def compare_keyless(args):
 
     columns, rows = source_rows(args.dsn, args.table, None, lake_types(args.lake, args.folder))
     src = Counter(tuple(hashable(r[c]) for c in columns) for r in rows)
-    if args.view_sql:
+    if args.view_sql or args.current:
         lake = Counter(tuple(hashable(r[c]) for c in columns) for r in view_rows(args, columns))
     else:
         lake = lake_multiset(args.lake, args.folder, columns)
@@ -277,7 +282,7 @@ def compare(args):
         return compare_keyless(args)
     keys = args.key.split(",")
     columns, src = source_rows(args.dsn, args.table, keys, lake_types(args.lake, args.folder))
-    if args.view_sql:
+    if args.view_sql or args.current:
         lake = {}
         for rec in view_rows(args, columns):
             k = tuple(hashable(rec[c]) for c in keys)
@@ -401,20 +406,31 @@ def iceberg_check(args):
 
     from pyiceberg.table import StaticTable
 
-    meta = f"{args.lake}/{args.folder}/metadata"
     props = {}
     if S3_ENDPOINT:
-        import boto3
-
-        bucket, _, prefix = meta.removeprefix("s3://").partition("/")
-        s3 = boto3.client(
-            "s3", endpoint_url=f"http://{S3_ENDPOINT}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-        )
-        version = s3.get_object(Bucket=bucket, Key=f"{prefix}/version-hint.text")["Body"].read().decode().strip()
         props = {"s3.endpoint": f"http://{S3_ENDPOINT}", "s3.access-key-id": "test", "s3.secret-access-key": "test", "s3.region": "us-east-1"}
-    else:
-        version = open(os.path.join(meta, "version-hint.text")).read().strip()
-    table = StaticTable.from_metadata(f"{meta}/v{version}.metadata.json", properties=props)
+
+    def load(folder):
+        """The Iceberg table in `folder`, from its version hint; None when it has none."""
+        meta = f"{args.lake}/{folder}/metadata"
+        if S3_ENDPOINT:
+            import boto3
+
+            bucket, _, prefix = meta.removeprefix("s3://").partition("/")
+            s3 = boto3.client(
+                "s3", endpoint_url=f"http://{S3_ENDPOINT}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+            )
+            try:
+                version = s3.get_object(Bucket=bucket, Key=f"{prefix}/version-hint.text")["Body"].read().decode().strip()
+            except s3.exceptions.NoSuchKey:
+                return None, None
+        else:
+            if not os.path.exists(os.path.join(meta, "version-hint.text")):
+                return None, None
+            version = open(os.path.join(meta, "version-hint.text")).read().strip()
+        return StaticTable.from_metadata(f"{meta}/v{version}.metadata.json", properties=props), int(version)
+
+    table, version = load(args.folder)
     cols = args.key.split(",") + ["change_lsn", "change_seq", "change_type"]
     arrow = table.scan(selected_fields=tuple(cols)).to_arrow()
     py = Counter(zip(*(arrow.column(c).to_pylist() for c in cols)))
@@ -426,6 +442,18 @@ def iceberg_check(args):
         rel = f"read_parquet('{args.lake}/{args.folder}/**/*.parquet', hive_partitioning = false, union_by_name = true)"
         disk = Counter(con.execute(f"SELECT {sel} FROM {rel}").fetchall())
     listed = {t.file.file_path for t in table.scan().plan_files()}
+    current = {}
+    ctable, cversion = load(f"{args.folder}_current")
+    if ctable is not None:
+        carrow = ctable.scan(selected_fields=tuple(cols)).to_arrow()
+        cpy = Counter(zip(*(carrow.column(c).to_pylist() for c in cols)))
+        cduck = Counter(con.execute(f"SELECT {sel} FROM iceberg_scan('{args.lake}/{args.folder}_current')").fetchall())
+        current = {
+            "rows": sum(cpy.values()),
+            "pyiceberg_equals_duckdb": cpy == cduck,
+            "version": cversion,
+            "snapshots": [dict(s.summary.additional_properties, operation=s.summary.operation.value) for s in ctable.metadata.snapshots],
+        }
     out = {
         "rows": sum(py.values()),
         "pyiceberg_equals_disk": py == disk,
@@ -434,10 +462,11 @@ def iceberg_check(args):
         "duckdb_rows": sum(duck.values()),
         "files_listed": len(listed),
         "files_on_disk": len(files_of(args.lake, args.folder)),
-        "version": int(version),
+        "version": version,
         "snapshots": [dict(s.summary.additional_properties, operation=s.summary.operation.value) for s in table.metadata.snapshots],
         "schema": [f.name for f in table.schema().fields],
         "partition_spec": str(table.spec()),
+        "current": current,
     }
     print(json.dumps(out))
     return 0
@@ -453,6 +482,7 @@ def main():
     c.add_argument("--key", required=True)
     c.add_argument("--dsn", required=True)
     c.add_argument("--view-sql", help="compare slot2lake's DuckDB latest-state view (this file) instead")
+    c.add_argument("--current", action="store_true", help="compare the current-state Iceberg table (<folder>_current) instead")
     s = sub.add_parser("summary")
     s.add_argument("--lake", required=True)
     s.add_argument("--folder", required=True)

@@ -304,6 +304,39 @@ impl Lake {
         })
     }
 
+    /// Asserts the current-state Iceberg table (`<folder>_current`), read by DuckDB's
+    /// iceberg_scan, equals the source: one row per key, value for value.
+    pub fn assert_current_matches(&self, db: &TestDb, table: &str, folder: &str, key: &str) {
+        let out = python(
+            &self.reader_env(),
+            &[
+                "compare",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--table",
+                table,
+                "--key",
+                key,
+                "--dsn",
+                &db.url,
+                "--current",
+            ],
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "lake_check compare --current: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(
+            report["ok"], true,
+            "current state differs from {table}: {report}"
+        );
+    }
+
     /// Asserts the lake's latest state for `table` equals the source. `key` is the key's
     /// columns, comma-separated; empty for a keyless table (compared as a multiset).
     pub fn assert_matches(&self, db: &TestDb, table: &str, folder: &str, key: &str) {

@@ -1,0 +1,636 @@
+//! The current-state table: one row per key, the newest version of each, deletes and
+//! TRUNCATE applied and unchanged TOAST values resolved, committed beside the changelog
+//! at the same LSN.
+//!
+//! ```text
+//!  the flush's changelog files of the table (read back; ∝ the change)
+//!    │  fold by (change_lsn, change_seq): per key its last version, or deleted;
+//!    │  a TRUNCATE forgets everything before it
+//!    ▼
+//!  locate: the key columns of the table's live data files, scanned for the touched
+//!    │  keys (→ their rows' positions), and the newest earlier row of each key whose
+//!    │  update left TOASTed values unsent (→ those values)
+//!    ▼
+//!  write: one data file of the keys' new rows, one position-delete file of their old
+//!    │  rows (merge-on-read: readers skip deleted positions)
+//!    ▼
+//!  commit (overwrite; a TRUNCATE drops every earlier file), exactly once by commit id
+//! ```
+//!
+//! Merge-on-read with position deletes, not copy-on-write: a flush writes two files
+//! whatever the table's size, and pyiceberg and DuckDB read position deletes (pyiceberg
+//! does not read equality deletes). Finding the positions costs a scan of the live files'
+//! key columns: the table has no key index yet. An older row found again (its key
+//! changed twice since the table was compacted) is deleted again, which readers allow.
+//! The table is not partitioned, so a flush's two files are all it adds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::builder::{ListBuilder, StringBuilder};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_row::{RowConverter, SortField};
+use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+
+use super::catalog::LocalCatalog;
+use super::table::{self, Append, Appended, IcebergError, NewFile};
+use crate::decode::schema::{CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, UNCHANGED_COLUMNS};
+use crate::decode::TableSchema;
+use crate::lsn::Lsn;
+
+/// Field id of a position-delete file's `file_path` (reserved by the spec).
+const DELETE_FILE_PATH_ID: &str = "2147483546";
+/// Field id of a position-delete file's `pos` (reserved by the spec).
+const DELETE_POS_ID: &str = "2147483545";
+
+/// Why the current-state table could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CurrentError {
+    /// Reading the changelog files or the table's files.
+    #[error("current-state table {table}: {message}")]
+    Data {
+        /// Table folder.
+        table: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The table folder of a source table's current state.
+pub fn folder_of(changelog: &str) -> String {
+    format!("{changelog}_current")
+}
+
+/// One flush's (or snapshot's) changes of one keyed table.
+pub struct Changes<'a> {
+    /// The changelog's table folder.
+    pub changelog: &'a str,
+    /// The table's latest columns.
+    pub schema: &'a TableSchema,
+    /// The changelog files this flush wrote for the table (lake keys).
+    pub files: &'a [String],
+    /// The LSN the table is complete up to after this commit.
+    pub lsn: Lsn,
+    /// The commit id (the changelog's).
+    pub commit_id: &'a str,
+}
+
+/// What the commit did, and what it could not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The commit.
+    pub appended: Appended,
+    /// Rows whose TOASTed value was unsent and found nowhere (left NULL and named in
+    /// `unchanged_columns`).
+    pub unresolved: u64,
+}
+
+/// Folds `changes` into the current-state table and commits it, exactly once.
+pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Applied, IcebergError> {
+    let folder = folder_of(changes.changelog);
+    let err = |message: String| {
+        IcebergError::Current(CurrentError::Data {
+            table: folder.clone(),
+            message,
+        })
+    };
+    let schema = changes.schema.arrow.clone();
+    let mut batches = Vec::new();
+    for key in changes.files {
+        batches.extend(read(catalog, key, &schema, None).await?);
+    }
+    let all =
+        arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| err(e.to_string()))?;
+    let keys = key_columns(changes.schema);
+    let folded = fold(&all, changes.schema, &keys).map_err(err)?;
+    for _ in 0..table::COMMIT_ATTEMPTS {
+        let base = catalog.load(&folder).await?;
+        if let Some(done) = table::done_before(base.as_ref(), changes.commit_id) {
+            return Ok(Applied {
+                appended: done,
+                unresolved: 0,
+            });
+        }
+        let live = match (&base, folded.truncated) {
+            (Some(b), false) => table::live_data_files(catalog, &b.metadata).await?,
+            _ => Vec::new(),
+        };
+        let found = locate(catalog, &live, &folded, &schema, &keys).await?;
+        let (rows, unresolved) = resolve(&all, &folded, &found, changes.schema).map_err(&err)?;
+        let unique = format!("{}", chrono::Utc::now().timestamp_micros());
+        let mut files = Vec::new();
+        if rows.num_rows() > 0 {
+            let key = format!("{folder}/data/{unique}-rows.parquet");
+            let bytes = write_parquet(&rows).map_err(&err)?;
+            files.push(new_file(&key, rows.num_rows(), &bytes));
+            catalog.lake().put(&key, bytes).await?;
+        }
+        let mut deletes = Vec::new();
+        if !found.positions.is_empty() {
+            let key = format!("{folder}/data/{unique}-deletes.parquet");
+            let batch = delete_batch(&found.positions).map_err(&err)?;
+            let bytes = write_parquet(&batch).map_err(&err)?;
+            deletes.push(new_file(&key, batch.num_rows(), &bytes));
+            catalog.lake().put(&key, bytes).await?;
+        }
+        let append = Append {
+            folder: &folder,
+            arrow: &schema,
+            partition_column: None,
+            lsn: changes.lsn,
+            commit_id: changes.commit_id.to_string(),
+            files,
+            deletes,
+            replace: folded.truncated,
+        };
+        if let Some(appended) = table::try_commit(catalog, base.as_ref(), &append).await? {
+            return Ok(Applied {
+                appended,
+                unresolved,
+            });
+        }
+    }
+    Err(table::contended(&folder))
+}
+
+fn new_file(key: &str, rows: usize, bytes: &Bytes) -> NewFile {
+    NewFile {
+        key: key.to_string(),
+        rows: rows as u64,
+        bytes: bytes.len() as u64,
+        day: None,
+    }
+}
+
+fn key_columns(schema: &TableSchema) -> Vec<usize> {
+    schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_key)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Reads a Parquet object, its columns matched to `schema` by name (a column the file
+/// lacks reads as NULL; a narrower type is cast); `only`: just these columns.
+async fn read(
+    catalog: &LocalCatalog,
+    key: &str,
+    schema: &SchemaRef,
+    only: Option<&[usize]>,
+) -> Result<Vec<RecordBatch>, IcebergError> {
+    let bytes = catalog
+        .lake()
+        .get(key)
+        .await?
+        .ok_or_else(|| data_err(key, "the file is missing".into()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| data_err(key, e.to_string()))?;
+    let target: SchemaRef = match only {
+        Some(cols) => Arc::new(
+            schema
+                .project(cols)
+                .map_err(|e| data_err(key, e.to_string()))?,
+        ),
+        None => schema.clone(),
+    };
+    let mask = {
+        let file = builder.schema();
+        let names: Vec<&str> = target
+            .fields()
+            .iter()
+            .filter(|f| file.field_with_name(f.name()).is_ok())
+            .map(|f| f.name().as_str())
+            .collect();
+        ProjectionMask::columns(builder.parquet_schema(), names)
+    };
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| data_err(key, e.to_string()))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| data_err(key, e.to_string()))?;
+        out.push(conform(&batch, &target).map_err(|e| data_err(key, e))?);
+    }
+    Ok(out)
+}
+
+fn data_err(key: &str, message: String) -> IcebergError {
+    IcebergError::Current(CurrentError::Data {
+        table: key.split('/').next().unwrap_or_default().to_string(),
+        message: format!("{key}: {message}"),
+    })
+}
+
+/// `batch` with `schema`'s columns, by name.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow_cast::cast(c, f.data_type()).map_err(|e| e.to_string()),
+            None => Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<ArrayRef>, String>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// Where a column of a key's newest row comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A row of the flush.
+    Flush(usize),
+    /// The key's row in the table before this flush.
+    Table,
+    /// Nowhere: NULL, and named in `unchanged_columns`.
+    Missing,
+}
+
+/// Columns a key's newest row did not carry, and where each comes from.
+type Unsent = Vec<(usize, Source)>;
+
+/// A key's state after the flush's changes.
+#[derive(Debug, Clone)]
+enum KeyState {
+    Deleted,
+    /// Its newest row, and where its unsent columns come from.
+    Live {
+        row: usize,
+        unsent: Unsent,
+    },
+}
+
+/// The flush's changes reduced to one state per key.
+struct Folded {
+    /// Encoded key → state, in the order keys were first seen.
+    keys: HashMap<Vec<u8>, KeyState>,
+    /// A TRUNCATE came: the table's rows before the flush are all gone.
+    truncated: bool,
+}
+
+fn fold(all: &RecordBatch, schema: &TableSchema, keys: &[usize]) -> Result<Folded, String> {
+    let lsn = column::<Int64Array>(all, &schema.meta(CHANGE_LSN))?;
+    let seq = column::<Int64Array>(all, &schema.meta(CHANGE_SEQ))?;
+    let kind = column::<StringArray>(all, &schema.meta(CHANGE_TYPE))?;
+    let unsent_lists = all
+        .column_by_name(&schema.meta(UNCHANGED_COLUMNS))
+        .and_then(|c| c.as_any().downcast_ref::<arrow_array::ListArray>())
+        .ok_or("no unchanged_columns column")?;
+    let rows = encode_keys(all, keys)?;
+    let mut order: Vec<usize> = (0..all.num_rows()).collect();
+    order.sort_by_key(|&i| (lsn.value(i), seq.value(i)));
+    let index_of = |name: &str| schema.columns.iter().position(|c| c.name == name);
+    let mut out = Folded {
+        keys: HashMap::new(),
+        truncated: false,
+    };
+    for i in order {
+        match kind.value(i) {
+            "TRUNCATE" => {
+                out.keys.clear();
+                out.truncated = true;
+                continue;
+            }
+            "DELETE" => {
+                out.keys
+                    .insert(rows.row(i).as_ref().to_vec(), KeyState::Deleted);
+                continue;
+            }
+            _ => {}
+        }
+        let key = rows.row(i).as_ref().to_vec();
+        let names: Vec<usize> = if unsent_lists.is_null(i) {
+            Vec::new()
+        } else {
+            let v = unsent_lists.value(i);
+            let names = v
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or("unchanged_columns is not a list of strings")?;
+            names.iter().flatten().filter_map(index_of).collect()
+        };
+        let previous = out.keys.get(&key);
+        let unsent = names
+            .into_iter()
+            .map(|c| {
+                let from = match previous {
+                    Some(KeyState::Live { row, unsent }) => unsent
+                        .iter()
+                        .find(|(col, _)| *col == c)
+                        .map_or(Source::Flush(*row), |(_, s)| *s),
+                    Some(KeyState::Deleted) => Source::Missing,
+                    None if out.truncated => Source::Missing,
+                    None => Source::Table,
+                };
+                (c, from)
+            })
+            .collect();
+        out.keys.insert(key, KeyState::Live { row: i, unsent });
+    }
+    Ok(out)
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| format!("column {name} missing or of another type"))
+}
+
+fn encode_keys(batch: &RecordBatch, keys: &[usize]) -> Result<arrow_row::Rows, String> {
+    let fields = keys
+        .iter()
+        .map(|&k| SortField::new(batch.schema().field(k).data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields).map_err(|e| e.to_string())?;
+    let cols: Vec<ArrayRef> = keys.iter().map(|&k| batch.column(k).clone()).collect();
+    converter.convert_columns(&cols).map_err(|e| e.to_string())
+}
+
+/// The touched keys' rows in the table before the flush.
+#[derive(Default)]
+struct Found {
+    /// (data file URI, position) of every row of a touched key.
+    positions: Vec<(String, i64)>,
+    /// The newest earlier row of each key some column is wanted from.
+    rows: Option<RecordBatch>,
+    /// Encoded key → row in `rows`.
+    row_of: HashMap<Vec<u8>, usize>,
+}
+
+async fn locate(
+    catalog: &LocalCatalog,
+    live: &[(super::manifest::DataFile, i64)],
+    folded: &Folded,
+    schema: &SchemaRef,
+    keys: &[usize],
+) -> Result<Found, IcebergError> {
+    let mut found = Found::default();
+    if folded.keys.is_empty() {
+        return Ok(found);
+    }
+    let wanted: HashSet<&[u8]> = folded
+        .keys
+        .iter()
+        .filter(|(_, s)| match s {
+            KeyState::Live { unsent, .. } => unsent.iter().any(|(_, s)| *s == Source::Table),
+            KeyState::Deleted => false,
+        })
+        .map(|(k, _)| k.as_slice())
+        .collect();
+    // Per wanted key: (sequence number, file, position) of its newest row.
+    let mut newest: HashMap<Vec<u8>, (i64, usize, usize)> = HashMap::new();
+    for (f, (file, seq)) in live.iter().enumerate() {
+        let key = catalog.key_of(&file.file_path);
+        let mut pos = 0usize;
+        for batch in read(catalog, &key, schema, Some(keys)).await? {
+            let all: Vec<usize> = (0..keys.len()).collect();
+            let rows = encode_keys(&batch, &all).map_err(|e| data_err(&key, e))?;
+            for i in 0..batch.num_rows() {
+                let k = rows.row(i);
+                if folded.keys.contains_key(k.as_ref()) {
+                    found
+                        .positions
+                        .push((file.file_path.clone(), (pos + i) as i64));
+                    if wanted.contains(k.as_ref())
+                        && newest.get(k.as_ref()).is_none_or(|(s, _, _)| *s < *seq)
+                    {
+                        newest.insert(k.as_ref().to_vec(), (*seq, f, pos + i));
+                    }
+                }
+            }
+            pos += batch.num_rows();
+        }
+    }
+    found.positions.sort();
+    // The wanted rows, file by file.
+    let mut by_file: HashMap<usize, Vec<(usize, Vec<u8>)>> = HashMap::new();
+    for (k, (_, f, p)) in newest {
+        by_file.entry(f).or_default().push((p, k));
+    }
+    let mut parts = Vec::new();
+    for (f, mut wanted) in by_file {
+        wanted.sort();
+        let key = catalog.key_of(&live[f].0.file_path);
+        let batches = read(catalog, &key, schema, None).await?;
+        let whole = arrow_select::concat::concat_batches(schema, &batches)
+            .map_err(|e| data_err(&key, e.to_string()))?;
+        let take =
+            arrow_array::UInt32Array::from_iter_values(wanted.iter().map(|(p, _)| *p as u32));
+        let rows = arrow_select::take::take_record_batch(&whole, &take)
+            .map_err(|e| data_err(&key, e.to_string()))?;
+        let base: usize = parts.iter().map(RecordBatch::num_rows).sum();
+        for (i, (_, k)) in wanted.into_iter().enumerate() {
+            found.row_of.insert(k, base + i);
+        }
+        parts.push(rows);
+    }
+    if !parts.is_empty() {
+        found.rows = Some(
+            arrow_select::concat::concat_batches(schema, &parts)
+                .map_err(|e| data_err("current", e.to_string()))?,
+        );
+    }
+    Ok(found)
+}
+
+/// The new rows of the live keys, unsent columns filled; and how many stayed unresolved.
+fn resolve(
+    all: &RecordBatch,
+    folded: &Folded,
+    found: &Found,
+    schema: &TableSchema,
+) -> Result<(RecordBatch, u64), String> {
+    let arrow = &schema.arrow;
+    let empty = RecordBatch::new_empty(arrow.clone());
+    let old = found.rows.as_ref().unwrap_or(&empty);
+    let nulls: Vec<ArrayRef> = arrow
+        .fields()
+        .iter()
+        .map(|f| arrow_array::new_null_array(f.data_type(), 1))
+        .collect();
+    let mut live: Vec<(&Vec<u8>, usize, &Unsent)> = folded
+        .keys
+        .iter()
+        .filter_map(|(k, s)| match s {
+            KeyState::Live { row, unsent } => Some((k, *row, unsent)),
+            KeyState::Deleted => None,
+        })
+        .collect();
+    live.sort_by_key(|(_, row, _)| *row);
+    let unchanged_idx = arrow
+        .index_of(&schema.meta(UNCHANGED_COLUMNS))
+        .map_err(|e| e.to_string())?;
+    let mut unresolved = 0u64;
+    let mut still: Vec<Vec<String>> = Vec::with_capacity(live.len());
+    // Per output row and column: (0 = the flush, 1 = the table, 2 = NULL, row).
+    let mut picks: Vec<Vec<(usize, usize)>> =
+        vec![Vec::with_capacity(live.len()); arrow.fields().len()];
+    for (k, row, unsent) in &live {
+        let mut left = Vec::new();
+        for (c, pick) in picks.iter_mut().enumerate() {
+            let source = unsent.iter().find(|(col, _)| *col == c).map(|(_, s)| *s);
+            let at = match source {
+                None => (0, *row),
+                Some(Source::Flush(r)) => (0, r),
+                Some(Source::Table) => match found.row_of.get(*k) {
+                    Some(r) => (1, *r),
+                    None => {
+                        left.push(schema.columns[c].name.clone());
+                        (2, 0)
+                    }
+                },
+                Some(Source::Missing) => {
+                    left.push(schema.columns[c].name.clone());
+                    (2, 0)
+                }
+            };
+            pick.push(at);
+        }
+        if !left.is_empty() {
+            unresolved += 1;
+        }
+        still.push(left);
+    }
+    let mut columns = Vec::with_capacity(picks.len());
+    for (c, pick) in picks.iter().enumerate() {
+        if c == unchanged_idx {
+            let mut b = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+                "element",
+                DataType::Utf8,
+                true,
+            )));
+            for names in &still {
+                if names.is_empty() {
+                    b.append_null();
+                } else {
+                    for n in names {
+                        b.values().append_value(n);
+                    }
+                    b.append(true);
+                }
+            }
+            columns.push(Arc::new(b.finish()) as ArrayRef);
+            continue;
+        }
+        let sources: [&dyn Array; 3] = [all.column(c), old.column(c), &nulls[c]];
+        columns
+            .push(arrow_select::interleave::interleave(&sources, pick).map_err(|e| e.to_string())?);
+    }
+    let batch = RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())?;
+    Ok((batch, unresolved))
+}
+
+fn delete_batch(positions: &[(String, i64)]) -> Result<RecordBatch, String> {
+    let id = |n: &str| {
+        std::collections::HashMap::from([(
+            super::spec::PARQUET_FIELD_ID.to_string(),
+            n.to_string(),
+        )])
+    };
+    let schema = ArrowSchema::new(vec![
+        Field::new("file_path", DataType::Utf8, false).with_metadata(id(DELETE_FILE_PATH_ID)),
+        Field::new("pos", DataType::Int64, false).with_metadata(id(DELETE_POS_ID)),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                positions.iter().map(|(f, _)| f.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                positions.iter().map(|(_, p)| *p),
+            )),
+        ],
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn write_parquet(batch: &RecordBatch) -> Result<Bytes, String> {
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| e.to_string())?;
+    w.write(batch).map_err(|e| e.to_string())?;
+    w.close().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(buf))
+}
+
+/// A snapshot's files become the whole current-state table (they hold one row per key),
+/// registered where they are rather than copied; a backfill's TRUNCATE row is deleted by
+/// position. `files` are the changelog's new files of the table.
+pub async fn replace_with_snapshot(
+    catalog: &LocalCatalog,
+    changes: &Changes<'_>,
+    files: &[NewFile],
+) -> Result<Applied, IcebergError> {
+    let folder = folder_of(changes.changelog);
+    let schema = changes.schema.arrow.clone();
+    let change_type = schema
+        .index_of(&changes.schema.meta(CHANGE_TYPE))
+        .map_err(|e| data_err(changes.changelog, e.to_string()))?;
+    // TRUNCATE rows have every source column NULL: they are only in the NULL partition
+    // (or the processing date's).
+    let mut positions = Vec::new();
+    for f in files {
+        if f.day.is_some() && changes.schema.partition_column.is_some() {
+            continue;
+        }
+        let mut pos = 0i64;
+        for batch in read(catalog, &f.key, &schema, Some(&[change_type])).await? {
+            let kinds = column::<StringArray>(&batch, &changes.schema.meta(CHANGE_TYPE))
+                .map_err(|e| data_err(&f.key, e))?;
+            for (i, k) in kinds.iter().enumerate() {
+                if k == Some("TRUNCATE") {
+                    positions.push((catalog.uri(&f.key), pos + i as i64));
+                }
+            }
+            pos += batch.num_rows() as i64;
+        }
+    }
+    for _ in 0..table::COMMIT_ATTEMPTS {
+        let base = catalog.load(&folder).await?;
+        if let Some(done) = table::done_before(base.as_ref(), changes.commit_id) {
+            return Ok(Applied {
+                appended: done,
+                unresolved: 0,
+            });
+        }
+        let mut deletes = Vec::new();
+        if !positions.is_empty() {
+            let unique = chrono::Utc::now().timestamp_micros();
+            let key = format!("{folder}/data/{unique}-deletes.parquet");
+            let batch = delete_batch(&positions).map_err(|e| data_err(&key, e))?;
+            let bytes = write_parquet(&batch).map_err(|e| data_err(&key, e))?;
+            deletes.push(new_file(&key, batch.num_rows(), &bytes));
+            catalog.lake().put(&key, bytes).await?;
+        }
+        let append = Append {
+            folder: &folder,
+            arrow: &schema,
+            partition_column: None,
+            lsn: changes.lsn,
+            commit_id: changes.commit_id.to_string(),
+            files: files
+                .iter()
+                .map(|f| NewFile {
+                    day: None,
+                    ..f.clone()
+                })
+                .collect(),
+            deletes,
+            replace: true,
+        };
+        if let Some(appended) = table::try_commit(catalog, base.as_ref(), &append).await? {
+            return Ok(Applied {
+                appended,
+                unresolved: 0,
+            });
+        }
+    }
+    Err(table::contended(&folder))
+}
