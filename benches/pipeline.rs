@@ -35,6 +35,8 @@ struct Args {
     spread: u64,
     /// Another slot2lake binary whose snapshot runs beside `bin`'s in every run.
     against: Option<PathBuf>,
+    /// Changes of one flush into Iceberg tables vs Parquet (`--iceberg N`).
+    iceberg: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -51,6 +53,7 @@ fn parse_args() -> Args {
         big_txn: 0,
         spread: 730,
         against: None,
+        iceberg: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -77,6 +80,7 @@ fn parse_args() -> Args {
             "--against" => {
                 a.against = Some(PathBuf::from(it.next().expect("--against needs a path")))
             }
+            "--iceberg" => a.iceberg = Some(num("--iceberg")),
             "--stream-only" => a.skip_snapshot = true,
             "--debezium" => a.debezium = true,
             "--snapshot-only" => a.skip_stream = true,
@@ -86,7 +90,8 @@ fn parse_args() -> Args {
                     "scripts/bench [--runs 3] [--orders 1000000] [--updates 200000] [--customers 100000]\n\
                      \x20             [--scale N] [--payload BYTES] [--stream-only | --snapshot-only]\n\
                      \x20             [--big-txn ROWS] [--debezium] [--bin PATH] [--spread DAYS (730)]\n\
-                     \x20             [--against PATH: another slot2lake binary whose snapshot alternates with --bin's]"
+                     \x20             [--against PATH: another slot2lake binary whose snapshot alternates with --bin's]\n\
+                     \x20             [--iceberg CHANGES: a flush of CHANGES updates into --orders rows, Iceberg vs Parquet]"
                 );
                 std::process::exit(0);
             }
@@ -222,9 +227,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn config(lake: &Path, url: &str, slot: &str, snapshot: &str, tables: &[&str]) -> PathBuf {
+    config_as(lake, url, slot, snapshot, tables, "parquet")
+}
+
+fn config_as(
+    lake: &Path,
+    url: &str,
+    slot: &str,
+    snapshot: &str,
+    tables: &[&str],
+    format: &str,
+) -> PathBuf {
     let mut text = format!(
         "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"bench\"\nsnapshot = \"{snapshot}\"\n\n\
-         [output]\nurl = \"file://{}\"\n\n",
+         [output]\nurl = \"file://{}\"\nformat = \"{format}\"\n\n",
         lake.join(slot).join("lake").display()
     );
     for t in tables {
@@ -307,6 +323,10 @@ fn main() {
         "wal_sender_timeout = 0",
     ])
     .expect("start PostgreSQL");
+    if let Some(changes) = a.iceberg {
+        iceberg_bench(&cluster, &a, changes);
+        return;
+    }
     let recvlogical = cluster.bindir().join("pg_recvlogical");
     let mut stream_rows: Vec<(f64, u64, f64, u64)> = vec![];
     let mut dbz_rows: Vec<(f64, u64)> = vec![];
@@ -754,4 +774,103 @@ fn main() {
             kib / 1024
         );
     }
+}
+
+/// The same flush into Parquet and into Iceberg tables (changelog + current state) of a
+/// table of `--orders` rows: `changes` updates of random keys, after both took the
+/// table's snapshot. The two runs take turns going first.
+fn iceberg_bench(cluster: &TempCluster, a: &Args, changes: u64) {
+    let mut parquet = Vec::new();
+    let mut iceberg = Vec::new();
+    let mut snaps = Vec::new();
+    let mut kept = Vec::new();
+    for run in 1..=a.runs {
+        let db = format!("bench_ice_{run}");
+        psql(cluster, "postgres", &format!("CREATE DATABASE {db}"));
+        psql(cluster, &db, SEED_SCHEMA);
+        psql(cluster, &db, "CREATE PUBLICATION bench FOR TABLE orders");
+        load(
+            cluster,
+            &db,
+            &Args {
+                updates: 0,
+                customers: 0,
+                bin: a.bin.clone(),
+                against: None,
+                ..*a
+            },
+        );
+        psql(cluster, &db, "VACUUM (ANALYZE) orders");
+        kept.push(tempfile::tempdir().expect("tempdir"));
+        let work = kept.last().expect("just pushed").path().to_path_buf();
+        let url = cluster.url(&db);
+        // Slots are the cluster's: one pair per run's database.
+        let p = config_as(
+            &work,
+            &url,
+            &format!("p{run}"),
+            "initial",
+            &["orders"],
+            "parquet",
+        );
+        let i = config_as(
+            &work,
+            &url,
+            &format!("i{run}"),
+            "initial",
+            &["orders"],
+            "iceberg",
+        );
+        let once = |cfg: &Path| {
+            timed(
+                Command::new(&a.bin)
+                    .args(["run", "--once", "--config"])
+                    .arg(cfg)
+                    .env("RUST_LOG", "warn"),
+            )
+        };
+        let (sp, si) = (once(&p), once(&i));
+        snaps.push((sp.secs, si.secs));
+        psql(
+            cluster,
+            &db,
+            &format!(
+                "UPDATE orders SET quantity = quantity + 1 WHERE order_id IN
+                   (SELECT 1 + (hashint8(g * {run}) & 2147483647) % {orders} FROM generate_series(1, {changes}) g)",
+                orders = a.orders
+            ),
+        );
+        let (tp, ti) = if run % 2 == 1 {
+            let tp = once(&p);
+            (tp, once(&i))
+        } else {
+            let ti = once(&i);
+            (once(&p), ti)
+        };
+        eprintln!(
+            "run {run}: snapshot parquet {:.2} s, iceberg {:.2} s; flush of {changes} updates: parquet {:.2} s, iceberg {:.2} s ({} MB RSS)",
+            sp.secs,
+            si.secs,
+            tp.secs,
+            ti.secs,
+            ti.kib / 1024
+        );
+        parquet.push(tp.secs);
+        iceberg.push(ti.secs);
+    }
+    let (p, i) = (median(parquet), median(iceberg));
+    let sp = median(snaps.iter().map(|s| s.0).collect());
+    let si = median(snaps.iter().map(|s| s.1).collect());
+    println!(
+        "iceberg ({} rows, {} updates per flush, medians of {} runs):",
+        a.orders, changes, a.runs
+    );
+    println!(
+        "  snapshot: parquet {sp:.2} s, iceberg {si:.2} s ({:.2}x)",
+        si / sp
+    );
+    println!(
+        "  flush (run --once): parquet {p:.2} s, iceberg changelog + current state {i:.2} s ({:.2}x)",
+        i / p
+    );
 }
