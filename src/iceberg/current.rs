@@ -600,6 +600,22 @@ pub async fn replace_with_snapshot(
                 unresolved: 0,
             });
         }
+        // Replacing a table that already holds later changes would lose them.
+        if let Some(ahead) = base
+            .as_ref()
+            .and_then(|b| b.metadata.current_snapshot())
+            .and_then(super::spec::lsn_of)
+            .filter(|l| *l > changes.lsn.0)
+        {
+            return Err(data_err(
+                &folder,
+                format!(
+                    "the table holds changes up to {} and the snapshot is at {}: replacing it would lose them; run the backfill again while no flush runs (stop `slot2lake run`)",
+                    Lsn(ahead),
+                    changes.lsn
+                ),
+            ));
+        }
         let mut deletes = Vec::new();
         if !positions.is_empty() {
             let unique = chrono::Utc::now().timestamp_micros();
