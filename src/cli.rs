@@ -434,8 +434,13 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
                 .await?;
                 let table =
                     crate::catalog::CatalogTable::new(t.folder(), std::sync::Arc::new(info.schema));
+                let keyed = table.schema.columns.iter().any(|c| c.is_key);
                 let (athena, duckdb) =
-                    crate::catalog::latest_state_views(&table, database, &location);
+                    if keyed && config.output.format == crate::config::TableFormat::Iceberg {
+                        crate::catalog::current_state_selects(&table, database, &location)
+                    } else {
+                        crate::catalog::latest_state_views(&table, database, &location)
+                    };
                 println!(
                     "-- {}: Athena\n{athena}\n\n-- {}: DuckDB\n{duckdb}\n",
                     t.name, t.name

@@ -162,6 +162,29 @@ enum Dialect {
     DuckDb,
 }
 
+/// Plain `SELECT`s of a keyed table's current state from its Iceberg table
+/// (`output.format = "iceberg"`): Athena's (through Glue, where the table has its own
+/// name) and DuckDB's (`iceberg_scan` of `<location>/<folder>_current`).
+pub fn current_state_selects(
+    table: &CatalogTable,
+    database: &str,
+    location: &str,
+) -> (String, String) {
+    let cols: Vec<String> = table
+        .schema
+        .columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+        .collect();
+    let cols = cols.join(", ");
+    let athena = format!("SELECT {cols} FROM \"{database}\".\"{}\";", table.folder);
+    let duckdb = format!(
+        "SELECT {cols} FROM iceberg_scan('{location}/{}');",
+        crate::iceberg::current::folder_of(&table.folder)
+    );
+    (athena, duckdb)
+}
+
 /// The latest-state view of a table (what the source holds), in Athena (Trino) SQL and in
 /// DuckDB SQL.
 ///

@@ -85,6 +85,25 @@ async fn iceberg_tables_take_the_snapshot_and_each_flush_at_its_lsn() {
     lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
     lake.assert_current_matches(&db, "public.customers", "customers", "customer_id");
 
+    // `catalog views`: a plain SELECT of the current-state table, which DuckDB runs.
+    let views = with_config(&["catalog", "views"], &config).await;
+    let select = views
+        .stdout
+        .lines()
+        .find(|l| l.contains("iceberg_scan(") && l.contains("orders_current"))
+        .unwrap_or_else(|| panic!("no SELECT of orders_current: {}", views.stdout));
+    let rows = lake.query(
+        "orders",
+        &select
+            .replace("SELECT ", "SELECT count(*) FROM (SELECT ")
+            .replace(";", ") AS s"),
+    );
+    assert_eq!(
+        rows[0][0].as_i64(),
+        Some(db.count("SELECT count(*) FROM orders").await),
+        "{select}"
+    );
+
     // A run with nothing new commits nothing.
     run_once(&config).await;
     let again = assert_readers_agree(&lake, "orders", "order_id");
