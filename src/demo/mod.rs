@@ -281,16 +281,27 @@ fn summary(lake: &Path, runs: &[RunReport], format: crate::config::TableFormat) 
         );
     }
     if format == crate::config::TableFormat::Iceberg {
-        let _ = writeln!(s, "Iceberg tables (metadata in each table folder):");
+        let _ = writeln!(s, "Iceberg tables (changelog, current state):");
         for table in tables.keys() {
-            let hint = lake.join(table).join("metadata").join("version-hint.text");
-            let version = std::fs::read_to_string(&hint).unwrap_or_default();
-            let _ = writeln!(s, "  {table}/metadata/v{}.metadata.json", version.trim());
+            for folder in [table.clone(), crate::iceberg::current::folder_of(table)] {
+                let hint = lake
+                    .join(&folder)
+                    .join("metadata")
+                    .join("version-hint.text");
+                if let Ok(version) = std::fs::read_to_string(&hint) {
+                    let _ = writeln!(s, "  {folder}/metadata/v{}.metadata.json", version.trim());
+                }
+            }
         }
         let _ = writeln!(s, "Try (pip install duckdb==1.5.5 duckdb-extension-iceberg==1.5.5 duckdb-extension-avro==1.5.5):");
         let _ = writeln!(
             s,
             "  duckdb -c \"SELECT change_type, count(*) FROM iceberg_scan('{}/orders') GROUP BY 1\"",
+            lake.display()
+        );
+        let _ = writeln!(
+            s,
+            "  duckdb -c \"SELECT * FROM iceberg_scan('{}/orders_current') ORDER BY order_id LIMIT 10\"",
             lake.display()
         );
     }
