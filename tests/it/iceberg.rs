@@ -190,3 +190,55 @@ async fn iceberg_backfill_replaces_the_current_state() {
         "{c}"
     );
 }
+
+/// Declaratively partitioned tables (a composite key, rows moving between leaves, a key
+/// change across partitions, TRUNCATE) and a keyless table: the current state per key for
+/// the first two, the changelog only for the keyless one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_partitioned_and_keyless_tables() {
+    let db = database("iceberg_shapes").await;
+    db.exec(
+        "CREATE TABLE ev (id int, d date, v text, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+         CREATE TABLE ev_2024 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE ev_rest PARTITION OF ev DEFAULT;
+         INSERT INTO ev SELECT i, date '2024-06-01' + (i * 3), 'v' || i FROM generate_series(1, 150) i;
+         CREATE TABLE lst (id int PRIMARY KEY, region text NOT NULL, v int) PARTITION BY LIST (id);
+         CREATE TABLE lst_a PARTITION OF lst FOR VALUES IN (1, 2, 3);
+         CREATE TABLE lst_b PARTITION OF lst DEFAULT;
+         INSERT INTO lst SELECT i, 'r' || (i % 3), i FROM generate_series(1, 30) i;
+         CREATE TABLE k (a int, b text);
+         ALTER TABLE k REPLICA IDENTITY FULL;
+         INSERT INTO k VALUES (1, 'x'), (1, 'x'), (2, 'y');",
+    )
+    .await;
+    let lake = Lake::iceberg();
+    let config = lake.config(
+        &db,
+        "[[tables]]\nname = \"public.ev\"\npartition_by = \"d\"\n[[tables]]\nname = \"public.lst\"\n[[tables]]\nname = \"public.k\"\n",
+    );
+    run_once(&config).await;
+    db.exec(
+        "UPDATE ev SET v = 'in place' WHERE id <= 5;
+         UPDATE ev SET d = date '2030-01-01' WHERE id IN (7, 8);
+         DELETE FROM ev WHERE id % 10 = 0;
+         UPDATE lst SET id = id + 100 WHERE id <= 3;
+         UPDATE lst SET v = -v WHERE id > 20;
+         UPDATE k SET a = 5 WHERE a = 2;
+         INSERT INTO k VALUES (1, 'x');",
+    )
+    .await;
+    run_once(&config).await;
+    lake.assert_current_matches(&db, "public.ev", "ev", "id,d");
+    lake.assert_current_matches(&db, "public.lst", "lst", "id");
+    lake.assert_matches(&db, "public.k", "k", "");
+    db.exec("TRUNCATE lst; INSERT INTO lst VALUES (1, 'again', 1), (500, 'new', 5);")
+        .await;
+    run_once(&config).await;
+    lake.assert_current_matches(&db, "public.lst", "lst", "id");
+    lake.assert_current_matches(&db, "public.ev", "ev", "id,d");
+    assert_readers_agree(&lake, "ev", "id");
+    assert!(
+        !lake.root().join("k_current").exists(),
+        "a keyless table has no current-state table"
+    );
+}
