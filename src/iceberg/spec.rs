@@ -10,9 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
 
-use arrow_schema::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+use arrow_schema::{DataType, Schema as ArrowSchema, TimeUnit};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -527,34 +526,6 @@ fn check_partition_sources(m: &TableMetadata, fields: &[NestedField]) -> Result<
     Ok(())
 }
 
-/// `arrow` with each field's Iceberg id in its `PARQUET:field_id` metadata (list elements
-/// too), so that parquet-rs writes field ids into the files. Fields that `iceberg` does
-/// not name are left without one.
-pub fn arrow_with_field_ids(arrow: &ArrowSchema, iceberg: &Schema) -> ArrowSchema {
-    let with_id = |f: &Field, id: i32| {
-        let mut md = f.metadata().clone();
-        md.insert(PARQUET_FIELD_ID.to_string(), id.to_string());
-        f.clone().with_metadata(md)
-    };
-    let fields: Vec<Field> = arrow
-        .fields()
-        .iter()
-        .map(|f| {
-            let Some(ice) = iceberg.field(f.name()) else {
-                return f.as_ref().clone();
-            };
-            let field = with_id(f, ice.id);
-            match (f.data_type(), &ice.field_type) {
-                (DataType::List(element), IcebergType::List { element_id, .. }) => {
-                    field.with_data_type(DataType::List(Arc::new(with_id(element, *element_id))))
-                }
-                _ => field,
-            }
-        })
-        .collect();
-    ArrowSchema::new_with_metadata(fields, arrow.metadata().clone())
-}
-
 // ---------------------------------------------------------------------------------------
 // Partitioning and sorting
 
@@ -998,6 +969,8 @@ impl TableMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_schema::Field;
+    use std::sync::Arc;
 
     fn arrow(fields: Vec<Field>) -> ArrowSchema {
         ArrowSchema::new(fields)
@@ -1237,24 +1210,6 @@ mod tests {
         let (s, _) =
             schema_for(&arrow(vec![Field::new("ts", utc(), false)]), Some(&m)).expect("required");
         assert!(!s.fields[0].required);
-    }
-
-    #[test]
-    fn field_ids_reach_the_arrow_schema() {
-        let a = arrow(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("tags", list_of(DataType::Utf8), true),
-            Field::new("ts", utc(), true),
-        ]);
-        let (s, _) = schema_for(&a, None).expect("schema");
-        let out = arrow_with_field_ids(&a, &s);
-        let id = |f: &Field| f.metadata().get(PARQUET_FIELD_ID).cloned();
-        assert_eq!(id(out.field(0)).as_deref(), Some("1"));
-        assert_eq!(id(out.field(2)).as_deref(), Some("3"));
-        match out.field(1).data_type() {
-            DataType::List(e) => assert_eq!(id(e).as_deref(), Some("4")),
-            other => panic!("{other}"),
-        }
     }
 
     #[test]
