@@ -98,14 +98,33 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
         })
     };
     let schema = changes.schema.arrow.clone();
+    let keys = key_columns(changes.schema);
+    // Two passes, so memory follows the keys the flush touched, not its rows: the fold
+    // reads the keys and the ordering columns; then only the rows it keeps are read whole.
+    let mut narrow_cols = keys.clone();
+    for m in [CHANGE_LSN, CHANGE_SEQ, CHANGE_TYPE, UNCHANGED_COLUMNS] {
+        narrow_cols.push(
+            schema
+                .index_of(&changes.schema.meta(m))
+                .map_err(|e| err(e.to_string()))?,
+        );
+    }
+    let narrow_schema = Arc::new(
+        schema
+            .project(&narrow_cols)
+            .map_err(|e| err(e.to_string()))?,
+    );
     let mut batches = Vec::new();
     for key in changes.files {
-        batches.extend(read(catalog, key, &schema, None).await?);
+        batches.extend(read(catalog, key, &schema, Some(&narrow_cols)).await?);
     }
-    let all =
-        arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| err(e.to_string()))?;
-    let keys = key_columns(changes.schema);
-    let folded = fold(&all, changes.schema, &keys).map_err(err)?;
+    let narrow = arrow_select::concat::concat_batches(&narrow_schema, &batches)
+        .map_err(|e| err(e.to_string()))?;
+    drop(batches);
+    let narrow_keys: Vec<usize> = (0..keys.len()).collect();
+    let mut folded = fold(&narrow, changes.schema, &narrow_keys).map_err(&err)?;
+    drop(narrow);
+    let all = kept_rows(catalog, changes.files, &schema, &mut folded).await?;
     for _ in 0..table::COMMIT_ATTEMPTS {
         let base = catalog.load(&folder).await?;
         if let Some(done) = table::done_before(base.as_ref(), changes.commit_id) {
@@ -154,6 +173,64 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
         }
     }
     Err(table::contended(&folder))
+}
+
+/// The rows of the flush `folded` keeps (each live key's newest row, and earlier rows
+/// its unsent columns come from), read whole; `folded`'s row numbers are renumbered
+/// into the returned batch.
+async fn kept_rows(
+    catalog: &LocalCatalog,
+    files: &[String],
+    schema: &SchemaRef,
+    folded: &mut Folded,
+) -> Result<RecordBatch, IcebergError> {
+    let mut needed: Vec<usize> = Vec::new();
+    for state in folded.keys.values() {
+        if let KeyState::Live { row, unsent } = state {
+            needed.push(*row);
+            needed.extend(unsent.iter().filter_map(|(_, s)| match s {
+                Source::Flush(r) => Some(*r),
+                Source::Table | Source::Missing => None,
+            }));
+        }
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    let mut parts = Vec::new();
+    let mut offset = 0usize;
+    let mut next = 0usize;
+    for key in files {
+        for batch in read(catalog, key, schema, None).await? {
+            let end = offset + batch.num_rows();
+            let from = next;
+            while next < needed.len() && needed[next] < end {
+                next += 1;
+            }
+            if next > from {
+                let take = arrow_array::UInt32Array::from_iter_values(
+                    needed[from..next].iter().map(|r| (r - offset) as u32),
+                );
+                parts.push(
+                    arrow_select::take::take_record_batch(&batch, &take)
+                        .map_err(|e| data_err(key, e.to_string()))?,
+                );
+            }
+            offset = end;
+        }
+    }
+    let renumber = |r: usize| needed.binary_search(&r).unwrap_or_default();
+    for state in folded.keys.values_mut() {
+        if let KeyState::Live { row, unsent } = state {
+            *row = renumber(*row);
+            for (_, s) in unsent.iter_mut() {
+                if let Source::Flush(r) = s {
+                    *r = renumber(*r);
+                }
+            }
+        }
+    }
+    arrow_select::concat::concat_batches(schema, &parts)
+        .map_err(|e| data_err("current", e.to_string()))
 }
 
 fn new_file(key: &str, rows: usize, bytes: &Bytes) -> NewFile {
@@ -357,7 +434,7 @@ fn encode_keys(batch: &RecordBatch, keys: &[usize]) -> Result<arrow_row::Rows, S
 #[derive(Default)]
 struct Found {
     /// (data file URI, position) of every row of a touched key.
-    positions: Vec<(String, i64)>,
+    positions: Vec<(Arc<str>, i64)>,
     /// The newest earlier row of each key some column is wanted from.
     rows: Option<RecordBatch>,
     /// Encoded key → row in `rows`.
@@ -388,6 +465,7 @@ async fn locate(
     let mut newest: HashMap<Vec<u8>, (i64, usize, usize)> = HashMap::new();
     for (f, (file, seq)) in live.iter().enumerate() {
         let key = catalog.key_of(&file.file_path);
+        let path: Arc<str> = file.file_path.as_str().into();
         let mut pos = 0usize;
         for batch in read(catalog, &key, schema, Some(keys)).await? {
             let all: Vec<usize> = (0..keys.len()).collect();
@@ -395,9 +473,7 @@ async fn locate(
             for i in 0..batch.num_rows() {
                 let k = rows.row(i);
                 if folded.keys.contains_key(k.as_ref()) {
-                    found
-                        .positions
-                        .push((file.file_path.clone(), (pos + i) as i64));
+                    found.positions.push((path.clone(), (pos + i) as i64));
                     if wanted.contains(k.as_ref())
                         && newest.get(k.as_ref()).is_none_or(|(s, _, _)| *s < *seq)
                     {
@@ -527,7 +603,7 @@ fn resolve(
     Ok((batch, unresolved))
 }
 
-fn delete_batch(positions: &[(String, i64)]) -> Result<RecordBatch, String> {
+fn delete_batch(positions: &[(Arc<str>, i64)]) -> Result<RecordBatch, String> {
     let id = |n: &str| {
         std::collections::HashMap::from([(
             super::spec::PARQUET_FIELD_ID.to_string(),
@@ -542,7 +618,7 @@ fn delete_batch(positions: &[(String, i64)]) -> Result<RecordBatch, String> {
         Arc::new(schema),
         vec![
             Arc::new(StringArray::from_iter_values(
-                positions.iter().map(|(f, _)| f.as_str()),
+                positions.iter().map(|(f, _)| &**f),
             )),
             Arc::new(Int64Array::from_iter_values(
                 positions.iter().map(|(_, p)| *p),
@@ -586,7 +662,7 @@ pub async fn replace_with_snapshot(
                 .map_err(|e| data_err(&f.key, e))?;
             for (i, k) in kinds.iter().enumerate() {
                 if k == Some("TRUNCATE") {
-                    positions.push((catalog.uri(&f.key), pos + i as i64));
+                    positions.push((catalog.uri(&f.key).into(), pos + i as i64));
                 }
             }
             pos += batch.num_rows() as i64;

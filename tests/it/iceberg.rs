@@ -118,8 +118,14 @@ async fn iceberg_tables_take_the_snapshot_and_each_flush_at_its_lsn() {
     )
     .await;
     run_once(&config).await;
-    db.exec("UPDATE orders SET quantity = quantity + 5 WHERE order_id <= 6;")
-        .await;
+    // Order 10: set and then left unsent within one flush (taken from the flush's row).
+    db.exec(
+        "UPDATE orders SET quantity = quantity + 5 WHERE order_id <= 6;
+         UPDATE orders SET big = (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i)
+           WHERE order_id = 10;
+         UPDATE orders SET quantity = 77 WHERE order_id = 10;",
+    )
+    .await;
     run_once(&config).await;
     let unsent = lake.query_i64(
         "orders",
