@@ -848,10 +848,11 @@ fn iceberg_bench(cluster: &TempCluster, a: &Args, changes: u64) {
             (once(&p), ti)
         };
         eprintln!(
-            "run {run}: snapshot parquet {:.2} s, iceberg {:.2} s; flush of {changes} updates: parquet {:.2} s, iceberg {:.2} s ({} MB RSS)",
+            "run {run}: snapshot parquet {:.2} s, iceberg {:.2} s; flush of {changes} updates: parquet {:.2} s ({} MB RSS), iceberg {:.2} s ({} MB RSS)",
             sp.secs,
             si.secs,
             tp.secs,
+            tp.kib / 1024,
             ti.secs,
             ti.kib / 1024
         );

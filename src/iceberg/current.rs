@@ -545,25 +545,29 @@ fn resolve(
         .map_err(|e| e.to_string())?;
     let mut unresolved = 0u64;
     let mut still: Vec<Vec<String>> = Vec::with_capacity(live.len());
-    // Per output row and column: (0 = the flush, 1 = the table, 2 = NULL, row).
-    let mut picks: Vec<Vec<(usize, usize)>> =
-        vec![Vec::with_capacity(live.len()); arrow.fields().len()];
+    // Most columns come from each key's newest row; only columns some row did not carry
+    // are picked per row: (0 = the flush, 1 = the table, 2 = NULL, row).
+    let newest = arrow_array::UInt32Array::from_iter_values(live.iter().map(|(_, r, _)| *r as u32));
+    let mut picks: std::collections::BTreeMap<usize, Vec<(usize, usize)>> = live
+        .iter()
+        .flat_map(|(_, _, unsent)| unsent.iter().map(|(c, _)| (*c, Vec::new())))
+        .collect();
     for (k, row, unsent) in &live {
         let mut left = Vec::new();
-        for (c, pick) in picks.iter_mut().enumerate() {
-            let source = unsent.iter().find(|(col, _)| *col == c).map(|(_, s)| *s);
+        for (c, pick) in picks.iter_mut() {
+            let source = unsent.iter().find(|(col, _)| col == c).map(|(_, s)| *s);
             let at = match source {
                 None => (0, *row),
                 Some(Source::Flush(r)) => (0, r),
                 Some(Source::Table) => match found.row_of.get(*k) {
                     Some(r) => (1, *r),
                     None => {
-                        left.push(schema.columns[c].name.clone());
+                        left.push(schema.columns[*c].name.clone());
                         (2, 0)
                     }
                 },
                 Some(Source::Missing) => {
-                    left.push(schema.columns[c].name.clone());
+                    left.push(schema.columns[*c].name.clone());
                     (2, 0)
                 }
             };
@@ -574,8 +578,8 @@ fn resolve(
         }
         still.push(left);
     }
-    let mut columns = Vec::with_capacity(picks.len());
-    for (c, pick) in picks.iter().enumerate() {
+    let mut columns = Vec::with_capacity(arrow.fields().len());
+    for (c, null) in nulls.iter().enumerate() {
         if c == unchanged_idx {
             let mut b = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
                 "element",
@@ -595,9 +599,14 @@ fn resolve(
             columns.push(Arc::new(b.finish()) as ArrayRef);
             continue;
         }
-        let sources: [&dyn Array; 3] = [all.column(c), old.column(c), &nulls[c]];
-        columns
-            .push(arrow_select::interleave::interleave(&sources, pick).map_err(|e| e.to_string())?);
+        let column = match picks.get(&c) {
+            Some(pick) => {
+                let sources: [&dyn Array; 3] = [all.column(c), old.column(c), null];
+                arrow_select::interleave::interleave(&sources, pick)
+            }
+            None => arrow_select::take::take(all.column(c), &newest, None),
+        };
+        columns.push(column.map_err(|e| e.to_string())?);
     }
     let batch = RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())?;
     Ok((batch, unresolved))
