@@ -34,6 +34,7 @@ use arrow_schema::{DataType, Field, Schema as ArrowSchema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::file::properties::WriterProperties;
 
 use super::catalog::LocalCatalog;
 use super::table::{self, Append, Appended, IcebergError, NewFile};
@@ -45,6 +46,9 @@ use crate::lsn::Lsn;
 const DELETE_FILE_PATH_ID: &str = "2147483546";
 /// Field id of a position-delete file's `pos` (reserved by the spec).
 const DELETE_POS_ID: &str = "2147483545";
+
+/// Rows handed to the Parquet writer at once.
+const WRITE_SLICE_ROWS: usize = 65_536;
 
 /// Why the current-state table could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,8 @@ pub struct Changes<'a> {
     pub lsn: Lsn,
     /// The commit id (the changelog's).
     pub commit_id: &'a str,
+    /// How the table's own files are written (`output.compression`).
+    pub writer: &'a WriterProperties,
 }
 
 /// What the commit did, and what it could not resolve.
@@ -143,7 +149,7 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
         let mut files = Vec::new();
         if rows.num_rows() > 0 {
             let key = format!("{folder}/data/{unique}-rows.parquet");
-            let bytes = write_parquet(&rows).map_err(&err)?;
+            let bytes = write_parquet(&rows, changes.writer).map_err(&err)?;
             files.push(new_file(&key, rows.num_rows(), &bytes));
             catalog.lake().put(&key, bytes).await?;
         }
@@ -151,7 +157,7 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
         if !found.positions.is_empty() {
             let key = format!("{folder}/data/{unique}-deletes.parquet");
             let batch = delete_batch(&found.positions).map_err(&err)?;
-            let bytes = write_parquet(&batch).map_err(&err)?;
+            let bytes = write_parquet(&batch, changes.writer).map_err(&err)?;
             deletes.push(new_file(&key, batch.num_rows(), &bytes));
             catalog.lake().put(&key, bytes).await?;
         }
@@ -637,10 +643,17 @@ fn delete_batch(positions: &[(Arc<str>, i64)]) -> Result<RecordBatch, String> {
     .map_err(|e| e.to_string())
 }
 
-fn write_parquet(batch: &RecordBatch) -> Result<Bytes, String> {
+fn write_parquet(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes, String> {
     let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| e.to_string())?;
-    w.write(batch).map_err(|e| e.to_string())?;
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.clone()))
+        .map_err(|e| e.to_string())?;
+    // In slices: the writer closes a row group at its size limit instead of holding all.
+    let mut at = 0;
+    while at < batch.num_rows() {
+        let n = WRITE_SLICE_ROWS.min(batch.num_rows() - at);
+        w.write(&batch.slice(at, n)).map_err(|e| e.to_string())?;
+        at += n;
+    }
     w.close().map_err(|e| e.to_string())?;
     Ok(Bytes::from(buf))
 }
@@ -706,7 +719,7 @@ pub async fn replace_with_snapshot(
             let unique = chrono::Utc::now().timestamp_micros();
             let key = format!("{folder}/data/{unique}-deletes.parquet");
             let batch = delete_batch(&positions).map_err(|e| data_err(&key, e))?;
-            let bytes = write_parquet(&batch).map_err(|e| data_err(&key, e))?;
+            let bytes = write_parquet(&batch, changes.writer).map_err(|e| data_err(&key, e))?;
             deletes.push(new_file(&key, batch.num_rows(), &bytes));
             catalog.lake().put(&key, bytes).await?;
         }

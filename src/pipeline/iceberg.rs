@@ -11,6 +11,9 @@ use crate::iceberg::catalog::LocalCatalog;
 use crate::iceberg::current;
 use crate::iceberg::table::{self as iceberg_table, Append, NewFile};
 
+/// Current-state files close a row group at this size, so encoding one holds no more.
+const CURRENT_ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
+
 /// A published file, as the Iceberg commit needs it.
 pub(super) struct Registered {
     /// Table folder.
@@ -60,6 +63,11 @@ impl Pipeline {
         kind: CommitKind,
     ) -> Result<(), RunError> {
         let catalog = LocalCatalog::new(self.lake.clone());
+        let writer = parquet::file::properties::WriterProperties::builder()
+            .set_compression(crate::sink::writer::codec(self.config.output.compression))
+            .set_max_row_group_row_count(Some(self.config.output.row_group_rows))
+            .set_max_row_group_bytes(Some(CURRENT_ROW_GROUP_BYTES))
+            .build();
         for (folder, info) in &self.tables {
             let mine: Vec<&Registered> = files.iter().filter(|r| &r.table == folder).collect();
             if mine.is_empty() {
@@ -123,6 +131,7 @@ impl Pipeline {
                 files: &keys,
                 lsn,
                 commit_id,
+                writer: &writer,
             };
             let applied = match kind {
                 CommitKind::Snapshot { refresh: false } => {

@@ -120,6 +120,15 @@ pub struct SinkOptions {
     pub may_exist: bool,
 }
 
+/// The Parquet codec of `output.compression`.
+pub fn codec(compression: Compression) -> Codec {
+    match compression {
+        Compression::Snappy => Codec::SNAPPY,
+        Compression::Zstd => Codec::ZSTD(ZstdLevel::default()),
+        Compression::None => Codec::UNCOMPRESSED,
+    }
+}
+
 /// A file the sink closed.
 #[derive(Debug, Clone)]
 pub struct WrittenFile {
@@ -208,13 +217,8 @@ impl Sink {
             path: opts.tmp_dir.clone(),
             source,
         })?;
-        let codec = match opts.compression {
-            Compression::Snappy => Codec::SNAPPY,
-            Compression::Zstd => Codec::ZSTD(ZstdLevel::default()),
-            Compression::None => Codec::UNCOMPRESSED,
-        };
         let props = WriterProperties::builder()
-            .set_compression(codec)
+            .set_compression(codec(opts.compression))
             .set_max_row_group_row_count(Some(opts.row_group_rows))
             .set_created_by(format!("slot2lake version {}", env!("CARGO_PKG_VERSION")))
             .build();
