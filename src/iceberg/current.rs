@@ -266,13 +266,6 @@ async fn read(
     schema: &SchemaRef,
     only: Option<&[usize]>,
 ) -> Result<Vec<RecordBatch>, IcebergError> {
-    let bytes = catalog
-        .lake()
-        .get(key)
-        .await?
-        .ok_or_else(|| data_err(key, "the file is missing".into()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| data_err(key, e.to_string()))?;
     let target: SchemaRef = match only {
         Some(cols) => Arc::new(
             schema
@@ -281,6 +274,26 @@ async fn read(
         ),
         None => schema.clone(),
     };
+    // A local file is read in place (the footer and the projected columns only).
+    if let Some(path) = catalog.lake().local_path(key) {
+        let file = std::fs::File::open(&path).map_err(|e| data_err(key, e.to_string()))?;
+        return decode(file, key, &target);
+    }
+    let bytes = catalog
+        .lake()
+        .get(key)
+        .await?
+        .ok_or_else(|| data_err(key, "the file is missing".into()))?;
+    decode(bytes, key, &target)
+}
+
+fn decode<R: parquet::file::reader::ChunkReader + 'static>(
+    reader: R,
+    key: &str,
+    target: &SchemaRef,
+) -> Result<Vec<RecordBatch>, IcebergError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
+        .map_err(|e| data_err(key, e.to_string()))?;
     let mask = {
         let file = builder.schema();
         let names: Vec<&str> = target
@@ -298,7 +311,7 @@ async fn read(
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| data_err(key, e.to_string()))?;
-        out.push(conform(&batch, &target).map_err(|e| data_err(key, e))?);
+        out.push(conform(&batch, target).map_err(|e| data_err(key, e))?);
     }
     Ok(out)
 }
