@@ -217,7 +217,7 @@ pub fn changes_watermark(
         file_sizes: FileSizes::of(files().map(|f| f.bytes)),
         partitions: previous.and_then(|p| p.partitions.clone()),
         resnapshot: flushed
-            .reshaped_keyless
+            .resnapshot
             .get(folder)
             .cloned()
             .or(previous.and_then(|p| p.resnapshot.clone())),

@@ -74,8 +74,8 @@ pub struct Flushed {
     pub unplaced: Unplaced,
     /// Rows per table folder with a value that could not be resolved (see [`rows`]).
     pub unresolved: BTreeMap<String, u64>,
-    /// Keyless tables that gained columns, with why they need a new snapshot.
-    pub reshaped_keyless: BTreeMap<String, String>,
+    /// Tables that need a new snapshot, with why (a keyless table that gained columns).
+    pub resnapshot: BTreeMap<String, String>,
     /// Each table's columns as of the flush's last Relation message for it.
     pub columns: BTreeMap<String, Vec<String>>,
 }
@@ -169,7 +169,7 @@ pub fn write_changes(
                             // spool, so this cannot be limited to the flush's range; a
                             // transition already handled finds the lake's columns current.
                             if keyless && !added.is_empty() {
-                                out.reshaped_keyless.insert(
+                                out.resnapshot.insert(
                                     now.folder.clone(),
                                     format!(
                                         "column(s) {} added to a table without a key: rows written before read them as NULL while PostgreSQL may give them a default, so their DELETEs could not be matched",

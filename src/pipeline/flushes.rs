@@ -32,6 +32,12 @@ impl Pipeline {
             let Some(mut wm) = self.checkpoints.watermark(folder).await? else {
                 continue;
             };
+            if self.iceberg() && !self.has_iceberg_table(folder).await? {
+                tracing::warn!(table = %info.schema.qualified_name(), "the lake holds rows of the table but no Iceberg table (it was written with output.format = \"parquet\"): taking a new snapshot of the table to start its Iceberg tables");
+                let (_, files) = self.backfill(std::slice::from_ref(folder)).await?;
+                written.extend(files);
+                continue;
+            }
             if let Some(reason) = &wm.resnapshot {
                 tracing::warn!(table = %info.schema.qualified_name(), reason = %reason, "taking a new snapshot of the table");
                 let (_, files) = self.backfill(std::slice::from_ref(folder)).await?;

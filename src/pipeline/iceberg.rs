@@ -45,6 +45,17 @@ impl Registered {
 }
 
 impl Pipeline {
+    /// Whether `folder`'s changelog Iceberg table exists; `false` for a table the lake
+    /// holds as Parquet only (a lake written before `output.format = "iceberg"`) or not
+    /// at all.
+    pub(super) async fn has_iceberg_table(&self, folder: &str) -> Result<bool, RunError> {
+        Ok(LocalCatalog::new(self.lake.clone())
+            .load(folder)
+            .await
+            .map_err(iceberg_table::IcebergError::from)?
+            .is_some())
+    }
+
     /// Whether the lake's tables are Iceberg tables.
     pub(super) fn iceberg(&self) -> bool {
         self.config.output.format == TableFormat::Iceberg
@@ -102,6 +113,15 @@ impl Pipeline {
                 deletes: Vec::new(),
                 replace: false,
             };
+            if kind == CommitKind::Flush
+                && !self.has_iceberg_table(folder).await?
+                && self.checkpoints.watermark(folder).await?.is_some()
+            {
+                // The table's rows so far were written as Parquet, and no Iceberg table
+                // lists them: a snapshot starts its tables after this flush
+                // (`follow_source_changes`); until then its flushes are Parquet only.
+                continue;
+            }
             let done = iceberg_table::append(&catalog, &append).await?;
             match done.snapshot_id {
                 Some(snapshot_id) => {
