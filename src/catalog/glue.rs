@@ -182,9 +182,12 @@ async fn wait_for_crawl(glue: &Client, name: &str) -> Result<(), CatalogError> {
 }
 
 fn columns(table: &CatalogTable) -> Result<Vec<Column>, CatalogError> {
-    table
-        .schema
-        .arrow
+    columns_of(&table.schema.arrow)
+}
+
+/// Glue columns of an Arrow schema, with their Hive types.
+fn columns_of(arrow: &arrow_schema::Schema) -> Result<Vec<Column>, CatalogError> {
+    arrow
         .fields()
         .iter()
         .map(|f| {
@@ -234,17 +237,7 @@ pub async fn point_iceberg_table(
     let glue = client(config).await;
     let db = database(config);
     ensure_database(&glue, db).await?;
-    let cols = arrow
-        .fields()
-        .iter()
-        .map(|f| {
-            Column::builder()
-                .name(f.name())
-                .r#type(hive_type(f.data_type()))
-                .build()
-                .map_err(|e| glue_err("building a column", e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let cols = columns_of(arrow)?;
     for _ in 0..POINTER_ATTEMPTS {
         let existing = match glue.get_table().database_name(db).name(name).send().await {
             Ok(out) => out.table().cloned(),

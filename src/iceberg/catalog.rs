@@ -114,6 +114,14 @@ impl LocalCatalog {
         format!("{}/v{version}.metadata.json", metadata_dir(table_key))
     }
 
+    /// Whether the table exists, without reading its metadata: its version hint or its
+    /// first metadata file is there (a HEAD each, at most).
+    pub async fn exists(&self, table_key: &str) -> Result<bool, CatalogError> {
+        let dir = metadata_dir(table_key);
+        Ok(self.lake.exists(&format!("{dir}/{VERSION_HINT}")).await?
+            || self.lake.exists(&Self::metadata_key(table_key, 1)).await?)
+    }
+
     /// The table's current metadata; `None` when it has none yet.
     ///
     /// The newest version is the hint's or, past it, the last of the consecutive files
@@ -319,6 +327,19 @@ mod tests {
             now.metadata.current_snapshot().and_then(spec::lsn_of),
             Some(0x10)
         );
+    }
+
+    #[tokio::test]
+    async fn exists_by_its_hint_or_first_version() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cat = catalog(dir.path()).await;
+        assert!(!cat.exists("orders").await.expect("exists"));
+        let m1 = metadata(&cat.uri("orders"));
+        cat.commit("orders", None, &m1).await.expect("v1");
+        assert!(cat.exists("orders").await.expect("exists"));
+        std::fs::remove_file(dir.path().join("orders/metadata/version-hint.text")).expect("rm");
+        assert!(cat.exists("orders").await.expect("exists"));
+        assert!(!cat.exists("customers").await.expect("exists"));
     }
 
     #[tokio::test]

@@ -74,8 +74,8 @@ pub struct Changes<'a> {
     pub changelog: &'a str,
     /// The table's latest columns.
     pub schema: &'a TableSchema,
-    /// The changelog files this flush wrote for the table (lake keys).
-    pub files: &'a [String],
+    /// The changelog files this flush (or snapshot) wrote for the table.
+    pub files: &'a [NewFile],
     /// The LSN the table is complete up to after this commit.
     pub lsn: Lsn,
     /// The commit id (the changelog's).
@@ -121,8 +121,8 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
             .map_err(|e| err(e.to_string()))?,
     );
     let mut batches = Vec::new();
-    for key in changes.files {
-        batches.extend(read(catalog, key, &schema, Some(&narrow_cols)).await?);
+    for f in changes.files {
+        batches.extend(read(catalog, &f.key, &schema, Some(&narrow_cols)).await?);
     }
     let narrow = arrow_select::concat::concat_batches(&narrow_schema, &batches)
         .map_err(|e| err(e.to_string()))?;
@@ -149,17 +149,13 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
         let mut files = Vec::new();
         if rows.num_rows() > 0 {
             let key = format!("{folder}/data/{unique}-rows.parquet");
-            let bytes = write_parquet(&rows, changes.writer).map_err(&err)?;
-            files.push(new_file(&key, rows.num_rows(), &bytes));
-            catalog.lake().put(&key, bytes).await?;
+            files.push(put_file(catalog, &key, &rows, changes.writer).await?);
         }
         let mut deletes = Vec::new();
         if !found.positions.is_empty() {
             let key = format!("{folder}/data/{unique}-deletes.parquet");
             let batch = delete_batch(&found.positions).map_err(&err)?;
-            let bytes = write_parquet(&batch, changes.writer).map_err(&err)?;
-            deletes.push(new_file(&key, batch.num_rows(), &bytes));
-            catalog.lake().put(&key, bytes).await?;
+            deletes.push(put_file(catalog, &key, &batch, changes.writer).await?);
         }
         let append = Append {
             folder: &folder,
@@ -186,7 +182,7 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
 /// into the returned batch.
 async fn kept_rows(
     catalog: &LocalCatalog,
-    files: &[String],
+    files: &[NewFile],
     schema: &SchemaRef,
     folded: &mut Folded,
 ) -> Result<RecordBatch, IcebergError> {
@@ -205,7 +201,8 @@ async fn kept_rows(
     let mut parts = Vec::new();
     let mut offset = 0usize;
     let mut next = 0usize;
-    for key in files {
+    for f in files {
+        let key = f.key.as_str();
         for batch in read(catalog, key, schema, None).await? {
             let end = offset + batch.num_rows();
             let from = next;
@@ -239,13 +236,22 @@ async fn kept_rows(
         .map_err(|e| data_err("current", e.to_string()))
 }
 
-fn new_file(key: &str, rows: usize, bytes: &Bytes) -> NewFile {
-    NewFile {
+/// Writes `batch` as the table's Parquet file `key`.
+async fn put_file(
+    catalog: &LocalCatalog,
+    key: &str,
+    batch: &RecordBatch,
+    props: &WriterProperties,
+) -> Result<NewFile, IcebergError> {
+    let bytes = write_parquet(batch, props).map_err(|e| data_err(key, e))?;
+    let file = NewFile {
         key: key.to_string(),
-        rows: rows as u64,
+        rows: batch.num_rows() as u64,
         bytes: bytes.len() as u64,
         day: None,
-    }
+    };
+    catalog.lake().put(key, bytes).await?;
+    Ok(file)
 }
 
 fn key_columns(schema: &TableSchema) -> Vec<usize> {
@@ -480,6 +486,8 @@ async fn locate(
         })
         .map(|(k, _)| k.as_slice())
         .collect();
+    // The key columns' places in a batch read with only them.
+    let projected: Vec<usize> = (0..keys.len()).collect();
     // Per wanted key: (sequence number, file, position) of its newest row.
     let mut newest: HashMap<Vec<u8>, (i64, usize, usize)> = HashMap::new();
     for (f, (file, seq)) in live.iter().enumerate() {
@@ -487,8 +495,7 @@ async fn locate(
         let path: Arc<str> = file.file_path.as_str().into();
         let mut pos = 0usize;
         for batch in read(catalog, &key, schema, Some(keys)).await? {
-            let all: Vec<usize> = (0..keys.len()).collect();
-            let rows = encode_keys(&batch, &all).map_err(|e| data_err(&key, e))?;
+            let rows = encode_keys(&batch, &projected).map_err(|e| data_err(&key, e))?;
             for i in 0..batch.num_rows() {
                 let k = rows.row(i);
                 if folded.keys.contains_key(k.as_ref()) {
@@ -673,12 +680,12 @@ fn write_parquet(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes,
 
 /// A snapshot's files become the whole current-state table (they hold one row per key),
 /// registered where they are rather than copied; a backfill's TRUNCATE row is deleted by
-/// position. `files` are the changelog's new files of the table.
+/// position.
 pub async fn replace_with_snapshot(
     catalog: &LocalCatalog,
     changes: &Changes<'_>,
-    files: &[NewFile],
 ) -> Result<Applied, IcebergError> {
+    let files = changes.files;
     let folder = folder_of(changes.changelog);
     let schema = changes.schema.arrow.clone();
     let change_type = schema
@@ -732,9 +739,7 @@ pub async fn replace_with_snapshot(
             let unique = chrono::Utc::now().timestamp_micros();
             let key = format!("{folder}/data/{unique}-deletes.parquet");
             let batch = delete_batch(&positions).map_err(|e| data_err(&key, e))?;
-            let bytes = write_parquet(&batch, changes.writer).map_err(|e| data_err(&key, e))?;
-            deletes.push(new_file(&key, batch.num_rows(), &bytes));
-            catalog.lake().put(&key, bytes).await?;
+            deletes.push(put_file(catalog, &key, &batch, changes.writer).await?);
         }
         let append = Append {
             folder: &folder,
@@ -760,4 +765,42 @@ pub async fn replace_with_snapshot(
         }
     }
     Err(table::contended(&folder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More rows than one slice, and row groups closed at their byte limit: every row
+    /// comes back, in order.
+    #[test]
+    fn large_files_are_written_in_slices_and_row_groups() {
+        let n = 3 * WRITE_SLICE_ROWS + 17;
+        let batch = delete_batch(
+            &(0..n as i64)
+                .map(|p| (Arc::<str>::from("/lake/t/f.parquet"), p))
+                .collect::<Vec<_>>(),
+        )
+        .expect("batch");
+        let props = WriterProperties::builder()
+            .set_max_row_group_bytes(Some(256 * 1024))
+            .build();
+        let bytes = write_parquet(&batch, &props).expect("write");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("reader");
+        assert!(
+            reader.metadata().num_row_groups() > 1,
+            "row groups closed at the limit"
+        );
+        let mut pos = Vec::new();
+        for b in reader.build().expect("build") {
+            let b = b.expect("batch");
+            let col = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("pos");
+            pos.extend(col.values().iter().copied());
+        }
+        assert_eq!(pos, (0..n as i64).collect::<Vec<_>>());
+    }
 }

@@ -50,10 +50,9 @@ impl Pipeline {
     /// at all.
     pub(super) async fn has_iceberg_table(&self, folder: &str) -> Result<bool, RunError> {
         Ok(LocalCatalog::new(self.lake.clone())
-            .load(folder)
+            .exists(folder)
             .await
-            .map_err(iceberg_table::IcebergError::from)?
-            .is_some())
+            .map_err(iceberg_table::IcebergError::from)?)
     }
 
     /// Whether the lake's tables are Iceberg tables.
@@ -103,6 +102,15 @@ impl Pipeline {
                 Some(i) => schema.columns[i].name.clone(),
                 None => schema.meta(ETL_PROCESSED_AT),
             };
+            if kind == CommitKind::Flush
+                && !self.has_iceberg_table(folder).await?
+                && self.checkpoints.watermark(folder).await?.is_some()
+            {
+                // The table's rows so far were written as Parquet, and no Iceberg table
+                // lists them: a snapshot starts its tables after this flush
+                // (`follow_source_changes`); until then its flushes are Parquet only.
+                continue;
+            }
             let append = Append {
                 folder,
                 arrow: &schema.arrow,
@@ -113,15 +121,6 @@ impl Pipeline {
                 deletes: Vec::new(),
                 replace: false,
             };
-            if kind == CommitKind::Flush
-                && !self.has_iceberg_table(folder).await?
-                && self.checkpoints.watermark(folder).await?.is_some()
-            {
-                // The table's rows so far were written as Parquet, and no Iceberg table
-                // lists them: a snapshot starts its tables after this flush
-                // (`follow_source_changes`); until then its flushes are Parquet only.
-                continue;
-            }
             let done = iceberg_table::append(&catalog, &append).await?;
             match done.snapshot_id {
                 Some(snapshot_id) => {
@@ -144,19 +143,17 @@ impl Pipeline {
                 // Without a key there is no "current row" to keep: the changelog only.
                 continue;
             }
-            let keys: Vec<String> = mine.iter().map(|r| r.file.key.clone()).collect();
             let changes = current::Changes {
                 changelog: folder,
                 schema: &schema,
-                files: &keys,
+                files: &append.files,
                 lsn,
                 commit_id,
                 writer: &writer,
             };
             let applied = match kind {
                 CommitKind::Snapshot { refresh: false } => {
-                    let files: Vec<_> = mine.iter().map(|r| r.file.clone()).collect();
-                    current::replace_with_snapshot(&catalog, &changes, &files).await?
+                    current::replace_with_snapshot(&catalog, &changes).await?
                 }
                 CommitKind::Flush | CommitKind::Snapshot { refresh: true } => {
                     current::apply(&catalog, &changes).await?
