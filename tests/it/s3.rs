@@ -181,20 +181,7 @@ async fn iceberg_tables_on_s3_are_registered_in_glue() {
         assert_eq!(c["pyiceberg_equals_disk"], true, "{folder}: {c}");
         assert_eq!(c["duckdb_equals_disk"], true, "{folder}: {c}");
         let table = glue_table(&glue, &db.name, &format!("{folder}_changes")).await;
-        let params = table.parameters().expect("parameters");
-        assert_eq!(
-            params.get("table_type").map(String::as_str),
-            Some("ICEBERG")
-        );
-        let (url, _) = lake.s3.as_ref().expect("s3");
-        assert_eq!(
-            params.get("metadata_location"),
-            Some(&format!(
-                "{url}/{folder}/metadata/v{}.metadata.json",
-                c["version"]
-            )),
-            "{folder}: Glue points at the table's current metadata"
-        );
+        let params = assert_iceberg_at(&lake, &table, folder, &c["version"]);
         assert!(
             params.contains_key("previous_metadata_location"),
             "{params:?}"
@@ -204,6 +191,17 @@ async fn iceberg_tables_on_s3_are_registered_in_glue() {
     lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
     let c = lake.iceberg_check("orders", "order_id");
     let table = glue_table(&glue, &db.name, "orders").await;
+    assert_iceberg_at(&lake, &table, "orders_current", &c["current"]["version"]);
+}
+
+/// Asserts a Glue table is an Iceberg table pointing at `folder`'s metadata `version`;
+/// returns its parameters.
+fn assert_iceberg_at<'t>(
+    lake: &Lake,
+    table: &'t aws_sdk_glue::types::Table,
+    folder: &str,
+    version: &serde_json::Value,
+) -> &'t std::collections::HashMap<String, String> {
     let params = table.parameters().expect("parameters");
     assert_eq!(
         params.get("table_type").map(String::as_str),
@@ -212,11 +210,10 @@ async fn iceberg_tables_on_s3_are_registered_in_glue() {
     let (url, _) = lake.s3.as_ref().expect("s3");
     assert_eq!(
         params.get("metadata_location"),
-        Some(&format!(
-            "{url}/orders_current/metadata/v{}.metadata.json",
-            c["current"]["version"]
-        )),
+        Some(&format!("{url}/{folder}/metadata/v{version}.metadata.json")),
+        "{folder}: Glue points at the table's current metadata"
     );
+    params
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

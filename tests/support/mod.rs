@@ -279,58 +279,31 @@ impl Lake {
 
     /// Latest state per key in the lake vs the source table, via DuckDB and psycopg2.
     pub fn compare(&self, db: &TestDb, table: &str, folder: &str, key: &str) -> serde_json::Value {
-        let out = python(
-            &self.reader_env(),
-            &[
-                "compare",
-                "--lake",
-                &self.location(),
-                "--folder",
-                folder,
-                "--table",
-                table,
-                "--key",
-                key,
-                "--dsn",
-                &db.url,
-            ],
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "lake_check compare: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        self.compare_with(db, table, folder, key, &[])
+    }
+
+    /// `lake_check.py compare` with extra arguments.
+    fn compare_with(
+        &self,
+        db: &TestDb,
+        table: &str,
+        folder: &str,
+        key: &str,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let location = self.location();
+        let mut args = vec![
+            "compare", "--lake", &location, "--folder", folder, "--table", table, "--key", key,
+            "--dsn", &db.url,
+        ];
+        args.extend_from_slice(extra);
+        reader_json(python(&self.reader_env(), &args), "compare")
     }
 
     /// Asserts the current-state Iceberg table (`<folder>_current`), read by DuckDB's
     /// iceberg_scan, equals the source: one row per key, value for value.
     pub fn assert_current_matches(&self, db: &TestDb, table: &str, folder: &str, key: &str) {
-        let out = python(
-            &self.reader_env(),
-            &[
-                "compare",
-                "--lake",
-                &self.location(),
-                "--folder",
-                folder,
-                "--table",
-                table,
-                "--key",
-                key,
-                "--dsn",
-                &db.url,
-                "--current",
-            ],
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "lake_check compare --current: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let report = self.compare_with(db, table, folder, key, &["--current"]);
         assert_eq!(
             report["ok"], true,
             "current state differs from {table}: {report}"
@@ -365,31 +338,8 @@ impl Lake {
             .unwrap_or_else(|| panic!("no DuckDB view for {table}:\n{}", views.stdout));
         let file = self.dir.path().join(format!("{folder}_view.sql"));
         std::fs::write(&file, &sql).expect("view sql");
-        let out = python(
-            &self.reader_env(),
-            &[
-                "compare",
-                "--lake",
-                &self.location(),
-                "--folder",
-                folder,
-                "--table",
-                table,
-                "--key",
-                key,
-                "--dsn",
-                &db.url,
-                "--view-sql",
-                &file.display().to_string(),
-            ],
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "lake_check compare --view-sql: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let file = file.display().to_string();
+        let report = self.compare_with(db, table, folder, key, &["--view-sql", &file]);
         assert_eq!(
             report["ok"], true,
             "the view differs from {table}: {report}\n{sql}"
@@ -420,13 +370,7 @@ impl Lake {
                 &ddl.join(", "),
             ],
         );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "lake_check spark: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let report: serde_json::Value = reader_json(out, "spark");
         assert_eq!(
             report["ok"], true,
             "Spark through the catalog's schema: {report}\n{ddl:?}"
@@ -453,13 +397,7 @@ impl Lake {
                 key,
             ],
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "lake_check summary: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        reader_json(out, "summary")
     }
 }
 
@@ -479,13 +417,7 @@ impl Lake {
                 key,
             ],
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "lake_check iceberg: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        reader_json(out, "iceberg")
     }
 
     /// Runs SQL over a table's files in DuckDB (`{t}` names the table); rows as JSON.
@@ -502,13 +434,7 @@ impl Lake {
                 sql,
             ],
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "lake_check query: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        reader_json(out, "query")
     }
 
     /// A single number from a query.
@@ -518,6 +444,17 @@ impl Lake {
             .as_i64()
             .unwrap_or_else(|| panic!("{sql}: {rows:?}"))
     }
+}
+
+/// The JSON a `lake_check.py` command printed; its output when it printed none.
+fn reader_json<T: serde::de::DeserializeOwned>(out: Output, command: &str) -> T {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "lake_check {command}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 fn python(env: &[(&str, String)], args: &[&str]) -> Output {
