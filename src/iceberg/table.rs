@@ -461,3 +461,65 @@ fn summary(append: &Append<'_>, parent: Option<&Snapshot>) -> BTreeMap<String, S
         ("total-equality-deletes".into(), "0".into()),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow_schema::{DataType, Field};
+
+    use super::*;
+    use crate::config::OutputConfig;
+    use crate::lake::Lake;
+
+    fn add<'a>(arrow: &'a ArrowSchema, i: u64) -> Append<'a> {
+        Append {
+            folder: "t",
+            arrow,
+            partition_column: Some("d"),
+            lsn: Lsn(i),
+            commit_id: format!("flush {i}"),
+            files: vec![NewFile {
+                key: format!("t/f{i}.parquet"),
+                rows: 1,
+                bytes: 10,
+                day: Some(i as i32),
+            }],
+            deletes: Vec::new(),
+            replace: false,
+        }
+    }
+
+    /// A commit that lost the race to another writer is made again on top of the
+    /// winner's: both snapshots, both files, each commit once.
+    #[tokio::test]
+    async fn a_commit_that_lost_a_race_is_made_on_top_of_the_winner() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = format!("url = \"file://{}\"", dir.path().display());
+        let output: OutputConfig = toml::from_str(&text).expect("output");
+        let cat = LocalCatalog::new(Lake::open(&output).await.expect("lake"));
+        let arrow = ArrowSchema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("d", DataType::Date32, true),
+        ]);
+        append(&cat, &add(&arrow, 1)).await.expect("first");
+        let stale = cat.load("t").await.expect("load");
+        append(&cat, &add(&arrow, 2)).await.expect("the winner");
+        let lost = try_commit(&cat, stale.as_ref(), &add(&arrow, 3))
+            .await
+            .expect("no error");
+        assert_eq!(lost, None, "a commit on a stale base must lose");
+        let done = append(&cat, &add(&arrow, 3)).await.expect("retried");
+        assert!(done.snapshot_id.is_some());
+        let again = append(&cat, &add(&arrow, 3)).await.expect("repeated");
+        assert_eq!(again.snapshot_id, None, "a commit id is committed once");
+        let now = cat.load("t").await.expect("load").expect("table");
+        assert_eq!(now.metadata.snapshots.len(), 3);
+        let mut files: Vec<String> = live_data_files(&cat, &now.metadata)
+            .await
+            .expect("files")
+            .into_iter()
+            .map(|(f, _)| cat.key_of(&f.file_path))
+            .collect();
+        files.sort();
+        assert_eq!(files, ["t/f1.parquet", "t/f2.parquet", "t/f3.parquet"]);
+    }
+}
