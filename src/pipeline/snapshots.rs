@@ -10,6 +10,9 @@ use futures::StreamExt;
 
 use super::*;
 
+/// Backfills this process started (numbers their temporary slots).
+static BACKFILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Staged snapshot files moved into their partitions at once.
 const CONCURRENT_MOVES: usize = 16;
 
@@ -81,7 +84,10 @@ impl Pipeline {
                 self.discard_staged(&name, &old).await?;
             }
         }
-        let temp_slot = format!("{}_backfill_{}", self.slot(), std::process::id());
+        // PostgreSQL drops a temporary slot once the connection's backend has exited, which
+        // can be after the next backfill of this process connects: each gets its own name.
+        let n = BACKFILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp_slot = format!("{}_backfill_{}_{n}", self.slot(), std::process::id());
         let mut repl = ReplicationStream::connect(
             &self.config.source.url,
             &StreamOptions {
