@@ -292,6 +292,10 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
         .await
         .map_err(|e| query_error("ending the verify transaction", &e))?;
     drop(repl);
+    // Nothing of verify's may pin WAL once it returns.
+    if !introspect::wait_slot_gone(&client, &temp_slot).await? {
+        tracing::warn!(slot = %temp_slot, "verify's temporary slot is still there; PostgreSQL drops it when its connection's backend exits");
+    }
     Ok(VerifyReport {
         consistent_point: cp,
         tables: reports,

@@ -84,8 +84,8 @@ impl Pipeline {
                 self.discard_staged(&name, &old).await?;
             }
         }
-        // PostgreSQL drops a temporary slot once the connection's backend has exited, which
-        // can be after the next backfill of this process connects: each gets its own name.
+        // A slot still being dropped (see below: the wait is bounded) never collides with
+        // the next backfill of this process: each gets its own name.
         let n = BACKFILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let temp_slot = format!("{}_backfill_{}_{n}", self.slot(), std::process::id());
         let mut repl = ReplicationStream::connect(
@@ -132,8 +132,12 @@ impl Pipeline {
             }
         }
         let _ = std::fs::remove_dir_all(&tmp);
-        // Dropping the connection drops the temporary slot.
+        // Dropping the connection drops the temporary slot, once the server's backend
+        // has exited.
         drop(repl);
+        if !introspect::wait_slot_gone(&*self.source.get().await?, &temp_slot).await? {
+            tracing::warn!(slot = %temp_slot, "the backfill's temporary slot is still there; PostgreSQL drops it when its connection's backend exits");
+        }
         Ok((rows, written))
     }
 

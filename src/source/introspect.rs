@@ -390,6 +390,23 @@ fn parse_lsn_opt(v: Option<String>) -> Option<Lsn> {
     v.and_then(|s| s.parse().ok())
 }
 
+/// How long a closed connection's temporary slot is waited for to go.
+const TEMP_SLOT_DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until `slot` no longer exists: PostgreSQL drops a temporary slot only once its
+/// closed connection's backend has exited, after the client has moved on. `false` when
+/// it is still there after [`TEMP_SLOT_DROP_WAIT`].
+pub async fn wait_slot_gone(client: &Conn, slot: &str) -> Result<bool, SourceError> {
+    let deadline = tokio::time::Instant::now() + TEMP_SLOT_DROP_WAIT;
+    while slot_info(client, slot).await?.is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(true)
+}
+
 /// Reads the slot, `None` when it does not exist.
 pub async fn slot_info(client: &Conn, slot: &str) -> Result<Option<SlotInfo>, SourceError> {
     let row = client
