@@ -53,7 +53,8 @@ enum Command {
         #[arg(long)]
         table: String,
     },
-    /// Merge each partition's small files into right-sized ones (crash-safe; rerun to resume).
+    /// Merge each partition's small files into right-sized ones (crash-safe; rerun to resume);
+    /// on an Iceberg lake also apply deletes, expire snapshots, remove orphan files.
     Compact {
         #[command(flatten)]
         config: ConfigArg,
@@ -302,6 +303,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "compact: {} partitions, {} small files merged into {}",
                 report.partitions, report.files_in, report.files_out
             );
+            if config.output.format == crate::config::TableFormat::Iceberg {
+                println!(
+                    "iceberg: {} snapshots expired, {} of their files deleted, {} orphan files removed",
+                    report.snapshots_expired, report.files_deleted, report.orphans_removed
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -66,9 +66,12 @@ pub enum CompactError {
         #[source]
         source: std::io::Error,
     },
-    /// The lake's tables are Iceberg tables, whose files only a commit may remove.
-    #[error("compact rewrites Hive folders; with output.format = \"iceberg\" it would delete files the Iceberg tables list, so it is refused (Iceberg maintenance is not built yet)")]
-    Iceberg,
+    /// Maintaining an Iceberg table failed.
+    #[error(transparent)]
+    Iceberg(#[from] crate::iceberg::table::IcebergError),
+    /// Re-pointing Glue at a maintained Iceberg table failed.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// Another compaction holds the intent.
     #[error("another compaction started at the same moment ({key} appeared); let it finish, then run compact again")]
     Busy {
@@ -117,11 +120,17 @@ pub struct CompactReport {
     pub files_in: usize,
     /// Files written.
     pub files_out: usize,
+    /// Iceberg snapshots expired.
+    pub snapshots_expired: usize,
+    /// Files deleted with them.
+    pub files_deleted: usize,
+    /// Files no Iceberg snapshot listed, removed.
+    pub orphans_removed: usize,
 }
 
 /// The LSN in a data file's name (`<table>_<date>_<time>_<LSN>_<seq>.parquet`); `None`
 /// for compacted files, which hold only committed rows.
-fn name_lsn(key: &str) -> Option<Lsn> {
+pub(crate) fn name_lsn(key: &str) -> Option<Lsn> {
     let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
     let mut parts = name.rsplit('_');
     parts.next()?;
@@ -202,7 +211,7 @@ pub async fn compact(
     before: Option<NaiveDate>,
 ) -> Result<CompactReport, CompactError> {
     if config.output.format == crate::config::TableFormat::Iceberg {
-        return Err(CompactError::Iceberg);
+        return compact_iceberg(config, lake, tables, before).await;
     }
     let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
     let key = crate::checkpoint::SlotKeys::new(&config.source.slot).compact_intent();
@@ -257,6 +266,76 @@ pub async fn compact(
     execute(config, lake, &intent, &mut report).await?;
     lake.delete(&key).await?;
     Ok(report)
+}
+
+/// Iceberg maintenance of each table's changelog and current state (see
+/// [`crate::iceberg::maintain`]); Glue is pointed at every table it committed to.
+async fn compact_iceberg(
+    config: &Config,
+    lake: &Lake,
+    tables: &[String],
+    before: Option<NaiveDate>,
+) -> Result<CompactReport, CompactError> {
+    use crate::iceberg::{catalog::LocalCatalog, maintain};
+    let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
+    let catalog = LocalCatalog::new(lake.clone());
+    let tmp = std::env::temp_dir().join(format!("slot2lake-compact-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|source| CompactError::Tmp {
+        path: tmp.clone(),
+        source,
+    })?;
+    let settings = maintain::Settings {
+        max_file_size: config.output.max_file_size.0,
+        before,
+        retention: config.maintenance.snapshot_retention,
+        orphan_age: config.maintenance.orphan_age,
+        writer: parquet::file::properties::WriterProperties::builder()
+            .set_compression(crate::sink::writer::codec(config.output.compression))
+            .set_max_row_group_row_count(Some(config.output.row_group_rows))
+            .build(),
+        tmp: tmp.clone(),
+    };
+    let mut done = maintain::Report::default();
+    for t in &config.tables {
+        let folder = t.folder();
+        if !tables.is_empty() && !tables.iter().any(|x| x == folder || *x == t.name) {
+            continue;
+        }
+        let watermark = checkpoints.watermark(folder).await?.map(|w| w.lsn);
+        let moved = maintain::maintain(&catalog, folder, watermark, &settings, &mut done).await?;
+        if let crate::config::Catalog::GlueDirect { .. } = config.catalog.target {
+            for table in moved.into_keys() {
+                let loaded = catalog.load(&table).await;
+                let Some(now) = loaded.map_err(crate::iceberg::table::IcebergError::from)? else {
+                    continue;
+                };
+                let Some(columns) = maintain::latest_columns(&catalog, &now.metadata).await? else {
+                    continue;
+                };
+                let name = match table.strip_suffix("_current") {
+                    Some(source) if source == folder => folder.to_string(),
+                    _ => crate::iceberg::changelog_glue_name(folder),
+                };
+                crate::catalog::glue::point_iceberg_table(
+                    config,
+                    &name,
+                    &catalog.uri(&table),
+                    &catalog.uri(&now.metadata_key),
+                    &columns,
+                )
+                .await?;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(CompactReport {
+        partitions: done.partitions,
+        files_in: done.files_in,
+        files_out: done.files_out,
+        snapshots_expired: done.snapshots_expired,
+        files_deleted: done.files_deleted,
+        orphans_removed: done.orphans_removed,
+    })
 }
 
 /// Carries out an intent: merged files first, then the inputs deleted, per partition.

@@ -101,6 +101,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// How failures that may pass (S3, Glue or PostgreSQL unavailable) are retried.
     pub retry: RetryConfig,
+    /// What `slot2lake compact` keeps of an Iceberg table's history.
+    pub maintenance: MaintenanceConfig,
     /// Log output.
     pub log: LogConfig,
     /// The tables to replicate.
@@ -118,6 +120,7 @@ struct RawConfig {
     catalog: Option<toml::Value>,
     admin: Option<toml::Value>,
     retry: Option<toml::Value>,
+    maintenance: Option<toml::Value>,
     log: Option<toml::Value>,
     tables: Option<Vec<toml::Value>>,
     #[serde(flatten)]
@@ -131,7 +134,7 @@ struct TypeError {
 }
 
 const SECTIONS: &str =
-    "[source], [output], [spool], [flush], [catalog], [admin], [retry], [log], [[tables]]";
+    "[source], [output], [spool], [flush], [catalog], [admin], [retry], [maintenance], [log], [[tables]]";
 
 impl RawConfig {
     /// Types every section, collecting every error (one per key) instead of the first.
@@ -149,6 +152,7 @@ impl RawConfig {
         let catalog = optional(self.catalog, "catalog", errors);
         let admin = optional(self.admin, "admin", errors);
         let retry = optional(self.retry, "retry", errors);
+        let maintenance = optional(self.maintenance, "maintenance", errors);
         let log = optional(self.log, "log", errors);
         let tables: Vec<Option<TableConfig>> = self
             .tables
@@ -165,6 +169,7 @@ impl RawConfig {
             catalog: catalog?,
             admin: admin?,
             retry: retry?,
+            maintenance: maintenance?,
             log: log?,
             tables: tables.into_iter().collect::<Option<_>>()?,
         })
@@ -514,6 +519,36 @@ impl RetryConfig {
             max: self.max_delay,
         }
     }
+}
+
+/// `[maintenance]`: Iceberg snapshot expiry and orphan-file removal by `slot2lake compact`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Snapshots older than this are expired (the current one, and any a retried flush
+    /// may still look for, are always kept); their files go with them.
+    #[serde(default = "default_snapshot_retention", with = "humantime_serde")]
+    pub snapshot_retention: Duration,
+    /// Files no snapshot lists are removed once this old (younger ones may belong to a
+    /// commit under way).
+    #[serde(default = "default_orphan_age", with = "humantime_serde")]
+    pub orphan_age: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_retention: default_snapshot_retention(),
+            orphan_age: default_orphan_age(),
+        }
+    }
+}
+
+fn default_snapshot_retention() -> Duration {
+    Duration::from_secs(5 * 24 * 3600)
+}
+fn default_orphan_age() -> Duration {
+    Duration::from_secs(3 * 24 * 3600)
 }
 
 fn default_query_timeout() -> Duration {

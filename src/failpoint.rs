@@ -32,6 +32,12 @@ pub const MID_SNAPSHOT_PUBLISH: &str = "mid-snapshot-publish";
 pub const MID_COMPACT_PUBLISH: &str = "mid-compact-publish";
 /// A compaction deleted one small file of a partition.
 pub const MID_COMPACT_DELETE: &str = "mid-compact-delete";
+/// Iceberg maintenance uploaded a table's rewritten files; not committed.
+pub const MID_ICEBERG_REWRITE: &str = "mid-iceberg-rewrite";
+/// Iceberg maintenance committed its rewrites; no snapshot expired.
+pub const AFTER_ICEBERG_REWRITE: &str = "after-iceberg-rewrite";
+/// Iceberg maintenance expired snapshots and deleted one of their files, not all.
+pub const MID_ICEBERG_EXPIRY: &str = "mid-iceberg-expiry";
 
 /// Aborts the process if `name` is the configured failure point.
 #[inline]

@@ -322,7 +322,7 @@ fn decode<R: parquet::file::reader::ChunkReader + 'static>(
     Ok(out)
 }
 
-fn data_err(key: &str, message: String) -> IcebergError {
+pub(super) fn data_err(key: &str, message: String) -> IcebergError {
     IcebergError::Current(CurrentError::Data {
         table: key.split('/').next().unwrap_or_default().to_string(),
         message: format!("{key}: {message}"),
@@ -330,7 +330,7 @@ fn data_err(key: &str, message: String) -> IcebergError {
 }
 
 /// `batch` with `schema`'s columns, by name.
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+pub(super) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
     let columns = schema
         .fields()
         .iter()

@@ -24,6 +24,13 @@
 
 pub mod catalog;
 pub mod current;
+pub mod maintain;
 pub mod manifest;
 pub mod spec;
 pub mod table;
+
+/// The Glue name of a table's changelog (the table's own name is kept for its current
+/// state).
+pub fn changelog_glue_name(folder: &str) -> String {
+    format!("{folder}_changes")
+}

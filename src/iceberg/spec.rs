@@ -875,20 +875,7 @@ impl TableMetadata {
             snapshot_id: id,
             timestamp_ms: snapshot.timestamp_ms,
         });
-        if let Some((metadata_file, timestamp_ms)) = previous_metadata_file {
-            self.metadata_log.push(MetadataLogEntry {
-                metadata_file,
-                timestamp_ms,
-            });
-            let max = self
-                .properties
-                .get(PREVIOUS_VERSIONS_MAX)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_PREVIOUS_VERSIONS_MAX)
-                .max(1);
-            let excess = self.metadata_log.len().saturating_sub(max);
-            self.metadata_log.drain(..excess);
-        }
+        self.log_previous(previous_metadata_file);
         match self.refs.get_mut("main") {
             Some(main) => main.snapshot_id = id,
             None => {
@@ -905,6 +892,48 @@ impl TableMetadata {
         self.current_snapshot_id = Some(id);
         self.snapshots.push(snapshot);
         self
+    }
+
+    /// The metadata without the snapshots `expired` (never the current one); the
+    /// previous metadata file goes into the metadata log.
+    pub fn without_snapshots(
+        mut self,
+        expired: &std::collections::HashSet<i64>,
+        previous_metadata_file: Option<(String, i64)>,
+    ) -> Self {
+        let gone = |id: &i64| expired.contains(id) && Some(*id) != self.current_snapshot_id;
+        let gone: std::collections::HashSet<i64> = self
+            .snapshots
+            .iter()
+            .map(|s| s.snapshot_id)
+            .filter(gone)
+            .collect();
+        self.snapshots.retain(|s| !gone.contains(&s.snapshot_id));
+        self.snapshot_log.retain(|e| !gone.contains(&e.snapshot_id));
+        self.refs.retain(|_, r| !gone.contains(&r.snapshot_id));
+        self.last_updated_ms = now_ms().max(self.last_updated_ms);
+        self.log_previous(previous_metadata_file);
+        self
+    }
+
+    /// Records the metadata file this version replaces, keeping the newest
+    /// `write.metadata.previous-versions-max` entries.
+    fn log_previous(&mut self, previous_metadata_file: Option<(String, i64)>) {
+        let Some((metadata_file, timestamp_ms)) = previous_metadata_file else {
+            return;
+        };
+        self.metadata_log.push(MetadataLogEntry {
+            metadata_file,
+            timestamp_ms,
+        });
+        let max = self
+            .properties
+            .get(PREVIOUS_VERSIONS_MAX)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_PREVIOUS_VERSIONS_MAX)
+            .max(1);
+        let excess = self.metadata_log.len().saturating_sub(max);
+        self.metadata_log.drain(..excess);
     }
 
     /// The sequence number of the next snapshot.

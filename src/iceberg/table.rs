@@ -37,6 +37,9 @@ use crate::retry::{Action, Classify};
 /// Snapshot summary property: which flush or snapshot made this commit (a retry finds it).
 pub const COMMIT_PROPERTY: &str = "slot2lake.commit";
 
+/// Table property: the LSN of the table's first commit.
+pub const FIRST_LSN_PROPERTY: &str = "slot2lake.first-lsn";
+
 /// A commit to an Iceberg table that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IcebergError {
@@ -55,6 +58,14 @@ pub enum IcebergError {
     /// Building the current-state table's files.
     #[error(transparent)]
     Current(#[from] super::current::CurrentError),
+    /// A data file (or a local temporary file) maintenance reads or writes.
+    #[error("{key}: {message}")]
+    File {
+        /// The file.
+        key: String,
+        /// What failed.
+        message: String,
+    },
     /// Another writer kept moving the table.
     #[error("iceberg table {table}: {attempts} commits in a row lost to another writer")]
     Contended {
@@ -71,9 +82,10 @@ impl Classify for IcebergError {
             IcebergError::Catalog(e) => e.action(),
             IcebergError::Lake(e) => e.action(),
             IcebergError::Contended { .. } => Action::Backoff,
-            IcebergError::Manifest(_) | IcebergError::Spec(_) | IcebergError::Current(_) => {
-                Action::Stop
-            }
+            IcebergError::Manifest(_)
+            | IcebergError::Spec(_)
+            | IcebergError::Current(_)
+            | IcebergError::File { .. } => Action::Stop,
         }
     }
 }
@@ -154,13 +166,25 @@ pub async fn try_commit(
 ) -> Result<Option<Appended>, IcebergError> {
     let metadata = table_for(catalog, base, append)?;
     let (metadata, snapshot_id) = snapshot(catalog, metadata, base, append).await?;
-    match catalog.commit(append.folder, base, &metadata).await {
-        Ok(now) => Ok(Some(Appended {
+    Ok(commit_unless_moved(catalog, append.folder, base, &metadata)
+        .await?
+        .map(|now| Appended {
             snapshot_id: Some(snapshot_id),
             metadata_key: now.metadata_key,
-        })),
+        }))
+}
+
+/// Commits `metadata` on top of `base`; `None` when another writer moved the table first.
+pub async fn commit_unless_moved(
+    catalog: &LocalCatalog,
+    folder: &str,
+    base: Option<&Loaded>,
+    metadata: &TableMetadata,
+) -> Result<Option<Loaded>, IcebergError> {
+    match catalog.commit(folder, base, metadata).await {
+        Ok(now) => Ok(Some(now)),
         Err(CatalogError::Conflict { key }) => {
-            tracing::warn!(table = append.folder, metadata = %key, "iceberg: another writer committed first; retrying from its metadata");
+            tracing::warn!(table = folder, metadata = %key, "iceberg: another writer committed first; retrying from its metadata");
             Ok(None)
         }
         Err(e) => Err(e.into()),
@@ -204,7 +228,11 @@ fn table_for(
                     fields: Vec::new(),
                 },
             };
-            TableMetadata::new(&catalog.uri(append.folder), schema, spec, BTreeMap::new())
+            // Files in the folder named before this LSN are not the table's (a Parquet lake
+            // switched to Iceberg keeps them): orphan removal leaves them alone.
+            let properties =
+                BTreeMap::from([(FIRST_LSN_PROPERTY.to_string(), append.lsn.to_string())]);
+            TableMetadata::new(&catalog.uri(append.folder), schema, spec, properties)
         }
     };
     let mapping = name_mapping(&metadata);
@@ -250,87 +278,156 @@ async fn snapshot(
     base: Option<&Loaded>,
     append: &Append<'_>,
 ) -> Result<(TableMetadata, i64), IcebergError> {
-    let snapshot_id = metadata.new_snapshot_id();
-    let sequence_number = metadata.next_sequence_number();
+    let draft = Draft::new(&metadata)?;
     let parent = metadata.current_snapshot().cloned();
-    let schema = metadata.current_schema().clone();
-    let spec = default_spec(&metadata)?;
-    let ctx = manifest_context(&schema, &spec)?;
-    let entry = |f: &NewFile, content: FileContent| ManifestEntry {
-        status: EntryStatus::Added,
-        snapshot_id: Some(snapshot_id),
-        sequence_number: None,
-        file_sequence_number: None,
-        file: DataFile {
-            content,
-            file_path: catalog.uri(&f.key),
-            file_size_in_bytes: f.bytes,
-            record_count: f.rows,
-            partition: f.day,
-            equality_ids: Vec::new(),
-            referenced_data_file: None,
-        },
-    };
-    let unique = format!("{snapshot_id}-{}", Utc::now().timestamp_micros());
     // A TRUNCATE leaves the earlier manifests out: their files are no longer the table's.
     let mut manifests = match &parent {
         Some(p) if !append.replace => manifest_list(catalog, p).await?,
         _ => Vec::new(),
     };
     let added = [
-        (
-            ManifestContent::Data,
-            FileContent::Data,
-            &append.files,
-            "m0",
-        ),
+        (ManifestContent::Data, FileContent::Data, &append.files),
         (
             ManifestContent::Deletes,
             FileContent::PositionDeletes,
             &append.deletes,
-            "m1",
         ),
     ];
-    for (manifest_content, file_content, files, suffix) in added {
+    for (manifest_content, file_content, files) in added {
         if files.is_empty() {
             continue;
         }
-        let entries: Vec<ManifestEntry> = files.iter().map(|f| entry(f, file_content)).collect();
-        let key = format!("{}/metadata/{unique}-{suffix}.avro", append.folder);
-        let (bytes, listed) = manifest::write_manifest(
-            &ctx,
-            manifest_content,
-            &catalog.uri(&key),
-            snapshot_id,
-            sequence_number,
-            &entries,
-        )?;
-        catalog.lake().put(&key, bytes).await?;
-        manifests.push(listed);
+        let entries: Vec<ManifestEntry> = files
+            .iter()
+            .map(|f| draft.added(catalog, f, file_content))
+            .collect();
+        manifests.push(
+            draft
+                .manifest(catalog, append.folder, manifest_content, &entries)
+                .await?,
+        );
     }
-    let list_key = format!("{}/metadata/snap-{unique}.avro", append.folder);
-    let list = manifest::write_manifest_list(
-        snapshot_id,
-        parent.as_ref().map(|p| p.snapshot_id),
-        sequence_number,
-        &manifests,
-    )?;
-    catalog.lake().put(&list_key, list).await?;
     let summary = summary(append, parent.as_ref());
-    let snapshot = Snapshot {
-        snapshot_id,
-        parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
-        sequence_number,
-        timestamp_ms: Utc::now().timestamp_millis(),
-        manifest_list: catalog.uri(&list_key),
-        summary,
-        schema_id: Some(schema.schema_id),
-    };
-    let previous_file = base.map(|b| (catalog.uri(&b.metadata_key), b.metadata.last_updated_ms));
-    Ok((metadata.with_snapshot(snapshot, previous_file), snapshot_id))
+    let snapshot_id = draft.snapshot_id;
+    let metadata = draft
+        .finish(catalog, append.folder, metadata, base, &manifests, summary)
+        .await?;
+    Ok((metadata, snapshot_id))
 }
 
-async fn manifest_list(
+/// A snapshot being written: its id, sequence number and the stem of its files' names.
+pub struct Draft {
+    /// The new snapshot's id.
+    pub snapshot_id: i64,
+    /// Its data sequence number.
+    pub sequence_number: i64,
+    unique: String,
+    ctx: ManifestContext,
+    written: std::sync::atomic::AtomicUsize,
+}
+
+impl Draft {
+    /// The next snapshot of the table `metadata` describes (its current schema and spec).
+    pub fn new(metadata: &TableMetadata) -> Result<Self, IcebergError> {
+        let snapshot_id = metadata.new_snapshot_id();
+        let ctx = manifest_context(metadata.current_schema(), &default_spec(metadata)?)?;
+        Ok(Self {
+            snapshot_id,
+            sequence_number: metadata.next_sequence_number(),
+            // Fresh names: an earlier attempt's manifests are orphans, never reused.
+            unique: format!("{snapshot_id}-{}", Utc::now().timestamp_micros()),
+            ctx,
+            written: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// The manifest entry of a file this snapshot adds.
+    pub fn added(
+        &self,
+        catalog: &LocalCatalog,
+        f: &NewFile,
+        content: FileContent,
+    ) -> ManifestEntry {
+        ManifestEntry {
+            status: EntryStatus::Added,
+            snapshot_id: Some(self.snapshot_id),
+            sequence_number: None,
+            file_sequence_number: None,
+            file: DataFile {
+                content,
+                file_path: catalog.uri(&f.key),
+                file_size_in_bytes: f.bytes,
+                record_count: f.rows,
+                partition: f.day,
+                equality_ids: Vec::new(),
+                referenced_data_file: None,
+            },
+        }
+    }
+
+    /// Writes a manifest of `entries` into the table's metadata folder.
+    pub async fn manifest(
+        &self,
+        catalog: &LocalCatalog,
+        folder: &str,
+        content: ManifestContent,
+        entries: &[ManifestEntry],
+    ) -> Result<manifest::ManifestFile, IcebergError> {
+        let n = self
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{folder}/metadata/{}-m{n}.avro", self.unique);
+        let (bytes, listed) = manifest::write_manifest(
+            &self.ctx,
+            content,
+            &catalog.uri(&key),
+            self.snapshot_id,
+            self.sequence_number,
+            entries,
+        )?;
+        catalog.lake().put(&key, bytes).await?;
+        Ok(listed)
+    }
+
+    /// Writes the manifest list of `manifests`; `metadata` with the snapshot as current.
+    pub async fn finish(
+        self,
+        catalog: &LocalCatalog,
+        folder: &str,
+        metadata: TableMetadata,
+        base: Option<&Loaded>,
+        manifests: &[manifest::ManifestFile],
+        summary: BTreeMap<String, String>,
+    ) -> Result<TableMetadata, IcebergError> {
+        let parent = metadata.current_snapshot().map(|p| p.snapshot_id);
+        let list_key = format!("{folder}/metadata/snap-{}.avro", self.unique);
+        let list = manifest::write_manifest_list(
+            self.snapshot_id,
+            parent,
+            self.sequence_number,
+            manifests,
+        )?;
+        catalog.lake().put(&list_key, list).await?;
+        let snapshot = Snapshot {
+            snapshot_id: self.snapshot_id,
+            parent_snapshot_id: parent,
+            sequence_number: self.sequence_number,
+            timestamp_ms: Utc::now().timestamp_millis(),
+            manifest_list: catalog.uri(&list_key),
+            summary,
+            schema_id: Some(metadata.current_schema().schema_id),
+        };
+        Ok(metadata.with_snapshot(snapshot, previous_file(catalog, base)))
+    }
+}
+
+/// The metadata-log entry of the version a commit replaces.
+pub fn previous_file(catalog: &LocalCatalog, base: Option<&Loaded>) -> Option<(String, i64)> {
+    base.map(|b| (catalog.uri(&b.metadata_key), b.metadata.last_updated_ms))
+}
+
+/// The manifests a snapshot lists.
+pub async fn manifest_list(
     catalog: &LocalCatalog,
     snapshot: &Snapshot,
 ) -> Result<Vec<manifest::ManifestFile>, IcebergError> {
@@ -350,31 +447,53 @@ pub async fn live_data_files(
     catalog: &LocalCatalog,
     metadata: &TableMetadata,
 ) -> Result<Vec<(DataFile, i64)>, IcebergError> {
+    Ok(live_entries(catalog, metadata)
+        .await?
+        .into_iter()
+        .filter(|e| e.file.content == FileContent::Data)
+        .map(|e| {
+            let seq = e.sequence_number.unwrap_or_default();
+            (e.file, seq)
+        })
+        .collect())
+}
+
+/// The live (added or existing) entries of the current snapshot, data and delete files,
+/// their sequence numbers resolved.
+pub async fn live_entries(
+    catalog: &LocalCatalog,
+    metadata: &TableMetadata,
+) -> Result<Vec<ManifestEntry>, IcebergError> {
     let Some(current) = metadata.current_snapshot() else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for listed in manifest_list(catalog, current).await? {
-        if listed.content != ManifestContent::Data {
-            continue;
-        }
-        let key = catalog.key_of(&listed.manifest_path);
-        let bytes = catalog
-            .lake()
-            .get(&key)
-            .await?
-            .ok_or_else(|| CatalogError::Corrupt {
-                key: key.clone(),
-                message: "a manifest of the current snapshot is missing".into(),
-            })?;
-        for e in manifest::read_manifest(&bytes, &listed)? {
+        for mut e in read_entries(catalog, &listed).await? {
             if e.status != EntryStatus::Deleted {
-                let seq = e.sequence_number.unwrap_or(listed.sequence_number);
-                out.push((e.file, seq));
+                e.sequence_number = Some(e.sequence_number.unwrap_or(listed.sequence_number));
+                out.push(e);
             }
         }
     }
     Ok(out)
+}
+
+/// Every entry of a manifest.
+pub async fn read_entries(
+    catalog: &LocalCatalog,
+    listed: &manifest::ManifestFile,
+) -> Result<Vec<ManifestEntry>, IcebergError> {
+    let key = catalog.key_of(&listed.manifest_path);
+    let bytes = catalog
+        .lake()
+        .get(&key)
+        .await?
+        .ok_or_else(|| CatalogError::Corrupt {
+            key: key.clone(),
+            message: "a manifest a snapshot lists is missing".into(),
+        })?;
+    Ok(manifest::read_manifest(&bytes, listed)?)
 }
 
 fn default_spec(metadata: &TableMetadata) -> Result<PartitionSpec, IcebergError> {

@@ -133,7 +133,7 @@ impl Pipeline {
             failpoint::hit(failpoint::MID_ICEBERG_COMMITS);
             self.point_glue(
                 &catalog,
-                &glue_name(folder),
+                &crate::iceberg::changelog_glue_name(folder),
                 folder,
                 &done.metadata_key,
                 &schema,
@@ -213,12 +213,6 @@ impl Pipeline {
         }
         Ok(())
     }
-}
-
-/// The Glue name of a table's changelog (the table's own name is kept for its current
-/// state).
-pub(super) fn glue_name(folder: &str) -> String {
-    format!("{folder}_changes")
 }
 
 /// The commit id of a flush: its cut and time fix its files' names too.
