@@ -448,7 +448,11 @@ def iceberg_check(args):
         carrow = ctable.scan(selected_fields=tuple(cols)).to_arrow()
         cpy = Counter(zip(*(carrow.column(c).to_pylist() for c in cols)))
         cduck = Counter(con.execute(f"SELECT {sel} FROM iceberg_scan('{args.lake}/{args.folder}_current')").fetchall())
+        tasks = list(ctable.scan().plan_files())
         current = {
+            "data_files": len(tasks),
+            "delete_files": len({d.file_path for t in tasks for d in t.delete_files}),
+            "files_on_disk": len(files_of(args.lake, f"{args.folder}_current")),
             "rows": sum(cpy.values()),
             "pyiceberg_equals_duckdb": cpy == cduck,
             "version": cversion,
