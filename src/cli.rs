@@ -340,6 +340,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     for e in &t.examples {
                         println!("        {e}");
                     }
+                    if let Some(c) = &t.current_state {
+                        match &c.not_compared {
+                            Some(why) => println!("        current state not compared: {why}"),
+                            None => println!(
+                                "        current state at {}: {} rows; missing {}, extra {}, different {}",
+                                c.lsn.map(|l| l.to_string()).unwrap_or_default(),
+                                c.rows,
+                                c.missing,
+                                c.extra,
+                                c.different
+                            ),
+                        }
+                        for e in &c.examples {
+                            println!("        {e}");
+                        }
+                    }
                 }
             }
             Ok(if ok {

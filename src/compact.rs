@@ -309,7 +309,9 @@ async fn compact_iceberg(
                 let Some(now) = loaded.map_err(crate::iceberg::table::IcebergError::from)? else {
                     continue;
                 };
-                let Some(columns) = maintain::latest_columns(&catalog, &now.metadata).await? else {
+                let Some(columns) =
+                    crate::iceberg::scan::latest_columns(&catalog, &now.metadata).await?
+                else {
                     continue;
                 };
                 let name = match table.strip_suffix("_current") {

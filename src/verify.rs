@@ -58,12 +58,47 @@ pub struct TableReport {
     pub different: u64,
     /// Examples of each, as `column=value` lists.
     pub examples: Vec<String>,
+    /// With `output.format = "iceberg"`: the current-state table against the changelog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_state: Option<CurrentReport>,
 }
 
 impl TableReport {
-    /// Whether the lake equals the source.
+    /// Whether the lake equals the source (and the current state its changelog).
     pub fn ok(&self) -> bool {
-        self.missing == 0 && self.extra == 0 && self.different == 0
+        self.missing == 0
+            && self.extra == 0
+            && self.different == 0
+            && self.current_state.as_ref().is_none_or(CurrentReport::ok)
+    }
+}
+
+/// How a current-state Iceberg table compares with the changelog it is folded from, both
+/// at their current snapshots: the changelog's latest version of each key (verified
+/// against the source above) must be the current state's row.
+#[derive(Debug, Default, Serialize)]
+pub struct CurrentReport {
+    /// The LSN both tables stand at.
+    pub lsn: Option<Lsn>,
+    /// Rows in the current-state table.
+    pub rows: u64,
+    /// Keys live in the changelog, absent from the current state.
+    pub missing: u64,
+    /// Keys in the current state that the changelog has deleted or never had.
+    pub extra: u64,
+    /// Keys whose row differs.
+    pub different: u64,
+    /// Examples of each.
+    pub examples: Vec<String>,
+    /// Why the tables could not be compared (they stand at different LSNs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_compared: Option<String>,
+}
+
+impl CurrentReport {
+    /// Whether the current state is its changelog's.
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.extra == 0 && self.different == 0 && self.not_compared.is_none()
     }
 }
 
@@ -213,7 +248,8 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
 
     let mut reports = Vec::new();
     for (folder, schema) in &selected {
-        let mut latest = lake_state(pipeline.lake(), folder, schema, cp).await?;
+        let files = parquet_files(pipeline.lake(), folder).await?;
+        let mut latest = lake_state(pipeline.lake(), &files, schema, cp).await?;
         let mut report = TableReport {
             table: folder.clone(),
             lake_rows: match &latest {
@@ -284,6 +320,9 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
             if report.examples.len() < SHOWN * 3 {
                 report.examples.push(format!("extra in the lake: {key}"));
             }
+        }
+        if config.output.format == crate::config::TableFormat::Iceberg {
+            report.current_state = current_state(pipeline.lake(), folder, schema).await?;
         }
         tracing::info!(table = %folder, ok = report.ok(), "verified");
         reports.push(report);
@@ -447,7 +486,7 @@ fn compare_source(
 /// The lake's latest state of a table as of `cp`.
 async fn lake_state(
     lake: &Lake,
-    folder: &str,
+    files: &[String],
     schema: &TableSchema,
     cp: Lsn,
 ) -> Result<LakeState, VerifyError> {
@@ -458,7 +497,7 @@ async fn lake_state(
     // at the end.
     let mut truncated: Option<(i64, i64)> = None;
     if keyless {
-        for_each_row(lake, folder, schema, cp, |row| {
+        for_each_row(lake, files, schema, cp, |row| {
             if row.change_type == "TRUNCATE" {
                 truncated = truncated.max(Some((row.lsn, row.seq)));
             }
@@ -467,7 +506,7 @@ async fn lake_state(
         let mut copies: HashMap<String, i64> = HashMap::new();
         // A row version seen twice (while `compact` swaps files) counts once.
         let mut seen = std::collections::HashSet::new();
-        for_each_row(lake, folder, schema, cp, |row| {
+        for_each_row(lake, files, schema, cp, |row| {
             if row.change_type == "TRUNCATE" || truncated.is_some_and(|c| (row.lsn, row.seq) <= c) {
                 return;
             }
@@ -488,7 +527,7 @@ async fn lake_state(
         .map(|(i, _)| i)
         .collect();
     let mut latest: HashMap<String, Latest> = HashMap::new();
-    for_each_row(lake, folder, schema, cp, |row| {
+    for_each_row(lake, files, schema, cp, |row| {
         let (l, s) = (row.lsn, row.seq);
         if row.change_type == "TRUNCATE" {
             truncated = truncated.max(Some((l, s)));
@@ -528,6 +567,114 @@ async fn lake_state(
     Ok(LakeState::Keyed(latest))
 }
 
+/// The current-state Iceberg table of a keyed table against the latest versions in the
+/// changelog files its changelog table lists, both at their current snapshots; `None`
+/// for a table without both tables (keyless, or not yet committed).
+async fn current_state(
+    lake: &Lake,
+    folder: &str,
+    schema: &TableSchema,
+) -> Result<Option<CurrentReport>, VerifyError> {
+    use crate::iceberg::{catalog::LocalCatalog, current, scan::LiveRows, spec, table};
+    let catalog = LocalCatalog::new(lake.clone());
+    let iceberg = |e: table::IcebergError| VerifyError::read(folder, e);
+    let load = |t: String| {
+        let catalog = &catalog;
+        async move { catalog.load(&t).await.map_err(|e| iceberg(e.into())) }
+    };
+    let (Some(changelog), Some(state)) = (
+        load(folder.to_string()).await?,
+        load(current::folder_of(folder)).await?,
+    ) else {
+        return Ok(None);
+    };
+    let lsn_of = |m: &spec::TableMetadata| m.current_snapshot().and_then(spec::lsn_of).map(Lsn);
+    let mut report = CurrentReport {
+        lsn: lsn_of(&state.metadata),
+        ..Default::default()
+    };
+    if lsn_of(&changelog.metadata) != report.lsn {
+        report.not_compared = Some(format!(
+            "the changelog stands at {:?} and the current state at {:?}: a commit between them is missing (the next flush retries it)",
+            lsn_of(&changelog.metadata),
+            report.lsn
+        ));
+        return Ok(Some(report));
+    }
+    let files: Vec<String> = table::live_data_files(&catalog, &changelog.metadata)
+        .await
+        .map_err(iceberg)?
+        .into_iter()
+        .map(|(f, _)| catalog.key_of(&f.file_path))
+        .collect();
+    let LakeState::Keyed(mut latest) = lake_state(lake, &files, schema, Lsn(u64::MAX)).await?
+    else {
+        return Ok(None);
+    };
+    let toasted: Vec<&str> = schema
+        .columns
+        .iter()
+        .filter(|c| c.kind.may_be_toasted())
+        .map(|c| c.name.as_str())
+        .collect();
+    let example = |report: &mut CurrentReport, e: String| {
+        if report.examples.len() < SHOWN * 3 {
+            report.examples.push(e);
+        }
+    };
+    let mut rows = LiveRows::of_table(&catalog, &state.metadata, Some(schema.arrow.clone()))
+        .await
+        .map_err(iceberg)?;
+    while let Some(batch) = rows.next().await.map_err(iceberg)? {
+        let columns = aligned(&batch, schema)?;
+        let options = FormatOptions::default();
+        let formatters = formatters(&columns, &options);
+        let unchanged = batch.column_by_name(&schema.meta(UNCHANGED_COLUMNS));
+        let unchanged = unchanged
+            .as_ref()
+            .and_then(|a| a.as_any().downcast_ref::<ListArray>());
+        for row in 0..batch.num_rows() {
+            report.rows += 1;
+            let (key, fixed, mut hashes) = key_and_hash(schema, &formatters, &columns, row);
+            // A value found nowhere is NULL here and named; the changelog has none either.
+            if let Some(list) = unchanged.filter(|l| l.is_valid(row)) {
+                let names = list.value(row);
+                if let Some(names) = names.as_any().downcast_ref::<StringArray>() {
+                    for (h, name) in hashes.iter_mut().zip(&toasted) {
+                        if names.iter().flatten().any(|n| n == *name) {
+                            *h = 0;
+                        }
+                    }
+                }
+            }
+            match latest.remove(&key) {
+                Some(l) if l.live && l.hash() == combine(fixed, hashes.into_iter()) => {}
+                Some(l) if l.live => {
+                    report.different += 1;
+                    example(
+                        &mut report,
+                        format!("different in the current state: {key}"),
+                    );
+                }
+                _ => {
+                    report.extra += 1;
+                    example(&mut report, format!("extra in the current state: {key}"));
+                }
+            }
+        }
+    }
+    for (key, l) in latest {
+        if l.live {
+            report.missing += 1;
+            example(
+                &mut report,
+                format!("missing from the current state: {key}"),
+            );
+        }
+    }
+    Ok(Some(report))
+}
+
 /// One lake row as [`for_each_row`] hands it out.
 struct LakeRow<'a> {
     change_type: &'a str,
@@ -540,28 +687,35 @@ struct LakeRow<'a> {
     index: usize,
 }
 
-/// Calls `f` for every row of the table's files that the lake held at `cp`.
+/// The Parquet files in a table folder.
+async fn parquet_files(lake: &Lake, folder: &str) -> Result<Vec<String>, VerifyError> {
+    Ok(lake
+        .list(&format!("{folder}/"))
+        .await?
+        .into_iter()
+        .map(|o| o.location.to_string())
+        .filter(|k| k.ends_with(".parquet"))
+        .collect())
+}
+
+/// Calls `f` for every row of `files` that the lake held at `cp`.
 async fn for_each_row(
     lake: &Lake,
-    folder: &str,
+    files: &[String],
     schema: &TableSchema,
     cp: i64,
     mut f: impl FnMut(LakeRow<'_>),
 ) -> Result<(), VerifyError> {
-    for obj in lake.list(&format!("{folder}/")).await? {
-        let key = obj.location.to_string();
-        if !key.ends_with(".parquet") {
-            continue;
-        }
+    for key in files {
         let bytes = lake
-            .get(&key)
+            .get(key)
             .await?
-            .ok_or_else(|| VerifyError::read(&key, "listed, then not found"))?;
+            .ok_or_else(|| VerifyError::read(key, "listed, then not found"))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
-            .map_err(|e| VerifyError::read(&key, e))?;
+            .map_err(|e| VerifyError::read(key, e))?;
         for batch in reader {
-            let batch = batch.map_err(|e| VerifyError::read(&key, e))?;
+            let batch = batch.map_err(|e| VerifyError::read(key, e))?;
             let col = |name: &str| batch.column_by_name(&schema.meta(name)).cloned();
             let (Some(ct), Some(lsn), Some(seq)) =
                 (col(CHANGE_TYPE), col(CHANGE_LSN), col(CHANGE_SEQ))

@@ -24,24 +24,23 @@
 //! retried flush may look for its commit id in (past the table's watermark). Rewrite
 //! commits carry the table's LSN unchanged, so "as of LSN X" still lines up.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{BooleanArray, Int64Array, RecordBatch, RecordBatchReader, StringArray};
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use chrono::{DateTime, NaiveDate, Utc};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
 use super::catalog::{Loaded, LocalCatalog};
-use super::current::{self, conform};
+use super::current;
 use super::manifest::{EntryStatus, FileContent, ManifestContent, ManifestEntry};
+use super::scan::{file_err, open, LiveRows};
 use super::spec::{self, Snapshot, TableMetadata, LSN_PROPERTY};
 use super::table::{self, Draft, IcebergError, NewFile, COMMIT_PROPERTY, FIRST_LSN_PROPERTY};
 use crate::failpoint;
@@ -138,7 +137,7 @@ async fn rewrite_current(
         let Some(base) = catalog.load(folder).await? else {
             return Ok(None);
         };
-        let (mut data, deletes): (Vec<ManifestEntry>, Vec<ManifestEntry>) =
+        let (data, deletes): (Vec<ManifestEntry>, Vec<ManifestEntry>) =
             table::live_entries(catalog, &base.metadata)
                 .await?
                 .into_iter()
@@ -150,27 +149,12 @@ async fn rewrite_current(
         if !current_needs_rewrite(small, deletes.len()) {
             return Ok(None);
         }
-        data.sort_by_key(|e| e.sequence_number);
-        let deleted = deleted_positions(catalog, &deletes).await?;
         let unique = Utc::now().timestamp_micros();
         let mut out = Rolling::new(settings, None);
-        if let Some(schema) = newest_schema(catalog, &data).await? {
-            for e in &data {
-                let key = catalog.key_of(&e.file.file_path);
-                let gone = deleted.get(&e.file.file_path).map(Vec::as_slice);
-                let mut pos = 0i64;
-                for batch in open(catalog, &key).await? {
-                    let batch = batch.map_err(|e| file_err(&key, e))?;
-                    let rows = batch.num_rows() as i64;
-                    let batch = conform(&batch, &schema).map_err(|e| file_err(&key, e))?;
-                    let batch =
-                        without_positions(&batch, pos, gone).map_err(|e| file_err(&key, e))?;
-                    pos += rows;
-                    let name =
-                        |n: usize| format!("{folder}/data/{unique}-rewritten-{n:04}.parquet");
-                    out.write(catalog, &batch, name).await?;
-                }
-            }
+        let mut rows = LiveRows::new(catalog, data.clone(), &deletes, None).await?;
+        let name = |n: usize| format!("{folder}/data/{unique}-rewritten-{n:04}.parquet");
+        while let Some(batch) = rows.next().await? {
+            out.write(catalog, &batch, name).await?;
         }
         let files = out.finish(catalog).await?;
         failpoint::hit(failpoint::MID_ICEBERG_REWRITE);
@@ -652,116 +636,6 @@ async fn remove_orphans(
     Ok(())
 }
 
-/// Per data file URI, the positions position deletes remove, sorted.
-async fn deleted_positions(
-    catalog: &LocalCatalog,
-    deletes: &[ManifestEntry],
-) -> Result<HashMap<String, Vec<i64>>, IcebergError> {
-    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
-    for e in deletes {
-        let key = catalog.key_of(&e.file.file_path);
-        for batch in open(catalog, &key).await? {
-            let batch = batch.map_err(|e| file_err(&key, e))?;
-            let (Some(paths), Some(pos)) = (
-                batch
-                    .column_by_name("file_path")
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>()),
-                batch
-                    .column_by_name("pos")
-                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>()),
-            ) else {
-                return Err(file_err(
-                    &key,
-                    "not a position delete file (file_path, pos)",
-                ));
-            };
-            for (p, n) in paths.iter().zip(pos.iter()) {
-                if let (Some(p), Some(n)) = (p, n) {
-                    out.entry(p.to_string()).or_default().push(n);
-                }
-            }
-        }
-    }
-    for v in out.values_mut() {
-        v.sort_unstable();
-    }
-    Ok(out)
-}
-
-/// `batch` (rows `first..` of its file) without the rows at `gone` positions.
-fn without_positions(
-    batch: &RecordBatch,
-    first: i64,
-    gone: Option<&[i64]>,
-) -> Result<RecordBatch, String> {
-    let Some(gone) = gone else {
-        return Ok(batch.clone());
-    };
-    let end = first + batch.num_rows() as i64;
-    let from = gone.partition_point(|p| *p < first);
-    let to = gone.partition_point(|p| *p < end);
-    if from == to {
-        return Ok(batch.clone());
-    }
-    let mut keep = vec![true; batch.num_rows()];
-    for p in &gone[from..to] {
-        keep[(p - first) as usize] = false;
-    }
-    arrow_select::filter::filter_record_batch(batch, &BooleanArray::from(keep))
-        .map_err(|e| e.to_string())
-}
-
-/// The schema of the table's newest data file (the latest columns).
-async fn newest_schema(
-    catalog: &LocalCatalog,
-    data: &[ManifestEntry],
-) -> Result<Option<SchemaRef>, IcebergError> {
-    let Some(newest) = data.iter().max_by_key(|e| e.sequence_number) else {
-        return Ok(None);
-    };
-    let key = catalog.key_of(&newest.file.file_path);
-    Ok(Some(open(catalog, &key).await?.schema()))
-}
-
-/// The Arrow schema of the table's newest data file; `None` when it has none.
-pub async fn latest_columns(
-    catalog: &LocalCatalog,
-    metadata: &TableMetadata,
-) -> Result<Option<SchemaRef>, IcebergError> {
-    let data: Vec<ManifestEntry> = table::live_entries(catalog, metadata)
-        .await?
-        .into_iter()
-        .filter(|e| e.file.content == FileContent::Data)
-        .collect();
-    newest_schema(catalog, &data).await
-}
-
-/// Reads a Parquet file of the lake batch by batch (a local one in place).
-async fn open(catalog: &LocalCatalog, key: &str) -> Result<ParquetRecordBatchReader, IcebergError> {
-    let built = match catalog.lake().local_path(key) {
-        Some(path) => {
-            let file = File::open(&path).map_err(|e| file_err(key, e))?;
-            ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build())
-        }
-        None => {
-            let bytes = catalog
-                .lake()
-                .get(key)
-                .await?
-                .ok_or_else(|| file_err(key, "listed by the table, but missing"))?;
-            ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build())
-        }
-    };
-    built.map_err(|e| file_err(key, e))
-}
-
-fn file_err(key: &str, e: impl std::fmt::Display) -> IcebergError {
-    IcebergError::File {
-        key: key.to_string(),
-        message: e.to_string(),
-    }
-}
-
 /// Writes batches into files of up to `max_file_size` (a new one when the schema
 /// changes), each uploaded when closed.
 struct Rolling<'a> {
@@ -1003,38 +877,5 @@ mod tests {
             None,
             None
         ));
-    }
-
-    #[test]
-    fn position_deletes_drop_rows_by_their_place_in_the_file() {
-        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-            "id",
-            arrow_schema::DataType::Int64,
-            false,
-        )]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![Arc::new(Int64Array::from(vec![10, 11, 12, 13]))],
-        )
-        .expect("batch");
-        // The batch holds rows 100..104 of its file.
-        let gone = [3, 101, 103, 104, 200];
-        let kept = without_positions(&batch, 100, Some(&gone)).expect("filter");
-        let ids = kept
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("ids");
-        assert_eq!(ids.values(), &[10, 12]);
-        assert_eq!(
-            without_positions(&batch, 0, Some(&gone))
-                .expect("row 3")
-                .num_rows(),
-            3
-        );
-        assert_eq!(
-            without_positions(&batch, 0, None).expect("none").num_rows(),
-            4
-        );
     }
 }

@@ -26,6 +26,7 @@ pub mod catalog;
 pub mod current;
 pub mod maintain;
 pub mod manifest;
+pub mod scan;
 pub mod spec;
 pub mod table;
 

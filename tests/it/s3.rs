@@ -195,9 +195,8 @@ async fn iceberg_tables_on_s3_are_registered_in_glue() {
 
     // Maintenance on S3: deletes applied, small files merged, old snapshots and their
     // files gone, and Glue pointed at each table's new metadata.
-    let maintained = format!(
-        "{catalog}[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n"
-    );
+    let maintained =
+        format!("{catalog}[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n");
     let config = s3_config(&lake, &db, &maintained);
     let run = with_config(&["compact"], &config).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
@@ -206,7 +205,10 @@ async fn iceberg_tables_on_s3_are_registered_in_glue() {
     let c = lake.iceberg_check("orders", "order_id");
     assert_eq!(c["files_listed"], c["files_on_disk"], "{c}");
     assert_eq!(c["current"]["delete_files"], 0, "{c}");
-    assert_eq!(c["current"]["files_on_disk"], c["current"]["data_files"], "{c}");
+    assert_eq!(
+        c["current"]["files_on_disk"], c["current"]["data_files"],
+        "{c}"
+    );
     assert_ne!(c["current"]["version"], 2, "{c}");
     let table = glue_table(&glue, &db.name, "orders").await;
     assert_iceberg_at(&lake, &table, "orders_current", &c["current"]["version"]);
