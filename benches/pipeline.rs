@@ -784,6 +784,8 @@ fn iceberg_bench(cluster: &TempCluster, a: &Args, changes: u64) {
     let mut iceberg = Vec::new();
     let mut snaps = Vec::new();
     let mut kept = Vec::new();
+    let mut compacts = Vec::new();
+    let mut after = Vec::new();
     for run in 1..=a.runs {
         let db = format!("bench_ice_{run}");
         psql(cluster, "postgres", &format!("CREATE DATABASE {db}"));
@@ -858,8 +860,45 @@ fn iceberg_bench(cluster: &TempCluster, a: &Args, changes: u64) {
         );
         parquet.push(tp.secs);
         iceberg.push(ti.secs);
+        // Maintenance of both lakes, then the same size of flush into the compacted tables.
+        let compact = |cfg: &Path| {
+            timed(
+                Command::new(&a.bin)
+                    .args(["compact", "--config"])
+                    .arg(cfg)
+                    .env("RUST_LOG", "warn"),
+            )
+        };
+        let (cp, ci) = (compact(&p), compact(&i));
+        psql(
+            cluster,
+            &db,
+            &format!(
+                "UPDATE orders SET quantity = quantity + 1 WHERE order_id IN
+                   (SELECT 1 + (hashint8(g * {run} + 7) & 2147483647) % {orders} FROM generate_series(1, {changes}) g)",
+                orders = a.orders
+            ),
+        );
+        let (tp2, ti2) = (once(&p), once(&i));
+        eprintln!(
+            "run {run}: compact parquet {:.2} s ({} MB RSS), iceberg {:.2} s ({} MB RSS); next flush: parquet {:.2} s, iceberg {:.2} s ({} MB RSS)",
+            cp.secs,
+            cp.kib / 1024,
+            ci.secs,
+            ci.kib / 1024,
+            tp2.secs,
+            ti2.secs,
+            ti2.kib / 1024
+        );
+        compacts.push((cp.secs, ci.secs, ci.kib / 1024));
+        after.push((tp2.secs, ti2.secs));
     }
     let (p, i) = (median(parquet), median(iceberg));
+    let cp = median(compacts.iter().map(|c| c.0).collect());
+    let ci = median(compacts.iter().map(|c| c.1).collect());
+    let ci_mb = compacts.iter().map(|c| c.2).max().unwrap_or_default();
+    let ap = median(after.iter().map(|c| c.0).collect());
+    let ai = median(after.iter().map(|c| c.1).collect());
     let sp = median(snaps.iter().map(|s| s.0).collect());
     let si = median(snaps.iter().map(|s| s.1).collect());
     println!(
@@ -873,5 +912,12 @@ fn iceberg_bench(cluster: &TempCluster, a: &Args, changes: u64) {
     println!(
         "  flush (run --once): parquet {p:.2} s, iceberg changelog + current state {i:.2} s ({:.2}x)",
         i / p
+    );
+    println!(
+        "  compact: parquet {cp:.2} s, iceberg (current state rewritten, deletes applied, changelog merged) {ci:.2} s, {ci_mb} MB RSS at most"
+    );
+    println!(
+        "  next flush after compact: parquet {ap:.2} s, iceberg {ai:.2} s ({:.2}x)",
+        ai / ap
     );
 }

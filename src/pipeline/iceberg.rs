@@ -150,6 +150,7 @@ impl Pipeline {
                 lsn,
                 commit_id,
                 writer: &writer,
+                memory_limit: self.config.flush.memory_limit.0,
             };
             let applied = match kind {
                 CommitKind::Snapshot { refresh: false } => {

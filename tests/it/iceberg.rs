@@ -286,3 +286,60 @@ async fn a_parquet_lake_switched_to_iceberg_starts_from_a_snapshot() {
     );
     lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
 }
+
+/// A flush over `flush.memory_limit` is folded into the current state in key buckets,
+/// one after the other, and gives the state one fold would: every row updated, keys
+/// changed and deleted, TOASTed values left unsent (by updates that keep the key: a key
+/// change leaves them NULL and named, as in the changelog), another table truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_flush_over_the_memory_limit_is_folded_in_key_buckets() {
+    let db = database("iceberg_buckets").await;
+    db.seed(50, 6000).await;
+    let lake = Lake::iceberg();
+    let config = lake.config_with(
+        &db.url,
+        &db.name,
+        SEED_TABLES,
+        "[flush]\nmemory_limit = \"1MB\"\n",
+    );
+    run_once(&config).await;
+    db.exec(
+        "ALTER TABLE orders ADD COLUMN big text;
+         UPDATE orders SET big = (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i)
+           WHERE order_id <= 20;",
+    )
+    .await;
+    run_once(&config).await;
+    db.exec(
+        "UPDATE orders SET quantity = quantity + 1;
+         UPDATE orders SET order_id = order_id + 100000 WHERE order_id % 9 = 0 AND order_id > 20;
+         DELETE FROM orders WHERE order_id % 13 = 0;
+         UPDATE orders SET quantity = 0 WHERE order_id % 5 = 0;
+         TRUNCATE customers;
+         INSERT INTO customers (name) SELECT 'c' || i FROM generate_series(1, 30) i;",
+    )
+    .await;
+    let run = run_once(&config).await;
+    assert!(
+        run.stderr.contains("in key buckets"),
+        "the flush crossed the limit: {}",
+        run.stderr
+    );
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+    lake.assert_current_matches(&db, "public.customers", "customers", "customer_id");
+    let c = assert_readers_agree(&lake, "orders", "order_id");
+    assert_eq!(
+        c["current"]["rows"].as_i64(),
+        Some(db.count("SELECT count(*) FROM orders").await),
+        "{c}"
+    );
+    assert_eq!(
+        lake.query_i64(
+            "orders_current",
+            "SELECT count(*) FROM {t} WHERE big IS NOT NULL"
+        ),
+        db.count("SELECT count(*) FROM orders WHERE big IS NOT NULL")
+            .await,
+        "the unsent TOASTed values are taken from the table"
+    );
+}
