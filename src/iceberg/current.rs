@@ -192,8 +192,7 @@ pub async fn apply(catalog: &LocalCatalog, changes: &Changes<'_>) -> Result<Appl
         let mut deletes = Vec::new();
         if !positions.is_empty() {
             let key = format!("{folder}/data/{unique}-deletes.parquet");
-            let batch = delete_batch(&positions).map_err(&err)?;
-            deletes.push(put_file(catalog, &key, &batch, changes.writer).await?);
+            deletes.push(put_deletes(catalog, &key, &positions, changes.writer).await?);
         }
         let append = Append {
             folder: &folder,
@@ -358,10 +357,50 @@ async fn put_file(
     batch: &RecordBatch,
     props: &WriterProperties,
 ) -> Result<NewFile, IcebergError> {
-    let bytes = write_parquet(batch, props).map_err(|e| data_err(key, e))?;
+    let slices = (0..batch.num_rows())
+        .step_by(WRITE_SLICE_ROWS)
+        .map(|at| Ok(batch.slice(at, WRITE_SLICE_ROWS.min(batch.num_rows() - at))));
+    put_slices(catalog, key, batch.schema(), slices, props).await
+}
+
+/// Writes `positions` as the position-delete file `key`, a slice at a time (a delete
+/// file's paths repeat: built whole, a million of them would take 100 MB).
+async fn put_deletes(
+    catalog: &LocalCatalog,
+    key: &str,
+    positions: &[(Arc<str>, i64)],
+    props: &WriterProperties,
+) -> Result<NewFile, IcebergError> {
+    let slices = positions.chunks(WRITE_SLICE_ROWS).map(delete_batch);
+    put_slices(catalog, key, Arc::new(delete_schema()), slices, props).await
+}
+
+/// Writes batches handed over one at a time as the table's Parquet file `key`: the
+/// writer closes a row group at its size limit instead of holding all.
+async fn put_slices(
+    catalog: &LocalCatalog,
+    key: &str,
+    schema: SchemaRef,
+    slices: impl Iterator<Item = Result<RecordBatch, String>>,
+    props: &WriterProperties,
+) -> Result<NewFile, IcebergError> {
+    let mut rows = 0u64;
+    let write = || -> Result<Bytes, String> {
+        let mut buf = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props.clone()))
+            .map_err(|e| e.to_string())?;
+        for slice in slices {
+            let slice = slice?;
+            rows += slice.num_rows() as u64;
+            w.write(&slice).map_err(|e| e.to_string())?;
+        }
+        w.close().map_err(|e| e.to_string())?;
+        Ok(Bytes::from(buf))
+    };
+    let bytes = write().map_err(|e| data_err(key, e))?;
     let file = NewFile {
         key: key.to_string(),
-        rows: batch.num_rows() as u64,
+        rows,
         bytes: bytes.len() as u64,
         day: None,
     };
@@ -753,19 +792,18 @@ fn resolve(
     Ok((batch, unresolved))
 }
 
-fn delete_batch(positions: &[(Arc<str>, i64)]) -> Result<RecordBatch, String> {
-    let id = |n: &str| {
-        std::collections::HashMap::from([(
-            super::spec::PARQUET_FIELD_ID.to_string(),
-            n.to_string(),
-        )])
-    };
-    let schema = ArrowSchema::new(vec![
+/// The schema of a position-delete file, with the field ids the spec reserves.
+fn delete_schema() -> ArrowSchema {
+    let id = |n: &str| HashMap::from([(super::spec::PARQUET_FIELD_ID.to_string(), n.to_string())]);
+    ArrowSchema::new(vec![
         Field::new("file_path", DataType::Utf8, false).with_metadata(id(DELETE_FILE_PATH_ID)),
         Field::new("pos", DataType::Int64, false).with_metadata(id(DELETE_POS_ID)),
-    ]);
+    ])
+}
+
+fn delete_batch(positions: &[(Arc<str>, i64)]) -> Result<RecordBatch, String> {
     RecordBatch::try_new(
-        Arc::new(schema),
+        Arc::new(delete_schema()),
         vec![
             Arc::new(StringArray::from_iter_values(
                 positions.iter().map(|(f, _)| &**f),
@@ -776,21 +814,6 @@ fn delete_batch(positions: &[(Arc<str>, i64)]) -> Result<RecordBatch, String> {
         ],
     )
     .map_err(|e| e.to_string())
-}
-
-fn write_parquet(batch: &RecordBatch, props: &WriterProperties) -> Result<Bytes, String> {
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.clone()))
-        .map_err(|e| e.to_string())?;
-    // In slices: the writer closes a row group at its size limit instead of holding all.
-    let mut at = 0;
-    while at < batch.num_rows() {
-        let n = WRITE_SLICE_ROWS.min(batch.num_rows() - at);
-        w.write(&batch.slice(at, n)).map_err(|e| e.to_string())?;
-        at += n;
-    }
-    w.close().map_err(|e| e.to_string())?;
-    Ok(Bytes::from(buf))
 }
 
 /// A snapshot's files become the whole current-state table (they hold one row per key),
@@ -853,8 +876,7 @@ pub async fn replace_with_snapshot(
         if !positions.is_empty() {
             let unique = chrono::Utc::now().timestamp_micros();
             let key = format!("{folder}/data/{unique}-deletes.parquet");
-            let batch = delete_batch(&positions).map_err(|e| data_err(&key, e))?;
-            deletes.push(put_file(catalog, &key, &batch, changes.writer).await?);
+            deletes.push(put_deletes(catalog, &key, &positions, changes.writer).await?);
         }
         let append = Append {
             folder: &folder,
@@ -909,20 +931,25 @@ mod tests {
 
     /// More rows than one slice, and row groups closed at their byte limit: every row
     /// comes back, in order.
-    #[test]
-    fn large_files_are_written_in_slices_and_row_groups() {
+    #[tokio::test]
+    async fn large_files_are_written_in_slices_and_row_groups() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = format!("url = \"file://{}\"", dir.path().display());
+        let output: crate::config::OutputConfig = toml::from_str(&text).expect("output");
+        let catalog = LocalCatalog::new(crate::lake::Lake::open(&output).await.expect("lake"));
         let n = 3 * WRITE_SLICE_ROWS + 17;
-        let batch = delete_batch(
-            &(0..n as i64)
-                .map(|p| (Arc::<str>::from("/lake/t/f.parquet"), p))
-                .collect::<Vec<_>>(),
-        )
-        .expect("batch");
+        let positions: Vec<(Arc<str>, i64)> = (0..n as i64)
+            .map(|p| (Arc::<str>::from("/lake/t/f.parquet"), p))
+            .collect();
         let props = WriterProperties::builder()
             .set_max_row_group_bytes(Some(256 * 1024))
             .build();
-        let bytes = write_parquet(&batch, &props).expect("write");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("reader");
+        let written = put_deletes(&catalog, "t/d.parquet", &positions, &props)
+            .await
+            .expect("write");
+        assert_eq!(written.rows, n as u64);
+        let file = std::fs::File::open(dir.path().join("t/d.parquet")).expect("file");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader");
         assert!(
             reader.metadata().num_row_groups() > 1,
             "row groups closed at the limit"
