@@ -22,7 +22,9 @@
 //! does not read equality deletes). Finding the positions costs a scan of the live files'
 //! key columns: the table has no key index yet. An older row found again (its key
 //! changed twice since the table was compacted) is deleted again, which readers allow.
-//! The table is not partitioned, so a flush's two files are all it adds.
+//! The table is not partitioned, so a flush's two files are all it adds (one data file per
+//! key bucket when a flush too large for `flush.memory_limit` is folded in buckets).
+//! `slot2lake compact` ([`super::maintain`]) rewrites it with its deletes applied.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
