@@ -2,8 +2,9 @@
 //! its current-state table and its changelog.
 //!
 //! ```text
-//!  rewrite   current state: every live row (position deletes applied) into files of up
-//!            to max_file_size; one commit replaces all of the table's files
+//!  rewrite   current state: the files deletes point into, and the small ones, rewritten
+//!            with the deletes applied into files of up to max_file_size (the others
+//!            kept); one commit
 //!            changelog: per partition its small files merged, all manifests merged into
 //!            one; one "replace" commit (the rows are the same)
 //!  expire    snapshots older than [maintenance] snapshot_retention dropped from the
@@ -40,7 +41,7 @@ use serde::Serialize;
 use super::catalog::{Loaded, LocalCatalog};
 use super::current;
 use super::manifest::{EntryStatus, FileContent, ManifestContent, ManifestEntry};
-use super::scan::{file_err, open, LiveRows};
+use super::scan::{self, file_err, open, LiveRows};
 use super::spec::{self, Snapshot, TableMetadata, LSN_PROPERTY};
 use super::table::{self, Draft, IcebergError, NewFile, COMMIT_PROPERTY, FIRST_LSN_PROPERTY};
 use crate::failpoint;
@@ -120,13 +121,26 @@ pub async fn maintain(
     Ok(moved)
 }
 
-/// Whether the current-state table is worth rewriting: it has deletes to apply, or
-/// several small files.
-pub fn current_needs_rewrite(small_files: usize, delete_files: usize) -> bool {
-    delete_files > 0 || small_files > 1
+/// Which current-state data files to rewrite, given each one's size and whether deletes
+/// point into it: every file with deletes (they are applied), and the small ones when
+/// there are deletes or at least two of them (they are merged). The files left out stay
+/// as they are, so the cost follows what changed, not the table.
+pub fn current_rewrite(files: &[(u64, bool)], small_below: u64) -> Vec<usize> {
+    let small: Vec<usize> = (0..files.len())
+        .filter(|i| files[*i].0 < small_below)
+        .collect();
+    let deleted: Vec<usize> = (0..files.len()).filter(|i| files[*i].1).collect();
+    if deleted.is_empty() && small.len() < 2 {
+        return Vec::new();
+    }
+    let mut out: Vec<usize> = small.into_iter().chain(deleted).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
-/// The current state's live rows, position deletes applied, into right-sized files.
+/// The current state's files that have deletes or are small, rewritten with the deletes
+/// applied into right-sized files; one commit, the other files kept.
 async fn rewrite_current(
     catalog: &LocalCatalog,
     folder: &str,
@@ -142,29 +156,46 @@ async fn rewrite_current(
                 .await?
                 .into_iter()
                 .partition(|e| e.file.content == FileContent::Data);
-        let small = data
+        let deleted = scan::deleted_positions(catalog, &deletes).await?;
+        let sized: Vec<(u64, bool)> = data
             .iter()
-            .filter(|e| e.file.file_size_in_bytes < settings.max_file_size / 2)
-            .count();
-        if !current_needs_rewrite(small, deletes.len()) {
+            .map(|e| {
+                (
+                    e.file.file_size_in_bytes,
+                    deleted.contains_key(&e.file.file_path),
+                )
+            })
+            .collect();
+        let chosen = current_rewrite(&sized, settings.max_file_size / 2);
+        // Delete files that point at no live file are dropped all the same.
+        if chosen.is_empty() && deletes.is_empty() {
             return Ok(None);
         }
+        let (rewritten, kept): (Vec<(usize, &ManifestEntry)>, Vec<(usize, &ManifestEntry)>) = data
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| chosen.contains(i));
+        let rewritten: Vec<ManifestEntry> = rewritten.into_iter().map(|(_, e)| e.clone()).collect();
+        let kept: Vec<&ManifestEntry> = kept.into_iter().map(|(_, e)| e).collect();
         let unique = Utc::now().timestamp_micros();
         let mut out = Rolling::new(settings, None);
-        let mut rows = LiveRows::new(catalog, data.clone(), &deletes, None).await?;
+        let schema = scan::newest_schema(catalog, &data).await?;
+        let mut rows = LiveRows::new(catalog, rewritten.clone(), deleted, schema).await?;
         let name = |n: usize| format!("{folder}/data/{unique}-rewritten-{n:04}.parquet");
         while let Some(batch) = rows.next().await? {
             out.write(catalog, &batch, name).await?;
         }
         let files = out.finish(catalog).await?;
         failpoint::hit(failpoint::MID_ICEBERG_REWRITE);
-        let removed: Vec<&ManifestEntry> = data.iter().chain(&deletes).collect();
+        let removed: Vec<&ManifestEntry> = rewritten.iter().chain(&deletes).collect();
         let metadata = with_first_lsn(base.metadata.clone());
         let draft = Draft::new(&metadata)?;
-        let entries: Vec<ManifestEntry> = files
-            .iter()
-            .map(|f| draft.added(catalog, f, FileContent::Data))
-            .collect();
+        let mut entries: Vec<ManifestEntry> = kept.iter().map(|e| existing(e)).collect();
+        entries.extend(
+            files
+                .iter()
+                .map(|f| draft.added(catalog, f, FileContent::Data)),
+        );
         let mut manifests = Vec::new();
         if !entries.is_empty() {
             manifests.push(
@@ -173,7 +204,12 @@ async fn rewrite_current(
                     .await?,
             );
         }
-        let summary = rewrite_summary(&base.metadata, &files, &removed, &files);
+        let live: Vec<NewFile> = kept
+            .iter()
+            .map(|e| new_file(catalog, e))
+            .chain(files.iter().cloned())
+            .collect();
+        let summary = rewrite_summary(&base.metadata, &files, &removed, &live);
         let metadata = draft
             .finish(catalog, folder, metadata, Some(&base), &manifests, summary)
             .await?;
@@ -183,6 +219,7 @@ async fn rewrite_current(
                 table = folder,
                 files_in = removed.len(),
                 files_out = files.len(),
+                kept = kept.len(),
                 "iceberg: current state rewritten, deletes applied"
             );
             report.files_in += removed.len();
@@ -191,6 +228,15 @@ async fn rewrite_current(
         }
     }
     Err(table::contended(folder))
+}
+
+/// A live entry carried into a new manifest unchanged.
+fn existing(e: &ManifestEntry) -> ManifestEntry {
+    ManifestEntry {
+        status: EntryStatus::Existing,
+        file_sequence_number: e.file_sequence_number.or(e.sequence_number),
+        ..e.clone()
+    }
 }
 
 /// A data file as merge planning sees it.
@@ -295,14 +341,7 @@ async fn rewrite_changelog(
         let (kept, gone): (Vec<&ManifestEntry>, Vec<&ManifestEntry>) = data
             .iter()
             .partition(|e| !removed.contains(&e.file.file_path));
-        let mut entries: Vec<ManifestEntry> = kept
-            .iter()
-            .map(|e| ManifestEntry {
-                status: EntryStatus::Existing,
-                file_sequence_number: e.file_sequence_number.or(e.sequence_number),
-                ..(*e).clone()
-            })
-            .collect();
+        let mut entries: Vec<ManifestEntry> = kept.iter().map(|e| existing(e)).collect();
         entries.extend(
             added
                 .iter()
@@ -321,7 +360,8 @@ async fn rewrite_changelog(
         );
         let live: Vec<NewFile> = kept
             .iter()
-            .chain(&deletes.iter().collect::<Vec<_>>())
+            .copied()
+            .chain(&deletes)
             .map(|e| new_file(catalog, e))
             .chain(added.iter().cloned())
             .collect();
@@ -411,13 +451,9 @@ fn rewrite_summary(
     let (removed_deletes, removed_positions, removed_delete_bytes) =
         removed_of(FileContent::PositionDeletes);
     let (total_files, total_rows, total_bytes) = sum(&mut live.iter().map(|f| (f.rows, f.bytes)));
-    let operation = if removed_deletes > 0 {
-        "overwrite"
-    } else {
-        "replace"
-    };
     BTreeMap::from([
-        ("operation".into(), operation.into()),
+        // The table's rows are the same: the spec's "replace".
+        ("operation".into(), "replace".into()),
         (LSN_PROPERTY.into(), lsn),
         (
             COMMIT_PROPERTY.into(),
@@ -767,19 +803,22 @@ mod tests {
     }
 
     #[test]
-    fn current_state_is_rewritten_for_deletes_or_many_small_files() {
-        for (small, deletes, want) in [
-            (0, 0, false),
-            (1, 0, false),
-            (2, 0, true),
-            (1, 1, true),
-            (0, 3, true),
+    fn current_state_rewrites_the_files_with_deletes_and_the_small_ones() {
+        let big = 900;
+        let small = 10;
+        for (files, want) in [
+            (vec![], vec![]),
+            (vec![(big, false), (small, false)], vec![]),
+            (
+                vec![(big, false), (small, false), (small, false)],
+                vec![1, 2],
+            ),
+            // Deletes: their files, and the small files merged along.
+            (vec![(big, false), (big, true), (small, false)], vec![1, 2]),
+            (vec![(big, true), (big, false)], vec![0]),
+            (vec![(big, false), (big, false)], vec![]),
         ] {
-            assert_eq!(
-                current_needs_rewrite(small, deletes),
-                want,
-                "{small} small, {deletes} deletes"
-            );
+            assert_eq!(current_rewrite(&files, 500), want, "{files:?}");
         }
     }
 

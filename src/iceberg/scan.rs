@@ -32,12 +32,12 @@ struct Reading {
 }
 
 impl<'a> LiveRows<'a> {
-    /// The rows of `data` without those `deletes` remove, conformed to `schema` (by
-    /// name; default: the columns of the newest data file).
+    /// The rows of `data` without those at the `deleted` positions (per file URI),
+    /// conformed to `schema` (by name; default: the columns of the newest data file).
     pub async fn new(
         catalog: &'a LocalCatalog,
         mut data: Vec<ManifestEntry>,
-        deletes: &[ManifestEntry],
+        deleted: HashMap<String, Vec<i64>>,
         schema: Option<SchemaRef>,
     ) -> Result<Self, IcebergError> {
         data.sort_by_key(|e| e.sequence_number);
@@ -47,7 +47,7 @@ impl<'a> LiveRows<'a> {
         };
         Ok(Self {
             catalog,
-            deleted: deleted_positions(catalog, deletes).await?,
+            deleted,
             data,
             schema,
             next_file: 0,
@@ -66,7 +66,8 @@ impl<'a> LiveRows<'a> {
                 .await?
                 .into_iter()
                 .partition(|e| e.file.content == FileContent::Data);
-        Self::new(catalog, data, &deletes, schema).await
+        let deleted = deleted_positions(catalog, &deletes).await?;
+        Self::new(catalog, data, deleted, schema).await
     }
 
     /// The next batch of live rows; `None` at the end.
@@ -109,7 +110,7 @@ impl<'a> LiveRows<'a> {
 }
 
 /// Per data file URI, the positions position deletes remove, sorted.
-async fn deleted_positions(
+pub async fn deleted_positions(
     catalog: &LocalCatalog,
     deletes: &[ManifestEntry],
 ) -> Result<HashMap<String, Vec<i64>>, IcebergError> {
@@ -168,7 +169,7 @@ fn without_positions(
 }
 
 /// The schema of the table's newest data file (the latest columns).
-async fn newest_schema(
+pub async fn newest_schema(
     catalog: &LocalCatalog,
     data: &[ManifestEntry],
 ) -> Result<Option<SchemaRef>, IcebergError> {

@@ -343,3 +343,50 @@ async fn iceberg_flush_over_the_memory_limit_is_folded_in_key_buckets() {
         "the unsent TOASTed values are taken from the table"
     );
 }
+
+/// Maintenance rewrites the current state's files that have deletes (and the small ones)
+/// and keeps the rest as they are: its cost follows the change, not the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_maintenance_rewrites_only_the_files_a_change_touched() {
+    let db = database("iceberg_touched").await;
+    db.seed(50, 200_000).await;
+    let lake = Lake::iceberg();
+    let config = lake.config_with(
+        &db.url,
+        &db.name,
+        SEED_TABLES,
+        "max_file_size = \"1MB\"\n[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n",
+    );
+    run_once(&config).await;
+    let run = with_config(&["compact"], &config).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let c = lake.iceberg_check("orders", "order_id");
+    let files = c["current"]["data_files"].as_u64().expect("files");
+    assert!(files >= 3, "the current state is in several files: {c}");
+
+    // One day's orders change: their rows sit together in one rewritten file.
+    db.exec(
+        "UPDATE orders SET quantity = quantity + 1
+           WHERE order_date = (SELECT min(order_date) FROM orders);",
+    )
+    .await;
+    run_once(&config).await;
+    let run = with_config(&["compact"], &config).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let kept: u64 = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("current state rewritten") && l.contains("orders_current"))
+        .and_then(|l| l.split("kept=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(kept >= 1, "files without deletes are kept: {}", run.stderr);
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+    let c = assert_readers_agree(&lake, "orders", "order_id");
+    assert_eq!(c["current"]["delete_files"], 0, "{c}");
+    assert_eq!(
+        c["current"]["files_on_disk"], c["current"]["data_files"],
+        "{c}"
+    );
+}
