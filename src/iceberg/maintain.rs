@@ -171,12 +171,11 @@ async fn rewrite_current(
         if chosen.is_empty() && deletes.is_empty() {
             return Ok(None);
         }
-        let (rewritten, kept): (Vec<(usize, &ManifestEntry)>, Vec<(usize, &ManifestEntry)>) = data
-            .iter()
-            .enumerate()
-            .partition(|(i, _)| chosen.contains(i));
-        let rewritten: Vec<ManifestEntry> = rewritten.into_iter().map(|(_, e)| e.clone()).collect();
-        let kept: Vec<&ManifestEntry> = kept.into_iter().map(|(_, e)| e).collect();
+        let rewritten: Vec<ManifestEntry> = chosen.iter().map(|i| data[*i].clone()).collect();
+        let kept: Vec<&ManifestEntry> = (0..data.len())
+            .filter(|i| chosen.binary_search(i).is_err())
+            .map(|i| &data[i])
+            .collect();
         let unique = Utc::now().timestamp_micros();
         let mut out = Rolling::new(settings, None);
         let schema = scan::newest_schema(catalog, &data).await?;
