@@ -1,7 +1,9 @@
 //! `output.format = "iceberg"`: the changelog committed to an Iceberg table per source
 //! table, read by pyiceberg and DuckDB's iceberg_scan.
 
-use crate::support::{database, run_once, with_config, Lake, SEED_TABLES};
+use crate::support::{
+    connect, database, free_addr, run_once, with_config, Consumer, Lake, SEED_TABLES,
+};
 
 fn lsns(check: &serde_json::Value) -> Vec<String> {
     check["snapshots"]
@@ -389,4 +391,59 @@ async fn iceberg_maintenance_rewrites_only_the_files_a_change_touched() {
         c["current"]["files_on_disk"], c["current"]["data_files"],
         "{c}"
     );
+}
+
+/// `compact` beside a running consumer: flushes and maintenance commit to the same
+/// tables, and whichever loses a race commits again on the winner's state. In the end
+/// the current state is the source's and no change row is there twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_maintenance_beside_a_running_consumer() {
+    let db = database("iceberg_beside").await;
+    db.seed(20, 2000).await;
+    let lake = Lake::iceberg();
+    let admin = free_addr();
+    let config = lake.config_with(
+        &db.url,
+        &db.name,
+        SEED_TABLES,
+        &format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"),
+    );
+    let consumer = Consumer::start(&config, &admin).await;
+    let writer = {
+        let (config, url) = (config.clone(), db.url.clone());
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            for i in 0..12 {
+                c.batch_execute(&format!(
+                    "UPDATE orders SET quantity = quantity + 1 WHERE order_id % 12 = {i};
+                     DELETE FROM orders WHERE order_id = {};",
+                    1 + i * 7
+                ))
+                .await
+                .expect("write");
+                let run = with_config(&["flush"], &config).await;
+                assert_eq!(run.code, 0, "flush: {}{}", run.stdout, run.stderr);
+            }
+        })
+    };
+    let mut compactions = 0;
+    while !writer.is_finished() {
+        let run = with_config(&["compact"], &config).await;
+        assert_eq!(run.code, 0, "compact: {}{}", run.stdout, run.stderr);
+        compactions += 1;
+    }
+    writer.await.expect("writer");
+    assert!(compactions > 1, "compact ran beside the flushes");
+    let run = with_config(&["compact"], &config).await;
+    assert_eq!(run.code, 0, "compact: {}{}", run.stdout, run.stderr);
+    consumer.stop().await;
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+    lake.assert_matches(&db, "public.orders", "orders", "order_id");
+    // Replaced files stay on disk until their snapshots expire (5 days): compare the
+    // readers with each other, not with the folder.
+    let c = lake.iceberg_check("orders", "order_id");
+    assert_eq!(c["rows"], c["duckdb_rows"], "{c}");
+    assert_eq!(c["current"]["pyiceberg_equals_duckdb"], true, "{c}");
+    let s = lake.summary("orders", "order_id");
+    assert_eq!(s["duplicates"], 0, "{s}");
 }
