@@ -116,7 +116,7 @@ pub struct Listed {
 pub struct CompactReport {
     /// Partitions merged.
     pub partitions: usize,
-    /// Small files merged (and deleted).
+    /// Small files merged (Iceberg: also current-state data and delete files rewritten).
     pub files_in: usize,
     /// Files written.
     pub files_out: usize,
@@ -295,14 +295,14 @@ async fn compact_iceberg(
             .build(),
         tmp: tmp.clone(),
     };
-    let mut done = maintain::Report::default();
+    let mut report = CompactReport::default();
     for t in &config.tables {
         let folder = t.folder();
         if !tables.is_empty() && !tables.iter().any(|x| x == folder || *x == t.name) {
             continue;
         }
         let watermark = checkpoints.watermark(folder).await?.map(|w| w.lsn);
-        let moved = maintain::maintain(&catalog, folder, watermark, &settings, &mut done).await?;
+        let moved = maintain::maintain(&catalog, folder, watermark, &settings, &mut report).await?;
         if let crate::config::Catalog::GlueDirect { .. } = config.catalog.target {
             for table in moved.into_keys() {
                 let loaded = catalog.load(&table).await;
@@ -330,14 +330,7 @@ async fn compact_iceberg(
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(CompactReport {
-        partitions: done.partitions,
-        files_in: done.files_in,
-        files_out: done.files_out,
-        snapshots_expired: done.snapshots_expired,
-        files_deleted: done.files_deleted,
-        orphans_removed: done.orphans_removed,
-    })
+    Ok(report)
 }
 
 /// Carries out an intent: merged files first, then the inputs deleted, per partition.

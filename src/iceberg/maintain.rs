@@ -36,7 +36,6 @@ use arrow_schema::SchemaRef;
 use chrono::{DateTime, NaiveDate, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
-use serde::Serialize;
 
 use super::catalog::{Loaded, LocalCatalog};
 use super::current;
@@ -44,6 +43,7 @@ use super::manifest::{EntryStatus, FileContent, ManifestContent, ManifestEntry};
 use super::scan::{self, file_err, open, LiveRows};
 use super::spec::{self, Snapshot, TableMetadata, LSN_PROPERTY};
 use super::table::{self, Draft, IcebergError, NewFile, COMMIT_PROPERTY, FIRST_LSN_PROPERTY};
+use crate::compact::CompactReport;
 use crate::failpoint;
 use crate::lsn::Lsn;
 
@@ -63,23 +63,6 @@ pub struct Settings {
     pub tmp: PathBuf,
 }
 
-/// What maintenance did.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
-    /// Changelog partitions whose small files were merged.
-    pub partitions: usize,
-    /// Files rewritten (merged small files, current-state data and delete files).
-    pub files_in: usize,
-    /// Files written in their place.
-    pub files_out: usize,
-    /// Snapshots expired.
-    pub snapshots_expired: usize,
-    /// Files deleted with them.
-    pub files_deleted: usize,
-    /// Unlisted files removed.
-    pub orphans_removed: usize,
-}
-
 /// Maintains the changelog `changelog` and its current-state table; returns the tables
 /// committed to, with their new metadata file (for the Glue pointer).
 pub async fn maintain(
@@ -87,7 +70,7 @@ pub async fn maintain(
     changelog: &str,
     watermark: Option<Lsn>,
     settings: &Settings,
-    report: &mut Report,
+    report: &mut CompactReport,
 ) -> Result<BTreeMap<String, String>, IcebergError> {
     let current = current::folder_of(changelog);
     let mut moved = BTreeMap::new();
@@ -145,7 +128,7 @@ async fn rewrite_current(
     catalog: &LocalCatalog,
     folder: &str,
     settings: &Settings,
-    report: &mut Report,
+    report: &mut CompactReport,
 ) -> Result<Option<Loaded>, IcebergError> {
     for _ in 0..table::COMMIT_ATTEMPTS {
         let Some(base) = catalog.load(folder).await? else {
@@ -285,7 +268,7 @@ async fn rewrite_changelog(
     catalog: &LocalCatalog,
     folder: &str,
     settings: &Settings,
-    report: &mut Report,
+    report: &mut CompactReport,
 ) -> Result<Option<Loaded>, IcebergError> {
     for _ in 0..table::COMMIT_ATTEMPTS {
         let Some(base) = catalog.load(folder).await? else {
@@ -512,7 +495,7 @@ async fn expire(
     protect: &HashSet<String>,
     settings: &Settings,
     now: DateTime<Utc>,
-    report: &mut Report,
+    report: &mut CompactReport,
 ) -> Result<Option<Loaded>, IcebergError> {
     for _ in 0..table::COMMIT_ATTEMPTS {
         let Some(base) = catalog.load(folder).await? else {
@@ -633,7 +616,7 @@ async fn remove_orphans(
     protect: &HashSet<String>,
     settings: &Settings,
     now: DateTime<Utc>,
-    report: &mut Report,
+    report: &mut CompactReport,
 ) -> Result<(), IcebergError> {
     let Some(table) = catalog.load(folder).await? else {
         return Ok(());
