@@ -191,11 +191,15 @@ async fn rewrite_current(
             .map(|e| new_file(catalog, e))
             .chain(files.iter().cloned())
             .collect();
-        let summary = rewrite_summary(&base.metadata, &files, &removed, &live);
-        let metadata = draft
-            .finish(catalog, folder, metadata, Some(&base), &manifests, summary)
-            .await?;
-        if let Some(l) = table::commit_unless_moved(catalog, folder, Some(&base), &metadata).await?
+        let rewrite = Rewrite {
+            added: &files,
+            removed: &removed,
+            live: &live,
+        };
+        if let Some(l) = commit_rewrite(
+            catalog, folder, &base, metadata, draft, &manifests, &rewrite,
+        )
+        .await?
         {
             tracing::info!(
                 table = folder,
@@ -347,11 +351,13 @@ async fn rewrite_changelog(
             .map(|e| new_file(catalog, e))
             .chain(added.iter().cloned())
             .collect();
-        let summary = rewrite_summary(&base.metadata, &added, &gone, &live);
-        let metadata = draft
-            .finish(catalog, folder, metadata, Some(&base), &listed, summary)
-            .await?;
-        if let Some(l) = table::commit_unless_moved(catalog, folder, Some(&base), &metadata).await?
+        let rewrite = Rewrite {
+            added: &added,
+            removed: &gone,
+            live: &live,
+        };
+        if let Some(l) =
+            commit_rewrite(catalog, folder, &base, metadata, draft, &listed, &rewrite).await?
         {
             tracing::info!(
                 table = folder,
@@ -404,14 +410,39 @@ fn first_lsn(metadata: &TableMetadata) -> Option<Lsn> {
     }
 }
 
+/// What a rewrite commit changes: files added and removed, and the files live after it.
+struct Rewrite<'a> {
+    added: &'a [NewFile],
+    removed: &'a [&'a ManifestEntry],
+    live: &'a [NewFile],
+}
+
+/// Writes the rewrite's snapshot (its manifests written) and commits it on `base`;
+/// `None` when another writer moved the table first.
+async fn commit_rewrite(
+    catalog: &LocalCatalog,
+    folder: &str,
+    base: &Loaded,
+    metadata: TableMetadata,
+    draft: Draft,
+    manifests: &[super::manifest::ManifestFile],
+    rewrite: &Rewrite<'_>,
+) -> Result<Option<Loaded>, IcebergError> {
+    let summary = rewrite_summary(&base.metadata, rewrite);
+    let metadata = draft
+        .finish(catalog, folder, metadata, Some(base), manifests, summary)
+        .await?;
+    table::commit_unless_moved(catalog, folder, Some(base), &metadata).await
+}
+
 /// The summary of a commit that rewrote files without changing rows: the table's LSN
-/// stays, the totals are those of `live`.
-fn rewrite_summary(
-    base: &TableMetadata,
-    added: &[NewFile],
-    removed: &[&ManifestEntry],
-    live: &[NewFile],
-) -> BTreeMap<String, String> {
+/// stays, the totals are those of the live files.
+fn rewrite_summary(base: &TableMetadata, rewrite: &Rewrite<'_>) -> BTreeMap<String, String> {
+    let Rewrite {
+        added,
+        removed,
+        live,
+    } = rewrite;
     let parent = base.current_snapshot();
     let lsn = parent
         .and_then(|p| p.summary.get(LSN_PROPERTY))
