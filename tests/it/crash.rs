@@ -314,16 +314,7 @@ async fn compaction_killed_at_any_step_finishes_on_rerun() {
     let before: BTreeMap<String, usize> = partition_counts(&lake, "orders");
     assert!(before.values().any(|n| *n >= 5), "{before:?}");
     let rows_before = lake.query_i64("orders", "SELECT count(*) FROM {t}");
-    let compact = |point: Option<&'static str>| {
-        let config = config.display().to_string();
-        async move {
-            let env: Vec<(&str, &str)> = point
-                .map(|p| ("SLOT2LAKE_FAILPOINT", p))
-                .into_iter()
-                .collect();
-            slot2lake_env(&["compact", "--config", &config], &env).await
-        }
-    };
+    let compact = |point| compact_at(&config, point);
     for point in [fp::MID_COMPACT_PUBLISH, fp::MID_COMPACT_DELETE] {
         let run = compact(Some(point)).await;
         assert_ne!(
@@ -391,16 +382,7 @@ async fn iceberg_maintenance_killed_at_any_step_finishes_on_rerun() {
             && before["current"]["data_files"].as_u64() > Some(1),
         "{before}"
     );
-    let compact = |point: Option<&'static str>| {
-        let config = config.display().to_string();
-        async move {
-            let env: Vec<(&str, &str)> = point
-                .map(|p| ("SLOT2LAKE_FAILPOINT", p))
-                .into_iter()
-                .collect();
-            slot2lake_env(&["compact", "--config", &config], &env).await
-        }
-    };
+    let compact = |point| compact_at(&config, point);
     for point in [
         fp::MID_ICEBERG_REWRITE,
         fp::AFTER_ICEBERG_REWRITE,
@@ -462,6 +444,16 @@ async fn iceberg_maintenance_killed_at_any_step_finishes_on_rerun() {
     let c = lake.iceberg_check("orders", "order_id");
     assert_eq!(c["current"]["delete_files"], 0, "{c}");
     assert_eq!(c["files_listed"], c["files_on_disk"], "{c}");
+}
+
+/// Runs `compact`, aborting at failpoint `point` when given.
+async fn compact_at(config: &std::path::Path, point: Option<&str>) -> crate::support::Run {
+    let config = config.display().to_string();
+    let env: Vec<(&str, &str)> = point
+        .map(|p| ("SLOT2LAKE_FAILPOINT", p))
+        .into_iter()
+        .collect();
+    slot2lake_env(&["compact", "--config", &config], &env).await
 }
 
 /// Data files per partition folder (Iceberg metadata left out).
