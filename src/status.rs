@@ -176,6 +176,11 @@ impl Status {
                 )),
                 None => s.push_str(&format!("table {table}: no watermark yet\n")),
             }
+            for (column, n) in wm.iter().flat_map(|w| &w.nulled_values) {
+                s.push_str(&format!(
+                    "  WARNING: {n} values of column {column} are NULL in the lake where the source holds a value its Parquet type cannot hold (numeric 'NaN' in a DECIMAL column); to keep them, make the column unconstrained numeric (written as exact text)\n"
+                ));
+            }
             if let Some(w) = wm.as_ref().filter(|w| w.unresolved_values > 0) {
                 s.push_str(&format!(
                     "  WARNING: {} rows hold a value that could not be resolved (a key change left a TOASTed value unchanged); run `slot2lake backfill --table {table}`\n",

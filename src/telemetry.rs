@@ -70,6 +70,9 @@ pub mod metric {
     /// Rows written with a value nothing could resolve (a key change that left a TOASTed
     /// value unchanged), label `table`.
     pub const UNRESOLVED_VALUES: &str = "slot2lake_unresolved_values_total";
+    /// Values written as NULL because the column's Parquet type cannot hold them (numeric
+    /// `NaN` in a DECIMAL column), labels `table`, `column`.
+    pub const NULLED_VALUES: &str = "slot2lake_nulled_values_total";
     /// Reconnections to the source after a lost connection.
     pub const RECONNECTS: &str = "slot2lake_reconnects_total";
 }

@@ -133,6 +133,11 @@ pub struct Watermark {
     /// of the table repairs them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unresolved_values: u64,
+    /// Values written as NULL since the table's last snapshot (its own included) because
+    /// their column's Parquet type cannot hold them (numeric `NaN` in a DECIMAL
+    /// column), per column: the lake holds NULL where the source holds a value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nulled_values: BTreeMap<String, u64>,
     /// Sizes of the files that flush wrote for this table, to see small files coming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_sizes: Option<FileSizes>,
@@ -148,6 +153,16 @@ pub struct Watermark {
     /// The table's columns as of this watermark, to tell later which were added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+}
+
+/// `into` plus `more`, column by column.
+pub fn add_nulled<'a>(
+    into: &mut BTreeMap<String, u64>,
+    more: impl IntoIterator<Item = (&'a String, &'a u64)>,
+) {
+    for (column, n) in more {
+        *into.entry(column.clone()).or_default() += n;
+    }
 }
 
 /// The smallest and the median size of a set of files, in bytes.
@@ -240,6 +255,10 @@ pub struct SnapshotState {
     /// Sizes of the staged files per table folder.
     #[serde(default)]
     pub file_sizes: BTreeMap<String, FileSizes>,
+    /// Values the staged files hold as NULL per table folder and column (see
+    /// [`Watermark::nulled_values`]).
+    #[serde(default)]
+    pub nulled_values: BTreeMap<String, BTreeMap<String, u64>>,
     /// Partitions of each partitioned table as the snapshot saw them.
     #[serde(default)]
     pub partitions: BTreeMap<String, Vec<PartitionRef>>,

@@ -1,6 +1,6 @@
 //! Rows of one table → an Arrow [`RecordBatch`] with the metadata columns filled in.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder};
@@ -105,6 +105,7 @@ pub struct RowBatch {
     unchanged: ListBuilder<StringBuilder>,
     rows: usize,
     bytes: usize,
+    nulled: BTreeMap<String, u64>,
 }
 
 impl RowBatch {
@@ -127,6 +128,7 @@ impl RowBatch {
             )),
             rows: 0,
             bytes: 0,
+            nulled: BTreeMap::new(),
         }
     }
 
@@ -143,6 +145,12 @@ impl RowBatch {
     /// Wire bytes of the values appended since the last finish (a deterministic size measure).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Values stored as NULL because their column's Parquet type cannot hold them, per
+    /// column, since the last call.
+    pub fn take_nulled(&mut self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut self.nulled)
     }
 
     /// Appends one row; `datums` yields one value per source column, in table order.
@@ -180,6 +188,7 @@ impl RowBatch {
                 Ok(()) => {}
                 Err(ValueError::Unrepresentable(what)) => {
                     builder.append_null();
+                    *self.nulled.entry(spec.name.clone()).or_default() += 1;
                     warnings.once(
                         &self.schema.qualified_name(),
                         &spec.name,

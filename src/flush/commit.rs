@@ -28,7 +28,8 @@ use chrono::Utc;
 
 use super::Flushed;
 use crate::checkpoint::{
-    seed_timestamp, CheckpointError, Checkpoints, FileSizes, FlushIntent, Watermark, WatermarkKind,
+    add_nulled, seed_timestamp, CheckpointError, Checkpoints, FileSizes, FlushIntent, Watermark,
+    WatermarkKind,
 };
 use crate::failpoint;
 use crate::lake::{Lake, LakeError, Published};
@@ -161,6 +162,11 @@ impl PublishedFlush {
                     continue;
                 };
                 record_file_metrics(&t.folder, wm.files, wm.file_sizes);
+                let mut nulled = BTreeMap::new();
+                for f in flushed.files.iter().filter(|f| f.table == t.folder) {
+                    add_nulled(&mut nulled, &f.nulled);
+                }
+                record_nulled(&t.folder, &nulled);
                 checkpoints
                     .replace_watermark(&t.folder, previous.as_ref(), &wm)
                     .await?;
@@ -196,7 +202,11 @@ pub fn changes_watermark(
     previous: Option<&Watermark>,
 ) -> Option<Watermark> {
     let folder = &table.folder;
-    if intent.from.get(folder).is_some_and(|f| *f >= intent.cut) {
+    // Past the cut when the flush began (a backfill), or since (this commit, retried
+    // after a crash: adding its counts again would count them twice).
+    if intent.from.get(folder).is_some_and(|f| *f >= intent.cut)
+        || previous.is_some_and(|p| p.lsn >= intent.cut)
+    {
         return None;
     }
     let (_, commit_time) = flushed.last_commit?;
@@ -214,6 +224,15 @@ pub fn changes_watermark(
         slot: slot.to_string(),
         unresolved_values: previous.map_or(0, |p| p.unresolved_values)
             + flushed.unresolved.get(folder).copied().unwrap_or(0),
+        nulled_values: {
+            let mut n = previous
+                .map(|p| p.nulled_values.clone())
+                .unwrap_or_default();
+            for f in files() {
+                add_nulled(&mut n, &f.nulled);
+            }
+            n
+        },
         file_sizes: FileSizes::of(files().map(|f| f.bytes)),
         partitions: previous.and_then(|p| p.partitions.clone()),
         resnapshot: flushed
@@ -227,6 +246,15 @@ pub fn changes_watermark(
             .cloned()
             .or(previous.and_then(|p| p.columns.clone())),
     })
+}
+
+/// Values a flush or snapshot of `folder` wrote as NULL, for `/metrics` and the log.
+pub fn record_nulled(folder: &str, nulled: &BTreeMap<String, u64>) {
+    for (column, n) in nulled {
+        metrics::counter!(metric::NULLED_VALUES, "table" => folder.to_string(), "column" => column.clone())
+            .increment(*n);
+        tracing::warn!(table = folder, column = %column, values = n, "values the column's Parquet type cannot hold were written as NULL (see `slot2lake status`)");
+    }
 }
 
 /// Files per table and their sizes, for `/metrics` (small files show up here first).
@@ -273,6 +301,7 @@ mod tests {
             published: Published::Written,
             pending: None,
             schema: None,
+            nulled: BTreeMap::from([("amount".into(), bytes / 10)]),
         }
     }
 
@@ -290,6 +319,7 @@ mod tests {
             files: 9,
             slot: "s".into(),
             unresolved_values: 2,
+            nulled_values: BTreeMap::from([("amount".into(), 5)]),
             file_sizes: None,
             partitions: Some(Vec::new()),
             resnapshot: Some("gained a column".into()),
@@ -297,8 +327,8 @@ mod tests {
         }
     }
 
-    /// (lsn, files, unresolved values, resnapshot kept, columns)
-    type Expected = (u64, u64, u64, bool, Option<Vec<String>>);
+    /// (lsn, files, unresolved values, values nulled in `amount`, resnapshot kept, columns)
+    type Expected = (u64, u64, u64, u64, bool, Option<Vec<String>>);
 
     #[test]
     fn a_flush_watermark_carries_what_the_table_had_and_adds_this_flush() {
@@ -317,14 +347,21 @@ mod tests {
                 from: 0,
                 last_commit: true,
                 previous: None,
-                want: Some((100, 2, 1, false, Some(vec!["id".into(), "note".into()]))),
+                want: Some((100, 2, 1, 4, false, Some(vec!["id".into(), "note".into()]))),
             },
             Case {
                 name: "after a snapshot: partitions, resnapshot and unresolved carried",
                 from: 50,
                 last_commit: true,
                 previous: Some(previous(50)),
-                want: Some((100, 2, 3, true, Some(vec!["id".into(), "note".into()]))),
+                want: Some((100, 2, 3, 9, true, Some(vec!["id".into(), "note".into()]))),
+            },
+            Case {
+                name: "commit retried after its watermark was written: counted once",
+                from: 50,
+                last_commit: true,
+                previous: Some(previous(100)),
+                want: None,
             },
             Case {
                 name: "table already past the cut (a backfill) keeps its watermark",
@@ -375,6 +412,7 @@ mod tests {
                     w.lsn.0,
                     w.files,
                     w.unresolved_values,
+                    w.nulled_values.get("amount").copied().unwrap_or(0),
                     w.resnapshot.is_some(),
                     w.columns,
                 )

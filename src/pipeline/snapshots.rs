@@ -9,6 +9,7 @@
 use futures::StreamExt;
 
 use super::*;
+use crate::checkpoint::add_nulled;
 
 /// Backfills this process started (numbers their temporary slots).
 static BACKFILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -165,6 +166,7 @@ impl Pipeline {
             files: vec![],
             rows: BTreeMap::new(),
             file_sizes: BTreeMap::new(),
+            nulled_values: BTreeMap::new(),
             partitions: BTreeMap::new(),
             refresh: only_partitions.is_some(),
             file_stats: BTreeMap::new(),
@@ -249,6 +251,14 @@ impl Pipeline {
             );
             if let Some(sizes) = sizes {
                 state.file_sizes.insert(f.clone(), sizes);
+            }
+        }
+        for w in &copied.files {
+            if !w.nulled.is_empty() {
+                add_nulled(
+                    state.nulled_values.entry(w.table.clone()).or_default(),
+                    &w.nulled,
+                );
             }
         }
         // Tables with no rows still get their watermark.
@@ -340,10 +350,14 @@ impl Pipeline {
                 .map(|(_, i)| i.schema.qualified_name())
                 .unwrap_or_else(|| folder.clone());
             let partitions = state.partitions.get(folder).cloned();
+            let nulled = state.nulled_values.get(folder).cloned().unwrap_or_default();
+            commit::record_nulled(folder, &nulled);
             if state.refresh {
-                // Rows restated on top of the table's: only the partitions are recorded.
+                // Rows restated on top of the table's: only the partitions, and values
+                // the new rows hold as NULL, are recorded.
                 if let Some(mut wm) = self.checkpoints.watermark(folder).await? {
                     wm.partitions = partitions;
+                    add_nulled(&mut wm.nulled_values, &nulled);
                     self.checkpoints.write_watermark(folder, &wm).await?;
                 }
                 continue;
@@ -360,6 +374,7 @@ impl Pipeline {
                 files: files_per_table.get(folder).copied().unwrap_or(0),
                 slot: self.slot().to_string(),
                 unresolved_values: 0,
+                nulled_values: nulled,
                 file_sizes: state.file_sizes.get(folder).copied(),
                 partitions,
                 resnapshot: None,

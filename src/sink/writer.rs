@@ -21,7 +21,7 @@
 //! over the same input produces the same files under the same names; with `may_exist`
 //! files that already exist are skipped without being encoded again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
@@ -150,6 +150,9 @@ pub struct WrittenFile {
     pub pending: Option<PathBuf>,
     /// The table's columns as written in it (`None` when built outside a sink).
     pub schema: Option<Arc<TableSchema>>,
+    /// Values written as NULL because the column's Parquet type cannot hold them
+    /// (numeric `NaN` in a DECIMAL column, …), per column.
+    pub nulled: BTreeMap<String, u64>,
 }
 
 /// Publishes files a sink with `defer_publish` left in its temp folder, up to
@@ -649,6 +652,7 @@ impl Encoder {
             batch: None,
             file: None,
             skipping: None,
+            nulled: BTreeMap::new(),
             files: Vec::new(),
         };
         let capacity = (rows as usize).min(BATCH_ROWS);
@@ -714,6 +718,9 @@ impl Encoder {
             return Ok(());
         }
         let (rows, bytes) = (batch.rows() as u64, batch.bytes() as u64);
+        for (column, n) in batch.take_nulled() {
+            *state.nulled.entry(column).or_default() += n;
+        }
         let schema = batch.schema().clone();
         if state.file.is_none() && state.skipping.is_none() {
             self.open(state, &schema)?;
@@ -876,6 +883,7 @@ impl Encoder {
                     published: Published::Written,
                     pending,
                     schema,
+                    nulled: std::mem::take(&mut state.nulled),
                 }
             }
             (None, Some(s)) => WrittenFile {
@@ -888,6 +896,7 @@ impl Encoder {
                 published: Published::AlreadyThere,
                 pending: None,
                 schema,
+                nulled: std::mem::take(&mut state.nulled),
             },
             (None, None) => return Ok(()),
         };
@@ -919,6 +928,8 @@ struct PartState<'a> {
     batch: Option<RowBatch>,
     file: Option<OpenFile>,
     skipping: Option<Skipped>,
+    /// Values of the current file stored as NULL, per column (see [`WrittenFile::nulled`]).
+    nulled: BTreeMap<String, u64>,
     files: Vec<WrittenFile>,
 }
 

@@ -2,7 +2,7 @@
 //! and after streaming, in binary and in text pgoutput mode, with the Parquet types
 //! Athena, DuckDB and pyarrow read without casts.
 
-use crate::support::{database, edit_config, run_once, Lake, TestDb};
+use crate::support::{database, edit_config, run_once, with_config, Lake, TestDb};
 
 const TABLE: &str = "CREATE TABLE typed (
     id bigint PRIMARY KEY,
@@ -199,6 +199,17 @@ async fn everything_round_trip(binary: &str, with_text_only: bool) {
             .contains("numeric 'NaN' cannot be stored in Parquet"),
         "{}",
         run.stderr
+    );
+    // ...and counted where an operator looks: one NaN came with the snapshot, one streamed.
+    let wm = lake.watermark("everything");
+    assert_eq!(wm["nulled_values"], serde_json::json!({"n38": 2}), "{wm}");
+    let status = with_config(&["status"], &config).await;
+    assert!(
+        status
+            .stdout
+            .contains("WARNING: 2 values of column n38 are NULL in the lake"),
+        "{}",
+        status.stdout
     );
     db.exec("UPDATE everything SET n38 = NULL WHERE n38 = 'NaN'")
         .await;
