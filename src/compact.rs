@@ -112,7 +112,7 @@ pub struct Listed {
 }
 
 /// What `compact` did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactReport {
     /// Partitions merged.
     pub partitions: usize,
@@ -202,17 +202,94 @@ pub fn plan(
         .collect()
 }
 
+/// `_slot2lake/<slot>/maintenance.json`: the last compaction that finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastCompaction {
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// What it did.
+    pub report: CompactReport,
+}
+
+/// The last compaction of the lake's tables that finished, if any.
+pub async fn last_compaction(
+    lake: &Lake,
+    slot: &str,
+) -> Result<Option<LastCompaction>, CheckpointError> {
+    let key = crate::checkpoint::SlotKeys::new(slot).maintenance();
+    let Some(bytes) = lake.get(&key).await? else {
+        return Ok(None);
+    };
+    let last = serde_json::from_slice(&bytes)
+        .map_err(|source| CheckpointError::Corrupt { key, source })?;
+    Ok(Some(last))
+}
+
+/// Whether `run` maintains the lake after a flush: `[maintenance] interval` is set and
+/// the last compaction of every table is that old, or one was left unfinished.
+pub fn maintenance_due(
+    interval: Option<std::time::Duration>,
+    last: Option<DateTime<Utc>>,
+    unfinished: bool,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(interval) = interval else {
+        return false;
+    };
+    let interval = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+    unfinished || last.is_none_or(|l| now.signed_duration_since(l) >= interval)
+}
+
+/// Runs [`compact`] on every table when [`maintenance_due`]; `None` when it was not.
+pub async fn compact_if_due(
+    config: &Config,
+    lake: &Lake,
+) -> Result<Option<CompactReport>, CompactError> {
+    let slot = &config.source.slot;
+    let last = last_compaction(lake, slot).await?.map(|l| l.finished_at);
+    let unfinished = lake
+        .exists(&crate::checkpoint::SlotKeys::new(slot).compact_intent())
+        .await?;
+    if !maintenance_due(config.maintenance.interval, last, unfinished, Utc::now()) {
+        return Ok(None);
+    }
+    compact(config, lake, &[], None).await.map(Some)
+}
+
 /// Finishes an interrupted compaction, then merges the small files of `tables` (all
-/// configured tables when empty).
+/// configured tables when empty); a compaction of every table is recorded as the last.
 pub async fn compact(
     config: &Config,
     lake: &Lake,
     tables: &[String],
     before: Option<NaiveDate>,
 ) -> Result<CompactReport, CompactError> {
-    if config.output.format == crate::config::TableFormat::Iceberg {
-        return compact_iceberg(config, lake, tables, before).await;
+    let report = if config.output.format == crate::config::TableFormat::Iceberg {
+        compact_iceberg(config, lake, tables, before).await?
+    } else {
+        compact_parquet(config, lake, tables, before).await?
+    };
+    if tables.is_empty() && before.is_none() {
+        let last = LastCompaction {
+            finished_at: Utc::now(),
+            report: report.clone(),
+        };
+        let key = crate::checkpoint::SlotKeys::new(&config.source.slot).maintenance();
+        let body = serde_json::to_vec_pretty(&last).map_err(|source| CheckpointError::Corrupt {
+            key: key.clone(),
+            source,
+        })?;
+        lake.put(&key, bytes::Bytes::from(body)).await?;
     }
+    Ok(report)
+}
+
+async fn compact_parquet(
+    config: &Config,
+    lake: &Lake,
+    tables: &[String],
+    before: Option<NaiveDate>,
+) -> Result<CompactReport, CompactError> {
     let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
     let key = crate::checkpoint::SlotKeys::new(&config.source.slot).compact_intent();
     let mut report = CompactReport::default();
@@ -465,6 +542,62 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maintenance_runs_when_configured_and_the_last_compaction_is_old_enough() {
+        let now = Utc::now();
+        let day = std::time::Duration::from_secs(86_400);
+        let ago = |h: i64| Some(now - chrono::Duration::hours(h));
+        // (name, interval, last compaction, intent left unfinished, due)
+        let cases = [
+            (
+                "no interval: only `slot2lake compact`",
+                None,
+                None,
+                false,
+                false,
+            ),
+            (
+                "no interval, even with an unfinished compaction",
+                None,
+                None,
+                true,
+                false,
+            ),
+            ("never compacted", Some(day), None, false, true),
+            ("compacted 23 h ago", Some(day), ago(23), false, false),
+            (
+                "compacted exactly a day ago",
+                Some(day),
+                ago(24),
+                false,
+                true,
+            ),
+            ("compacted 2 days ago", Some(day), ago(48), false, true),
+            (
+                "unfinished compaction is finished at once",
+                Some(day),
+                ago(1),
+                true,
+                true,
+            ),
+            (
+                "interval 0: after every flush",
+                Some(std::time::Duration::ZERO),
+                ago(0),
+                false,
+                true,
+            ),
+            ("a clock that went back", Some(day), ago(-5), false, false),
+        ];
+        for (name, interval, last, unfinished, due) in cases {
+            assert_eq!(
+                maintenance_due(interval, last, unfinished, now),
+                due,
+                "{name}"
+            );
+        }
+    }
 
     fn f(key: &str, size: u64) -> Listed {
         Listed {

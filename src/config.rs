@@ -521,10 +521,14 @@ impl RetryConfig {
     }
 }
 
-/// `[maintenance]`: Iceberg snapshot expiry and orphan-file removal by `slot2lake compact`.
+/// `[maintenance]`: when `run` compacts the lake, and what Iceberg maintenance keeps.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceConfig {
+    /// `run` and `run --once` run `compact` on every table after a flush once the last
+    /// compaction is this old; unset, only `slot2lake compact` (from cron) does.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
     /// Snapshots older than this are expired (the current one, and any a retried flush
     /// may still look for, are always kept); their files go with them.
     #[serde(default = "default_snapshot_retention", with = "humantime_serde")]
@@ -538,6 +542,7 @@ pub struct MaintenanceConfig {
 impl Default for MaintenanceConfig {
     fn default() -> Self {
         Self {
+            interval: None,
             snapshot_retention: default_snapshot_retention(),
             orphan_age: default_orphan_age(),
         }

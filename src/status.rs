@@ -66,6 +66,8 @@ pub struct Status {
     pub unplaced_changes: crate::checkpoint::UnplacedChanges,
     /// Spooled changes lost (corrupt segments without a mirror), until backfilled.
     pub spool_damage: crate::checkpoint::SpoolDamage,
+    /// The last compaction of every table (`compact`, or `run`'s `[maintenance] interval`).
+    pub last_compaction: Option<crate::compact::LastCompaction>,
 }
 
 /// Gathers the status.
@@ -106,6 +108,7 @@ pub async fn gather(config: &Config) -> Result<Status, RunError> {
         snapshot_in_progress: snapshot_progress(&cps, &lake, &config.source.slot).await?,
         unplaced_changes: cps.unplaced().await?,
         spool_damage: cps.damage().await?,
+        last_compaction: crate::compact::last_compaction(&lake, &config.source.slot).await?,
     })
 }
 
@@ -226,6 +229,21 @@ impl Status {
                 "flush in progress: cut {}, started {}\n",
                 i.cut, i.processed_at
             ));
+        }
+        match &self.last_compaction {
+            Some(c) => {
+                let r = &c.report;
+                s.push_str(&format!(
+                    "last compaction: {}: {} files merged into {}, {} snapshots expired, {} files deleted, {} orphans removed\n",
+                    c.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    r.files_in,
+                    r.files_out,
+                    r.snapshots_expired,
+                    r.files_deleted,
+                    r.orphans_removed
+                ));
+            }
+            None => s.push_str("last compaction: never\n"),
         }
         s
     }

@@ -93,6 +93,11 @@ impl SlotKeys {
         self.key("compact.json")
     }
 
+    /// The last compaction that finished (`run`'s maintenance schedule, `status`).
+    pub fn maintenance(&self) -> String {
+        self.key("maintenance.json")
+    }
+
     /// What `slot2lake check` writes and deletes to see the lake is writable.
     pub fn check_probe(&self) -> String {
         self.key("check-probe")

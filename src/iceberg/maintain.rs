@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
+use std::future::Future;
 use std::io::BufWriter;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,7 +35,7 @@ use std::time::Duration;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{FuturesOrdered, StreamExt};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
@@ -588,29 +589,29 @@ async fn reachable(
     snapshots: &[&Snapshot],
     known: &HashSet<String>,
 ) -> Result<HashSet<String>, IcebergError> {
-    let lists: Vec<_> = stream::iter(snapshots.iter().map(|s| table::manifest_list(catalog, s)))
-        .buffered(CONCURRENT_READS)
-        .try_collect()
-        .await?;
+    let mut reads = Vec::with_capacity(snapshots.len());
+    for s in snapshots {
+        reads.push(table::manifest_list(catalog, s));
+    }
     let mut out: HashSet<String> = snapshots
         .iter()
         .map(|s| catalog.key_of(&s.manifest_list))
         .collect();
     let mut manifests = Vec::new();
-    for listed in lists.iter().flatten() {
-        let key = catalog.key_of(&listed.manifest_path);
-        if !known.contains(&key) && out.insert(key) {
-            manifests.push(listed);
+    for list in few_at_a_time(reads).await {
+        for listed in list? {
+            let key = catalog.key_of(&listed.manifest_path);
+            if !known.contains(&key) && out.insert(key) {
+                manifests.push(listed);
+            }
         }
     }
-    let mut entries = stream::iter(
-        manifests
-            .into_iter()
-            .map(|m| table::read_entries(catalog, m)),
-    )
-    .buffer_unordered(CONCURRENT_READS);
-    while let Some(read) = entries.next().await {
-        out.extend(read?.iter().map(|e| catalog.key_of(&e.file.file_path)));
+    let mut reads = Vec::with_capacity(manifests.len());
+    for m in &manifests {
+        reads.push(table::read_entries(catalog, m));
+    }
+    for entries in few_at_a_time(reads).await {
+        out.extend(entries?.iter().map(|e| catalog.key_of(&e.file.file_path)));
     }
     Ok(out)
 }
@@ -622,17 +623,40 @@ async fn delete_all(
     keys: Vec<String>,
     after_each: Option<&str>,
 ) -> Result<usize, IcebergError> {
-    let mut deletes = stream::iter(keys.iter().map(|k| catalog.lake().delete(k)))
-        .buffer_unordered(CONCURRENT_READS);
+    let mut deletes = Vec::with_capacity(keys.len());
+    for k in &keys {
+        deletes.push(async move {
+            catalog.lake().delete(k).await?;
+            if let Some(name) = after_each {
+                failpoint::hit(name);
+            }
+            Ok::<_, IcebergError>(())
+        });
+    }
     let mut deleted = 0;
-    while let Some(done) = deletes.next().await {
+    for done in few_at_a_time(deletes).await {
         done?;
         deleted += 1;
-        if let Some(name) = after_each {
-            failpoint::hit(name);
-        }
     }
     Ok(deleted)
+}
+
+/// Runs `jobs` [`CONCURRENT_READS`] at a time; their outputs in order. (Built in loops,
+/// not with `map` closures, whose futures the compiler cannot prove `Send` for `run`'s
+/// flush task.)
+async fn few_at_a_time<F: Future>(jobs: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut running = FuturesOrdered::new();
+    for job in jobs {
+        if running.len() >= CONCURRENT_READS {
+            out.extend(running.next().await);
+        }
+        running.push_back(job);
+    }
+    while let Some(done) = running.next().await {
+        out.push(done);
+    }
+    out
 }
 
 /// Every key the table's metadata refers to: its snapshots' files, its metadata files.

@@ -91,6 +91,9 @@ struct FlushOutcome {
     committed: Option<Committed>,
     /// The data is committed; the catalog update failed (the next flush retries it).
     catalog_error: Option<CatalogError>,
+    /// `[maintenance] interval`'s compaction after the flush failed (retried after the
+    /// next one); the flush stands.
+    maintenance_error: Option<String>,
     seconds: f64,
 }
 
@@ -589,11 +592,25 @@ impl Consumer {
                 Err(RunError::Catalog(e)) => Some(e),
                 Err(e) => return Err(e),
             };
+            let seconds = started.elapsed().as_secs_f64();
+            // Boxed as Send here: the compiler cannot prove it through compact's closures.
+            let maintenance: futures::future::BoxFuture<'_, _> = Box::pin(
+                crate::compact::compact_if_due(pipeline.config(), pipeline.lake()),
+            );
+            let maintenance_error = match maintenance.await {
+                Ok(None) => None,
+                Ok(Some(report)) => {
+                    tracing::info!(report = ?report, "maintenance ([maintenance] interval): compaction done");
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            };
             Ok(FlushOutcome {
                 cut,
                 committed,
                 catalog_error,
-                seconds: started.elapsed().as_secs_f64(),
+                maintenance_error,
+                seconds,
             })
         });
         self.flushing = Some(FlushJob {
@@ -639,6 +656,15 @@ impl Consumer {
                         .health
                         .degrade("catalog", format!("{e} (retried by the next flush)")),
                     None => self.health.recover("catalog"),
+                }
+                match &outcome.maintenance_error {
+                    Some(e) => {
+                        metrics::counter!(metric::ERRORS, "stage" => "maintenance").increment(1);
+                        tracing::warn!(error = %e, "maintenance after the flush failed; retried after the next flush");
+                        self.health
+                            .degrade("maintenance", format!("{e} (retried after the next flush)"));
+                    }
+                    None => self.health.recover("maintenance"),
                 }
                 if self.once() {
                     fatal = self.finish_once(outcome).await.err();

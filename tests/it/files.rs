@@ -165,3 +165,56 @@ async fn snapshot_workers_that_both_spill_keep_their_rows_apart() {
     lake.assert_matches(&db, "public.orders", "orders", "order_id");
     assert_eq!(lake.summary("orders", "order_id")["duplicates"], 0);
 }
+
+/// `[maintenance] interval` makes `run --once` compact after its flush once the last
+/// compaction is that old (here: after every flush): a week of small daily flushes into
+/// the same partitions still leaves one file per partition, with every change row kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_compacts_after_a_flush_when_maintenance_has_an_interval() {
+    let db = database("run_compacts").await;
+    db.seed(10, 300).await;
+    let lake = Lake::new();
+    let config = lake.config(&db, SEED_TABLES);
+    run_once(&config).await;
+    let flush = |day: i32| {
+        format!(
+            "UPDATE orders SET quantity = quantity + 1 WHERE order_id % 7 = {day};
+             DELETE FROM orders WHERE order_id = {};",
+            100 + day
+        )
+    };
+    // Without an interval, `run` never compacts: small files pile up.
+    for day in 0..3 {
+        db.exec(&flush(day)).await;
+        run_once(&config).await;
+    }
+    let piled = files_per_partition(&lake, "orders");
+    assert!(piled.values().any(|n| *n >= 3), "{piled:?}");
+    let rows = lake.query_i64("orders", "SELECT count(*) FROM {t}");
+
+    edit_config(&config, |c| {
+        format!("{c}\n[maintenance]\ninterval = \"0s\"\n")
+    });
+    for day in 3..6 {
+        db.exec(&flush(day)).await;
+        let run = run_once(&config).await;
+        assert!(run.stderr.contains("compaction done"), "{}", run.stderr);
+        let after = files_per_partition(&lake, "orders");
+        assert!(after.values().all(|n| *n == 1), "day {day}: {after:?}");
+        lake.assert_matches(&db, "public.orders", "orders", "order_id");
+    }
+    // Three more flushes' change rows, none lost or doubled by the merges.
+    let changed = db
+        .count("SELECT count(*) FROM orders WHERE order_id % 7 IN (3, 4, 5)")
+        .await;
+    assert_eq!(
+        lake.query_i64("orders", "SELECT count(*) FROM {t}"),
+        rows + changed + 3
+    );
+    let status = crate::support::with_config(&["status"], &config).await;
+    assert!(
+        status.stdout.contains("last compaction: 2"),
+        "{}",
+        status.stdout
+    );
+}

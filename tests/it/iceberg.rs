@@ -462,3 +462,63 @@ async fn iceberg_maintenance_beside_a_running_consumer() {
     let s = lake.summary("orders", "order_id");
     assert_eq!(s["duplicates"], 0, "{s}");
 }
+
+/// `[maintenance] interval` makes `run --once` maintain both tables after its flush
+/// (here after every flush, nothing kept back): deletes applied, one snapshot, no
+/// unlisted file; without it, `run` leaves the delete files to `compact`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_run_maintains_the_tables_after_a_flush_when_configured() {
+    let db = database("iceberg_run_maintains").await;
+    db.seed(20, 2000).await;
+    let lake = Lake::iceberg();
+    let config = lake.config_with(
+        &db.url,
+        &db.name,
+        SEED_TABLES,
+        "[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n",
+    );
+    run_once(&config).await;
+    let change = |round: i32| {
+        format!(
+            "UPDATE orders SET quantity = quantity + 1 WHERE order_id % 4 = {round};
+             DELETE FROM orders WHERE order_id % 13 = {round};"
+        )
+    };
+    db.exec(&change(0)).await;
+    run_once(&config).await;
+    let c = lake.iceberg_check("orders", "order_id");
+    assert!(
+        c["current"]["delete_files"].as_u64() > Some(0),
+        "no interval, no maintenance: {c}"
+    );
+    let status = with_config(&["status"], &config).await;
+    assert!(
+        status.stdout.contains("last compaction: never"),
+        "{}",
+        status.stdout
+    );
+
+    crate::support::edit_config(&config, |c| {
+        c.replace("[maintenance]\n", "[maintenance]\ninterval = \"0s\"\n")
+    });
+    for round in 1..3 {
+        db.exec(&change(round)).await;
+        let run = run_once(&config).await;
+        assert!(run.stderr.contains("compaction done"), "{}", run.stderr);
+        lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+        lake.assert_matches(&db, "public.orders", "orders", "order_id");
+        let c = assert_readers_agree(&lake, "orders", "order_id");
+        assert_eq!(c["current"]["delete_files"], 0, "round {round}: {c}");
+        assert_eq!(
+            c["current"]["files_on_disk"], c["current"]["data_files"],
+            "round {round}: {c}"
+        );
+        assert_eq!(lsns(&c).len(), 1, "round {round}: {c}");
+    }
+    let status = with_config(&["status"], &config).await;
+    assert!(
+        status.stdout.contains("last compaction: 2"),
+        "{}",
+        status.stdout
+    );
+}
