@@ -356,7 +356,8 @@ async fn compact_iceberg(
     use crate::iceberg::{catalog::LocalCatalog, maintain};
     let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
     let catalog = LocalCatalog::new(lake.clone());
-    let tmp = std::env::temp_dir().join(format!("slot2lake-compact-{}", std::process::id()));
+    let tmp =
+        crate::pipeline::tmp_dir(config, lake).join(format!("compact-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|source| CompactError::Tmp {
         path: tmp.clone(),
         source,
@@ -417,7 +418,8 @@ async fn execute(
     intent: &CompactIntent,
     report: &mut CompactReport,
 ) -> Result<(), CompactError> {
-    let tmp = std::env::temp_dir().join(format!("slot2lake-compact-{}", std::process::id()));
+    let tmp =
+        crate::pipeline::tmp_dir(config, lake).join(format!("compact-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|source| CompactError::Tmp {
         path: tmp.clone(),
         source,

@@ -846,6 +846,29 @@ impl<'a> Rolling<'a> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn reads_run_sixteen_at_a_time_and_answer_in_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let mut jobs = Vec::new();
+        for i in 0..40usize {
+            let (running, most) = (&running, &most);
+            jobs.push(async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Later jobs finish sooner: completion order is not the job order.
+                for _ in 0..(40 - i) {
+                    tokio::task::yield_now().await;
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+                i
+            });
+        }
+        let out = few_at_a_time(jobs).await;
+        assert_eq!(out, (0..40).collect::<Vec<_>>());
+        assert_eq!(most.load(Ordering::SeqCst), CONCURRENT_READS);
+    }
+
     fn sized(key: &str, day: i32, bytes: u64) -> Sized {
         Sized {
             key: key.into(),

@@ -206,10 +206,7 @@ impl Pipeline {
     }
 
     fn tmp_dir(&self) -> PathBuf {
-        match self.lake.local_root() {
-            Some(root) => self.checkpoints.keys().local_tmp(root),
-            None => self.spool.dir().join("..").join("tmp"),
-        }
+        tmp_dir(&self.config, &self.lake)
     }
 
     /// Sink options for one of `share` writers working at once (memory and open files
@@ -358,6 +355,16 @@ impl Pipeline {
             }
         }
         tracing::warn!(lsn = %lsn, "the server has not confirmed the acknowledgement yet; the next run repeats it");
+    }
+}
+
+/// Where files are written before they go into the lake (a flush's, a snapshot's, a
+/// compaction's): inside a local lake (a rename away), else beside the spool, on the
+/// disk `spool.dir` names.
+pub fn tmp_dir(config: &Config, lake: &Lake) -> PathBuf {
+    match lake.local_root() {
+        Some(root) => SlotKeys::new(&config.source.slot).local_tmp(root),
+        None => spool_dir(config, lake).join("..").join("tmp"),
     }
 }
 
