@@ -622,6 +622,23 @@ async fn an_s3_lake_gets_as_many_objects_as_a_local_one() {
     assert!(files <= 2 * 366, "{files} files");
     assert_exact(&s3, &db);
     assert_exact(&local, &db);
+    // `compact` merges each date's snapshot and flush files, on S3 as on a local disk.
+    for config in [&s3_config, &local_config] {
+        let run = with_config(&["compact"], config).await;
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    }
+    let objects = s3.query_i64("orders", "SELECT count(*) FROM files");
+    let merged = local.query_i64("orders", "SELECT count(*) FROM files");
+    assert_eq!(
+        objects, merged,
+        "S3 objects vs local files after compaction"
+    );
+    assert!(
+        merged < files && merged <= 366,
+        "{merged} files after compaction"
+    );
+    assert_exact(&s3, &db);
+    assert_exact(&local, &db);
 }
 
 /// A Glue endpoint that accepts and never answers is reported as unreachable in
