@@ -52,7 +52,7 @@ type FastHash = foldhash::fast::FixedState;
 const BATCH_ROWS: usize = 8192;
 
 /// Uploads of finished files in flight at once, per sink (object stores only).
-const CONCURRENT_UPLOADS: usize = 16;
+pub const CONCURRENT_UPLOADS: usize = 16;
 
 /// Rows of a part whose columns each fit one data page: parquet's row limit per page.
 const ONE_PAGE_ROWS: u32 = parquet::file::properties::DEFAULT_DATA_PAGE_ROW_COUNT_LIMIT as u32;

@@ -391,7 +391,7 @@ fn parse_lsn_opt(v: Option<String>) -> Option<Lsn> {
 }
 
 /// How long a closed connection's temporary slot is waited for to go.
-const TEMP_SLOT_DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const TEMP_SLOT_DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits until `slot` no longer exists: PostgreSQL drops a temporary slot only once its
 /// closed connection's backend has exited, after the client has moved on. `false` when

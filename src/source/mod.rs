@@ -110,7 +110,7 @@ pub fn target(url: &SecretUrl) -> String {
 }
 
 /// Opens a regular (non-replication) connection whose statements must be answered
-/// within `answer_within` (see [`Conn::answer`]).
+/// within `answer_within` (or the connection is given up).
 pub async fn connect(url: &SecretUrl, answer_within: Duration) -> Result<Conn, SourceError> {
     // A server (or proxy, or pooler) that accepts the connection and never answers would
     // otherwise hang the startup handshake forever; `connect_timeout` covers TCP only.
