@@ -44,8 +44,13 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     };
     add(Level::Ok, "config", "valid".into());
 
+    let mut last = None;
     match Lake::open(&config.output).await {
         Ok(lake) => {
+            last = crate::compact::last_compaction(&lake, &config.source.slot)
+                .await
+                .ok()
+                .flatten();
             let key = crate::checkpoint::SlotKeys::new(&config.source.slot).check_probe();
             let probe = async {
                 lake.put(&key, bytes::Bytes::from_static(b"probe")).await?;
@@ -62,6 +67,8 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         }
         Err(e) => add(Level::Fail, "output", e.to_string()),
     }
+
+    add(Level::Ok, "maintenance", maintenance(config, last));
 
     use crate::catalog::glue::Readiness;
     let (level, detail) = match crate::catalog::glue::check(config).await {
@@ -304,6 +311,32 @@ pub async fn run(config: &Config) -> Vec<Finding> {
 }
 
 /// Columns whose values can be stored out of line (TOAST): unbounded varlena types.
+/// Who keeps the lake's files right-sized (and, for Iceberg, its history trimmed).
+fn maintenance(config: &Config, last: Option<crate::compact::LastCompaction>) -> String {
+    let m = &config.maintenance;
+    let when = match m.interval {
+        Some(i) => format!(
+            "`run` compacts every table after a flush every {}",
+            humantime::format_duration(i)
+        ),
+        None => "only `slot2lake compact` compacts (from cron; or set [maintenance] interval)"
+            .to_string(),
+    };
+    let last = last.map_or("never".to_string(), |l| {
+        l.finished_at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    });
+    let iceberg = if config.output.format == crate::config::TableFormat::Iceberg {
+        format!(
+            "; Iceberg snapshots kept {}, unlisted files removed after {}; Glue's table optimizers are not used",
+            humantime::format_duration(m.snapshot_retention),
+            humantime::format_duration(m.orphan_age)
+        )
+    } else {
+        String::new()
+    };
+    format!("{when} (last: {last}){iceberg}")
+}
+
 async fn toastable_columns(
     client: &source::Conn,
     table: u32,

@@ -217,4 +217,13 @@ async fn run_compacts_after_a_flush_when_maintenance_has_an_interval() {
         "{}",
         status.stdout
     );
+    let check = crate::support::with_config(&["check"], &config).await;
+    assert!(
+        check
+            .stdout
+            .lines()
+            .any(|l| l.contains("maintenance") && l.contains("after a flush every 0s (last: 2")),
+        "{}",
+        check.stdout
+    );
 }

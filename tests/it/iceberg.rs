@@ -497,6 +497,14 @@ async fn iceberg_run_maintains_the_tables_after_a_flush_when_configured() {
         "{}",
         status.stdout
     );
+    let check = with_config(&["check"], &config).await;
+    assert!(
+        check.stdout.lines().any(|l| l.contains("maintenance")
+            && l.contains("only `slot2lake compact`")
+            && l.contains("(last: never); Iceberg snapshots kept 0s")),
+        "{}",
+        check.stdout
+    );
 
     crate::support::edit_config(&config, |c| {
         c.replace("[maintenance]\n", "[maintenance]\ninterval = \"0s\"\n")
