@@ -310,7 +310,6 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     out
 }
 
-/// Columns whose values can be stored out of line (TOAST): unbounded varlena types.
 /// Who keeps the lake's files right-sized (and, for Iceberg, its history trimmed).
 fn maintenance(config: &Config, last: Option<crate::compact::LastCompaction>) -> String {
     let m = &config.maintenance;
@@ -337,6 +336,7 @@ fn maintenance(config: &Config, last: Option<crate::compact::LastCompaction>) ->
     format!("{when} (last: {last}){iceberg}")
 }
 
+/// Columns whose values can be stored out of line (TOAST): unbounded varlena types.
 async fn toastable_columns(
     client: &source::Conn,
     table: u32,
