@@ -337,6 +337,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         t.extra,
                         t.different
                     );
+                    if t.outside_snapshot_where > 0 {
+                        println!(
+                            "        {} source rows outside snapshot_where not in the lake: the first snapshot left them out and no change brought them in (not compared)",
+                            t.outside_snapshot_where
+                        );
+                    }
                     for e in &t.examples {
                         println!("        {e}");
                     }

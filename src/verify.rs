@@ -41,6 +41,10 @@ use crate::source::{self, introspect, query_error};
 /// Keys listed per kind of difference, at most.
 const SHOWN: usize = 20;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// How one table compares.
 #[derive(Debug, Default, Serialize)]
 pub struct TableReport {
@@ -56,6 +60,11 @@ pub struct TableReport {
     pub extra: u64,
     /// Keys whose latest row differs.
     pub different: u64,
+    /// Source rows outside the table's `snapshot_where` that the lake never had: the
+    /// first snapshot left them out and no change has brought them in. Not compared (a
+    /// lost change of such a row cannot be told from an unchanged row).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub outside_snapshot_where: u64,
     /// Examples of each, as `column=value` lists.
     pub examples: Vec<String>,
     /// With `output.format = "iceberg"`: the current-state table against the changelog.
@@ -265,43 +274,21 @@ pub async fn verify(pipeline: Pipeline, tables: &[String]) -> Result<VerifyRepor
             .map(|f| format!("({f})"))
             .into_iter()
             .collect();
-        let query = copy_query(schema, &filter);
-        let stream = txn
-            .copy_out(&query)
-            .await
-            .map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut parser = CopyParser::new();
-        let mut batch = RowBatch::new(schema.clone(), 8192);
-        let mut warnings = Warnings::default();
-        let meta = RowMeta {
-            change_type: ChangeType::Snapshot,
-            lsn: 0,
-            seq: 0,
-            commit_us: 0,
-        };
-        let kinds: Vec<_> = schema.columns.iter().map(|c| c.kind).collect();
-        while let Some(data) = stream.next().await {
-            let data =
-                data.map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
-            parser.feed(
-                &data,
-                |fields: &[Option<&[u8]>]| -> Result<(), VerifyError> {
-                    batch
-                        .append(
-                            kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
-                            &meta,
-                            &mut warnings,
-                        )
-                        .map_err(|e| VerifyError::read("the source's COPY", e))
-                },
-            )?;
-            if batch.rows() >= 8192 {
-                compare_source(&batch.finish(0), schema, &mut latest, &mut report)?;
+        let snapshot_where = config
+            .tables
+            .iter()
+            .find(|t| t.folder() == folder)
+            .and_then(|t| t.snapshot_where.clone());
+        match snapshot_where {
+            None => compare_copy(&txn, &filter, schema, &mut latest, &mut report, false).await?,
+            Some(w) => {
+                // Rows the first snapshot took must be in the lake; rows it left out are
+                // only if a change has brought them in since.
+                let inside = [filter.clone(), vec![format!("({w})")]].concat();
+                compare_copy(&txn, &inside, schema, &mut latest, &mut report, false).await?;
+                let outside = [filter, vec![format!("({w}) IS NOT TRUE")]].concat();
+                compare_copy(&txn, &outside, schema, &mut latest, &mut report, true).await?;
             }
-        }
-        if batch.rows() > 0 {
-            compare_source(&batch.finish(0), schema, &mut latest, &mut report)?;
         }
         let left: Vec<(&String, u64)> = match &latest {
             LakeState::Keyed(m) => m
@@ -433,11 +420,63 @@ fn formatters<'a>(
         .collect()
 }
 
+/// Compares the source's rows matching `conds` with the lake's; `absent_expected`: a
+/// row the lake never had is counted in `outside_snapshot_where`, not as missing.
+async fn compare_copy(
+    txn: &tokio_postgres::Transaction<'_>,
+    conds: &[String],
+    schema: &Arc<TableSchema>,
+    latest: &mut LakeState,
+    report: &mut TableReport,
+    absent_expected: bool,
+) -> Result<(), VerifyError> {
+    let query = copy_query(schema, conds);
+    let stream = txn
+        .copy_out(&query)
+        .await
+        .map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut parser = CopyParser::new();
+    let mut batch = RowBatch::new(schema.clone(), 8192);
+    let mut warnings = Warnings::default();
+    let meta = RowMeta {
+        change_type: ChangeType::Snapshot,
+        lsn: 0,
+        seq: 0,
+        commit_us: 0,
+    };
+    let kinds: Vec<_> = schema.columns.iter().map(|c| c.kind).collect();
+    while let Some(data) = stream.next().await {
+        let data =
+            data.map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
+        parser.feed(
+            &data,
+            |fields: &[Option<&[u8]>]| -> Result<(), VerifyError> {
+                batch
+                    .append(
+                        kinds.iter().zip(fields).map(|(k, f)| copy_datum(*k, *f)),
+                        &meta,
+                        &mut warnings,
+                    )
+                    .map_err(|e| VerifyError::read("the source's COPY", e))
+            },
+        )?;
+        if batch.rows() >= 8192 {
+            compare_source(&batch.finish(0), schema, latest, report, absent_expected)?;
+        }
+    }
+    if batch.rows() > 0 {
+        compare_source(&batch.finish(0), schema, latest, report, absent_expected)?;
+    }
+    Ok(())
+}
+
 fn compare_source(
     batch: &RecordBatch,
     schema: &TableSchema,
     latest: &mut LakeState,
     report: &mut TableReport,
+    absent_expected: bool,
 ) -> Result<(), VerifyError> {
     let columns = aligned(batch, schema)?;
     let options = FormatOptions::default();
@@ -450,7 +489,9 @@ fn compare_source(
             LakeState::Keyless(m) => {
                 let n = m.entry(key.clone()).or_default();
                 *n -= 1;
-                if *n < 0 {
+                if *n < 0 && absent_expected {
+                    report.outside_snapshot_where += 1;
+                } else if *n < 0 {
                     report.missing += 1;
                     if report.examples.len() < SHOWN * 3 {
                         report
@@ -470,6 +511,7 @@ fn compare_source(
                     report.examples.push(format!("different: {key}"));
                 }
             }
+            None if absent_expected => report.outside_snapshot_where += 1,
             _ => {
                 report.missing += 1;
                 if report.examples.len() < SHOWN * 3 {
