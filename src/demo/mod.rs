@@ -209,9 +209,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     if opts.keep {
         cluster.keep();
         println!(
-            "Kept: PostgreSQL at {} (stop: pg_ctl -D {} stop), lake and config in {}",
+            "Kept: PostgreSQL at {} (stop: {}), lake and config in {}",
             cluster.url("analytics_db"),
-            cluster.data_dir().display(),
+            cluster.stop_command(),
             dir.display()
         );
     } else {

@@ -213,6 +213,21 @@ impl TempCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The shell command that stops this cluster (as the `postgres` user when run as
+    /// root, who cannot run `pg_ctl`).
+    pub fn stop_command(&self) -> String {
+        format!(
+            "{}{} -D {} stop",
+            if is_root() {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
+            self.bindir.join("pg_ctl").display(),
+            self.data_dir().display()
+        )
+    }
+
     /// Runs `pg_ctl` with `args` against this cluster (e.g. `["restart", "-m", "fast"]`).
     pub fn pg_ctl(&self, args: &[&str]) -> Result<(), ClusterError> {
         run(
@@ -234,15 +249,10 @@ impl TempCluster {
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
              [ -e {base}/keep ] && exit 0; \
-             {run}{pg_ctl} -D {base}/data stop -m immediate >/dev/null 2>&1; rm -rf {base}",
+             {stop} -m immediate >/dev/null 2>&1; rm -rf {base}",
             pid = std::process::id(),
             base = self.base.display(),
-            run = if is_root() {
-                "runuser -u postgres -- "
-            } else {
-                ""
-            },
-            pg_ctl = self.bindir.join("pg_ctl").display(),
+            stop = self.stop_command(),
         );
         let _ = Command::new("sh")
             .args(["-c", &script])
