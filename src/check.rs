@@ -152,14 +152,17 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             ),
             Ok(info) => {
                 let detail = format!(
-                    "{} columns, replica identity {}, about {} rows",
+                    "{} columns, replica identity {}, {}",
                     info.schema.columns.len(),
                     match info.replica_identity {
                         'f' => "FULL",
                         'i' => "USING INDEX",
                         _ => "primary key",
                     },
-                    info.estimated_rows.max(0)
+                    match info.estimated_rows {
+                        n if n < 0 => "row count not estimated yet (never analyzed)".to_string(),
+                        n => format!("about {n} rows"),
+                    }
                 );
                 add(Level::Ok, &what, detail);
                 if let Some(idx) = info.schema.partition_column {
