@@ -63,7 +63,7 @@ pub mod metric {
     pub const LAST_FLUSH_FILE_MEDIAN_BYTES: &str = "slot2lake_last_flush_file_median_bytes";
     /// Flushes, label `result`: ok or error.
     pub const FLUSHES: &str = "slot2lake_flushes_total";
-    /// Errors, label `stage`: source, spool, flush, catalog.
+    /// Errors, label `stage`: source, spool, flush, catalog, maintenance.
     pub const ERRORS: &str = "slot2lake_errors_total";
     /// Changes of published relations that are not configured tables, label `relation`.
     pub const UNPLACED_CHANGES: &str = "slot2lake_unplaced_changes_total";

@@ -613,3 +613,55 @@ async fn a_deleted_segment_without_a_mirror_is_named_and_stays_reported_until_ba
     warned_until_backfilled(&config).await;
     assert_exact(&lake, &db);
 }
+
+/// A compaction that fails after a flush (here: a damaged compaction intent) leaves the
+/// flush committed, shows on `/health` and `/metrics`, and is tried again after the next
+/// flush; once it can run, `/health` recovers and `status` shows the compaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_maintenance_keeps_the_flush_and_is_retried() {
+    let db = database("svc_maintenance").await;
+    db.seed(10, 50).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "[maintenance]\ninterval = \"1d\"\n");
+    let intent = lake
+        .root()
+        .join("_slot2lake")
+        .join(&db.name)
+        .join("compact.json");
+    std::fs::create_dir_all(intent.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&intent, "{ damaged").expect("write");
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = 7 WHERE order_id % 2 = 0;")
+        .await;
+    let run = flush(&config).await;
+    assert!(run.stdout.contains("flush committed"), "{}", run.stdout);
+    assert_exact(&lake, &db);
+    wait_until(60, "/health to report the failing maintenance", || async {
+        let h = consumer.get("/health").await;
+        h.starts_with("degraded") && h.contains("maintenance:") && h.contains("compact.json")
+    })
+    .await;
+    let metrics = consumer.get("/metrics").await;
+    assert!(
+        metrics.contains("slot2lake_errors_total{stage=\"maintenance\"}"),
+        "{metrics}"
+    );
+
+    std::fs::remove_file(&intent).expect("remove");
+    db.exec("UPDATE orders SET quantity = 8 WHERE order_id % 3 = 0;")
+        .await;
+    flush(&config).await;
+    wait_until(60, "/health to recover", || async {
+        consumer.get("/health").await.trim() == "ok"
+    })
+    .await;
+    assert_exact(&lake, &db);
+    let status = with_config(&["status"], &config).await;
+    assert!(
+        status.stdout.contains("last compaction: 2"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(consumer.stop().await, 0);
+}
