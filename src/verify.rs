@@ -41,10 +41,6 @@ use crate::source::{self, introspect, query_error};
 /// Keys listed per kind of difference, at most.
 const SHOWN: usize = 20;
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// How one table compares.
 #[derive(Debug, Default, Serialize)]
 pub struct TableReport {
@@ -63,7 +59,7 @@ pub struct TableReport {
     /// Source rows outside the table's `snapshot_where` that the lake never had: the
     /// first snapshot left them out and no change has brought them in. Not compared (a
     /// lost change of such a row cannot be told from an unchanged row).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "crate::checkpoint::is_zero")]
     pub outside_snapshot_where: u64,
     /// Examples of each, as `column=value` lists.
     pub examples: Vec<String>,

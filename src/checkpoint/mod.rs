@@ -186,7 +186,8 @@ impl FileSizes {
     }
 }
 
-fn is_zero(n: &u64) -> bool {
+/// For `skip_serializing_if`: counters are left out of JSON while zero.
+pub(crate) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
