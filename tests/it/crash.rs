@@ -358,12 +358,7 @@ async fn iceberg_maintenance_killed_at_any_step_finishes_on_rerun() {
     let db = database("crash_ice_maint").await;
     db.seed(10, 300).await;
     let lake = Lake::iceberg();
-    let config = lake.config_with(
-        &db.url,
-        &db.name,
-        SEED_TABLES,
-        "[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n",
-    );
+    let config = lake.config_with(&db.url, &db.name, SEED_TABLES, crate::support::KEEP_NOTHING);
     run_once(&config).await;
     for day in 0..7 {
         db.exec(&format!(

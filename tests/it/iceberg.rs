@@ -253,12 +253,7 @@ async fn a_parquet_lake_switched_to_iceberg_starts_from_a_snapshot() {
     run_once(&config).await;
     let parquet_files = lake.files("orders");
     lake.iceberg = true;
-    let config = lake.config_with(
-        &db.url,
-        &db.name,
-        SEED_TABLES,
-        "[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n",
-    );
+    let config = lake.config_with(&db.url, &db.name, SEED_TABLES, crate::support::KEEP_NOTHING);
     db.exec("DELETE FROM orders WHERE order_id % 5 = 0; UPDATE orders SET quantity = 9 WHERE order_id % 7 = 0;")
         .await;
     let run = run_once(&config).await;
@@ -357,7 +352,7 @@ async fn iceberg_maintenance_rewrites_only_the_files_a_change_touched() {
         &db.url,
         &db.name,
         SEED_TABLES,
-        "max_file_size = \"1MB\"\n[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n",
+        &format!("max_file_size = \"1MB\"\n{}", crate::support::KEEP_NOTHING),
     );
     run_once(&config).await;
     let run = with_config(&["compact"], &config).await;
@@ -471,12 +466,7 @@ async fn iceberg_run_maintains_the_tables_after_a_flush_when_configured() {
     let db = database("iceberg_run_maintains").await;
     db.seed(20, 2000).await;
     let lake = Lake::iceberg();
-    let config = lake.config_with(
-        &db.url,
-        &db.name,
-        SEED_TABLES,
-        "[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n",
-    );
+    let config = lake.config_with(&db.url, &db.name, SEED_TABLES, crate::support::KEEP_NOTHING);
     run_once(&config).await;
     let change = |round: i32| {
         format!(

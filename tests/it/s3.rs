@@ -195,8 +195,7 @@ async fn iceberg_tables_on_s3_are_registered_in_glue() {
 
     // Maintenance on S3: deletes applied, small files merged, old snapshots and their
     // files gone, and Glue pointed at each table's new metadata.
-    let maintained =
-        format!("{catalog}[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n");
+    let maintained = format!("{catalog}{}", crate::support::KEEP_NOTHING);
     let config = s3_config(&lake, &db, &maintained);
     let run = with_config(&["compact"], &config).await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);

@@ -119,6 +119,10 @@ pub struct Lake {
 }
 
 /// The seed's two tables, partitioned as in the seed.
+/// A `[maintenance]` section that keeps no old snapshot and no unlisted file, so one
+/// `compact` shows everything maintenance removes.
+pub const KEEP_NOTHING: &str = "[maintenance]\nsnapshot_retention = \"0s\"\norphan_age = \"0s\"\n";
+
 pub const SEED_TABLES: &str = r#"
 [[tables]]
 name = "public.customers"
