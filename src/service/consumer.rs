@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::health::{Health, Retrying};
+use super::stall::StallWatch;
 use super::{FlushRequest, FlushSummary, Waker};
 use crate::catalog::CatalogError;
 use crate::config::Schedule;
@@ -18,8 +19,8 @@ use crate::lsn::Lsn;
 use crate::pipeline::{Pipeline, RunError, RunReport};
 use crate::retry::{Action, Classify};
 use crate::sink::WrittenFile;
-use crate::source::introspect;
 use crate::source::replication::ReplicationStream;
+use crate::source::{introspect, SourceError};
 use crate::spool::{Received, Segment, SpoolWriter};
 use crate::telemetry::metric;
 use pg_walstream::CancellationToken;
@@ -147,6 +148,8 @@ pub(super) struct Consumer {
     /// `run --once`: what it did; set once its flush is committed and acknowledged.
     pub(super) report: RunReport,
     done: bool,
+    /// Whether the server still serves the stream.
+    stall: StallWatch,
 }
 
 /// Wakes the loop when a flush task ends, however it ends. The flag is set first: the
@@ -316,6 +319,7 @@ impl Consumer {
             uncataloged: Vec::new(),
             report: RunReport::default(),
             done: false,
+            stall: StallWatch::default(),
         })
     }
 
@@ -486,6 +490,16 @@ impl Consumer {
                 if let Ok(current) = introspect::current_wal_lsn(&client).await {
                     metrics::gauge!(metric::SLOT_LAG_BYTES)
                         .set(current.0.saturating_sub(self.acked.0) as f64);
+                }
+                let source = &self.pipeline.config().source;
+                if let Ok(Some(slot)) = introspect::slot_info(&client, &source.slot).await {
+                    let active = slot.active_pid.is_some();
+                    if let Some(why) =
+                        self.stall
+                            .observe(active, Instant::now(), source.query_timeout)
+                    {
+                        return Err(SourceError::Lost(why).into());
+                    }
                 }
             }
         }
@@ -747,6 +761,7 @@ impl Consumer {
             match attempt.await {
                 Ok(repl) => {
                     self.repl = repl;
+                    self.stall = StallWatch::default();
                     metrics::counter!(metric::RECONNECTS).increment(1);
                     self.health.recover("source");
                     tracing::info!(from = %self.writer.last_end(), "reconnected");

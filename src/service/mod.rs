@@ -25,6 +25,7 @@
 pub mod admin;
 mod consumer;
 pub mod health;
+mod stall;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

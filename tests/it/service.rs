@@ -665,3 +665,51 @@ async fn a_failing_maintenance_keeps_the_flush_and_is_retried() {
     );
     assert_eq!(consumer.stop().await, 0);
 }
+
+/// A proxy that goes silent under the replication stream, keeping both connections open:
+/// TCP keepalives still succeed, so only the server knows the stream is gone (its
+/// walsender times out and leaves the slot inactive). `run` sees the inactive slot,
+/// drops the stream and reconnects, and what was written meanwhile reaches the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_a_proxy_silences_is_reconnected() {
+    let db = database("svc_silenced").await;
+    db.seed(5, 40).await;
+    // The walsender gives up on a silent client after 15 s (above the 10 s feedback).
+    db.exec(&format!(
+        "ALTER DATABASE {} SET wal_sender_timeout = '15s'",
+        db.name
+    ))
+    .await;
+    let proxy = crate::support::SilencingProxy::start(db.port()).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = lake.config_with(
+        &db.url_through(proxy.port),
+        &db.name,
+        SEED_TABLES,
+        &format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"),
+    );
+    crate::support::edit_config(&config, |c| {
+        c.replacen("[source]\n", "[source]\nquery_timeout = \"5s\"\n", 1)
+    });
+    let consumer = Consumer::start(&config, &admin).await;
+    db.exec("UPDATE orders SET quantity = 1 WHERE order_id % 2 = 0;")
+        .await;
+    flush(&config).await;
+    assert_exact(&lake, &db);
+
+    proxy.silence_replication();
+    db.exec("UPDATE orders SET quantity = 2 WHERE order_id % 3 = 0; INSERT INTO customers (name) VALUES ('late');")
+        .await;
+    wait_until(120, "the consumer to reconnect", || async {
+        consumer
+            .get("/metrics")
+            .await
+            .lines()
+            .any(|l| l.starts_with("slot2lake_reconnects_total ") && !l.ends_with(" 0"))
+    })
+    .await;
+    flush(&config).await;
+    assert_exact(&lake, &db);
+    assert_eq!(consumer.stop().await, 0);
+}

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -870,4 +870,97 @@ pub async fn silent_after_startup(target: u16) -> u16 {
         }
     });
     port
+}
+
+/// A TCP proxy in front of PostgreSQL that can go silent under the replication
+/// connections open at that moment ([`SilencingProxy::silence_replication`]): it stops
+/// passing bytes either way and keeps both sides open, as a proxy whose peer vanished
+/// may. Connections made later pass. Clients connect with `sslmode=disable` (the proxy
+/// reads the startup packet to tell replication connections apart).
+pub struct SilencingProxy {
+    pub port: u16,
+    next: Arc<AtomicU64>,
+    silent_below: Arc<AtomicU64>,
+}
+
+impl SilencingProxy {
+    pub async fn start(target: u16) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (next, silent_below) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (ids, below) = (next.clone(), silent_below.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let id = ids.fetch_add(1, SeqCst);
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
+                let below = below.clone();
+                tokio::spawn(async move {
+                    let (mut from_client, to_client) = inbound.into_split();
+                    let (from_server, mut to_server) = outbound.into_split();
+                    // The startup packet: its length, then the protocol and the parameters.
+                    let mut startup = vec![0u8; 4];
+                    if from_client.read_exact(&mut startup).await.is_err() {
+                        return;
+                    }
+                    let len =
+                        u32::from_be_bytes(startup[..4].try_into().expect("4 bytes")) as usize;
+                    startup.resize(len.max(4), 0);
+                    if from_client.read_exact(&mut startup[4..]).await.is_err() {
+                        return;
+                    }
+                    let replication = startup.windows(12).any(|w| w == b"replication\0");
+                    let silent = move || replication && id < below.load(SeqCst);
+                    if tokio::io::AsyncWriteExt::write_all(&mut to_server, &startup)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let up = tokio::spawn(pass(from_client, to_server, silent.clone()));
+                    pass(from_server, to_client, silent).await;
+                    let _ = up.await;
+                });
+            }
+        });
+        Self {
+            port,
+            next,
+            silent_below,
+        }
+    }
+
+    /// From now on, the replication connections open so far pass nothing.
+    pub fn silence_replication(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.silent_below.store(self.next.load(SeqCst), SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends, or holds both open and silent once `silent()`.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if silent() {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
 }
