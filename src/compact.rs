@@ -102,6 +102,40 @@ pub struct CompactIntent {
     pub partitions: Vec<PartitionMerge>,
 }
 
+impl CompactIntent {
+    /// What the names of its merged files share: `_<started>_compacted_`, to the
+    /// microsecond (intents of version 1, from before, named them to the second).
+    pub fn infix(&self) -> String {
+        compacted_infix(self.version, self.started)
+    }
+}
+
+/// The intent version this build writes.
+const INTENT_VERSION: u32 = 2;
+
+fn compacted_infix(version: u32, started: DateTime<Utc>) -> String {
+    let format = if version < 2 {
+        "%Y%m%d_%H%M%S"
+    } else {
+        "%Y%m%d_%H%M%S_%6f"
+    };
+    format!("_{}_compacted_", started.format(format))
+}
+
+/// A start time no listed file's name carries: two compactions within one clock tick
+/// (or a clock set back) would otherwise name a merged file after one of its inputs, and
+/// delete it with them.
+pub fn fresh_start(now: DateTime<Utc>, keys: &[String]) -> DateTime<Utc> {
+    let mut started = now;
+    while keys
+        .iter()
+        .any(|k| k.contains(&compacted_infix(INTENT_VERSION, started)))
+    {
+        started += chrono::Duration::microseconds(1);
+    }
+    started
+}
+
 /// A file in the lake, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -308,6 +342,7 @@ async fn compact_parquet(
     }
     let small_below = config.output.max_file_size.0 / 2;
     let mut partitions = Vec::new();
+    let mut listed = Vec::new();
     for t in &config.tables {
         let folder = t.folder();
         if !tables.is_empty() && !tables.iter().any(|x| x == folder || *x == t.name) {
@@ -324,13 +359,14 @@ async fn compact_parquet(
             })
             .collect();
         partitions.extend(plan(folder, &files, watermark, small_below, before));
+        listed.extend(files.into_iter().map(|f| f.key));
     }
     if partitions.is_empty() {
         return Ok(report);
     }
     let intent = CompactIntent {
-        version: 1,
-        started: Utc::now(),
+        version: INTENT_VERSION,
+        started: fresh_start(Utc::now(), &listed),
         partitions,
     };
     let body = serde_json::to_vec_pretty(&intent).map_err(|source| CheckpointError::Corrupt {
@@ -492,11 +528,7 @@ async fn merge(
                 }
             }
             if out.is_none() {
-                let name = format!(
-                    "{}_{}_compacted_{seq:04}.parquet",
-                    p.table,
-                    intent.started.format("%Y%m%d_%H%M%S")
-                );
+                let name = format!("{}{}{seq:04}.parquet", p.table, intent.infix());
                 seq += 1;
                 let key = format!("{}/{}/{name}", p.table, p.partition);
                 let path = tmp.join(&name);
@@ -544,6 +576,50 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_files_never_take_a_listed_name() {
+        let now: DateTime<Utc> = "2026-12-07T02:00:00.123456789Z".parse().expect("time");
+        let key = |stamp: &str| format!("orders/year=2026/orders{stamp}0000.parquet");
+        let taken = compacted_infix(INTENT_VERSION, now);
+        assert_eq!(taken, "_20261207_020000_123456_compacted_");
+        // (name, listed keys, microseconds the start moves)
+        let cases = [
+            ("nothing listed", vec![], 0),
+            (
+                "other files only",
+                vec![key("_20261207_020000_compacted_")],
+                0,
+            ),
+            ("a compaction in the same microsecond", vec![key(&taken)], 1),
+            (
+                "and the next one too",
+                vec![key(&taken), key("_20261207_020000_123457_compacted_")],
+                2,
+            ),
+        ];
+        for (name, keys, moved) in cases {
+            let started = fresh_start(now, &keys);
+            assert_eq!(
+                started - now,
+                chrono::Duration::microseconds(moved),
+                "{name}"
+            );
+            let intent = CompactIntent {
+                version: INTENT_VERSION,
+                started,
+                partitions: Vec::new(),
+            };
+            assert!(keys.iter().all(|k| !k.contains(&intent.infix())), "{name}");
+        }
+        // An intent an older version left is finished under the names it chose.
+        let old = CompactIntent {
+            version: 1,
+            started: now,
+            partitions: Vec::new(),
+        };
+        assert_eq!(old.infix(), "_20261207_020000_compacted_");
+    }
 
     #[test]
     fn maintenance_runs_when_configured_and_the_last_compaction_is_old_enough() {
