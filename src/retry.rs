@@ -290,6 +290,16 @@ mod tests {
                 RunError::State("other cluster".into()),
                 Action::Stop,
             ),
+            (
+                "a table missing from the publication's setup",
+                RunError::Setup("set publish_via_partition_root".into()),
+                Action::Stop,
+            ),
+            (
+                "a flush worker panicked",
+                RunError::Task("flush worker failed".into()),
+                Action::Stop,
+            ),
         ];
         for (what, error, want) in cases {
             assert_eq!(error.action(), want, "{what}: {error}");

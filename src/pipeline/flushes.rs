@@ -270,5 +270,5 @@ async fn join_flush(
 ) -> Result<Flushed, RunError> {
     Ok(worker
         .await
-        .map_err(|e| RunError::State(format!("flush worker failed: {e}")))??)
+        .map_err(|e| RunError::Task(format!("flush worker failed: {e}")))??)
 }

@@ -96,6 +96,13 @@ pub enum RunError {
     /// The lake and the slot disagree in a way slot2lake will not resolve alone.
     #[error("{0}")]
     State(String),
+    /// The configuration, the source or this machine is not set up for the run; the
+    /// message says what to change.
+    #[error("{0}")]
+    Setup(String),
+    /// A worker thread or task of this process failed (a bug, not the input).
+    #[error("{0}")]
+    Task(String),
     /// Committing to an Iceberg table (`output.format = "iceberg"`).
     #[error("iceberg: {0}")]
     Iceberg(#[from] crate::iceberg::table::IcebergError),
@@ -157,7 +164,7 @@ impl Pipeline {
             let info =
                 introspect::table_info(&client, t, &types, &config.source.publication).await?;
             if info.partitioned && publication.is_some_and(|p| !p.via_root) {
-                return Err(RunError::State(format!(
+                return Err(RunError::Setup(format!(
                     "table {} is partitioned, but publication {:?} sends its changes under each partition's name, which slot2lake cannot place: run {}",
                     t.name,
                     config.source.publication,
@@ -165,7 +172,7 @@ impl Pipeline {
                 )));
             }
             if !info.has_identity() {
-                return Err(RunError::State(introspect::identity_remedy(
+                return Err(RunError::Setup(introspect::identity_remedy(
                     &t.name,
                     info.replica_identity,
                 )));
@@ -416,6 +423,8 @@ impl Classify for RunError {
             | RunError::Recovery(_)
             | RunError::Copy(_)
             | RunError::State(_)
+            | RunError::Setup(_)
+            | RunError::Task(_)
             | RunError::GaveUp { .. } => Action::Stop,
         }
     }

@@ -75,7 +75,7 @@ impl Pipeline {
     ) -> Result<(BTreeMap<String, u64>, Vec<WrittenFile>), RunError> {
         for f in folders {
             if !self.tables.iter().any(|(t, _)| t == f) {
-                return Err(RunError::State(format!(
+                return Err(RunError::Setup(format!(
                     "table {f} is not in [[tables]]; add it to the config first"
                 )));
             }

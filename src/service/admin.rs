@@ -40,7 +40,7 @@ pub struct AdminState {
 /// Binds the admin address; a clear error when it is taken.
 pub async fn bind(listen: std::net::SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(listen).await.map_err(|e| {
-        RunError::State(format!(
+        RunError::Setup(format!(
             "admin.listen {listen}: {e}; is another slot2lake running? set [admin] listen to a free address"
         ))
     })

@@ -653,7 +653,7 @@ impl Consumer {
     async fn report_flush(&mut self, job: FlushJob) -> Result<(), RunError> {
         let result = match job.task.await {
             Ok(r) => r,
-            Err(e) => Err(RunError::State(format!("flush task failed: {e}"))),
+            Err(e) => Err(RunError::Task(format!("flush task failed: {e}"))),
         };
         let mut fatal = None;
         let answer = match result {
