@@ -291,7 +291,7 @@ mod tests {
                 Action::Stop,
             ),
             (
-                "a table missing from the publication's setup",
+                "a partitioned table published under its partitions' names",
                 RunError::Setup("set publish_via_partition_root".into()),
                 Action::Stop,
             ),
