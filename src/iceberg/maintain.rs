@@ -35,7 +35,7 @@ use std::time::Duration;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::stream::{self, StreamExt};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
@@ -114,17 +114,16 @@ pub async fn maintain(
 /// there are deletes or at least two of them (they are merged). The files left out stay
 /// as they are, so the cost follows what changed, not the table.
 pub fn current_rewrite(files: &[(u64, bool)], small_below: u64) -> Vec<usize> {
-    let small: Vec<usize> = (0..files.len())
-        .filter(|i| files[*i].0 < small_below)
-        .collect();
-    let deleted: Vec<usize> = (0..files.len()).filter(|i| files[*i].1).collect();
-    if deleted.is_empty() && small.len() < 2 {
+    let small = files
+        .iter()
+        .filter(|(bytes, _)| *bytes < small_below)
+        .count();
+    if !files.iter().any(|(_, deleted)| *deleted) && small < 2 {
         return Vec::new();
     }
-    let mut out: Vec<usize> = small.into_iter().chain(deleted).collect();
-    out.sort_unstable();
-    out.dedup();
-    out
+    (0..files.len())
+        .filter(|i| files[*i].1 || files[*i].0 < small_below)
+        .collect()
 }
 
 /// The current state's files that have deletes or are small, rewritten with the deletes
@@ -641,22 +640,14 @@ async fn delete_all(
     Ok(deleted)
 }
 
-/// Runs `jobs` [`CONCURRENT_READS`] at a time; their outputs in order. (Built in loops,
-/// not with `map` closures, whose futures the compiler cannot prove `Send` for `run`'s
-/// flush task.)
+/// Runs `jobs` [`CONCURRENT_READS`] at a time; their outputs in order. (Callers build
+/// `jobs` in loops, not with `map` closures, whose futures the compiler cannot prove
+/// `Send` for `run`'s flush task.)
 async fn few_at_a_time<F: Future>(jobs: Vec<F>) -> Vec<F::Output> {
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut running = FuturesOrdered::new();
-    for job in jobs {
-        if running.len() >= CONCURRENT_READS {
-            out.extend(running.next().await);
-        }
-        running.push_back(job);
-    }
-    while let Some(done) = running.next().await {
-        out.push(done);
-    }
-    out
+    stream::iter(jobs)
+        .buffered(CONCURRENT_READS)
+        .collect()
+        .await
 }
 
 /// Every key the table's metadata refers to: its snapshots' files, its metadata files.

@@ -607,11 +607,9 @@ impl Consumer {
                 Err(e) => return Err(e),
             };
             let seconds = started.elapsed().as_secs_f64();
-            // Boxed as Send here: the compiler cannot prove it through compact's closures.
-            let maintenance: futures::future::BoxFuture<'_, _> = Box::pin(
-                crate::compact::compact_if_due(pipeline.config(), pipeline.lake()),
-            );
-            let maintenance_error = match maintenance.await {
+            let maintenance =
+                crate::compact::compact_if_due(pipeline.config(), pipeline.lake()).await;
+            let maintenance_error = match maintenance {
                 Ok(None) => None,
                 Ok(Some(report)) => {
                     tracing::info!(report = ?report, "maintenance ([maintenance] interval): compaction done");
