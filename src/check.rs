@@ -47,7 +47,9 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     let mut last = None;
     match Lake::open(&config.output).await {
         Ok(lake) => {
-            last = crate::compact::last_compaction(&lake, &config.source.slot)
+            let checkpoints =
+                crate::checkpoint::Checkpoints::new(lake.clone(), &config.source.slot);
+            last = crate::compact::last_compaction(&checkpoints)
                 .await
                 .ok()
                 .flatten();
@@ -324,9 +326,7 @@ fn maintenance(config: &Config, last: Option<crate::compact::LastCompaction>) ->
         None => "only `slot2lake compact` compacts (from cron; or set [maintenance] interval)"
             .to_string(),
     };
-    let last = last.map_or("never".to_string(), |l| {
-        l.finished_at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-    });
+    let last = last.map_or("never".to_string(), |l| l.when());
     let iceberg = if config.output.format == crate::config::TableFormat::Iceberg {
         format!(
             "; Iceberg snapshots kept {}, unlisted files removed after {}; Glue's table optimizers are not used",

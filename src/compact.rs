@@ -245,18 +245,18 @@ pub struct LastCompaction {
     pub report: CompactReport,
 }
 
+impl LastCompaction {
+    /// When it finished, as `status` and `check` print it.
+    pub fn when(&self) -> String {
+        self.finished_at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    }
+}
+
 /// The last compaction of the lake's tables that finished, if any.
 pub async fn last_compaction(
-    lake: &Lake,
-    slot: &str,
+    checkpoints: &Checkpoints,
 ) -> Result<Option<LastCompaction>, CheckpointError> {
-    let key = crate::checkpoint::SlotKeys::new(slot).maintenance();
-    let Some(bytes) = lake.get(&key).await? else {
-        return Ok(None);
-    };
-    let last = serde_json::from_slice(&bytes)
-        .map_err(|source| CheckpointError::Corrupt { key, source })?;
-    Ok(Some(last))
+    checkpoints.read(&checkpoints.keys().maintenance()).await
 }
 
 /// Whether `run` maintains the lake after a flush: `[maintenance] interval` is set and
@@ -279,11 +279,13 @@ pub async fn compact_if_due(
     config: &Config,
     lake: &Lake,
 ) -> Result<Option<CompactReport>, CompactError> {
-    let slot = &config.source.slot;
-    let last = last_compaction(lake, slot).await?.map(|l| l.finished_at);
-    let unfinished = lake
-        .exists(&crate::checkpoint::SlotKeys::new(slot).compact_intent())
-        .await?;
+    if config.maintenance.interval.is_none() {
+        // Not configured: no reads of the lake after every flush.
+        return Ok(None);
+    }
+    let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
+    let last = last_compaction(&checkpoints).await?.map(|l| l.finished_at);
+    let unfinished = lake.exists(&checkpoints.keys().compact_intent()).await?;
     if !maintenance_due(config.maintenance.interval, last, unfinished, Utc::now()) {
         return Ok(None);
     }
@@ -308,12 +310,10 @@ pub async fn compact(
             finished_at: Utc::now(),
             report: report.clone(),
         };
-        let key = crate::checkpoint::SlotKeys::new(&config.source.slot).maintenance();
-        let body = serde_json::to_vec_pretty(&last).map_err(|source| CheckpointError::Corrupt {
-            key: key.clone(),
-            source,
-        })?;
-        lake.put(&key, bytes::Bytes::from(body)).await?;
+        let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
+        checkpoints
+            .write(&checkpoints.keys().maintenance(), &last)
+            .await?;
     }
     Ok(report)
 }
@@ -392,12 +392,7 @@ async fn compact_iceberg(
     use crate::iceberg::{catalog::LocalCatalog, maintain};
     let checkpoints = Checkpoints::new(lake.clone(), &config.source.slot);
     let catalog = LocalCatalog::new(lake.clone());
-    let tmp =
-        crate::pipeline::tmp_dir(config, lake).join(format!("compact-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|source| CompactError::Tmp {
-        path: tmp.clone(),
-        source,
-    })?;
+    let tmp = work_dir(config, lake)?;
     let settings = maintain::Settings {
         max_file_size: config.output.max_file_size.0,
         before,
@@ -447,6 +442,18 @@ async fn compact_iceberg(
     Ok(report)
 }
 
+/// This process's folder for files on their way into the lake, where flushes put theirs
+/// (removed when the compaction is done).
+fn work_dir(config: &Config, lake: &Lake) -> Result<PathBuf, CompactError> {
+    let tmp =
+        crate::pipeline::tmp_dir(config, lake).join(format!("compact-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|source| CompactError::Tmp {
+        path: tmp.clone(),
+        source,
+    })?;
+    Ok(tmp)
+}
+
 /// Carries out an intent: merged files first, then the inputs deleted, per partition.
 async fn execute(
     config: &Config,
@@ -454,12 +461,7 @@ async fn execute(
     intent: &CompactIntent,
     report: &mut CompactReport,
 ) -> Result<(), CompactError> {
-    let tmp =
-        crate::pipeline::tmp_dir(config, lake).join(format!("compact-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|source| CompactError::Tmp {
-        path: tmp.clone(),
-        source,
-    })?;
+    let tmp = work_dir(config, lake)?;
     for p in &intent.partitions {
         let remaining: Vec<&String> = {
             let mut v = Vec::new();

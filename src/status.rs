@@ -108,7 +108,7 @@ pub async fn gather(config: &Config) -> Result<Status, RunError> {
         snapshot_in_progress: snapshot_progress(&cps, &lake, &config.source.slot).await?,
         unplaced_changes: cps.unplaced().await?,
         spool_damage: cps.damage().await?,
-        last_compaction: crate::compact::last_compaction(&lake, &config.source.slot).await?,
+        last_compaction: crate::compact::last_compaction(&cps).await?,
     })
 }
 
@@ -235,7 +235,7 @@ impl Status {
                 let r = &c.report;
                 s.push_str(&format!(
                     "last compaction: {}: {} files merged into {}, {} snapshots expired, {} files deleted, {} orphans removed\n",
-                    c.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    c.when(),
                     r.files_in,
                     r.files_out,
                     r.snapshots_expired,

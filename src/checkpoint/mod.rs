@@ -307,7 +307,8 @@ impl Checkpoints {
         &self.slot
     }
 
-    async fn read<T: for<'de> Deserialize<'de>>(
+    /// A JSON record of this slot's state, `None` when absent.
+    pub(crate) async fn read<T: for<'de> Deserialize<'de>>(
         &self,
         key: &str,
     ) -> Result<Option<T>, CheckpointError> {
@@ -322,7 +323,12 @@ impl Checkpoints {
         }
     }
 
-    async fn write<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CheckpointError> {
+    /// Writes a JSON record of this slot's state.
+    pub(crate) async fn write<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), CheckpointError> {
         let mut json =
             serde_json::to_vec_pretty(value).map_err(|source| CheckpointError::Corrupt {
                 key: key.to_string(),
