@@ -35,7 +35,7 @@ use crate::failpoint;
 use crate::lake::{Lake, LakeError, Published};
 use crate::lsn::Lsn;
 use crate::retry::{Action, Classify};
-use crate::sink::writer::publish_deferred;
+use crate::sink::writer::{nulled_in, publish_deferred};
 use crate::telemetry::metric;
 
 /// A commit step that failed; the flush stays in the state it had reached.
@@ -162,11 +162,7 @@ impl PublishedFlush {
                     continue;
                 };
                 record_file_metrics(&t.folder, wm.files, wm.file_sizes);
-                let mut nulled = BTreeMap::new();
-                for f in flushed.files.iter().filter(|f| f.table == t.folder) {
-                    add_nulled(&mut nulled, &f.nulled);
-                }
-                record_nulled(&t.folder, &nulled);
+                record_nulled(&t.folder, &nulled_in(&flushed.files, &t.folder));
                 checkpoints
                     .replace_watermark(&t.folder, previous.as_ref(), &wm)
                     .await?;
@@ -228,9 +224,7 @@ pub fn changes_watermark(
             let mut n = previous
                 .map(|p| p.nulled_values.clone())
                 .unwrap_or_default();
-            for f in files() {
-                add_nulled(&mut n, &f.nulled);
-            }
+            add_nulled(&mut n, &nulled_in(&flushed.files, folder));
             n
         },
         file_sizes: FileSizes::of(files().map(|f| f.bytes)),

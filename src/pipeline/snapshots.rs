@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use super::*;
 use crate::checkpoint::add_nulled;
+use crate::sink::writer::nulled_in;
 
 /// Backfills this process started (numbers their temporary slots).
 static BACKFILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -252,13 +253,9 @@ impl Pipeline {
             if let Some(sizes) = sizes {
                 state.file_sizes.insert(f.clone(), sizes);
             }
-        }
-        for w in &copied.files {
-            if !w.nulled.is_empty() {
-                add_nulled(
-                    state.nulled_values.entry(w.table.clone()).or_default(),
-                    &w.nulled,
-                );
+            let nulled = nulled_in(&copied.files, f);
+            if !nulled.is_empty() {
+                state.nulled_values.insert(f.clone(), nulled);
             }
         }
         // Tables with no rows still get their watermark.

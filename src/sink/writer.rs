@@ -36,6 +36,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::partition::{FileName, PartitionKey};
 use super::spill::{Spill, SpillError};
+use crate::checkpoint::add_nulled;
 use crate::config::Compression;
 use crate::decode::schema::CHANGE_SEQ;
 use crate::decode::Datum;
@@ -153,6 +154,18 @@ pub struct WrittenFile {
     /// Values written as NULL because the column's Parquet type cannot hold them
     /// (numeric `NaN` in a DECIMAL column, …), per column.
     pub nulled: BTreeMap<String, u64>,
+}
+
+/// Values `files` of table `folder` hold as NULL, per column (see [`WrittenFile::nulled`]).
+pub fn nulled_in<'a>(
+    files: impl IntoIterator<Item = &'a WrittenFile>,
+    folder: &str,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for f in files.into_iter().filter(|f| f.table == folder) {
+        add_nulled(&mut out, &f.nulled);
+    }
+    out
 }
 
 /// Publishes files a sink with `defer_publish` left in its temp folder, up to
@@ -718,9 +731,7 @@ impl Encoder {
             return Ok(());
         }
         let (rows, bytes) = (batch.rows() as u64, batch.bytes() as u64);
-        for (column, n) in batch.take_nulled() {
-            *state.nulled.entry(column).or_default() += n;
-        }
+        add_nulled(&mut state.nulled, &batch.take_nulled());
         let schema = batch.schema().clone();
         if state.file.is_none() && state.skipping.is_none() {
             self.open(state, &schema)?;
