@@ -41,6 +41,9 @@ use crate::source::{self, introspect, query_error};
 /// Keys listed per kind of difference, at most.
 const SHOWN: usize = 20;
 
+/// Source rows decoded and compared at a time.
+const BATCH_ROWS: usize = 8192;
+
 /// How one table compares.
 #[derive(Debug, Default, Serialize)]
 pub struct TableReport {
@@ -433,7 +436,7 @@ async fn compare_copy(
         .map_err(|e| query_error(format!("reading {}", schema.qualified_name()), &e))?;
     let mut stream = std::pin::pin!(stream);
     let mut parser = CopyParser::new();
-    let mut batch = RowBatch::new(schema.clone(), 8192);
+    let mut batch = RowBatch::new(schema.clone(), BATCH_ROWS);
     let mut warnings = Warnings::default();
     let meta = RowMeta {
         change_type: ChangeType::Snapshot,
@@ -457,7 +460,7 @@ async fn compare_copy(
                     .map_err(|e| VerifyError::read("the source's COPY", e))
             },
         )?;
-        if batch.rows() >= 8192 {
+        if batch.rows() >= BATCH_ROWS {
             compare_source(&batch.finish(0), schema, latest, report, absent_expected)?;
         }
     }

@@ -9,8 +9,19 @@ use crate::support::{
 };
 
 fn service_config(lake: &Lake, db: &TestDb, admin: &str, spool: &str) -> std::path::PathBuf {
+    service_config_via(lake, db, &db.url, admin, spool)
+}
+
+/// [`service_config`] reaching the database at `url` (through a proxy).
+fn service_config_via(
+    lake: &Lake,
+    db: &TestDb,
+    url: &str,
+    admin: &str,
+    spool: &str,
+) -> std::path::PathBuf {
     lake.config_with(
-        &db.url,
+        url,
         &db.name,
         SEED_TABLES,
         &format!("[spool]\nack_interval = \"1s\"\n{spool}\n[admin]\nlisten = \"{admin}\"\n"),
@@ -683,12 +694,7 @@ async fn a_stream_a_proxy_silences_is_reconnected() {
     let proxy = crate::support::SilencingProxy::start(db.port()).await;
     let lake = Lake::new();
     let admin = free_addr();
-    let config = lake.config_with(
-        &db.url_through(proxy.port),
-        &db.name,
-        SEED_TABLES,
-        &format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"),
-    );
+    let config = service_config_via(&lake, &db, &db.url_through(proxy.port), &admin, "");
     crate::support::edit_config(&config, |c| {
         c.replacen("[source]\n", "[source]\nquery_timeout = \"5s\"\n", 1)
     });

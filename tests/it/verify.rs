@@ -99,7 +99,8 @@ async fn verify_works_with_a_running_consumer_and_an_s3_lake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_counts_rows_outside_snapshot_where_apart() {
     let db = database("verify_where").await;
-    db.seed(10, 200).await;
+    // Over verify's 8,192-row batches on both sides of the condition.
+    db.seed(10, 20_000).await;
     let lake = Lake::new();
     let tables = SEED_TABLES.replace(
         "name = \"public.orders\"\n",
