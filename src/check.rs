@@ -73,7 +73,11 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     add(Level::Ok, "maintenance", maintenance(config, last));
 
     use crate::catalog::glue::Readiness;
-    let (level, detail) = match crate::catalog::glue::check(config).await {
+    let readiness = match &config.catalog.target {
+        crate::config::Catalog::IcebergRest(rest) => crate::catalog::rest::check(rest).await,
+        _ => crate::catalog::glue::check(config).await,
+    };
+    let (level, detail) = match readiness {
         Readiness::Ready(d) => (Level::Ok, d),
         Readiness::WillCreate(d) => (Level::Todo, d),
         Readiness::Broken(d) => (Level::Fail, d),

@@ -382,7 +382,8 @@ async fn compact_parquet(
 }
 
 /// Iceberg maintenance of each table's changelog and current state (see
-/// [`crate::iceberg::maintain`]); Glue is pointed at every table it committed to.
+/// [`crate::iceberg::maintain`]); Glue or the REST catalog is pointed at every table it
+/// committed to.
 async fn compact_iceberg(
     config: &Config,
     lake: &Lake,
@@ -404,6 +405,9 @@ async fn compact_iceberg(
             .build(),
         tmp: tmp.clone(),
     };
+    let rest = crate::catalog::rest::RestCatalog::configured(config)
+        .await
+        .map_err(crate::catalog::CatalogError::from)?;
     let mut report = CompactReport::default();
     for t in &config.tables {
         let folder = t.folder();
@@ -412,30 +416,43 @@ async fn compact_iceberg(
         }
         let watermark = checkpoints.watermark(folder).await?.map(|w| w.lsn);
         let moved = maintain::maintain(&catalog, folder, watermark, &settings, &mut report).await?;
-        if let crate::config::Catalog::GlueDirect { .. } = config.catalog.target {
-            for table in moved.into_keys() {
-                let loaded = catalog.load(&table).await;
-                let Some(now) = loaded.map_err(crate::iceberg::table::IcebergError::from)? else {
-                    continue;
-                };
-                let Some(columns) =
-                    crate::iceberg::scan::latest_columns(&catalog, &now.metadata).await?
-                else {
-                    continue;
-                };
-                let name = match table.strip_suffix("_current") {
-                    Some(source) if source == folder => folder.to_string(),
-                    _ => crate::iceberg::changelog_glue_name(folder),
-                };
-                crate::catalog::glue::point_iceberg_table(
-                    config,
-                    &name,
-                    &catalog.uri(&table),
-                    &catalog.uri(&now.metadata_key),
-                    &columns,
-                )
-                .await?;
+        let glue = matches!(
+            config.catalog.target,
+            crate::config::Catalog::GlueDirect { .. }
+        );
+        if !glue && rest.is_none() {
+            continue;
+        }
+        for table in moved.into_keys() {
+            let loaded = catalog.load(&table).await;
+            let Some(now) = loaded.map_err(crate::iceberg::table::IcebergError::from)? else {
+                continue;
+            };
+            let name = match table.strip_suffix("_current") {
+                Some(source) if source == folder => folder.to_string(),
+                _ => crate::iceberg::changelog_glue_name(folder),
+            };
+            if let Some(rest) = &rest {
+                rest.point(&name, &now.metadata, &catalog.uri(&now.metadata_key))
+                    .await
+                    .map_err(crate::catalog::CatalogError::from)?;
             }
+            if !glue {
+                continue;
+            }
+            let Some(columns) =
+                crate::iceberg::scan::latest_columns(&catalog, &now.metadata).await?
+            else {
+                continue;
+            };
+            crate::catalog::glue::point_iceberg_table(
+                config,
+                &name,
+                &catalog.uri(&table),
+                &catalog.uri(&now.metadata_key),
+                &columns,
+            )
+            .await?;
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);

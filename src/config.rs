@@ -637,6 +637,20 @@ struct RawCatalog {
     endpoint: Option<String>,
     /// Glue region (default: `output.region`, then the AWS configuration chain).
     region: Option<String>,
+    /// Iceberg REST catalog base URI (`kind = "iceberg-rest"`).
+    uri: Option<String>,
+    /// Iceberg REST warehouse, sent to the catalog's `/v1/config`.
+    warehouse: Option<String>,
+    /// Iceberg REST namespace (dot-separated levels).
+    namespace: Option<String>,
+    /// Iceberg REST bearer token.
+    token: Option<String>,
+    /// Iceberg REST OAuth2 client credentials, `client_id:client_secret`.
+    credential: Option<String>,
+    /// Iceberg REST OAuth2 token endpoint (default: `<uri>/v1/oauth/tokens`).
+    oauth2_uri: Option<String>,
+    /// Iceberg REST OAuth2 scope.
+    scope: Option<String>,
 }
 
 /// `[catalog]`: the catalog told about new data after each flush, with the fields its
@@ -676,6 +690,54 @@ pub enum Catalog {
         /// The Glue database (created when missing).
         database: String,
     },
+    /// Register the Iceberg tables in an Iceberg REST catalog and keep it at their commits.
+    IcebergRest(RestCatalogConfig),
+}
+
+/// Where an Iceberg REST catalog is and how to sign in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestCatalogConfig {
+    /// Base URI (the part before `/v1/`).
+    pub uri: String,
+    /// Warehouse, when the catalog serves several.
+    pub warehouse: Option<String>,
+    /// Namespace levels.
+    pub namespace: Vec<String>,
+    /// How to authenticate.
+    pub auth: RestAuth,
+}
+
+/// Iceberg REST authentication.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RestAuth {
+    /// No `Authorization` header.
+    None,
+    /// A fixed bearer token.
+    Token(String),
+    /// OAuth2 client credentials exchanged for a token at `uri`.
+    ClientCredentials {
+        /// The token endpoint.
+        uri: String,
+        /// Client id.
+        id: String,
+        /// Client secret.
+        secret: String,
+        /// Requested scope.
+        scope: String,
+    },
+}
+
+impl fmt::Debug for RestAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestAuth::None => f.write_str("None"),
+            RestAuth::Token(_) => f.write_str("Token(***)"),
+            RestAuth::ClientCredentials { uri, id, scope, .. } => write!(
+                f,
+                "ClientCredentials {{ uri: {uri:?}, id: {id:?}, secret: ***, scope: {scope:?} }}"
+            ),
+        }
+    }
 }
 
 impl Catalog {
@@ -683,7 +745,7 @@ impl Catalog {
     pub fn database(&self) -> Option<&str> {
         match self {
             Catalog::Glue { database, .. } | Catalog::GlueDirect { database } => Some(database),
-            Catalog::None | Catalog::Local => None,
+            Catalog::None | Catalog::Local | Catalog::IcebergRest(_) => None,
         }
     }
 
@@ -694,6 +756,7 @@ impl Catalog {
             Catalog::Local => "local",
             Catalog::Glue { .. } => "glue",
             Catalog::GlueDirect { .. } => "glue-direct",
+            Catalog::IcebergRest(_) => "iceberg-rest",
         }
     }
 }
@@ -713,6 +776,7 @@ impl TryFrom<RawCatalog> for CatalogConfig {
             CatalogKind::GlueDirect => Catalog::GlueDirect {
                 database: database()?,
             },
+            CatalogKind::IcebergRest => Catalog::IcebergRest(rest_catalog(&raw)?),
             CatalogKind::Glue => Catalog::Glue {
                 database: database()?,
                 crawler: raw
@@ -737,6 +801,52 @@ impl TryFrom<RawCatalog> for CatalogConfig {
     }
 }
 
+/// The `iceberg-rest` fields of `[catalog]`.
+fn rest_catalog(raw: &RawCatalog) -> Result<RestCatalogConfig, String> {
+    let uri = raw.uri.clone().ok_or(
+        "uri is required when kind = \"iceberg-rest\" (the catalog's base URI, before /v1/)",
+    )?;
+    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+        return Err(format!("uri must be http:// or https:// (got {uri:?})"));
+    }
+    let uri = uri.trim_end_matches('/').to_string();
+    let namespace: Vec<String> = raw
+        .namespace
+        .as_deref()
+        .ok_or("namespace is required when kind = \"iceberg-rest\"")?
+        .split('.')
+        .map(str::to_string)
+        .collect();
+    if namespace.iter().any(String::is_empty) {
+        return Err("namespace: empty level (write levels as a.b)".into());
+    }
+    let auth = match (&raw.token, &raw.credential) {
+        (Some(_), Some(_)) => return Err("set token or credential, not both".into()),
+        (Some(t), None) => RestAuth::Token(t.clone()),
+        (None, Some(c)) => {
+            let (id, secret) = c
+                .split_once(':')
+                .ok_or("credential must be client_id:client_secret")?;
+            RestAuth::ClientCredentials {
+                uri: raw
+                    .oauth2_uri
+                    .clone()
+                    .unwrap_or_else(|| format!("{uri}/v1/oauth/tokens")),
+                id: id.to_string(),
+                secret: secret.to_string(),
+                scope: raw.scope.clone().unwrap_or_else(|| "catalog".into()),
+            }
+        }
+        (None, None) => RestAuth::None,
+    };
+    Ok(RestCatalogConfig {
+        uri,
+        warehouse: raw.warehouse.clone(),
+        namespace,
+        auth,
+    })
+}
+
 /// `[catalog] kind`
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -750,6 +860,8 @@ enum CatalogKind {
     Glue,
     /// Update Glue tables and partitions directly.
     GlueDirect,
+    /// Keep an Iceberg REST catalog at the Iceberg tables' commits.
+    IcebergRest,
 }
 
 /// `[[tables]]`
@@ -1198,6 +1310,14 @@ impl Config {
                 "\"glue\" (a crawler) with output.format = \"iceberg\": slot2lake registers its Iceberg tables itself; use \"glue-direct\" (or \"local\")",
             ));
         }
+        if o.format != TableFormat::Iceberg
+            && matches!(self.catalog.target, Catalog::IcebergRest(_))
+        {
+            errors.push(invalid(
+                "catalog.kind",
+                "\"iceberg-rest\" registers Iceberg tables: set output.format = \"iceberg\" (or use \"glue-direct\" or \"local\" for the Parquet layout)",
+            ));
+        }
         if self.catalog.target.database().is_some() && !s3 {
             errors.push(invalid(
                 "catalog.kind",
@@ -1635,6 +1755,71 @@ name = "public.customers"
             .expect_err("too small")
             .to_string();
         assert!(err.starts_with("flush.memory_limit"), "{err}");
+    }
+
+    #[test]
+    fn an_iceberg_rest_catalog_is_read_with_its_credentials_kept_out_of_debug() {
+        let iceberg = MINIMAL.replace("[output]", "[output]\nformat = \"iceberg\"");
+        let with =
+            |catalog: &str| format!("{iceberg}[catalog]\nkind = \"iceberg-rest\"\n{catalog}");
+        let c = Config::parse(
+            &with("uri = \"https://cat.example/api/\"\nnamespace = \"lake.shop\"\ncredential = \"id:${PGPASSWORD}\"\n"),
+            "t.toml",
+            &env,
+        )
+        .expect("valid");
+        let Catalog::IcebergRest(rest) = &c.catalog.target else {
+            panic!("{:?}", c.catalog.target);
+        };
+        assert_eq!(rest.uri, "https://cat.example/api");
+        assert_eq!(rest.namespace, vec!["lake", "shop"]);
+        assert_eq!(
+            rest.auth,
+            RestAuth::ClientCredentials {
+                uri: "https://cat.example/api/v1/oauth/tokens".into(),
+                id: "id".into(),
+                secret: "s3cr3t".into(),
+                scope: "catalog".into(),
+            }
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        let token = Config::parse(
+            &with("uri = \"http://h\"\nnamespace = \"n\"\ntoken = \"${PGPASSWORD}\"\n"),
+            "t.toml",
+            &env,
+        )
+        .expect("valid");
+        assert!(!format!("{token:?}").contains("s3cr3t"));
+
+        for (catalog, want) in [
+            ("namespace = \"n\"\n", "uri is required"),
+            (
+                "uri = \"cat.example\"\nnamespace = \"n\"\n",
+                "http:// or https://",
+            ),
+            ("uri = \"http://h\"\n", "namespace is required"),
+            ("uri = \"http://h\"\nnamespace = \"a..b\"\n", "empty level"),
+            (
+                "uri = \"http://h\"\nnamespace = \"n\"\ncredential = \"nocolon\"\n",
+                "client_id:client_secret",
+            ),
+            (
+                "uri = \"http://h\"\nnamespace = \"n\"\ncredential = \"a:b\"\ntoken = \"t\"\n",
+                "not both",
+            ),
+        ] {
+            let err = Config::parse(&with(catalog), "t.toml", &env)
+                .expect_err(catalog)
+                .to_string();
+            assert!(err.contains(want), "{catalog:?}: {err}");
+        }
+        let parquet = format!(
+            "{MINIMAL}[catalog]\nkind = \"iceberg-rest\"\nuri = \"http://h\"\nnamespace = \"n\"\n"
+        );
+        let err = Config::parse(&parquet, "t.toml", &env)
+            .expect_err("parquet")
+            .to_string();
+        assert!(err.contains("output.format = \"iceberg\""), "{err}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! * `local`: a `file://` lake is its own catalog (`slot2lake catalog tables|describe|partitions`);
 //! * `glue`: start the Glue crawler (creating it when asked), queueing behind a running crawl;
 //! * `glue-direct`: create/update the Glue database, tables and partitions directly, so
-//!   Athena sees new data the moment the flush commits, without a crawler.
+//!   Athena sees new data the moment the flush commits, without a crawler;
+//! * `iceberg-rest`: an Iceberg REST catalog, kept at the Iceberg tables' commits ([`rest`]).
 //!
 //! It runs after the watermark is written and the slot acknowledged, so a failure here
 //! never loses data and never rolls a watermark back. A failed update is recorded in
@@ -11,6 +12,7 @@
 
 pub mod glue;
 pub mod local;
+pub mod rest;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,6 +43,9 @@ pub enum CatalogError {
         /// Glue's message.
         message: String,
     },
+    /// An Iceberg REST catalog call failed.
+    #[error(transparent)]
+    Rest(#[from] rest::RestError),
     /// Reading or writing the pending list.
     #[error(transparent)]
     Lake(#[from] LakeError),
@@ -114,7 +119,7 @@ pub async fn after_flush(
     let result = match target {
         Catalog::Glue { .. } => glue::crawl(config).await,
         Catalog::GlueDirect { .. } => glue::update(config, tables, &pending).await,
-        Catalog::None | Catalog::Local => Ok(()),
+        Catalog::None | Catalog::Local | Catalog::IcebergRest(_) => Ok(()),
     };
     match &result {
         Ok(()) => {
@@ -315,6 +320,7 @@ impl Classify for CatalogError {
     fn action(&self) -> Action {
         match self {
             CatalogError::Glue(_) | CatalogError::CrawlFailed { .. } => Action::Backoff,
+            CatalogError::Rest(e) => e.action(),
             CatalogError::Lake(e) => e.action(),
         }
     }

@@ -668,15 +668,21 @@ async fn references(
     Ok(out)
 }
 
-/// Whether an unlisted file in table folder `folder` is the table's to remove: its
-/// metadata, its rewritten or current-state files, and flush files named between the
-/// table's first commit and its current LSN (later ones await a retried commit).
+/// Whether an unlisted file in table folder `folder` is the table's to remove: the
+/// metadata files slot2lake writes (a REST catalog's own `NNNNN-<uuid>.metadata.json`
+/// are the catalog's to keep or drop), its rewritten or current-state files, and flush
+/// files named between the table's first commit and its current LSN (later ones await a
+/// retried commit).
 pub fn is_orphan(folder: &str, key: &str, first: Option<Lsn>, table_lsn: Option<Lsn>) -> bool {
     let Some(rest) = key.strip_prefix(folder).and_then(|r| r.strip_prefix('/')) else {
         return false;
     };
-    if rest.starts_with("metadata/") {
-        return !rest.ends_with("/version-hint.text") && rest != "metadata/version-hint.text";
+    if let Some(name) = rest.strip_prefix("metadata/") {
+        let version = name
+            .strip_prefix('v')
+            .and_then(|n| n.strip_suffix(".metadata.json"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        return version || (name.ends_with(".avro") && !name.contains('/'));
     }
     let Some(name) = rest.rsplit('/').next().filter(|n| n.ends_with(".parquet")) else {
         return false;
@@ -965,7 +971,14 @@ mod tests {
         for (key, want) in [
             ("orders/metadata/v3.metadata.json", true),
             ("orders/metadata/123-m0.avro", true),
+            ("orders/metadata/snap-123.avro", true),
             ("orders/metadata/version-hint.text", false),
+            // A REST catalog's metadata files, and other tools' statistics.
+            (
+                "orders/metadata/00002-0b6e3c1a-9f7e-4a51-8f0e-0d9f7c2b4a11.metadata.json",
+                false,
+            ),
+            ("orders/metadata/stats-1.puffin", false),
             // A rewrite that never committed.
             (
                 &format!("{p}/orders_20250102_010000_000001_rewritten_0000.parquet") as &str,

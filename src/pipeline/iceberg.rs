@@ -3,6 +3,7 @@
 //! the next start, and the commit id makes that a no-op when the first got through.
 
 use super::*;
+use crate::catalog::rest::RestCatalog;
 use crate::config::Catalog;
 use crate::config::TableFormat;
 use crate::decode::schema::ETL_PROCESSED_AT;
@@ -73,6 +74,9 @@ impl Pipeline {
         kind: CommitKind,
     ) -> Result<(), RunError> {
         let catalog = LocalCatalog::new(self.lake.clone());
+        let rest = RestCatalog::configured(&self.config)
+            .await
+            .map_err(CatalogError::from)?;
         let writer = parquet::file::properties::WriterProperties::builder()
             .set_compression(crate::sink::writer::codec(self.config.output.compression))
             .set_max_row_group_row_count(Some(self.config.output.row_group_rows))
@@ -131,8 +135,9 @@ impl Pipeline {
                 }
             }
             failpoint::hit(failpoint::MID_ICEBERG_COMMITS);
-            self.point_glue(
+            self.point_catalog(
                 &catalog,
+                rest.as_ref(),
                 &crate::iceberg::changelog_glue_name(folder),
                 folder,
                 &done.metadata_key,
@@ -164,8 +169,9 @@ impl Pipeline {
                 tracing::warn!(table = %folder, rows = applied.unresolved, "iceberg: current-state rows whose unsent TOASTed value was found nowhere are NULL there and named in unchanged_columns");
             }
             let current = current::folder_of(folder);
-            self.point_glue(
+            self.point_catalog(
                 &catalog,
+                rest.as_ref(),
                 folder,
                 &current,
                 &applied.appended.metadata_key,
@@ -191,29 +197,57 @@ pub(super) enum CommitKind {
 }
 
 impl Pipeline {
-    /// With `catalog.kind = "glue-direct"`, points Glue table `name` at the Iceberg
-    /// table in `folder`, also after a retried commit (the crash may have come before
-    /// Glue heard of it).
-    async fn point_glue(
+    /// Points the configured catalog's table `name` at the Iceberg table in `folder`:
+    /// Glue (`glue-direct`) at its metadata file, a REST catalog (`rest`) to its state;
+    /// also after a retried commit (the crash may have come before the catalog heard).
+    async fn point_catalog(
         &self,
         catalog: &LocalCatalog,
+        rest: Option<&RestCatalog>,
         name: &str,
         folder: &str,
         metadata_key: &str,
         schema: &TableSchema,
     ) -> Result<(), RunError> {
-        if let Catalog::GlueDirect { .. } = self.config.catalog.target {
-            catalog::glue::point_iceberg_table(
-                &self.config,
-                name,
-                &catalog.uri(folder),
-                &catalog.uri(metadata_key),
-                &schema.arrow,
-            )
-            .await?;
+        match &self.config.catalog.target {
+            Catalog::GlueDirect { .. } => {
+                catalog::glue::point_iceberg_table(
+                    &self.config,
+                    name,
+                    &catalog.uri(folder),
+                    &catalog.uri(metadata_key),
+                    &schema.arrow,
+                )
+                .await?;
+            }
+            Catalog::IcebergRest(_) => {
+                if let Some(rest) = rest {
+                    point_rest(catalog, rest, name, folder).await?;
+                }
+            }
+            Catalog::None | Catalog::Local | Catalog::Glue { .. } => {}
         }
         Ok(())
     }
+}
+
+/// Brings REST table `name` to the lake's current metadata of the table in `folder`.
+async fn point_rest(
+    catalog: &LocalCatalog,
+    rest: &RestCatalog,
+    name: &str,
+    folder: &str,
+) -> Result<(), RunError> {
+    let loaded = catalog
+        .load(folder)
+        .await
+        .map_err(iceberg_table::IcebergError::from)?;
+    if let Some(now) = loaded {
+        rest.point(name, &now.metadata, &catalog.uri(&now.metadata_key))
+            .await
+            .map_err(CatalogError::from)?;
+    }
+    Ok(())
 }
 
 /// The commit id of a flush: its cut and time fix its files' names too.

@@ -2,7 +2,8 @@
 //! table, read by pyiceberg and DuckDB's iceberg_scan.
 
 use crate::support::{
-    connect, database, free_addr, run_once, with_config, Consumer, Lake, SEED_TABLES,
+    connect, database, edit_config, free_addr, run_once, with_config, Consumer, Lake, RestCatalog,
+    KEEP_NOTHING, SEED_TABLES,
 };
 
 fn lsns(check: &serde_json::Value) -> Vec<String> {
@@ -519,4 +520,130 @@ async fn iceberg_run_maintains_the_tables_after_a_flush_when_configured() {
         "{}",
         status.stdout
     );
+}
+
+/// The REST catalog's table `name` has the lake's snapshots, current one included, and
+/// both readers read through it what they read from the lake's metadata.
+fn assert_rest_is_lake(check: &serde_json::Value, name: &str) -> serde_json::Value {
+    let t = &check[name];
+    assert!(t["error"].is_null(), "{name}: {t}");
+    assert_eq!(t["snapshot_ids"], t["lake_snapshot_ids"], "{name}: {t}");
+    assert_eq!(t["current"], t["lake_current"], "{name}: {t}");
+    assert_eq!(t["pyiceberg_equals_lake"], true, "{name}: {t}");
+    assert_eq!(t["duckdb_equals_lake"], true, "{name}: {t}");
+    assert_eq!(t["rows"], t["duckdb_rows"], "{name}: {t}");
+    t.clone()
+}
+
+/// `catalog.kind = "iceberg-rest"`: both tables of each source table are registered in
+/// the REST catalog (signing in with client credentials) and moved to every commit of
+/// the lake: a flush, a column added, a catalog left behind for a flush (caught up in
+/// one commit), and `compact`'s expiry; pyiceberg's RestCatalog and DuckDB's REST
+/// attach read through it what the lake's metadata holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_tables_are_kept_in_a_rest_catalog() {
+    let rest = RestCatalog::start();
+    let db = database("iceberg_rest").await;
+    db.seed(20, 200).await;
+    let lake = Lake::iceberg();
+    let extra = format!("{}{KEEP_NOTHING}", rest.section("shop"));
+    let config = lake.config_with(&db.url, &db.name, SEED_TABLES, &extra);
+
+    let check = with_config(&["check"], &config).await;
+    assert!(
+        check.stdout.contains("namespace \"shop\" will be created"),
+        "{}",
+        check.stdout
+    );
+    let first = run_once(&config).await;
+    for (folder, key) in [("orders", "order_id"), ("customers", "customer_id")] {
+        let c = lake.rest_check(&rest, "shop", folder);
+        let changes = assert_rest_is_lake(&c, &format!("{folder}_changes"));
+        let current = assert_rest_is_lake(&c, folder);
+        let lsn = lake.watermark(folder)["lsn"].clone();
+        assert_eq!(changes["lsn"], lsn, "{c}");
+        assert_eq!(current["lsn"], lsn, "{c}");
+        lake.assert_current_matches(&db, &format!("public.{folder}"), folder, key);
+    }
+    let c = lake.rest_check(&rest, "shop", "orders");
+    assert_eq!(c["orders"]["rows"], 200, "{c}");
+    let registered = rest
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/register ") && r.ends_with(" 200"))
+        .count();
+    assert_eq!(registered, 4, "{:?}", rest.requests());
+
+    // Changes and a new column: one commit each, the schema added through the catalog.
+    db.exec(
+        "UPDATE orders SET quantity = quantity + 1 WHERE order_id % 3 = 0;
+         DELETE FROM orders WHERE order_id % 7 = 0;
+         ALTER TABLE orders ADD COLUMN note text;
+         INSERT INTO orders (customer_id, product_name, quantity, price, order_date, note)
+           SELECT 1, 'late', 1, 2.5, current_date - i, 'n' || i FROM generate_series(1, 30) i;",
+    )
+    .await;
+    let second = run_once(&config).await;
+    let c = lake.rest_check(&rest, "shop", "orders");
+    assert_rest_is_lake(&c, "orders_changes");
+    assert_rest_is_lake(&c, "orders");
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+    assert_eq!(
+        c["orders"]["rows"].as_i64(),
+        Some(db.count("SELECT count(*) FROM orders").await),
+        "{c}"
+    );
+
+    // A flush the catalog does not hear of (as after a crash between the lake's commit
+    // and the catalog's): the next one brings it both snapshots in one commit.
+    edit_config(&config, |t| {
+        t.replace("kind = \"iceberg-rest\"", "kind = \"local\"")
+    });
+    db.exec("UPDATE orders SET note = 'missed' WHERE order_id <= 10")
+        .await;
+    run_once(&config).await;
+    let behind = lake.rest_check(&rest, "shop", "orders");
+    assert_ne!(
+        behind["orders"]["current"], behind["orders"]["lake_current"],
+        "the catalog was not told: {behind}"
+    );
+    edit_config(&config, |t| {
+        t.replace("kind = \"local\"", "kind = \"iceberg-rest\"")
+    });
+    db.exec("UPDATE orders SET note = 'caught up' WHERE order_id > 190")
+        .await;
+    let commits_before = rest.requests().len();
+    run_once(&config).await;
+    let c = lake.rest_check(&rest, "shop", "orders");
+    assert_rest_is_lake(&c, "orders_changes");
+    assert_rest_is_lake(&c, "orders");
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+    let posts: Vec<String> = rest.requests()[commits_before..]
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains("/tables/orders"))
+        .cloned()
+        .collect();
+    assert_eq!(posts.len(), 2, "one commit per table: {posts:?}");
+
+    // compact expires every snapshot but the current one and removes unlisted files
+    // at once (KEEP_NOTHING): the catalog drops the same snapshots and keeps its own
+    // metadata files, which it still reads.
+    let compacted = with_config(&["compact"], &config).await;
+    compacted.ok();
+    for folder in ["orders", "customers"] {
+        let c = lake.rest_check(&rest, "shop", folder);
+        let t = assert_rest_is_lake(&c, folder);
+        assert_eq!(t["snapshot_ids"].as_array().map(Vec::len), Some(1), "{c}");
+        assert_rest_is_lake(&c, &format!("{folder}_changes"));
+    }
+
+    // The client secret and the token never reach the output.
+    for run in [&first, &second, &compacted, &check] {
+        for secret in ["client-s3cret", RestCatalog::TOKEN] {
+            assert!(
+                !run.stderr.contains(secret) && !run.stdout.contains(secret),
+                "{secret} in the output"
+            );
+        }
+    }
 }

@@ -964,3 +964,110 @@ async fn pass(
         }
     }
 }
+
+/// The tests' Iceberg REST catalog (`tests/support/rest_catalog.py`: the specification's
+/// routes over pyiceberg's SqlCatalog), signing clients in with OAuth2 client
+/// credentials; stopped when dropped.
+pub struct RestCatalog {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl RestCatalog {
+    /// Client id and secret the catalog accepts.
+    pub const CREDENTIAL: &'static str = "slot2lake:client-s3cret";
+    /// The token it hands out for them.
+    pub const TOKEN: &'static str = "t0ken-for-slot2lake";
+
+    pub fn start() -> RestCatalog {
+        use std::io::BufRead;
+        let dir = tempfile::Builder::new()
+            .prefix("slot2lake-rest-")
+            .tempdir()
+            .expect("tempdir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rest_catalog.py");
+        let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+            .arg(script)
+            .arg("--db")
+            .arg(dir.path().join("catalog.db"))
+            .args(["--token", Self::TOKEN, "--client", Self::CREDENTIAL])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect(
+                "python3 with pyiceberg and sqlalchemy (pip install -r tests/requirements.txt)",
+            );
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the catalog's port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("rest_catalog.py printed {line:?}, not its port"));
+        RestCatalog { child, dir, port }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A `[catalog]` section for namespace `namespace` of warehouse `lake`.
+    pub fn section(&self, namespace: &str) -> String {
+        format!(
+            "[catalog]\nkind = \"iceberg-rest\"\nuri = \"{}\"\nwarehouse = \"lake\"\nnamespace = \"{namespace}\"\ncredential = \"{}\"\n",
+            self.uri(),
+            Self::CREDENTIAL
+        )
+    }
+
+    /// Every request the catalog answered, as `METHOD PATH STATUS`.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for RestCatalog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Lake {
+    /// The folder's changelog and current-state tables read through the REST catalog
+    /// beside the lake's own metadata (`lake_check.py rest`).
+    pub fn rest_check(
+        &self,
+        rest: &RestCatalog,
+        namespace: &str,
+        folder: &str,
+    ) -> serde_json::Value {
+        let uri = rest.uri();
+        let out = python(
+            &self.reader_env(),
+            &[
+                "rest",
+                "--lake",
+                &self.location(),
+                "--folder",
+                folder,
+                "--uri",
+                &uri,
+                "--warehouse",
+                "lake",
+                "--namespace",
+                namespace,
+                "--token",
+                RestCatalog::TOKEN,
+            ],
+        );
+        reader_json(out, "rest")
+    }
+}
