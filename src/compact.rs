@@ -34,10 +34,11 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, Checkpoints};
+use crate::checkpoint::{CheckpointError, Checkpoints, CompactReport};
 use crate::config::Config;
 use crate::lake::{Lake, LakeError};
 use crate::lsn::Lsn;
+use crate::sink::FileName;
 
 /// A compaction that could not finish; rerunning `compact` resumes it.
 #[derive(Debug, thiserror::Error)]
@@ -145,33 +146,6 @@ pub struct Listed {
     pub size: u64,
 }
 
-/// What `compact` did.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompactReport {
-    /// Partitions merged.
-    pub partitions: usize,
-    /// Small files merged (Iceberg: also current-state data and delete files rewritten).
-    pub files_in: usize,
-    /// Files written.
-    pub files_out: usize,
-    /// Iceberg snapshots expired.
-    pub snapshots_expired: usize,
-    /// Files deleted with them.
-    pub files_deleted: usize,
-    /// Files no Iceberg snapshot listed, removed.
-    pub orphans_removed: usize,
-}
-
-/// The LSN in a data file's name (`<table>_<date>_<time>_<LSN>_<seq>.parquet`); `None`
-/// for compacted files, which hold only committed rows.
-pub(crate) fn name_lsn(key: &str) -> Option<Lsn> {
-    let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
-    let mut parts = name.rsplit('_');
-    parts.next()?;
-    let lsn = parts.next()?;
-    u64::from_str_radix(lsn, 16).ok().map(Lsn)
-}
-
 /// The date of a partition folder, if it has one (`year=…/month=…/day=…`, or the
 /// `processing_…` form).
 fn partition_date(partition: &str) -> Option<NaiveDate> {
@@ -207,7 +181,7 @@ pub fn plan(
         if !name.ends_with(".parquet") || f.size >= small_below {
             continue;
         }
-        let committed = match name_lsn(&f.key) {
+        let committed = match FileName::lsn_of(&f.key) {
             Some(lsn) => watermark.is_some_and(|w| lsn <= w),
             None => name.contains("_compacted_"),
         };
@@ -742,19 +716,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_lsns_and_dates_from_names() {
-        assert_eq!(
-            name_lsn("t/p=1/orders_20250725_010000_00000000016B3748_0003.parquet"),
-            Some(Lsn(0x16B3748))
-        );
-        assert_eq!(
-            name_lsn("t/p=1/orders_20250725_010000_00000000016B3748_w01-0003.parquet"),
-            Some(Lsn(0x16B3748))
-        );
-        assert_eq!(
-            name_lsn("t/p=1/orders_20250725_010000_compacted_0003.parquet"),
-            None
-        );
+    fn reads_dates_from_partitions() {
         assert_eq!(
             partition_date("processing_year=2025/processing_month=07/processing_day=24"),
             NaiveDate::from_ymd_opt(2025, 7, 24)

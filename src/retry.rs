@@ -277,6 +277,27 @@ mod tests {
                 Action::Backoff,
             ),
             (
+                "rest catalog down during an iceberg commit",
+                RunError::IcebergCatalog(CatalogError::Rest(
+                    crate::catalog::rest::RestError::Transport {
+                        what: "loading".into(),
+                        message: "refused".into(),
+                    },
+                )),
+                Action::Backoff,
+            ),
+            (
+                "rest catalog refuses the credentials",
+                RunError::IcebergCatalog(CatalogError::Rest(
+                    crate::catalog::rest::RestError::Status {
+                        what: "signing in".into(),
+                        status: 401,
+                        message: "bad client credentials".into(),
+                    },
+                )),
+                Action::Stop,
+            ),
+            (
                 "watermark backward",
                 RunError::Checkpoint(CheckpointError::Backward {
                     table: "t".into(),

@@ -509,10 +509,18 @@ async fn token(
 }
 
 fn transport(what: &str, e: reqwest::Error) -> RestError {
-    // Without the URL: a user's URI may carry credentials.
+    // Without the URL (a user's URI may carry credentials), with its causes: reqwest's
+    // own message is only "error sending request".
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        message = format!("{message}: {c}");
+        cause = c.source();
+    }
     RestError::Transport {
         what: what.to_string(),
-        message: e.without_url().to_string(),
+        message,
     }
 }
 

@@ -284,6 +284,24 @@ pub struct StagedFile {
     pub day: Option<i32>,
 }
 
+/// What a compaction did (`compact`, or the maintenance after a flush); recorded in
+/// `maintenance.json`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactReport {
+    /// Partitions merged.
+    pub partitions: usize,
+    /// Small files merged (Iceberg: also current-state data and delete files rewritten).
+    pub files_in: usize,
+    /// Files written.
+    pub files_out: usize,
+    /// Iceberg snapshots expired.
+    pub snapshots_expired: usize,
+    /// Files deleted with them.
+    pub files_deleted: usize,
+    /// Files no Iceberg snapshot listed, removed.
+    pub orphans_removed: usize,
+}
+
 /// Reads and writes checkpoints of one slot in one lake.
 #[derive(Debug, Clone)]
 pub struct Checkpoints {

@@ -45,7 +45,7 @@ use super::manifest::{EntryStatus, FileContent, ManifestContent, ManifestEntry};
 use super::scan::{self, file_err, open, LiveRows};
 use super::spec::{self, Snapshot, TableMetadata, LSN_PROPERTY};
 use super::table::{self, Draft, IcebergError, NewFile, COMMIT_PROPERTY, FIRST_LSN_PROPERTY};
-use crate::compact::CompactReport;
+use crate::checkpoint::CompactReport;
 use crate::failpoint;
 use crate::lsn::Lsn;
 
@@ -690,7 +690,7 @@ pub fn is_orphan(folder: &str, key: &str, first: Option<Lsn>, table_lsn: Option<
     if rest.starts_with("data/") || name.contains("_rewritten_") {
         return true;
     }
-    match (crate::compact::name_lsn(key), first, table_lsn) {
+    match (crate::sink::FileName::lsn_of(key), first, table_lsn) {
         (Some(l), Some(f), Some(t)) => f <= l && l <= t,
         _ => false,
     }

@@ -76,7 +76,7 @@ impl Pipeline {
         let catalog = LocalCatalog::new(self.lake.clone());
         let rest = RestCatalog::configured(&self.config)
             .await
-            .map_err(CatalogError::from)?;
+            .map_err(|e| RunError::IcebergCatalog(e.into()))?;
         let writer = parquet::file::properties::WriterProperties::builder()
             .set_compression(crate::sink::writer::codec(self.config.output.compression))
             .set_max_row_group_row_count(Some(self.config.output.row_group_rows))
@@ -218,7 +218,8 @@ impl Pipeline {
                     &catalog.uri(metadata_key),
                     &schema.arrow,
                 )
-                .await?;
+                .await
+                .map_err(RunError::IcebergCatalog)?;
             }
             Catalog::IcebergRest(_) => {
                 if let Some(rest) = rest {
@@ -245,7 +246,7 @@ async fn point_rest(
     if let Some(now) = loaded {
         rest.point(name, &now.metadata, &catalog.uri(&now.metadata_key))
             .await
-            .map_err(CatalogError::from)?;
+            .map_err(|e| RunError::IcebergCatalog(e.into()))?;
     }
     Ok(())
 }

@@ -84,6 +84,10 @@ pub enum RunError {
     /// The catalog step (data is committed).
     #[error("catalog (the data is committed; the next flush retries): {0}")]
     Catalog(#[from] CatalogError),
+    /// Glue or a REST catalog not told of an Iceberg commit: the flush's watermarks are
+    /// not written; retrying commits nothing twice.
+    #[error("iceberg catalog (the flush finishes once the catalog is updated; a retry commits nothing twice): {0}")]
+    IcebergCatalog(CatalogError),
     /// A COPY stream that does not parse.
     #[error(transparent)]
     Copy(#[from] crate::source::copy::CopyError),
@@ -417,7 +421,7 @@ impl Classify for RunError {
             RunError::Flush(e) => e.action(),
             RunError::Commit(e) => e.action(),
             RunError::Sink(e) => e.action(),
-            RunError::Catalog(e) => e.action(),
+            RunError::Catalog(e) | RunError::IcebergCatalog(e) => e.action(),
             RunError::Iceberg(e) => e.action(),
             RunError::Table(_)
             | RunError::Recovery(_)

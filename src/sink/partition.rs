@@ -89,6 +89,18 @@ impl std::fmt::Display for FileName {
     }
 }
 
+impl FileName {
+    /// The LSN in a data file's name (`<table>_<date>_<time>_<LSN>_<seq>.parquet`);
+    /// `None` for compacted files, which hold only committed rows.
+    pub fn lsn_of(key: &str) -> Option<Lsn> {
+        let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
+        let mut parts = name.rsplit('_');
+        parts.next()?;
+        let lsn = parts.next()?;
+        u64::from_str_radix(lsn, 16).ok().map(Lsn)
+    }
+}
+
 impl PartitionKey {
     /// The partition of a row: its partition column's date, or the flush's date.
     ///
@@ -141,6 +153,19 @@ mod tests {
         assert_eq!(
             name.to_string(),
             "orders_20250725_010000_00000000016B3748_0003.parquet"
+        );
+        assert_eq!(
+            FileName::lsn_of(&format!("t/p=1/{name}")),
+            Some(Lsn(0x16B3748))
+        );
+        // A snapshot worker's file, and a compacted one (only committed rows, no LSN).
+        assert_eq!(
+            FileName::lsn_of("t/p=1/orders_20250725_010000_00000000016B3748_w01-0003.parquet"),
+            Some(Lsn(0x16B3748))
+        );
+        assert_eq!(
+            FileName::lsn_of("t/p=1/orders_20250725_010000_compacted_0003.parquet"),
+            None
         );
     }
 }

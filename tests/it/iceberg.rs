@@ -2,8 +2,8 @@
 //! table, read by pyiceberg and DuckDB's iceberg_scan.
 
 use crate::support::{
-    connect, database, edit_config, free_addr, run_once, with_config, Consumer, Lake, RestCatalog,
-    KEEP_NOTHING, SEED_TABLES,
+    assert_rest_is_lake, connect, database, edit_config, free_addr, run_once, with_config,
+    Consumer, Lake, RestCatalog, KEEP_NOTHING, SEED_TABLES,
 };
 
 fn lsns(check: &serde_json::Value) -> Vec<String> {
@@ -522,19 +522,6 @@ async fn iceberg_run_maintains_the_tables_after_a_flush_when_configured() {
     );
 }
 
-/// The REST catalog's table `name` has the lake's snapshots, current one included, and
-/// both readers read through it what they read from the lake's metadata.
-fn assert_rest_is_lake(check: &serde_json::Value, name: &str) -> serde_json::Value {
-    let t = &check[name];
-    assert!(t["error"].is_null(), "{name}: {t}");
-    assert_eq!(t["snapshot_ids"], t["lake_snapshot_ids"], "{name}: {t}");
-    assert_eq!(t["current"], t["lake_current"], "{name}: {t}");
-    assert_eq!(t["pyiceberg_equals_lake"], true, "{name}: {t}");
-    assert_eq!(t["duckdb_equals_lake"], true, "{name}: {t}");
-    assert_eq!(t["rows"], t["duckdb_rows"], "{name}: {t}");
-    t.clone()
-}
-
 /// `catalog.kind = "iceberg-rest"`: both tables of each source table are registered in
 /// the REST catalog (signing in with client credentials) and moved to every commit of
 /// the lake: a flush, a column added, a catalog left behind for a flush (caught up in
@@ -542,7 +529,7 @@ fn assert_rest_is_lake(check: &serde_json::Value, name: &str) -> serde_json::Val
 /// attach read through it what the lake's metadata holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iceberg_tables_are_kept_in_a_rest_catalog() {
-    let rest = RestCatalog::start();
+    let mut rest = RestCatalog::start();
     let db = database("iceberg_rest").await;
     db.seed(20, 200).await;
     let lake = Lake::iceberg();
@@ -625,6 +612,47 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
         .collect();
     assert_eq!(posts.len(), 2, "one commit per table: {posts:?}");
 
+    // The catalog down: the flush commits to the lake but does not finish (no watermark,
+    // nothing acknowledged) and says why; once the catalog is back, the retried flush
+    // commits nothing twice and brings the catalog along.
+    rest.stop();
+    edit_config(&config, |t| {
+        format!("{t}\n[retry]\nrun_once_budget = \"2s\"\n")
+    });
+    let watermark = lake.watermark("orders");
+    let snapshots_before = lake.iceberg_check("orders", "order_id")["snapshots"]
+        .as_array()
+        .map(Vec::len);
+    db.exec("DELETE FROM orders WHERE order_id BETWEEN 100 AND 120")
+        .await;
+    let down = with_config(&["run", "--once"], &config).await;
+    assert_ne!(down.code, 0, "{}", down.stderr);
+    assert!(
+        down.stderr.contains("iceberg rest catalog")
+            && down
+                .stderr
+                .contains("the flush finishes once the catalog is updated")
+            && down.stderr.contains("Connection refused"),
+        "names the catalog, what is done and why: {}",
+        down.stderr
+    );
+    assert_eq!(lake.watermark("orders"), watermark, "no watermark moved");
+    let old_uri = rest.uri();
+    rest.restart();
+    edit_config(&config, |t| t.replace(&old_uri, &rest.uri()));
+    run_once(&config).await;
+    let c = lake.rest_check(&rest, "shop", "orders");
+    assert_rest_is_lake(&c, "orders_changes");
+    assert_rest_is_lake(&c, "orders");
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
+    assert_eq!(
+        lake.iceberg_check("orders", "order_id")["snapshots"]
+            .as_array()
+            .map(Vec::len),
+        snapshots_before.map(|n| n + 1),
+        "the retried flush committed once"
+    );
+
     // compact expires every snapshot but the current one and removes unlisted files
     // at once (KEEP_NOTHING): the catalog drops the same snapshots and keeps its own
     // metadata files, which it still reads.
@@ -638,7 +666,7 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
     }
 
     // The client secret and the token never reach the output.
-    for run in [&first, &second, &compacted, &check] {
+    for run in [&first, &second, &compacted, &check, &down] {
         for secret in ["client-s3cret", RestCatalog::TOKEN] {
             assert!(
                 !run.stderr.contains(secret) && !run.stdout.contains(secret),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use aws_sdk_glue::Client as Glue;
 
 use crate::support::{
-    database, flaky_proxy, free_addr, moto, run_once, silent_port, wait_until, with_config,
-    Consumer, Lake, Moto, TestDb, AWS_TEST_ENV, SEED_TABLES,
+    assert_rest_is_lake, database, flaky_proxy, free_addr, moto, run_once, silent_port, wait_until,
+    with_config, Consumer, Lake, Moto, RestCatalog, TestDb, AWS_TEST_ENV, KEEP_NOTHING,
+    SEED_TABLES,
 };
 
 async fn glue(moto: &Moto) -> Glue {
@@ -673,4 +674,43 @@ async fn a_silent_glue_endpoint_is_a_timeout_not_a_hang() {
         "check took {:?}",
         started.elapsed()
     );
+}
+
+/// Iceberg tables on S3 kept in a REST catalog whose own FileIO is on the same S3: the
+/// catalog registers the lake's metadata, writes its own beside it, and pyiceberg and
+/// DuckDB read through it from S3 what the lake's metadata holds, after flushes and
+/// after `compact`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_tables_on_s3_are_kept_in_a_rest_catalog() {
+    let moto = moto();
+    let rest = RestCatalog::on_s3(moto);
+    let db = database("s3_iceberg_rest").await;
+    db.seed(20, 200).await;
+    let mut lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
+    lake.iceberg = true;
+    let config = s3_config(
+        &lake,
+        &db,
+        &format!("{}{KEEP_NOTHING}", rest.section("s3shop")),
+    );
+    run_once(&config).await;
+    db.exec("UPDATE orders SET quantity = 7 WHERE order_id < 50; DELETE FROM customers WHERE customer_id = 2;").await;
+    run_once(&config).await;
+    with_config(&["compact"], &config).await.ok();
+    db.exec("UPDATE orders SET quantity = 8 WHERE order_id > 150")
+        .await;
+    run_once(&config).await;
+    assert_exact(&lake, &db);
+    for (folder, key) in [("orders", "order_id"), ("customers", "customer_id")] {
+        let c = lake.rest_check(&rest, "s3shop", folder);
+        let current = assert_rest_is_lake(&c, folder);
+        assert_rest_is_lake(&c, &format!("{folder}_changes"));
+        assert!(
+            current["metadata_location"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("s3://")),
+            "{c}"
+        );
+        lake.assert_current_matches(&db, &format!("public.{folder}"), folder, key);
+    }
 }

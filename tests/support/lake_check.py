@@ -400,37 +400,42 @@ def spark_check(args):
     return 0 if out["ok"] else 1
 
 
+def s3_props():
+    """pyiceberg's FileIO settings for the S3 endpoint the lake is on."""
+    if not S3_ENDPOINT:
+        return {}
+    return {"s3.endpoint": f"http://{S3_ENDPOINT}", "s3.access-key-id": "test", "s3.secret-access-key": "test", "s3.region": "us-east-1"}
+
+
+def load_lake_table(lake, folder):
+    """The Iceberg table in `folder` from the lake's own metadata (its version hint), and
+    its version; (None, None) when it has none."""
+    from pyiceberg.table import StaticTable
+
+    meta = f"{lake}/{folder}/metadata"
+    if S3_ENDPOINT:
+        import boto3
+
+        bucket, _, prefix = meta.removeprefix("s3://").partition("/")
+        s3 = boto3.client(
+            "s3", endpoint_url=f"http://{S3_ENDPOINT}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+        )
+        try:
+            version = s3.get_object(Bucket=bucket, Key=f"{prefix}/version-hint.text")["Body"].read().decode().strip()
+        except s3.exceptions.NoSuchKey:
+            return None, None
+    else:
+        if not os.path.exists(os.path.join(meta, "version-hint.text")):
+            return None, None
+        version = open(os.path.join(meta, "version-hint.text")).read().strip()
+    return StaticTable.from_metadata(f"{meta}/v{version}.metadata.json", properties=s3_props()), int(version)
+
+
 def iceberg_check(args):
     """The table through pyiceberg and DuckDB's iceberg_scan vs the files on disk."""
     from collections import Counter
 
-    from pyiceberg.table import StaticTable
-
-    props = {}
-    if S3_ENDPOINT:
-        props = {"s3.endpoint": f"http://{S3_ENDPOINT}", "s3.access-key-id": "test", "s3.secret-access-key": "test", "s3.region": "us-east-1"}
-
-    def load(folder):
-        """The Iceberg table in `folder`, from its version hint; None when it has none."""
-        meta = f"{args.lake}/{folder}/metadata"
-        if S3_ENDPOINT:
-            import boto3
-
-            bucket, _, prefix = meta.removeprefix("s3://").partition("/")
-            s3 = boto3.client(
-                "s3", endpoint_url=f"http://{S3_ENDPOINT}", aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-            )
-            try:
-                version = s3.get_object(Bucket=bucket, Key=f"{prefix}/version-hint.text")["Body"].read().decode().strip()
-            except s3.exceptions.NoSuchKey:
-                return None, None
-        else:
-            if not os.path.exists(os.path.join(meta, "version-hint.text")):
-                return None, None
-            version = open(os.path.join(meta, "version-hint.text")).read().strip()
-        return StaticTable.from_metadata(f"{meta}/v{version}.metadata.json", properties=props), int(version)
-
-    table, version = load(args.folder)
+    table, version = load_lake_table(args.lake, args.folder)
     cols = args.key.split(",") + ["change_lsn", "change_seq", "change_type"]
     arrow = table.scan(selected_fields=tuple(cols)).to_arrow()
     py = Counter(zip(*(arrow.column(c).to_pylist() for c in cols)))
@@ -443,7 +448,7 @@ def iceberg_check(args):
         disk = Counter(con.execute(f"SELECT {sel} FROM {rel}").fetchall())
     listed = {t.file.file_path for t in table.scan().plan_files()}
     current = {}
-    ctable, cversion = load(f"{args.folder}_current")
+    ctable, cversion = load_lake_table(args.lake, f"{args.folder}_current")
     if ctable is not None:
         carrow = ctable.scan(selected_fields=tuple(cols)).to_arrow()
         cpy = Counter(zip(*(carrow.column(c).to_pylist() for c in cols)))
@@ -483,9 +488,8 @@ def rest_check(args):
     from collections import Counter
 
     from pyiceberg.catalog.rest import RestCatalog
-    from pyiceberg.table import StaticTable
 
-    cat = RestCatalog("rest", uri=args.uri, warehouse=args.warehouse, token=args.token)
+    cat = RestCatalog("rest", uri=args.uri, warehouse=args.warehouse, token=args.token, **s3_props())
     con = connect_duckdb(iceberg=True)
     # DuckDB talks to a REST catalog through httpfs.
     import duckdb_extension_httpfs
@@ -499,11 +503,9 @@ def rest_check(args):
 
     out = {}
     for name, folder in ((f"{args.folder}_changes", args.folder), (args.folder, f"{args.folder}_current")):
-        meta = os.path.join(args.lake, folder, "metadata")
-        if not os.path.exists(meta):
+        lake, _ = load_lake_table(args.lake, folder)
+        if lake is None:
             continue
-        version = open(os.path.join(meta, "version-hint.text")).read().strip()
-        lake = StaticTable.from_metadata(f"{meta}/v{version}.metadata.json")
         try:
             remote = cat.load_table(f"{args.namespace}.{name}")
         except Exception as e:  # noqa: BLE001 - reported, the test asserts on it

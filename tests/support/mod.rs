@@ -972,6 +972,7 @@ pub struct RestCatalog {
     child: std::process::Child,
     dir: tempfile::TempDir,
     pub port: u16,
+    props: Vec<String>,
 }
 
 impl RestCatalog {
@@ -981,17 +982,43 @@ impl RestCatalog {
     pub const TOKEN: &'static str = "t0ken-for-slot2lake";
 
     pub fn start() -> RestCatalog {
-        use std::io::BufRead;
+        Self::start_with(&[])
+    }
+
+    /// A catalog whose FileIO (reading and writing metadata files) is on moto's S3.
+    pub fn on_s3(moto: &Moto) -> RestCatalog {
+        Self::start_with(&[
+            format!("s3.endpoint={}", moto.endpoint()),
+            "s3.access-key-id=test".into(),
+            "s3.secret-access-key=test".into(),
+            "s3.region=us-east-1".into(),
+        ])
+    }
+
+    fn start_with(props: &[String]) -> RestCatalog {
         let dir = tempfile::Builder::new()
             .prefix("slot2lake-rest-")
             .tempdir()
             .expect("tempdir");
+        let (child, port) = Self::spawn(dir.path(), props);
+        RestCatalog {
+            child,
+            dir,
+            port,
+            props: props.to_vec(),
+        }
+    }
+
+    /// The catalog's server process on its database in `dir`, and its port.
+    fn spawn(dir: &Path, props: &[String]) -> (std::process::Child, u16) {
+        use std::io::BufRead;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rest_catalog.py");
         let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
             .arg(script)
             .arg("--db")
-            .arg(dir.path().join("catalog.db"))
+            .arg(dir.join("catalog.db"))
             .args(["--token", Self::TOKEN, "--client", Self::CREDENTIAL])
+            .args(props.iter().flat_map(|p| ["--prop", p.as_str()]))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1007,7 +1034,21 @@ impl RestCatalog {
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("rest_catalog.py printed {line:?}, not its port"));
-        RestCatalog { child, dir, port }
+        (child, port)
+    }
+
+    /// Stops the server; its tables stay in its database.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same tables (on a new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, port) = Self::spawn(self.dir.path(), &self.props);
+        self.child = child;
+        self.port = port;
     }
 
     pub fn uri(&self) -> String {
@@ -1035,8 +1076,7 @@ impl RestCatalog {
 
 impl Drop for RestCatalog {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -1070,4 +1110,17 @@ impl Lake {
         );
         reader_json(out, "rest")
     }
+}
+
+/// The REST catalog's table `name` has the lake's snapshots, current one included, and
+/// both readers read through it what they read from the lake's metadata.
+pub fn assert_rest_is_lake(check: &serde_json::Value, name: &str) -> serde_json::Value {
+    let t = &check[name];
+    assert!(t["error"].is_null(), "{name}: {t}");
+    assert_eq!(t["snapshot_ids"], t["lake_snapshot_ids"], "{name}: {t}");
+    assert_eq!(t["current"], t["lake_current"], "{name}: {t}");
+    assert_eq!(t["pyiceberg_equals_lake"], true, "{name}: {t}");
+    assert_eq!(t["duckdb_equals_lake"], true, "{name}: {t}");
+    assert_eq!(t["rows"], t["duckdb_rows"], "{name}: {t}");
+    t.clone()
 }
