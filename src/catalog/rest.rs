@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use super::glue::Readiness;
 use crate::config::{Catalog, Config, RestAuth, RestCatalogConfig};
-use crate::iceberg::spec::TableMetadata;
+use crate::iceberg::spec::{TableMetadata, LSN_PROPERTY};
 use crate::retry::{Action, Classify};
 
 /// How many times a commit is rebuilt after losing to a concurrent one.
@@ -113,10 +113,13 @@ pub fn plan(remote: Option<&TableMetadata>, ours: &TableMetadata) -> Result<Plan
     }
     let our_ids: BTreeSet<i64> = ours.snapshots.iter().map(|s| s.snapshot_id).collect();
     let their_ids: BTreeSet<i64> = remote.snapshots.iter().map(|s| s.snapshot_id).collect();
-    // A snapshot the lake never had, newer than anything the lake committed, came from
-    // another writer; removing it would silently drop its data.
+    // A snapshot the lake does not list is one the lake expired, unless slot2lake never
+    // wrote it (no `slot2lake.lsn` in its summary, or newer than the lake's last
+    // commit): another writer's, which removing would silently drop.
     if let Some(foreign) = remote.snapshots.iter().find(|s| {
-        !our_ids.contains(&s.snapshot_id) && s.sequence_number > ours.last_sequence_number
+        !our_ids.contains(&s.snapshot_id)
+            && (!s.summary.contains_key(LSN_PROPERTY)
+                || s.sequence_number > ours.last_sequence_number)
     }) {
         return Err(RestError::Diverged(format!(
             "the catalog's table has snapshot {} (sequence number {}) that slot2lake did not commit: another writer uses it; slot2lake must be its only writer (drop the table from the catalog and slot2lake registers it again)",
@@ -592,17 +595,26 @@ mod tests {
         TableMetadata::new("/lake/t", schema, part, BTreeMap::new())
     }
 
-    fn commit(m: TableMetadata) -> TableMetadata {
+    /// `m` with one more snapshot, slot2lake's (`lsn`) or another writer's.
+    fn commit_by(m: TableMetadata, lsn: Option<&str>) -> TableMetadata {
+        let mut summary = BTreeMap::from([("operation".to_string(), "append".to_string())]);
+        if let Some(lsn) = lsn {
+            summary.insert(LSN_PROPERTY.into(), lsn.into());
+        }
         let s = Snapshot {
             snapshot_id: m.new_snapshot_id(),
             parent_snapshot_id: m.current_snapshot_id,
             sequence_number: m.next_sequence_number(),
             timestamp_ms: 1,
             manifest_list: "x".into(),
-            summary: BTreeMap::from([("operation".into(), "append".into())]),
+            summary,
             schema_id: Some(m.current_schema_id),
         };
         m.with_snapshot(s, None)
+    }
+
+    fn commit(m: TableMetadata) -> TableMetadata {
+        commit_by(m, Some("0/10"))
     }
 
     fn actions(p: &Plan) -> Vec<String> {
@@ -636,7 +648,10 @@ mod tests {
         other.table_uuid = "another".into();
         let mut props = t1.clone();
         props.properties.insert("k".into(), "v".into());
-        let foreign = commit(t1.clone());
+        // Another writer committed through the catalog: newer than the lake's last commit,
+        // or at the same sequence number as the lake's next (both moved on from t1).
+        let foreign = commit_by(t1.clone(), None);
+        let foreign_with_our_lsn = commit_by(t2.clone(), Some("0/10"));
 
         // (case, the catalog's table, the lake's, the updates planned or the error's words)
         type Case<'a> = (
@@ -710,6 +725,18 @@ mod tests {
                 "another writer committed",
                 Some(&foreign),
                 &t1,
+                Err("did not commit"),
+            ),
+            (
+                "another writer committed as the lake did",
+                Some(&foreign),
+                &t2,
+                Err("did not commit"),
+            ),
+            (
+                "a newer snapshot claiming to be slot2lake's",
+                Some(&foreign_with_our_lsn),
+                &t2,
                 Err("did not commit"),
             ),
         ];

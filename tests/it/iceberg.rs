@@ -665,8 +665,29 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
         assert_rest_is_lake(&c, &format!("{folder}_changes"));
     }
 
+    // Another writer commits to a table through the catalog: slot2lake will not drop
+    // its snapshot, stops, and says what to do; done, the table is registered anew.
+    rest.python("cat.load_table('shop.customers_changes').delete('customer_id = 3')");
+    db.exec("UPDATE customers SET email = 'after the other writer' WHERE customer_id = 4")
+        .await;
+    let foreign = with_config(&["run", "--once"], &config).await;
+    assert_ne!(foreign.code, 0, "{}", foreign.stderr);
+    assert!(
+        foreign.stderr.contains("that slot2lake did not commit")
+            && foreign.stderr.contains("drop the table from the catalog")
+            && !foreign.stderr.contains("retrying"),
+        "stops at once with the remedy: {}",
+        foreign.stderr
+    );
+    rest.python("cat.drop_table('shop.customers_changes')");
+    run_once(&config).await;
+    let c = lake.rest_check(&rest, "shop", "customers");
+    assert_rest_is_lake(&c, "customers_changes");
+    assert_rest_is_lake(&c, "customers");
+    lake.assert_current_matches(&db, "public.customers", "customers", "customer_id");
+
     // The client secret and the token never reach the output.
-    for run in [&first, &second, &compacted, &check, &down] {
+    for run in [&first, &second, &compacted, &check, &down, &foreign] {
         for secret in ["client-s3cret", RestCatalog::TOKEN] {
             assert!(
                 !run.stderr.contains(secret) && !run.stdout.contains(secret),

@@ -1064,6 +1064,24 @@ impl RestCatalog {
         )
     }
 
+    /// Runs Python with `cat`, a pyiceberg REST client of this catalog (another writer).
+    pub fn python(&self, code: &str) {
+        let prelude = format!(
+            "from pyiceberg.catalog.rest import RestCatalog\ncat = RestCatalog('rest', uri='{}', warehouse='lake', token='{}')\n",
+            self.uri(),
+            Self::TOKEN
+        );
+        let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+            .args(["-c", &format!("{prelude}{code}")])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{code}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Every request the catalog answered, as `METHOD PATH STATUS`.
     pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("requests.log"))

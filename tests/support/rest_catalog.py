@@ -42,6 +42,7 @@ ROUTES = [
     ("GET", rf"/v1/{PREFIX}/namespaces/(?P<ns>[^/]+)/tables/(?P<table>[^/]+)"),
     ("HEAD", rf"/v1/{PREFIX}/namespaces/(?P<ns>[^/]+)/tables/(?P<table>[^/]+)"),
     ("POST", rf"/v1/{PREFIX}/namespaces/(?P<ns>[^/]+)/tables/(?P<table>[^/]+)"),
+    ("DELETE", rf"/v1/{PREFIX}/namespaces/(?P<ns>[^/]+)/tables/(?P<table>[^/]+)"),
 ]
 ERRORS = [
     (NoSuchTableError, 404),
@@ -199,6 +200,9 @@ class Handler(BaseHTTPRequestHandler):
         if table is None:
             props = cat.load_namespace_properties(ns)
             return (204, None) if self.command == "HEAD" else (200, {"namespace": list(ns), "properties": props})
+        if self.command == "DELETE":
+            cat.drop_table(ns + (table,))
+            return 204, None
         if self.command == "POST":
             req = CommitTableRequest.model_validate_json(self.body())
             current = cat.load_table(ns + (table,))
@@ -210,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
         found = cat.load_table(ns + (table,))
         return (204, None) if self.command == "HEAD" else (200, loaded(found))
 
-    do_GET = do_POST = do_HEAD = handle_any
+    do_GET = do_POST = do_HEAD = do_DELETE = handle_any
 
 
 def main():
