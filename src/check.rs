@@ -44,15 +44,12 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     };
     add(Level::Ok, "config", "valid".into());
 
-    let mut last = None;
+    let mut last = Ok(None);
     match Lake::open(&config.output).await {
         Ok(lake) => {
             let checkpoints =
                 crate::checkpoint::Checkpoints::new(lake.clone(), &config.source.slot);
-            last = crate::compact::last_compaction(&checkpoints)
-                .await
-                .ok()
-                .flatten();
+            last = crate::compact::last_compaction(&checkpoints).await;
             let key = crate::checkpoint::SlotKeys::new(&config.source.slot).check_probe();
             let probe = async {
                 lake.put(&key, bytes::Bytes::from_static(b"probe")).await?;
@@ -70,7 +67,17 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         Err(e) => add(Level::Fail, "output", e.to_string()),
     }
 
-    add(Level::Ok, "maintenance", maintenance(config, last));
+    match last {
+        Ok(last) => add(Level::Ok, "maintenance", maintenance(config, last)),
+        Err(e) => add(
+            Level::Fail,
+            "maintenance",
+            format!(
+                "{e}: remove {} (the next compaction writes it again)",
+                crate::checkpoint::SlotKeys::new(&config.source.slot).maintenance()
+            ),
+        ),
+    }
 
     use crate::catalog::glue::Readiness;
     let readiness = match &config.catalog.target {

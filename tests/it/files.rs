@@ -226,4 +226,17 @@ async fn run_compacts_after_a_flush_when_maintenance_has_an_interval() {
         "{}",
         check.stdout
     );
+    // A damaged record of the last compaction is named, not shown as "never".
+    let record = lake
+        .root()
+        .join(format!("_slot2lake/{}/maintenance.json", db.name));
+    std::fs::write(&record, "{").expect("damage");
+    let check = crate::support::with_config(&["check"], &config).await;
+    assert!(
+        check.stdout.lines().any(|l| l.contains("maintenance")
+            && l.contains("maintenance.json")
+            && l.contains("remove")),
+        "{}",
+        check.stdout
+    );
 }
