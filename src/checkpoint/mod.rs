@@ -155,6 +155,24 @@ pub struct Watermark {
     pub columns: Option<Vec<String>>,
 }
 
+impl Watermark {
+    /// Records a partition refresh (`partitions` as it saw them, the values it wrote as
+    /// NULL); `false` when this refresh is already recorded: a retry after its watermark
+    /// was written finds the partitions equal and must not count the values again.
+    pub fn record_refresh(
+        &mut self,
+        partitions: Option<Vec<PartitionRef>>,
+        nulled: &BTreeMap<String, u64>,
+    ) -> bool {
+        if self.partitions == partitions {
+            return false;
+        }
+        self.partitions = partitions;
+        add_nulled(&mut self.nulled_values, nulled);
+        true
+    }
+}
+
 /// `into` plus `more`, column by column.
 pub fn add_nulled<'a>(
     into: &mut BTreeMap<String, u64>,

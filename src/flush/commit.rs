@@ -321,6 +321,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_partition_refresh_counts_its_nulled_values_once() {
+        let p = |n: &str| crate::checkpoint::PartitionRef {
+            oid: 7,
+            name: n.into(),
+        };
+        let mut wm = previous(0x10);
+        let seen = Some(vec![p("ev_2025"), p("ev_2026")]);
+        let nulled = BTreeMap::from([("amount".to_string(), 3)]);
+        assert!(wm.record_refresh(seen.clone(), &nulled));
+        assert_eq!(wm.nulled_values, BTreeMap::from([("amount".into(), 8)]));
+        assert_eq!(wm.partitions, seen);
+        // Retried after its watermark was written: nothing changes.
+        assert!(!wm.record_refresh(seen.clone(), &nulled));
+        assert_eq!(wm.nulled_values, BTreeMap::from([("amount".into(), 8)]));
+        // The next refresh (another partition attached) counts its own.
+        let later = Some(vec![p("ev_2025"), p("ev_2026"), p("ev_2027")]);
+        assert!(wm.record_refresh(later.clone(), &nulled));
+        assert_eq!(wm.nulled_values, BTreeMap::from([("amount".into(), 11)]));
+    }
+
     /// (lsn, files, unresolved values, values nulled in `amount`, resnapshot kept, columns)
     type Expected = (u64, u64, u64, u64, bool, Option<Vec<String>>);
 

@@ -9,7 +9,6 @@
 use futures::StreamExt;
 
 use super::*;
-use crate::checkpoint::add_nulled;
 use crate::sink::writer::nulled_in;
 
 /// Backfills this process started (numbers their temporary slots).
@@ -353,9 +352,9 @@ impl Pipeline {
                 // Rows restated on top of the table's: only the partitions, and values
                 // the new rows hold as NULL, are recorded.
                 if let Some(mut wm) = self.checkpoints.watermark(folder).await? {
-                    wm.partitions = partitions;
-                    add_nulled(&mut wm.nulled_values, &nulled);
-                    self.checkpoints.write_watermark(folder, &wm).await?;
+                    if wm.record_refresh(partitions, &nulled) {
+                        self.checkpoints.write_watermark(folder, &wm).await?;
+                    }
                 }
                 continue;
             }
