@@ -447,7 +447,16 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
         }
         CatalogCommand::Views => {
             let client = crate::source::open(&config.source).await?;
-            let database = config.catalog.target.database().unwrap_or("default");
+            // Where the first SELECT finds the tables: Glue's database (Athena), or the
+            // REST catalog's namespace (any engine attached to it).
+            let (engine, schema) = match &config.catalog.target {
+                crate::config::Catalog::IcebergRest(rest) => (
+                    "Trino, Spark or DuckDB attached to the REST catalog",
+                    rest.namespace.join("."),
+                ),
+                target => ("Athena", target.database().unwrap_or("default").to_string()),
+            };
+            let schema = schema.as_str();
             let location = match lake.local_root() {
                 Some(root) => root.display().to_string(),
                 None => config.output.url.to_string(),
@@ -466,12 +475,12 @@ async fn catalog_command(config: &Config, command: CatalogCommand) -> anyhow::Re
                 let keyed = table.schema.columns.iter().any(|c| c.is_key);
                 let (athena, duckdb) =
                     if keyed && config.output.format == crate::config::TableFormat::Iceberg {
-                        crate::catalog::current_state_selects(&table, database, &location)
+                        crate::catalog::current_state_selects(&table, schema, &location)
                     } else {
-                        crate::catalog::latest_state_views(&table, database, &location)
+                        crate::catalog::latest_state_views(&table, schema, &location)
                     };
                 println!(
-                    "-- {}: Athena\n{athena}\n\n-- {}: DuckDB\n{duckdb}\n",
+                    "-- {}: {engine}\n{athena}\n\n-- {}: DuckDB\n{duckdb}\n",
                     t.name, t.name
                 );
             }

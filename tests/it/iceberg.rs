@@ -554,6 +554,13 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
     }
     let c = lake.rest_check(&rest, "shop", "orders");
     assert_eq!(c["orders"]["rows"], 200, "{c}");
+    let views = with_config(&["catalog", "views"], &config).await;
+    assert!(
+        views.stdout.contains("attached to the REST catalog")
+            && views.stdout.contains("FROM \"shop\".\"orders\";"),
+        "{}",
+        views.stdout
+    );
     let registered = rest
         .requests()
         .iter()
