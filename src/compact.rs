@@ -398,22 +398,22 @@ async fn compact_iceberg(
             continue;
         }
         for table in moved.into_keys() {
-            let loaded = catalog.load(&table).await;
-            let Some(now) = loaded.map_err(crate::iceberg::table::IcebergError::from)? else {
-                continue;
-            };
             let name = match table.strip_suffix("_current") {
                 Some(source) if source == folder => folder.to_string(),
                 _ => crate::iceberg::changelog_glue_name(folder),
             };
             if let Some(rest) = &rest {
-                rest.point(&name, &now.metadata, &catalog.uri(&now.metadata_key))
+                rest.point(&name, &catalog, &table)
                     .await
                     .map_err(crate::catalog::CatalogError::from)?;
             }
             if !glue {
                 continue;
             }
+            let loaded = catalog.load(&table).await;
+            let Some(now) = loaded.map_err(crate::iceberg::table::IcebergError::from)? else {
+                continue;
+            };
             let Some(columns) =
                 crate::iceberg::scan::latest_columns(&catalog, &now.metadata).await?
             else {

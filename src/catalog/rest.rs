@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use super::glue::Readiness;
 use crate::config::{Catalog, Config, RestAuth, RestCatalogConfig};
+use crate::iceberg::catalog::LocalCatalog;
 use crate::iceberg::spec::{TableMetadata, LSN_PROPERTY};
 use crate::retry::{Action, Classify};
 
@@ -56,6 +57,9 @@ pub enum RestError {
     /// The catalog's table is not the lake's, or another writer moved it.
     #[error("iceberg rest catalog: {0}")]
     Diverged(String),
+    /// The lake's own metadata of the table could not be read.
+    #[error(transparent)]
+    Lake(#[from] crate::iceberg::catalog::CatalogError),
     /// An answer that is not what the specification describes.
     #[error("iceberg rest catalog {what}: unexpected answer: {message}")]
     BadResponse {
@@ -70,6 +74,7 @@ impl Classify for RestError {
     fn action(&self) -> Action {
         match self {
             RestError::Transport { .. } => Action::Backoff,
+            RestError::Lake(e) => e.action(),
             // Busy, overloaded, timed out, or lost to a concurrent commit: again later.
             RestError::Status { status, .. }
                 if *status >= 500 || matches!(*status, 408 | 409 | 429) =>
@@ -359,21 +364,28 @@ impl RestCatalog {
         format!("{}/tables/{}", self.namespace_url, segment(name))
     }
 
-    /// Brings table `name` to the lake's metadata `ours` (stored at `metadata_location`),
+    /// Brings table `name` to the lake's current metadata of the table in `table_key`,
     /// registering it when the catalog lacks it; a commit that loses to a concurrent
-    /// one is rebuilt on a fresh read.
+    /// one (`run` and `compact` both pointing) is rebuilt on a fresh read of both.
+    ///
+    /// The catalog is read before the lake: the catalog only ever gets states the lake
+    /// already had, so the lake read after it holds every snapshot slot2lake gave it,
+    /// and a snapshot only the catalog has is another writer's.
     pub async fn point(
         &self,
         name: &str,
-        ours: &TableMetadata,
-        metadata_location: &str,
+        lake: &LocalCatalog,
+        table_key: &str,
     ) -> Result<(), RestError> {
         let full = format!("{}.{name}", self.namespace());
         for _ in 0..COMMIT_ATTEMPTS {
             let remote = self.load(name).await?;
-            let sent = match plan(remote.as_ref().map(|r| &r.metadata), ours)? {
+            let Some(ours) = lake.load(table_key).await? else {
+                return Ok(());
+            };
+            let sent = match plan(remote.as_ref().map(|r| &r.metadata), &ours.metadata)? {
                 Plan::UpToDate => return Ok(()),
-                Plan::Register => self.register(name, metadata_location).await,
+                Plan::Register => self.register(name, &lake.uri(&ours.metadata_key)).await,
                 Plan::Commit {
                     requirements,
                     updates,
@@ -390,7 +402,7 @@ impl RestCatalog {
             };
             match sent {
                 Ok(()) => {
-                    tracing::info!(table = %full, snapshot = ?ours.current_snapshot_id, "iceberg rest catalog: table at the lake's commit");
+                    tracing::info!(table = %full, snapshot = ?ours.metadata.current_snapshot_id, "iceberg rest catalog: table at the lake's commit");
                     return Ok(());
                 }
                 // Lost to a concurrent commit or registration: read it again.

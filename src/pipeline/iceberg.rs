@@ -223,32 +223,15 @@ impl Pipeline {
             }
             Catalog::IcebergRest(_) => {
                 if let Some(rest) = rest {
-                    point_rest(catalog, rest, name, folder).await?;
+                    rest.point(name, catalog, folder)
+                        .await
+                        .map_err(|e| RunError::IcebergCatalog(e.into()))?;
                 }
             }
             Catalog::None | Catalog::Local | Catalog::Glue { .. } => {}
         }
         Ok(())
     }
-}
-
-/// Brings REST table `name` to the lake's current metadata of the table in `folder`.
-async fn point_rest(
-    catalog: &LocalCatalog,
-    rest: &RestCatalog,
-    name: &str,
-    folder: &str,
-) -> Result<(), RunError> {
-    let loaded = catalog
-        .load(folder)
-        .await
-        .map_err(iceberg_table::IcebergError::from)?;
-    if let Some(now) = loaded {
-        rest.point(name, &now.metadata, &catalog.uri(&now.metadata_key))
-            .await
-            .map_err(|e| RunError::IcebergCatalog(e.into()))?;
-    }
-    Ok(())
 }
 
 /// The commit id of a flush: its cut and time fix its files' names too.

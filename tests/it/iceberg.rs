@@ -398,11 +398,16 @@ async fn iceberg_maintenance_beside_a_running_consumer() {
     db.seed(20, 2000).await;
     let lake = Lake::iceberg();
     let admin = free_addr();
+    // Both the flushes and the compactions bring a REST catalog along, racing.
+    let rest = RestCatalog::start();
     let config = lake.config_with(
         &db.url,
         &db.name,
         SEED_TABLES,
-        &format!("[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n"),
+        &format!(
+            "[spool]\nack_interval = \"1s\"\n[admin]\nlisten = \"{admin}\"\n{}",
+            rest.section("live")
+        ),
     );
     let consumer = Consumer::start(&config, &admin).await;
     let writer = {
@@ -457,6 +462,9 @@ async fn iceberg_maintenance_beside_a_running_consumer() {
     assert_eq!(c["current"]["pyiceberg_equals_duckdb"], true, "{c}");
     let s = lake.summary("orders", "order_id");
     assert_eq!(s["duplicates"], 0, "{s}");
+    let c = lake.rest_check(&rest, "live", "orders");
+    assert_rest_is_lake(&c, "orders_changes");
+    assert_rest_is_lake(&c, "orders");
 }
 
 /// `[maintenance] interval` makes `run --once` maintain both tables after its flush
