@@ -79,7 +79,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         ),
     }
 
-    use crate::catalog::glue::Readiness;
+    use crate::catalog::Readiness;
     let readiness = match &config.catalog.target {
         crate::config::Catalog::IcebergRest(rest) => crate::catalog::rest::check(rest).await,
         _ => crate::catalog::glue::check(config).await,

@@ -11,7 +11,7 @@ use aws_sdk_glue::types::{
 };
 use aws_sdk_glue::Client;
 
-use super::{hive_type, CatalogError, CatalogTable, Pending};
+use super::{hive_type, CatalogError, CatalogTable, Pending, Readiness};
 use crate::config::{Catalog, Config};
 
 /// How long a start waits behind a crawl that is already running.
@@ -510,17 +510,6 @@ pub async fn update(
         }
     }
     Ok(())
-}
-
-/// Whether the catalog can take the lake's tables, for `slot2lake check`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
-    /// Everything needed exists.
-    Ready(String),
-    /// Something will be created by the first run.
-    WillCreate(String),
-    /// Something is missing or unreachable; the text says what to do.
-    Broken(String),
 }
 
 /// The catalog as the first run will find it: reachable, and what will be created.

@@ -51,6 +51,17 @@ pub enum CatalogError {
     Lake(#[from] LakeError),
 }
 
+/// Whether the catalog can take the lake's tables, for `slot2lake check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Everything needed exists.
+    Ready(String),
+    /// Something will be created by the first run.
+    WillCreate(String),
+    /// Something is missing or unreachable; the text says what to do.
+    Broken(String),
+}
+
 /// Partitions (and a crawl) still owed to the catalog after a failed update.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pending {

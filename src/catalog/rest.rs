@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::glue::Readiness;
+use super::Readiness;
 use crate::config::{Catalog, Config, RestAuth, RestCatalogConfig};
 use crate::iceberg::catalog::LocalCatalog;
 use crate::iceberg::spec::{TableMetadata, LSN_PROPERTY};
