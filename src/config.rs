@@ -1720,6 +1720,19 @@ name = "public.customers"
     fn example_config_is_valid() {
         let all = |_: &str| Some("x".to_string());
         Config::parse(EXAMPLE, "example", &all).expect("example parses");
+        // The configs docker/docker-compose.yml mounts (it cannot run here).
+        for (name, text) in [
+            (
+                "docker/slot2lake.toml",
+                include_str!("../docker/slot2lake.toml"),
+            ),
+            (
+                "docker/slot2lake-iceberg.toml",
+                include_str!("../docker/slot2lake-iceberg.toml"),
+            ),
+        ] {
+            Config::parse(text, name, &all).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     #[test]
