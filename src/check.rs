@@ -339,10 +339,19 @@ fn maintenance(config: &Config, last: Option<crate::compact::LastCompaction>) ->
     };
     let last = last.map_or("never".to_string(), |l| l.when());
     let iceberg = if config.output.format == crate::config::TableFormat::Iceberg {
+        let glue = matches!(
+            config.catalog.target,
+            crate::config::Catalog::GlueDirect { .. }
+        );
         format!(
-            "; Iceberg snapshots kept {}, unlisted files removed after {}; Glue's table optimizers are not used",
+            "; Iceberg snapshots kept {}, unlisted files removed after {}{}",
             humantime::format_duration(m.snapshot_retention),
-            humantime::format_duration(m.orphan_age)
+            humantime::format_duration(m.orphan_age),
+            if glue {
+                "; Glue's table optimizers are not used"
+            } else {
+                ""
+            }
         )
     } else {
         String::new()
