@@ -676,7 +676,8 @@ async fn a_silent_glue_endpoint_is_a_timeout_not_a_hang() {
     );
 }
 
-/// Iceberg tables on S3 kept in a REST catalog whose own FileIO is on the same S3: the
+/// Iceberg tables on S3 kept in a REST catalog whose own FileIO is on the same S3 (a
+/// bearer token this time): the
 /// catalog registers the lake's metadata, writes its own beside it, and pyiceberg and
 /// DuckDB read through it from S3 what the lake's metadata holds, after flushes and
 /// after `compact`.
@@ -688,10 +689,11 @@ async fn iceberg_tables_on_s3_are_kept_in_a_rest_catalog() {
     db.seed(20, 200).await;
     let mut lake = Lake::s3(moto, &db.name.replace('_', "-")).await;
     lake.iceberg = true;
+    // Signed in with a bearer token (the local test uses client credentials).
     let config = s3_config(
         &lake,
         &db,
-        &format!("{}{KEEP_NOTHING}", rest.section("s3shop")),
+        &format!("{}{KEEP_NOTHING}", rest.section_with_token("s3shop")),
     );
     run_once(&config).await;
     db.exec("UPDATE orders SET quantity = 7 WHERE order_id < 50; DELETE FROM customers WHERE customer_id = 2;").await;

@@ -1055,12 +1055,21 @@ impl RestCatalog {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// A `[catalog]` section for namespace `namespace` of warehouse `lake`.
+    /// A `[catalog]` section for namespace `namespace` of warehouse `lake`, signing in
+    /// with the client credentials.
     pub fn section(&self, namespace: &str) -> String {
+        self.section_signed(namespace, &format!("credential = \"{}\"", Self::CREDENTIAL))
+    }
+
+    /// The same, with the catalog's token given directly.
+    pub fn section_with_token(&self, namespace: &str) -> String {
+        self.section_signed(namespace, &format!("token = \"{}\"", Self::TOKEN))
+    }
+
+    fn section_signed(&self, namespace: &str, auth: &str) -> String {
         format!(
-            "[catalog]\nkind = \"iceberg-rest\"\nuri = \"{}\"\nwarehouse = \"lake\"\nnamespace = \"{namespace}\"\ncredential = \"{}\"\n",
-            self.uri(),
-            Self::CREDENTIAL
+            "[catalog]\nkind = \"iceberg-rest\"\nuri = \"{}\"\nwarehouse = \"lake\"\nnamespace = \"{namespace}\"\n{auth}\n",
+            self.uri()
         )
     }
 
