@@ -379,9 +379,9 @@ async fn compact_iceberg(
             .build(),
         tmp: tmp.clone(),
     };
-    let rest = crate::catalog::rest::RestCatalog::configured(config)
-        .await
-        .map_err(crate::catalog::CatalogError::from)?;
+    // Connected once a table has moved: a catalog that is down does not stop a
+    // compaction that commits nothing.
+    let mut rest = None;
     let mut report = CompactReport::default();
     for t in &config.tables {
         let folder = t.folder();
@@ -394,8 +394,10 @@ async fn compact_iceberg(
             config.catalog.target,
             crate::config::Catalog::GlueDirect { .. }
         );
-        if !glue && rest.is_none() {
-            continue;
+        if rest.is_none() && !moved.is_empty() {
+            rest = crate::catalog::rest::RestCatalog::configured(config)
+                .await
+                .map_err(crate::catalog::CatalogError::from)?;
         }
         for table in moved.into_keys() {
             let name = match table.strip_suffix("_current") {
