@@ -382,6 +382,10 @@ async fn compact_iceberg(
     // Connected once a table has moved: a catalog that is down does not stop a
     // compaction that commits nothing.
     let mut rest = None;
+    let glue = matches!(
+        config.catalog.target,
+        crate::config::Catalog::GlueDirect { .. }
+    );
     let mut report = CompactReport::default();
     for t in &config.tables {
         let folder = t.folder();
@@ -390,10 +394,6 @@ async fn compact_iceberg(
         }
         let watermark = checkpoints.watermark(folder).await?.map(|w| w.lsn);
         let moved = maintain::maintain(&catalog, folder, watermark, &settings, &mut report).await?;
-        let glue = matches!(
-            config.catalog.target,
-            crate::config::Catalog::GlueDirect { .. }
-        );
         if rest.is_none() && !moved.is_empty() {
             rest = crate::catalog::rest::RestCatalog::configured(config)
                 .await

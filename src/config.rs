@@ -614,8 +614,9 @@ impl Default for FlushConfig {
     }
 }
 
-/// `[catalog]` as written; [`CatalogConfig`] is what it means.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[catalog]` as written; [`CatalogConfig`] is what it means. No `Debug`: it holds a
+/// REST catalog's token or client secret in the clear.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCatalog {
     /// Which catalog to update after a flush.

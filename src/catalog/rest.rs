@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use super::Readiness;
 use crate::config::{Catalog, Config, RestAuth, RestCatalogConfig};
 use crate::iceberg::catalog::LocalCatalog;
-use crate::iceberg::spec::{TableMetadata, LSN_PROPERTY};
+use crate::iceberg::spec::{self, TableMetadata};
 use crate::retry::{Action, Classify};
 
 /// How many times a commit is rebuilt after losing to a concurrent one.
@@ -123,8 +123,7 @@ pub fn plan(remote: Option<&TableMetadata>, ours: &TableMetadata) -> Result<Plan
     // commit): another writer's, which removing would silently drop.
     if let Some(foreign) = remote.snapshots.iter().find(|s| {
         !our_ids.contains(&s.snapshot_id)
-            && (!s.summary.contains_key(LSN_PROPERTY)
-                || s.sequence_number > ours.last_sequence_number)
+            && (spec::lsn_of(s).is_none() || s.sequence_number > ours.last_sequence_number)
     }) {
         return Err(RestError::Diverged(format!(
             "the catalog's table has snapshot {} (sequence number {}) that slot2lake did not commit: another writer uses it; slot2lake must be its only writer (drop the table from the catalog and slot2lake registers it again)",
@@ -223,12 +222,10 @@ struct ConfigResponse {
     overrides: BTreeMap<String, String>,
 }
 
-/// A table as the catalog returns it.
+/// A table as the catalog returns it (its other fields are not needed).
 #[derive(Deserialize)]
 struct LoadTableResponse {
-    #[serde(rename = "metadata-location")]
-    metadata_location: Option<String>,
-    metadata: Value,
+    metadata: TableMetadata,
 }
 
 /// An error body of the specification.
@@ -242,15 +239,6 @@ struct ErrorModel {
     message: String,
     #[serde(rename = "type", default)]
     kind: String,
-}
-
-/// A table in the catalog.
-#[derive(Debug, Clone)]
-pub struct Remote {
-    /// Its metadata file.
-    pub metadata_location: Option<String>,
-    /// Its metadata.
-    pub metadata: TableMetadata,
 }
 
 impl RestCatalog {
@@ -330,34 +318,40 @@ impl RestCatalog {
     /// Whether the namespace exists.
     pub async fn namespace_exists(&self) -> Result<bool, RestError> {
         let what = format!("reading namespace {}", self.namespace());
-        let answer = self
-            .request(reqwest::Method::GET, self.namespace_url.clone())
-            .send()
-            .await
-            .map_err(|e| transport(&what, e))?;
-        if answer.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(false);
-        }
-        let _: Value = parse(&what, answer).await?;
-        Ok(true)
+        let found: Option<Value> = self.get_if_found(&what, self.namespace_url.clone()).await?;
+        Ok(found.is_some())
     }
 
-    /// Table `name` as the catalog has it; `None` when it has no such table.
-    pub async fn load(&self, name: &str) -> Result<Option<Remote>, RestError> {
+    /// Table `name`'s metadata as the catalog has it; `None` when it has no such table.
+    pub async fn load(&self, name: &str) -> Result<Option<TableMetadata>, RestError> {
         let what = format!("loading table {}.{name}", self.namespace());
+        let found: Option<LoadTableResponse> =
+            self.get_if_found(&what, self.table_url(name)).await?;
+        found
+            .map(|t| {
+                TableMetadata::checked(t.metadata).map_err(|e| RestError::BadResponse {
+                    what,
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// `GET url`'s answer; `None` for a 404.
+    async fn get_if_found<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        url: String,
+    ) -> Result<Option<T>, RestError> {
         let answer = self
-            .request(reqwest::Method::GET, self.table_url(name))
+            .request(reqwest::Method::GET, url)
             .send()
             .await
-            .map_err(|e| transport(&what, e))?;
+            .map_err(|e| transport(what, e))?;
         if answer.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let loaded: LoadTableResponse = parse(&what, answer).await?;
-        Ok(Some(Remote {
-            metadata_location: loaded.metadata_location,
-            metadata: metadata_of(&what, loaded.metadata)?,
-        }))
+        parse(what, answer).await.map(Some)
     }
 
     fn table_url(&self, name: &str) -> String {
@@ -383,7 +377,7 @@ impl RestCatalog {
             let Some(ours) = lake.load(table_key).await? else {
                 return Ok(());
             };
-            let sent = match plan(remote.as_ref().map(|r| &r.metadata), &ours.metadata)? {
+            let sent = match plan(remote.as_ref(), &ours.metadata)? {
                 Plan::UpToDate => return Ok(()),
                 Plan::Register => self.register(name, &lake.uri(&ours.metadata_key)).await,
                 Plan::Commit {
@@ -570,17 +564,6 @@ async fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn metadata_of(what: &str, metadata: Value) -> Result<TableMetadata, RestError> {
-    let bytes = serde_json::to_vec(&metadata).map_err(|e| RestError::BadResponse {
-        what: what.to_string(),
-        message: e.to_string(),
-    })?;
-    TableMetadata::from_json(&bytes).map_err(|e| RestError::BadResponse {
-        what: what.to_string(),
-        message: e.to_string(),
-    })
-}
-
 /// One path segment, percent-encoded.
 fn segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
@@ -595,7 +578,7 @@ mod tests {
     use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 
     use super::*;
-    use crate::iceberg::spec::{self, Snapshot};
+    use crate::iceberg::spec::Snapshot;
 
     fn table() -> TableMetadata {
         let arrow = ArrowSchema::new(vec![
@@ -611,7 +594,7 @@ mod tests {
     fn commit_by(m: TableMetadata, lsn: Option<&str>) -> TableMetadata {
         let mut summary = BTreeMap::from([("operation".to_string(), "append".to_string())]);
         if let Some(lsn) = lsn {
-            summary.insert(LSN_PROPERTY.into(), lsn.into());
+            summary.insert(spec::LSN_PROPERTY.into(), lsn.into());
         }
         let s = Snapshot {
             snapshot_id: m.new_snapshot_id(),

@@ -176,13 +176,7 @@ impl LocalCatalog {
         let listed = self.lake.list(dir).await?;
         Ok(listed
             .iter()
-            .filter_map(|o| {
-                let name = o.location.as_ref().strip_prefix(&prefix)?;
-                name.strip_prefix('v')?
-                    .strip_suffix(".metadata.json")?
-                    .parse::<u64>()
-                    .ok()
-            })
+            .filter_map(|o| metadata_version(o.location.as_ref().strip_prefix(&prefix)?))
             .max())
     }
 
@@ -237,6 +231,14 @@ fn base_uri(url: &str, local_root: Option<&std::path::Path>) -> String {
         "" => "/".to_string(),
         b => b.to_string(),
     }
+}
+
+/// N of a metadata file named `v<N>.metadata.json` (the names this layout writes).
+pub fn metadata_version(name: &str) -> Option<u64> {
+    name.strip_prefix('v')?
+        .strip_suffix(".metadata.json")?
+        .parse()
+        .ok()
 }
 
 fn metadata_dir(table_key: &str) -> String {

@@ -678,11 +678,8 @@ pub fn is_orphan(folder: &str, key: &str, first: Option<Lsn>, table_lsn: Option<
         return false;
     };
     if let Some(name) = rest.strip_prefix("metadata/") {
-        let version = name
-            .strip_prefix('v')
-            .and_then(|n| n.strip_suffix(".metadata.json"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        return version || (name.ends_with(".avro") && !name.contains('/'));
+        let ours = super::catalog::metadata_version(name).is_some() || name.ends_with(".avro");
+        return ours && !name.contains('/');
     }
     let Some(name) = rest.rsplit('/').next().filter(|n| n.ends_with(".parquet")) else {
         return false;

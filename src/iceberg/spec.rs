@@ -959,7 +959,12 @@ impl TableMetadata {
 
     /// Reads a metadata file, ours or another v2 writer's (unknown fields are kept).
     pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
-        let mut m: TableMetadata = serde_json::from_slice(bytes)?;
+        Self::checked(serde_json::from_slice(bytes)?)
+    }
+
+    /// Metadata another writer produced (read as JSON) held to what this module
+    /// relies on: format version 2, current schema, spec and snapshot among the listed.
+    pub fn checked(mut m: TableMetadata) -> Result<Self, SpecError> {
         if m.format_version != FORMAT_VERSION {
             return Err(SpecError::FormatVersion(m.format_version));
         }

@@ -198,7 +198,8 @@ pub(super) enum CommitKind {
 
 impl Pipeline {
     /// Points the configured catalog's table `name` at the Iceberg table in `folder`:
-    /// Glue (`glue-direct`) at its metadata file, a REST catalog (`rest`) to its state;
+    /// a REST catalog (`rest`, connected when configured) to its state, Glue
+    /// (`glue-direct`) at its metadata file;
     /// also after a retried commit (the crash may have come before the catalog heard).
     async fn point_catalog(
         &self,
@@ -209,26 +210,21 @@ impl Pipeline {
         metadata_key: &str,
         schema: &TableSchema,
     ) -> Result<(), RunError> {
-        match &self.config.catalog.target {
-            Catalog::GlueDirect { .. } => {
-                catalog::glue::point_iceberg_table(
-                    &self.config,
-                    name,
-                    &catalog.uri(folder),
-                    &catalog.uri(metadata_key),
-                    &schema.arrow,
-                )
+        if let Some(rest) = rest {
+            rest.point(name, catalog, folder)
                 .await
-                .map_err(RunError::IcebergCatalog)?;
-            }
-            Catalog::IcebergRest(_) => {
-                if let Some(rest) = rest {
-                    rest.point(name, catalog, folder)
-                        .await
-                        .map_err(|e| RunError::IcebergCatalog(e.into()))?;
-                }
-            }
-            Catalog::None | Catalog::Local | Catalog::Glue { .. } => {}
+                .map_err(|e| RunError::IcebergCatalog(e.into()))?;
+        }
+        if let Catalog::GlueDirect { .. } = self.config.catalog.target {
+            catalog::glue::point_iceberg_table(
+                &self.config,
+                name,
+                &catalog.uri(folder),
+                &catalog.uri(metadata_key),
+                &schema.arrow,
+            )
+            .await
+            .map_err(RunError::IcebergCatalog)?;
         }
         Ok(())
     }
