@@ -635,9 +635,12 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
         format!("{t}\n[retry]\nrun_once_budget = \"2s\"\n")
     });
     let watermark = lake.watermark("orders");
-    let snapshots_before = lake.iceberg_check("orders", "order_id")["snapshots"]
-        .as_array()
-        .map(Vec::len);
+    let snapshots = || {
+        lake.iceberg_check("orders", "order_id")["snapshots"]
+            .as_array()
+            .map(Vec::len)
+    };
+    let snapshots_before = snapshots();
     db.exec("DELETE FROM orders WHERE order_id BETWEEN 100 AND 120")
         .await;
     let down = with_config(&["run", "--once"], &config).await;
@@ -661,12 +664,46 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
     assert_rest_is_lake(&c, "orders");
     lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
     assert_eq!(
-        lake.iceberg_check("orders", "order_id")["snapshots"]
-            .as_array()
-            .map(Vec::len),
+        snapshots(),
         snapshots_before.map(|n| n + 1),
         "the retried flush committed once"
     );
+
+    // Commits that lose to another writer are read again and retried, up to 5 in a row
+    // (rest::COMMIT_ATTEMPTS): 4 losses, then it lands; past 5 the flush does not finish
+    // and says why, and lands once the catalog takes commits again.
+    let conflicts = |from: usize| {
+        rest.requests()[from..]
+            .iter()
+            .filter(|r| r.contains("/tables/orders_changes ") && r.ends_with(" 409"))
+            .count()
+    };
+    let from = rest.requests().len();
+    rest.conflicts(4);
+    db.exec("UPDATE orders SET quantity = 1 WHERE order_id BETWEEN 121 AND 130")
+        .await;
+    run_once(&config).await;
+    assert_eq!(conflicts(from), 4);
+    assert_rest_is_lake(&lake.rest_check(&rest, "shop", "orders"), "orders_changes");
+    let watermark = lake.watermark("orders");
+    rest.conflicts(1000);
+    db.exec("UPDATE orders SET quantity = 2 WHERE order_id BETWEEN 121 AND 130")
+        .await;
+    let lost = with_config(&["run", "--once"], &config).await;
+    assert_ne!(lost.code, 0, "{}", lost.stderr);
+    assert!(
+        lost.stderr
+            .contains("5 commits in a row lost to another writer"),
+        "{}",
+        lost.stderr
+    );
+    assert_eq!(lake.watermark("orders"), watermark, "no watermark moved");
+    rest.conflicts(0);
+    run_once(&config).await;
+    let c = lake.rest_check(&rest, "shop", "orders");
+    assert_rest_is_lake(&c, "orders_changes");
+    assert_rest_is_lake(&c, "orders");
+    lake.assert_current_matches(&db, "public.orders", "orders", "order_id");
 
     // compact expires every snapshot but the current one and removes unlisted files
     // at once (KEEP_NOTHING): the catalog drops the same snapshots and keeps its own
@@ -702,7 +739,7 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
     lake.assert_current_matches(&db, "public.customers", "customers", "customer_id");
 
     // The client secret and the token never reach the output.
-    for run in [&first, &second, &compacted, &check, &down, &foreign] {
+    for run in [&first, &second, &compacted, &check, &down, &lost, &foreign] {
         for secret in ["client-s3cret", RestCatalog::TOKEN] {
             assert!(
                 !run.stderr.contains(secret) && !run.stdout.contains(secret),
@@ -710,4 +747,37 @@ async fn iceberg_tables_are_kept_in_a_rest_catalog() {
             );
         }
     }
+}
+
+/// A REST catalog that accepts connections and never answers is reported in bounded
+/// time (rest::REQUEST_TIMEOUT, 60 s), not waited on forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_rest_catalog_is_a_timeout_not_a_hang() {
+    let port = crate::support::silent_port().await;
+    let db = database("silent_rest").await;
+    let lake = Lake::iceberg();
+    let config = lake.config_with(
+        &db.url,
+        &db.name,
+        SEED_TABLES,
+        &format!(
+            "[catalog]\nkind = \"iceberg-rest\"\nuri = \"http://127.0.0.1:{port}\"\nnamespace = \"shop\"\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let run = with_config(&["check"], &config).await;
+    let out = format!("{}{}", run.stdout, run.stderr);
+    let catalog = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("catalog"))
+        .unwrap_or_else(|| panic!("no catalog line: {out}"));
+    assert!(
+        catalog.starts_with("FAIL") && catalog.contains("timed out"),
+        "{out}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(60) && took < std::time::Duration::from_secs(90),
+        "check took {took:?}"
+    );
 }

@@ -1091,6 +1091,14 @@ impl RestCatalog {
         );
     }
 
+    /// The catalog answers the next `n` table commits with 409 (another writer first).
+    pub fn conflicts(&self, n: usize) {
+        self.python(&format!(
+            "import requests\nrequests.post('{}/test/conflicts', json={{'n': {n}}}).raise_for_status()",
+            self.uri()
+        ));
+    }
+
     /// Every request the catalog answered, as `METHOD PATH STATUS`.
     pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("requests.log"))

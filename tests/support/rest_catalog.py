@@ -31,6 +31,9 @@ from pyiceberg.table import CommitTableRequest
 
 PREFIX = "wh"
 ROUTES = [
+    # Tests only: the next N table commits are answered 409, as when another writer
+    # commits first each time.
+    ("POST", r"/test/conflicts"),
     ("GET", r"/v1/config"),
     ("POST", r"/v1/oauth/tokens"),
     ("GET", rf"/v1/{PREFIX}/namespaces"),
@@ -123,6 +126,7 @@ def loaded(table):
 
 class Handler(BaseHTTPRequestHandler):
     catalog = None
+    conflicts = 0
     token = None
     client = None
     log_path = None
@@ -158,6 +162,9 @@ class Handler(BaseHTTPRequestHandler):
             pattern, args = self.route()
             if pattern.endswith("oauth/tokens"):
                 return self.answer(200, self.oauth())
+            if pattern == "/test/conflicts":
+                Handler.conflicts = json.loads(self.body())["n"]
+                return self.answer(200, {"conflicts": Handler.conflicts})
             if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
                 raise HttpError(401, "NotAuthorizedException", "no or wrong bearer token")
             return self.answer(*self.dispatch(pattern, args))
@@ -205,6 +212,9 @@ class Handler(BaseHTTPRequestHandler):
             return 204, None
         if self.command == "POST":
             req = CommitTableRequest.model_validate_json(self.body())
+            if Handler.conflicts > 0:
+                Handler.conflicts -= 1
+                raise CommitFailedException("another writer committed first (test)")
             current = cat.load_table(ns + (table,))
             done = cat.commit_table(current, req.requirements, req.updates)
             return 200, {
