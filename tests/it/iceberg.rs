@@ -766,14 +766,10 @@ async fn a_silent_rest_catalog_is_a_timeout_not_a_hang() {
     );
     let started = std::time::Instant::now();
     let run = with_config(&["check"], &config).await;
-    let out = format!("{}{}", run.stdout, run.stderr);
-    let catalog = out
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("catalog"))
-        .unwrap_or_else(|| panic!("no catalog line: {out}"));
+    let catalog = run.check_line("catalog");
     assert!(
         catalog.starts_with("FAIL") && catalog.contains("timed out"),
-        "{out}"
+        "{catalog}"
     );
     let took = started.elapsed();
     assert!(

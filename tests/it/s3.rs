@@ -659,15 +659,11 @@ async fn a_silent_glue_endpoint_is_a_timeout_not_a_hang() {
     );
     let started = std::time::Instant::now();
     let run = with_config(&["check"], &config).await;
-    let out = format!("{}{}", run.stdout, run.stderr);
-    assert_eq!(run.code, 1, "{out}");
-    let catalog = out
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("catalog"))
-        .unwrap_or_else(|| panic!("no catalog line: {out}"));
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let catalog = run.check_line("catalog");
     assert!(
         catalog.starts_with("FAIL") && catalog.contains("not reachable"),
-        "{out}"
+        "{catalog}"
     );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(90),

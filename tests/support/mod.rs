@@ -487,6 +487,14 @@ impl Run {
         );
         self
     }
+    /// The line `slot2lake check` printed for `what` (its second word: `catalog`,
+    /// `output`, ...).
+    pub fn check_line(&self, what: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(what))
+            .unwrap_or_else(|| panic!("no {what} line:\n{}\n{}", self.stdout, self.stderr))
+    }
 }
 
 /// Runs the slot2lake binary with a deadline.
