@@ -1,7 +1,8 @@
 //! Named failure points for crash tests.
 //!
 //! Built with the `failpoints` feature, `SLOT2LAKE_FAILPOINT=<name>` makes the process
-//! abort (no destructors, no flushing: like `kill -9`) when it reaches that point.
+//! abort (no destructors, no flushing: like `kill -9`) when it reaches that point, and
+//! `SLOT2LAKE_PAUSE=<name>` holds it at a pause point while `SLOT2LAKE_PAUSE_FILE` exists.
 //! Without the feature, [`hit`] compiles to nothing.
 
 /// Inside a transaction being written to the spool (not sealed).
@@ -39,6 +40,9 @@ pub const AFTER_ICEBERG_REWRITE: &str = "after-iceberg-rewrite";
 /// Iceberg maintenance expired snapshots and deleted one of their files, not all.
 pub const MID_ICEBERG_EXPIRY: &str = "mid-iceberg-expiry";
 
+/// A flush committed and its callers answered; its maintenance not started (a pause point).
+pub const BEFORE_MAINTENANCE: &str = "before-maintenance";
+
 /// Aborts the process if `name` is the configured failure point.
 #[inline]
 pub fn hit(name: &str) {
@@ -46,6 +50,23 @@ pub fn hit(name: &str) {
     if std::env::var("SLOT2LAKE_FAILPOINT").is_ok_and(|v| v == name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// Waits while the file `SLOT2LAKE_PAUSE_FILE` exists, if `name` is `SLOT2LAKE_PAUSE`: a
+/// test holds the process at a step to look at what others see meanwhile.
+pub async fn pause(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("SLOT2LAKE_PAUSE").is_ok_and(|v| v == name) {
+        if let Some(file) = std::env::var_os("SLOT2LAKE_PAUSE_FILE") {
+            let file = std::path::PathBuf::from(file);
+            eprintln!("pause {name}: waiting while {} exists", file.display());
+            while file.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;

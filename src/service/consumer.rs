@@ -60,6 +60,26 @@ fn spool_size(pipeline: &Pipeline) -> u64 {
 /// Where a flush's outcome goes: callers of `POST /flush` waiting for it.
 type Waiters = Vec<oneshot::Sender<Result<FlushSummary, String>>>;
 
+/// The callers waiting for a running flush, shared with its task: it answers them once
+/// the flush is committed, so the maintenance after it does not hold them.
+#[derive(Clone)]
+struct FlushWaiters(Arc<std::sync::Mutex<Waiters>>);
+
+impl FlushWaiters {
+    fn new(waiters: Waiters) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(waiters)))
+    }
+
+    /// Sends `answer` to everyone still waiting.
+    fn answer(&self, answer: &Result<FlushSummary, String>) {
+        // A panic elsewhere cannot leave a half-updated list: sending is all it does.
+        let waiters = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in waiters {
+            let _ = w.send(answer.clone());
+        }
+    }
+}
+
 /// What ends the consumer, and what it does besides streaming.
 pub(super) enum Until {
     /// SIGTERM or SIGINT (`run`): flushes on the schedule, on request and when the spool
@@ -82,7 +102,7 @@ struct FlushJob {
     task: JoinHandle<Result<FlushOutcome, RunError>>,
     /// Set as the task ends (its result is then awaited, not polled).
     ended: Arc<AtomicBool>,
-    waiters: Waiters,
+    waiters: FlushWaiters,
 }
 
 /// A flush task's result.
@@ -585,6 +605,8 @@ impl Consumer {
         let waker = self.waker.clone();
         let ended = Arc::new(AtomicBool::new(false));
         let ended_by_task = ended.clone();
+        let waiters = FlushWaiters::new(std::mem::take(&mut self.waiting));
+        let answered_by_task = waiters.clone();
         tracing::info!(cut = %cut, "flush started");
         let task = tokio::spawn(async move {
             // The loop collects the outcome at once instead of at its next tick.
@@ -606,10 +628,23 @@ impl Consumer {
                 Err(RunError::Catalog(e)) => Some(e),
                 Err(e) => return Err(e),
             };
-            let seconds = started.elapsed().as_secs_f64();
+            let mut outcome = FlushOutcome {
+                cut,
+                committed,
+                catalog_error,
+                maintenance_error: None,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            metrics::counter!(metric::FLUSHES, "result" => "ok").increment(1);
+            metrics::gauge!(metric::LAST_FLUSH_TIMESTAMP).set(Utc::now().timestamp() as f64);
+            metrics::gauge!(metric::LAST_FLUSH_DURATION).set(outcome.seconds);
+            let s = outcome.summary();
+            tracing::info!(cut = %s.cut, rows = s.rows, files = s.files, seconds = s.seconds, "flush done");
+            answered_by_task.answer(&Ok(s));
+            crate::failpoint::pause(crate::failpoint::BEFORE_MAINTENANCE).await;
             let maintenance =
                 crate::compact::compact_if_due(pipeline.config(), pipeline.lake()).await;
-            let maintenance_error = match maintenance {
+            outcome.maintenance_error = match maintenance {
                 Ok(None) => None,
                 Ok(Some(report)) => {
                     tracing::info!(report = ?report, "maintenance ([maintenance] interval): compaction done");
@@ -617,20 +652,14 @@ impl Consumer {
                 }
                 Err(e) => Some(e.to_string()),
             };
-            Ok(FlushOutcome {
-                cut,
-                committed,
-                catalog_error,
-                maintenance_error,
-                seconds,
-            })
+            Ok(outcome)
         });
         self.flushing = Some(FlushJob {
             cut,
             feed: open.then_some(feed),
             task,
             ended,
-            waiters: std::mem::take(&mut self.waiting),
+            waiters,
         });
         Ok(())
     }
@@ -657,10 +686,6 @@ impl Consumer {
         let answer = match result {
             Ok(outcome) => {
                 let s = outcome.summary();
-                metrics::counter!(metric::FLUSHES, "result" => "ok").increment(1);
-                metrics::gauge!(metric::LAST_FLUSH_TIMESTAMP).set(Utc::now().timestamp() as f64);
-                metrics::gauge!(metric::LAST_FLUSH_DURATION).set(s.seconds);
-                tracing::info!(cut = %s.cut, rows = s.rows, files = s.files, seconds = s.seconds, "flush done");
                 self.flush_retry.succeeded(&self.health);
                 self.uncataloged.clear();
                 match &s.catalog_error {
@@ -715,9 +740,7 @@ impl Consumer {
         };
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
-        for w in job.waiters {
-            let _ = w.send(answer.clone());
-        }
+        job.waiters.answer(&answer);
         fatal.map_or(Ok(()), Err)
     }
 
@@ -819,11 +842,9 @@ impl Consumer {
             if !sealed || self.writer.last_end() <= job.cut {
                 job.task.abort();
                 tracing::warn!(cut = %job.cut, "{why}: the running flush had not received everything before its cut; the next run takes it again");
-                for w in job.waiters {
-                    let _ = w.send(Err(format!(
-                        "{why}; the flush had not received everything before its cut and is taken again by the next run"
-                    )));
-                }
+                job.waiters.answer(&Err(format!(
+                    "{why}; the flush had not received everything before its cut and is taken again by the next run"
+                )));
                 return;
             }
             for seg in self.writer.take_sealed() {

@@ -677,6 +677,69 @@ async fn a_failing_maintenance_keeps_the_flush_and_is_retried() {
     assert_eq!(consumer.stop().await, 0);
 }
 
+/// `POST /flush` (`slot2lake flush`) answers once the flush is committed: the compaction
+/// `[maintenance] interval` runs after it (held here at a pause point) does not hold
+/// the caller, and runs once let go.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_is_answered_before_its_maintenance() {
+    let db = database("svc_flush_first").await;
+    db.seed(10, 50).await;
+    let lake = Lake::new();
+    let admin = free_addr();
+    let config = service_config(&lake, &db, &admin, "[maintenance]\ninterval = \"0s\"\n");
+    let hold = config.with_file_name("hold-maintenance");
+    std::fs::write(&hold, "").expect("write");
+    let consumer = Consumer::start_with_env(
+        &config,
+        &admin,
+        &[
+            ("SLOT2LAKE_PAUSE", "before-maintenance"),
+            ("SLOT2LAKE_PAUSE_FILE", &hold.display().to_string()),
+        ],
+    )
+    .await;
+    db.exec("UPDATE orders SET quantity = 7 WHERE order_id % 2 = 0;")
+        .await;
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(60), flush(&config))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the flush was not answered while its maintenance waits:\n{}",
+                consumer.log()
+            )
+        });
+    assert!(
+        answered.stdout.contains("flush committed"),
+        "{}",
+        answered.stdout
+    );
+    assert_exact(&lake, &db);
+    let metrics = consumer.get("/metrics").await;
+    assert!(
+        metrics.contains("slot2lake_flushes_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    let maintenance = lake
+        .root()
+        .join(format!("_slot2lake/{}/maintenance.json", db.name));
+    assert!(
+        !maintenance.exists(),
+        "the maintenance ran before the answer"
+    );
+
+    std::fs::remove_file(&hold).expect("remove");
+    wait_until(60, "the maintenance after the flush", || async {
+        maintenance.exists()
+    })
+    .await;
+    db.exec("UPDATE orders SET quantity = 8 WHERE order_id % 3 = 0;")
+        .await;
+    flush(&config).await;
+    assert_exact(&lake, &db);
+    assert_eq!(consumer.stop().await, 0);
+}
+
 /// A proxy that goes silent under the replication stream, keeping both connections open:
 /// TCP keepalives still succeed, so only the server knows the stream is gone (its
 /// walsender times out and leaves the slot inactive). `run` sees the inactive slot,

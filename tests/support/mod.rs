@@ -569,6 +569,11 @@ pub struct Consumer {
 impl Consumer {
     /// Starts `slot2lake run` and waits until its admin API answers.
     pub async fn start(config: &Path, admin: &str) -> Consumer {
+        Self::start_with_env(config, admin, &[]).await
+    }
+
+    /// [`start`](Self::start) with more environment variables (a pause point).
+    pub async fn start_with_env(config: &Path, admin: &str, env: &[(&str, &str)]) -> Consumer {
         let log = config.with_extension(format!(
             "{}.log",
             std::time::SystemTime::now()
@@ -580,6 +585,7 @@ impl Consumer {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_slot2lake"))
             .args(["run", "--config", &config.display().to_string()])
             .envs(AWS_TEST_ENV.iter().copied())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn,slot2lake=info")
             .kill_on_drop(true)
             .stdout(Stdio::null())
