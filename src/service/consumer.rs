@@ -506,19 +506,18 @@ impl Consumer {
         }
         if self.clocks.last_lag_check.elapsed() >= Duration::from_secs(10) {
             self.clocks.last_lag_check = Instant::now();
+            let source = &self.pipeline.config().source;
             if let Ok(client) = self.pipeline.source().get().await {
-                if let Ok(current) = introspect::current_wal_lsn(&client).await {
+                if let Ok((current, active)) =
+                    introspect::position_and_slot_activity(&client, &source.slot).await
+                {
                     metrics::gauge!(metric::SLOT_LAG_BYTES)
                         .set(current.0.saturating_sub(self.acked.0) as f64);
-                }
-                let source = &self.pipeline.config().source;
-                if let Ok(Some(slot)) = introspect::slot_info(&client, &source.slot).await {
-                    let active = slot.active_pid.is_some();
-                    if let Some(why) =
-                        self.stall
-                            .observe(active, Instant::now(), source.query_timeout)
-                    {
-                        return Err(SourceError::Lost(why).into());
+                    if let Some(active) = active {
+                        let now = Instant::now();
+                        if let Some(why) = self.stall.observe(active, now, source.query_timeout) {
+                            return Err(SourceError::Lost(why).into());
+                        }
                     }
                 }
             }

@@ -444,6 +444,29 @@ pub async fn current_wal_lsn(client: &Conn) -> Result<Lsn, SourceError> {
         .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
 }
 
+/// The server's current WAL insert position and whether a process streams from `slot`
+/// (`None`: no such slot), in one query: the consumer looks every 10 s.
+pub async fn position_and_slot_activity(
+    client: &Conn,
+    slot: &str,
+) -> Result<(Lsn, Option<bool>), SourceError> {
+    const WHAT: &str = "reading the current WAL position and the slot's activity";
+    let row = client
+        .query_one(
+            WHAT,
+            "SELECT pg_current_wal_insert_lsn()::text,
+                (SELECT active_pid IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await?;
+    let get = |e: tokio_postgres::Error| query_error(WHAT, &e);
+    let current: String = row.try_get(0).map_err(get)?;
+    let current = current
+        .parse()
+        .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))?;
+    Ok((current, row.try_get(1).map_err(get)?))
+}
+
 /// Writes a transactional logical-decoding message and returns its LSN; the transaction
 /// that carries it is a commit boundary every earlier commit is sent before.
 ///
