@@ -506,23 +506,26 @@ impl Consumer {
         }
         if self.clocks.last_lag_check.elapsed() >= Duration::from_secs(10) {
             self.clocks.last_lag_check = Instant::now();
-            let source = &self.pipeline.config().source;
-            if let Ok(client) = self.pipeline.source().get().await {
-                if let Ok((current, active)) =
-                    introspect::position_and_slot_activity(&client, &source.slot).await
-                {
-                    metrics::gauge!(metric::SLOT_LAG_BYTES)
-                        .set(current.0.saturating_sub(self.acked.0) as f64);
-                    if let Some(active) = active {
-                        let now = Instant::now();
-                        if let Some(why) = self.stall.observe(active, now, source.query_timeout) {
-                            return Err(SourceError::Lost(why).into());
-                        }
-                    }
-                }
-            }
+            self.look_at_server().await?;
         }
         Ok(())
+    }
+
+    /// The slot's lag for `/metrics`, and whether the server still serves the stream (a
+    /// failed look is skipped: the next one comes in 10 s).
+    async fn look_at_server(&mut self) -> Result<(), SourceError> {
+        let source = &self.pipeline.config().source;
+        let Ok(client) = self.pipeline.source().get().await else {
+            return Ok(());
+        };
+        let looked = introspect::position_and_slot_activity(&client, &source.slot).await;
+        let Ok((current, active)) = looked else {
+            return Ok(());
+        };
+        metrics::gauge!(metric::SLOT_LAG_BYTES).set(current.0.saturating_sub(self.acked.0) as f64);
+        let stalled =
+            active.and_then(|a| self.stall.observe(a, Instant::now(), source.query_timeout));
+        stalled.map_or(Ok(()), |why| Err(SourceError::Lost(why)))
     }
 
     /// Hands segments sealed since the last call to the flush being encoded.

@@ -430,6 +430,12 @@ pub async fn slot_info(client: &Conn, slot: &str) -> Result<Option<SlotInfo>, So
     }))
 }
 
+/// An LSN the server printed as text.
+fn server_lsn(text: &str) -> Result<Lsn, SourceError> {
+    text.parse()
+        .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
+}
+
 /// The server's current WAL insert position (ahead of the write position under
 /// asynchronous commit).
 pub async fn current_wal_lsn(client: &Conn) -> Result<Lsn, SourceError> {
@@ -440,8 +446,7 @@ pub async fn current_wal_lsn(client: &Conn) -> Result<Lsn, SourceError> {
             &[],
         )
         .await?;
-    s.parse()
-        .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
+    server_lsn(&s)
 }
 
 /// The server's current WAL insert position and whether a process streams from `slot`
@@ -461,10 +466,7 @@ pub async fn position_and_slot_activity(
         .await?;
     let get = |e: tokio_postgres::Error| query_error(WHAT, &e);
     let current: String = row.try_get(0).map_err(get)?;
-    let current = current
-        .parse()
-        .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))?;
-    Ok((current, row.try_get(1).map_err(get)?))
+    Ok((server_lsn(&current)?, row.try_get(1).map_err(get)?))
 }
 
 /// Writes a transactional logical-decoding message and returns its LSN; the transaction
@@ -483,8 +485,7 @@ pub async fn emit_marker(client: &Conn, content: &str) -> Result<Lsn, SourceErro
             &[&crate::source::replication::MARKER_PREFIX, &content],
         )
         .await?;
-    s.parse()
-        .map_err(|e: crate::lsn::ParseLsnError| SourceError::Replication(e.to_string()))
+    server_lsn(&s)
 }
 
 /// Which configured tables the publication lacks; `None` when it does not exist.
