@@ -685,12 +685,12 @@ impl Consumer {
             Err(e) => Err(RunError::Task(format!("flush task failed: {e}"))),
         };
         let mut fatal = None;
-        let answer = match result {
+        // The callers of a flush that committed were answered by its task.
+        let failure = match result {
             Ok(outcome) => {
-                let s = outcome.summary();
                 self.flush_retry.succeeded(&self.health);
                 self.uncataloged.clear();
-                match &s.catalog_error {
+                match &outcome.catalog_error {
                     Some(e) => self
                         .health
                         .degrade("catalog", format!("{e} (retried by the next flush)")),
@@ -708,7 +708,7 @@ impl Consumer {
                 if self.once() {
                     fatal = self.finish_once(outcome).await.err();
                 }
-                Ok(s)
+                None
             }
             Err(e) => {
                 metrics::counter!(metric::FLUSHES, "result" => "error").increment(1);
@@ -727,7 +727,7 @@ impl Consumer {
                     // Nothing moved: the intent (if written) is finished by the retry.
                     let delay = self.flush_retry.failed(&self.health, &e);
                     self.want_flush.get_or_insert(Lsn::ZERO);
-                    Err(format!(
+                    Some(format!(
                         "{message} (retrying in {:.1} s)",
                         delay.as_secs_f64()
                     ))
@@ -736,13 +736,15 @@ impl Consumer {
                         tracing::error!(error = %e, "flush failed; stopping (no watermark moved)");
                     }
                     fatal = Some(e);
-                    Err(message)
+                    Some(message)
                 }
             }
         };
         self.spool_bytes = spool_size(&self.pipeline);
         metrics::gauge!(metric::SPOOL_BYTES).set(self.spool_bytes as f64);
-        job.waiters.answer(&answer);
+        if let Some(message) = failure {
+            job.waiters.answer(&Err(message));
+        }
         fatal.map_or(Ok(()), Err)
     }
 
